@@ -1,0 +1,149 @@
+//! Avro single-object encoding (`C3 01` + CRC-64-AVRO fingerprint, little endian + body).
+//!
+//! Every record type has one [`Codec`], built once (schema parsed, fingerprints computed,
+//! writer schemas of earlier versions registered) and reused for every record. Decoding
+//! looks the writer schema up by fingerprint and resolves it to the current reader schema,
+//! so records written by an older producer still decode (Avro resolution rules: fields are
+//! only ever added with defaults).
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::OnceLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::Schema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::events::*;
+use crate::Error;
+
+/// Single-object encoding marker.
+pub const MAGIC: [u8; 2] = [0xC3, 0x01];
+const HEADER_LEN: usize = 10;
+
+/// A record type with a schema in `schemas/avro/`.
+pub trait AvroRecord: Serialize + DeserializeOwned + Sized + 'static {
+    /// Full name of the record, e.g. `io.meterline.UsageEvent`.
+    const NAME: &'static str;
+    /// The current writer/reader schema (`.avsc` text).
+    const SCHEMA: &'static str;
+    /// Earlier versions of the schema still accepted on decode.
+    const HISTORY: &'static [&'static str] = &[];
+
+    /// The record's codec, built on first use.
+    fn codec() -> &'static Codec<Self>;
+
+    fn to_avro(&self) -> Result<Vec<u8>, Error> {
+        Self::codec().encode(self)
+    }
+
+    fn from_avro(bytes: &[u8]) -> Result<Self, Error> {
+        Self::codec().decode(bytes)
+    }
+}
+
+/// Encoder/decoder of one record type.
+pub struct Codec<T> {
+    schema: &'static Schema,
+    fingerprint: [u8; 8],
+    writers: HashMap<[u8; 8], &'static Schema>,
+    _t: PhantomData<fn() -> T>,
+}
+
+fn parse(text: &'static str, what: &str) -> Result<&'static Schema, Error> {
+    let s = Schema::parse_str(text).map_err(|e| Error::Schema(format!("{what}: {e}")))?;
+    Ok(Box::leak(Box::new(s)))
+}
+
+/// CRC-64-AVRO (Rabin) fingerprint of the schema's canonical form, as written on the wire.
+pub fn fingerprint(schema: &Schema) -> [u8; 8] {
+    let fp = schema.fingerprint::<Rabin>();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&fp.bytes[..8]);
+    out
+}
+
+impl<T: AvroRecord> Codec<T> {
+    /// Parses the schemas and builds lookup tables. Called once per type (see `codec()`).
+    pub fn build() -> Result<Self, Error> {
+        let schema = parse(T::SCHEMA, T::NAME)?;
+        let fp = fingerprint(schema);
+        let mut writers = HashMap::new();
+        writers.insert(fp, schema);
+        for (i, old) in T::HISTORY.iter().enumerate() {
+            let s = parse(old, &format!("{} history #{i}", T::NAME))?;
+            writers.insert(fingerprint(s), s);
+        }
+        Ok(Codec { schema, fingerprint: fp, writers, _t: PhantomData })
+    }
+
+    pub fn schema(&self) -> &'static Schema {
+        self.schema
+    }
+
+    pub fn fingerprint(&self) -> [u8; 8] {
+        self.fingerprint
+    }
+
+    /// Appends the single-object encoding of `value` to `buf`.
+    pub fn encode_into(&self, value: &T, buf: &mut Vec<u8>) -> Result<(), Error> {
+        buf.extend_from_slice(&MAGIC);
+        buf.extend_from_slice(&self.fingerprint);
+        // Serialises straight from serde into the buffer (no intermediate `Value`). Our schemas
+        // define every named type inline exactly once, so no name table is needed.
+        apache_avro::write_avro_datum_ref(self.schema, value, buf)
+            .map_err(|e| Error::Encode { record: T::NAME, reason: e.to_string() })?;
+        Ok(())
+    }
+
+    pub fn encode(&self, value: &T) -> Result<Vec<u8>, Error> {
+        let mut buf = Vec::with_capacity(256);
+        self.encode_into(value, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Decodes a single-object encoded record written with the current or an earlier schema.
+    pub fn decode(&self, bytes: &[u8]) -> Result<T, Error> {
+        if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
+            return Err(Error::NotSingleObject { record: T::NAME });
+        }
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+        let writer = self
+            .writers
+            .get(&fp)
+            .ok_or_else(|| Error::UnknownFingerprint { record: T::NAME, fingerprint: hex::encode(fp) })?;
+        let mut body = &bytes[HEADER_LEN..];
+        let reader = if fp == self.fingerprint { None } else { Some(self.schema) };
+        let value = apache_avro::from_avro_datum(writer, &mut body, reader)
+            .map_err(|e| Error::Decode { record: T::NAME, reason: e.to_string() })?;
+        if !body.is_empty() {
+            return Err(Error::Decode { record: T::NAME, reason: format!("{} trailing bytes", body.len()) });
+        }
+        apache_avro::from_value::<T>(&value).map_err(|e| Error::Decode { record: T::NAME, reason: e.to_string() })
+    }
+}
+
+macro_rules! avro_record {
+    ($ty:ty, $name:literal, $file:literal $(, history = [$($old:literal),*])?) => {
+        impl AvroRecord for $ty {
+            const NAME: &'static str = $name;
+            const SCHEMA: &'static str = include_str!(concat!("../avro/", $file));
+            $(const HISTORY: &'static [&'static str] = &[$(include_str!(concat!("../avro/history/", $old))),*];)?
+            fn codec() -> &'static Codec<Self> {
+                static CODEC: OnceLock<Codec<$ty>> = OnceLock::new();
+                // The schemas are compiled in and proven valid by the tests: failing here is a build defect.
+                CODEC.get_or_init(|| Codec::build().expect(concat!("invalid schema ", $file)))
+            }
+        }
+    };
+}
+
+avro_record!(UsageEvent, "io.meterline.UsageEvent", "usage_event.avsc", history = ["usage_event.v1.avsc"]);
+avro_record!(PricedUsage, "io.meterline.PricedUsage", "priced_usage.avsc");
+avro_record!(PriceChange, "io.meterline.PriceChange", "price_change.avsc");
+avro_record!(TenantChange, "io.meterline.TenantChange", "tenant_change.avsc");
+avro_record!(BudgetChange, "io.meterline.BudgetChange", "budget_change.avsc");
+avro_record!(BudgetSignal, "io.meterline.BudgetSignal", "budget_signal.avsc");
+avro_record!(Anomaly, "io.meterline.Anomaly", "anomaly.avsc");

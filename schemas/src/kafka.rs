@@ -1,0 +1,96 @@
+//! Kafka connection settings shared by every stage, and topic provisioning.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+use crate::topics::TopicSpec;
+use crate::Error;
+
+/// How to reach the Kafka-compatible cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated (`host:port,host:port`).
+    pub brokers: String,
+    /// Client id prefix; each stage appends its name.
+    pub client_id: String,
+    /// Partitions of the usage topics when meterline creates them.
+    pub usage_partitions: i32,
+    /// Replication factor when meterline creates topics (1 for a single broker).
+    pub replication_factor: i32,
+    /// Create missing topics at start (dev and tests; production may provision them).
+    pub create_topics: bool,
+    /// Extra librdkafka properties applied to every client (security.protocol, sasl.*, …).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "meterline".into(),
+            usage_partitions: 4,
+            replication_factor: 1,
+            create_topics: true,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.brokers.trim().is_empty() {
+            return Err(Error::Config("kafka.brokers must not be empty".into()));
+        }
+        if self.usage_partitions < 1 {
+            return Err(Error::Config("kafka.usage_partitions must be >= 1".into()));
+        }
+        if self.replication_factor < 1 {
+            return Err(Error::Config("kafka.replication_factor must be >= 1".into()));
+        }
+        Ok(())
+    }
+
+    /// A librdkafka client config with the bootstrap servers, client id and extra properties.
+    pub fn client(&self, role: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c.set("client.id", format!("{}-{}", self.client_id, role));
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// Creates the topics that do not exist yet (existing ones are left alone).
+pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> =
+        cfg.client("admin").create().map_err(|e| Error::Kafka(e.to_string()))?;
+    let new: Vec<NewTopic> = specs
+        .iter()
+        .map(|s| {
+            let t = NewTopic::new(s.name, s.partitions, TopicReplication::Fixed(cfg.replication_factor));
+            if s.compacted {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&new, &opts).await.map_err(|e| Error::Kafka(e.to_string()))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(Error::Kafka(format!("create topic {topic}: {code}"))),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! The meterline contract: Avro schemas (`avro/*.avsc`, the source of truth), the Rust types
+//! mirroring them, the single-object Avro codec, topic names, the Arrow schema of the Parquet
+//! ledger, and `Money`. Also the few runtime pieces every stage shares (Kafka settings,
+//! bearer-token roles, metric names).
+
+pub mod arrow_schema;
+pub mod auth;
+pub mod codec;
+pub mod events;
+pub mod kafka;
+pub mod metric_names;
+pub mod money;
+pub mod time;
+pub mod topics;
+
+pub use codec::{AvroRecord, Codec};
+pub use events::*;
+pub use money::Money;
+
+/// Errors of the contract crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("amount {0} has more than 18 decimals")]
+    MoneyScale(String),
+    #[error("amount {0} is out of range")]
+    MoneyRange(String),
+    #[error("decimal of {0} bytes is not a valid amount")]
+    MoneyBytes(usize),
+    #[error("'{0}' is not a decimal number")]
+    MoneyParse(String),
+    #[error("invalid schema: {0}")]
+    Schema(String),
+    #[error("cannot encode {record}: {reason}")]
+    Encode { record: &'static str, reason: String },
+    #[error("cannot decode {record}: {reason}")]
+    Decode { record: &'static str, reason: String },
+    #[error("not an Avro single-object encoded {record} (missing C3 01 header)")]
+    NotSingleObject { record: &'static str },
+    #[error("{record} written with unknown schema fingerprint {fingerprint}")]
+    UnknownFingerprint { record: &'static str, fingerprint: String },
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error("config: {0}")]
+    Config(String),
+}

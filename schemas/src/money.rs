@@ -1,0 +1,274 @@
+//! Money: `rust_decimal::Decimal` at one fixed precision and scale, shared by Avro
+//! (`bytes` + `decimal(38, 18)`), Arrow/Parquet (`Decimal128(38, 18)`) and the JSON APIs
+//! (a decimal string, never a float).
+//!
+//! Why scale 18: list prices go down to 1e-9 USD per unit and costs are quantity × price, so
+//! 18 decimals keep every realistic cost exact. rust_decimal's 96-bit mantissa then bounds a
+//! single in-process value to about ±7.9e10 (79 billion) — far above any one event, period
+//! total or budget; larger values are an error, never a silent truncation.
+
+use std::fmt;
+use std::ops::{Add, AddAssign, Mul, Sub};
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Error;
+
+/// Decimal precision of every money column and field.
+pub const MONEY_PRECISION: u8 = 38;
+/// Decimal scale of every money column and field.
+pub const MONEY_SCALE: u32 = 18;
+
+/// An exact amount of money (or a unit price) at scale [`MONEY_SCALE`].
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(Decimal);
+
+impl Money {
+    pub const ZERO: Money = Money(Decimal::ZERO);
+
+    /// Exact conversion: fails when `d` has more than [`MONEY_SCALE`] significant decimals.
+    pub fn new(d: Decimal) -> Result<Self, Error> {
+        let n = d.normalize();
+        if n.scale() > MONEY_SCALE {
+            return Err(Error::MoneyScale(d.to_string()));
+        }
+        Ok(Money(n))
+    }
+
+    /// Rounds half-to-even to [`MONEY_SCALE`] decimals (for float-polluted catalog values).
+    pub fn rounded(d: Decimal) -> Self {
+        Money(d.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointNearestEven).normalize())
+    }
+
+    pub fn decimal(&self) -> Decimal {
+        self.0
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0.is_zero()
+    }
+
+    /// Unscaled integer at [`MONEY_SCALE`]: the Arrow `Decimal128` representation.
+    pub fn to_unscaled(&self) -> i128 {
+        let mut d = self.0;
+        d.rescale(MONEY_SCALE);
+        d.mantissa()
+    }
+
+    /// Inverse of [`Money::to_unscaled`]; fails beyond rust_decimal's 96-bit range.
+    pub fn from_unscaled(v: i128) -> Result<Self, Error> {
+        Decimal::try_from_i128_with_scale(v, MONEY_SCALE)
+            .map(|d| Money(d.normalize()))
+            .map_err(|_| Error::MoneyRange(v.to_string()))
+    }
+
+    /// Avro `decimal` bytes: big-endian two's complement of the unscaled value, minimal length.
+    pub fn to_avro_bytes(&self) -> Vec<u8> {
+        let v = self.to_unscaled();
+        let bytes = v.to_be_bytes();
+        // Drop redundant sign-extension bytes, keeping the sign bit of the first kept byte.
+        let mut start = 0;
+        while start < 15 {
+            let (b, next) = (bytes[start], bytes[start + 1]);
+            let redundant = (b == 0x00 && next & 0x80 == 0) || (b == 0xFF && next & 0x80 != 0);
+            if !redundant {
+                break;
+            }
+            start += 1;
+        }
+        bytes[start..].to_vec()
+    }
+
+    pub fn from_avro_bytes(b: &[u8]) -> Result<Self, Error> {
+        if b.is_empty() || b.len() > 16 {
+            return Err(Error::MoneyBytes(b.len()));
+        }
+        let fill = if b[0] & 0x80 != 0 { 0xFF } else { 0x00 };
+        let mut buf = [fill; 16];
+        buf[16 - b.len()..].copy_from_slice(b);
+        Self::from_unscaled(i128::from_be_bytes(buf))
+    }
+
+    pub fn checked_add(self, o: Money) -> Option<Money> {
+        self.0.checked_add(o.0).map(Money)
+    }
+
+    /// quantity × unit price, exact (fails only on overflow or excess scale).
+    pub fn times(self, quantity: i64) -> Result<Money, Error> {
+        self.0
+            .checked_mul(Decimal::from(quantity))
+            .ok_or_else(|| Error::MoneyRange(format!("{} x {}", self.0, quantity)))
+            .and_then(Money::new)
+    }
+
+    /// Rounds to `dp` decimals, half-to-even (cents for reports).
+    pub fn round_dp(&self, dp: u32) -> Money {
+        Money(self.0.round_dp_with_strategy(dp, RoundingStrategy::MidpointNearestEven))
+    }
+}
+
+impl From<i64> for Money {
+    fn from(v: i64) -> Self {
+        Money(Decimal::from(v))
+    }
+}
+
+impl TryFrom<Decimal> for Money {
+    type Error = Error;
+    fn try_from(d: Decimal) -> Result<Self, Error> {
+        Money::new(d)
+    }
+}
+
+impl FromStr for Money {
+    type Err = Error;
+    /// Parses decimal text exactly, including exponent notation (`2.5e-06` is 0.0000025).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let t = s.trim();
+        let d = if t.contains(['e', 'E']) {
+            Decimal::from_scientific(t)
+        } else {
+            Decimal::from_str_exact(t)
+        }
+        .map_err(|_| Error::MoneyParse(s.to_string()))?;
+        Money::new(d)
+    }
+}
+
+impl Add for Money {
+    type Output = Money;
+    fn add(self, o: Money) -> Money {
+        Money(self.0 + o.0)
+    }
+}
+impl AddAssign for Money {
+    fn add_assign(&mut self, o: Money) {
+        self.0 += o.0;
+    }
+}
+impl Sub for Money {
+    type Output = Money;
+    fn sub(self, o: Money) -> Money {
+        Money(self.0 - o.0)
+    }
+}
+impl Mul<Decimal> for Money {
+    type Output = Decimal;
+    fn mul(self, o: Decimal) -> Decimal {
+        self.0 * o
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+impl fmt::Debug for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Money({})", self.0)
+    }
+}
+
+/// Human-readable formats (JSON) get a decimal string; binary formats (Avro) get the
+/// `decimal` bytes. apache-avro's serializers report `is_human_readable() == false`.
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(&self.0)
+        } else {
+            s.serialize_bytes(&self.to_avro_bytes())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Money;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a decimal string, an integer, or Avro decimal bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Money, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Money, E> {
+                Money::from_avro_bytes(v).map_err(E::custom)
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Money, E> {
+                self.visit_bytes(&v)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Money, E> {
+                Ok(Money::from(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Money, E> {
+                i64::try_from(v).map(Money::from).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Money, A::Error> {
+                // apache-avro hands `bytes` to some visitors as a sequence of u8.
+                let mut b = Vec::new();
+                while let Some(x) = seq.next_element::<u8>()? {
+                    b.push(x);
+                }
+                self.visit_bytes(&b)
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_any(V)
+        } else {
+            d.deserialize_bytes(V)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_exponent_text_exactly() {
+        assert_eq!("2.5e-06".parse::<Money>().unwrap().to_string(), "0.0000025");
+        assert_eq!("1E-9".parse::<Money>().unwrap().to_string(), "0.000000001");
+        // A float artefact beyond 18 decimals is refused exactly, and rounds to what was meant.
+        assert!("0.00022500000000000002".parse::<Money>().is_err());
+        assert_eq!(Money::rounded("0.00022500000000000002".parse().unwrap()).to_string(), "0.000225");
+    }
+
+    #[test]
+    fn refuses_excess_scale_and_garbage() {
+        assert!("5.0000000000000004e-08".parse::<Money>().is_err());
+        assert_eq!(
+            Money::rounded("0.000000050000000000000004".parse().unwrap()).to_string(),
+            "0.00000005"
+        );
+        assert!("abc".parse::<Money>().is_err());
+        assert!("".parse::<Money>().is_err());
+    }
+
+    #[test]
+    fn avro_bytes_known_values() {
+        assert_eq!(Money::ZERO.to_avro_bytes(), vec![0]);
+        // 1e-18 is unscaled 1
+        assert_eq!("0.000000000000000001".parse::<Money>().unwrap().to_avro_bytes(), vec![1]);
+        assert_eq!("-0.000000000000000001".parse::<Money>().unwrap().to_avro_bytes(), vec![0xFF]);
+        // unscaled 128 needs a leading zero byte to stay positive
+        assert_eq!("0.000000000000000128".parse::<Money>().unwrap().to_avro_bytes(), vec![0, 128]);
+    }
+
+    proptest! {
+        #[test]
+        fn avro_and_unscaled_round_trip(m in -79_228_162_514i64..79_228_162_514i64, frac in 0u64..1_000_000_000_000_000_000u64) {
+            let d = Decimal::from(m) + Decimal::from_i128_with_scale(frac as i128, 18) * if m < 0 { Decimal::NEGATIVE_ONE } else { Decimal::ONE };
+            if let Ok(money) = Money::new(d) {
+                prop_assert_eq!(Money::from_avro_bytes(&money.to_avro_bytes()).unwrap(), money);
+                prop_assert_eq!(Money::from_unscaled(money.to_unscaled()).unwrap(), money);
+                let s = serde_json::to_string(&money).unwrap();
+                prop_assert_eq!(serde_json::from_str::<Money>(&s).unwrap(), money);
+            }
+        }
+    }
+}
