@@ -10,6 +10,7 @@ pub mod events;
 pub mod kafka;
 pub mod metric_names;
 pub mod money;
+pub mod telemetry;
 pub mod time;
 pub mod topics;
 

@@ -1,0 +1,90 @@
+//! CloudEvents 1.0, JSON structured mode (one event) and batch mode (an array), compatible
+//! with OpenMeter's ingest: `subject` is the attribution key (the API key id), `time` the call
+//! time, `data` an object with `gen_ai.*` attribute names (see `genai.rs`). The event id is
+//! `source/id`: CloudEvents ids are unique per source only.
+
+use chrono::{DateTime, Utc};
+use meterline_schemas::UsageEvent;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::genai;
+use super::usage::kind;
+use super::{check_event, non_empty, Ctx, FieldError};
+
+fn required_str<'a>(o: &'a Map<String, Value>, k: &str) -> Result<&'a str, FieldError> {
+    match o.get(k) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(FieldError::new(k, "must not be empty")),
+        Some(v) => Err(FieldError::new(k, format!("must be a string (got {})", kind(v)))),
+        None => Err(FieldError::new(k, "required CloudEvents attribute is missing")),
+    }
+}
+
+pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
+    let v: Value = serde_json::from_str(raw.get()).map_err(|e| FieldError::new("", e.to_string()))?;
+    let o = v.as_object().ok_or_else(|| FieldError::new("", format!("a CloudEvent must be an object (got {})", kind(&v))))?;
+    let spec = required_str(o, "specversion")?;
+    if spec != "1.0" {
+        return Err(FieldError::new("specversion", format!("unsupported '{spec}' (1.0)")));
+    }
+    let id = required_str(o, "id")?;
+    let source = required_str(o, "source")?;
+    required_str(o, "type")?;
+    if o.contains_key("data_base64") {
+        return Err(FieldError::new("data_base64", "binary data is not a usage record; send JSON `data`"));
+    }
+    let occurred_at = match o.get("time") {
+        None | Some(Value::Null) => ctx.received_at,
+        Some(Value::String(t)) => DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| FieldError::new("time", format!("not an RFC 3339 timestamp: {e}")))?,
+        Some(x) => return Err(FieldError::new("time", format!("must be a string (got {})", kind(x)))),
+    };
+    let empty = Map::new();
+    let data = match o.get("data") {
+        Some(Value::Object(d)) => d,
+        None | Some(Value::Null) => &empty,
+        Some(x) => return Err(FieldError::new("data", format!("must be an object (got {})", kind(x)))),
+    };
+    let f = genai::fields(data).map_err(|e| e.under("data"))?;
+    if !genai::has_usage(data) {
+        return Err(FieldError::new("data", "no token usage (gen_ai.usage.input_tokens / output_tokens)"));
+    }
+    let subject = non_empty(o.get("subject").and_then(Value::as_str));
+    let gateway_reported_cost = data
+        .get("meterline.gateway_reported_cost")
+        .map(|c| super::usage::decimal(c, "data.meterline.gateway_reported_cost"))
+        .transpose()?;
+    let e = UsageEvent {
+        event_id: format!("{source}/{id}"),
+        occurred_at,
+        received_at: ctx.received_at,
+        source: ctx.source.clone(),
+        format: "cloudevents".into(),
+        request_id: f.response_id.or_else(|| Some(id.to_string())),
+        api_key_id: f.api_key_id.or(subject),
+        user_id: f.user_id,
+        team_id: f.team_id,
+        org_id: f.org_id,
+        project_id: f.project_id,
+        end_user: f.end_user,
+        tags: f.tags,
+        agent_id: f.agent_id,
+        workflow_id: f.workflow_id,
+        session_id: f.session_id,
+        provider: f.provider.ok_or_else(|| FieldError::new("data.gen_ai.provider.name", "required"))?.to_ascii_lowercase(),
+        model: f.model.ok_or_else(|| FieldError::new("data.gen_ai.request.model", "required (or gen_ai.response.model)"))?,
+        operation: f.operation,
+        usage: f.usage,
+        service_tier: f.service_tier,
+        status: f.status,
+        http_status: None,
+        latency_ms: None,
+        ttft_ms: None,
+        region: f.region,
+        gateway_reported_cost,
+    };
+    check_event(&e)?;
+    Ok(e)
+}

@@ -1,0 +1,116 @@
+//! Input formats → `UsageEvent`. Each adapter is a pure function from one decoded item to an
+//! event or a precise [`FieldError`]; the HTTP layer adds the item index.
+
+pub mod cloudevents;
+pub mod genai;
+pub mod litellm;
+pub mod native;
+pub mod otlp;
+pub mod usage;
+
+use chrono::{DateTime, Utc};
+use meterline_schemas::UsageEvent;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Longest accepted identifier (event ids, keys, model names).
+pub const MAX_ID_LEN: usize = 512;
+
+/// What is wrong with one field of one item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// Path of the offending field inside the item (`usage.input_tokens`), or `""` for the item.
+    pub field: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, reason: impl Into<String>) -> Self {
+        FieldError { field: field.to_string(), reason: reason.into() }
+    }
+
+    /// Prefixes the path with `base` (`usage` + `prompt_tokens` → `usage.prompt_tokens`).
+    pub fn under(mut self, base: &str) -> Self {
+        if !base.is_empty() {
+            self.field = if self.field.is_empty() { base.to_string() } else { format!("{base}.{}", self.field) };
+        }
+        self
+    }
+}
+
+/// An item of a batch that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ItemError {
+    /// 0-based position of the item in the batch (array index, NDJSON line, or span number).
+    pub index: usize,
+    /// Path of the offending field inside the item.
+    pub field: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Facts the edge adds to every event.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub source: String,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The items of a JSON body: one object, a JSON array, or NDJSON (one value per line).
+/// Fails only when the body as a whole cannot be split (e.g. a malformed array).
+pub fn split_items(body: &[u8], ndjson: bool) -> Result<Vec<Result<&RawValue, FieldError>>, FieldError> {
+    let text = std::str::from_utf8(body).map_err(|e| FieldError::new("", format!("body is not UTF-8: {e}")))?;
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Err(FieldError::new("", "empty body"));
+    }
+    if !ndjson && trimmed.starts_with('[') {
+        let items: Vec<&RawValue> =
+            serde_json::from_str(text).map_err(|e| FieldError::new("", format!("malformed JSON array: {e}")))?;
+        return Ok(items.into_iter().map(Ok).collect());
+    }
+    if !ndjson {
+        let one: &RawValue =
+            serde_json::from_str(text).map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
+        return Ok(vec![Ok(one)]);
+    }
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<&RawValue>(l).map_err(|e| FieldError::new("", format!("malformed JSON line: {e}"))))
+        .collect())
+}
+
+/// Checks what every adapter must guarantee before an event leaves the edge.
+pub fn check_event(e: &UsageEvent) -> Result<(), FieldError> {
+    for (field, v) in [("event_id", &e.event_id), ("provider", &e.provider), ("model", &e.model)] {
+        if v.trim().is_empty() {
+            return Err(FieldError::new(field, "required and must not be empty"));
+        }
+        if v.len() > MAX_ID_LEN {
+            return Err(FieldError::new(field, format!("longer than {MAX_ID_LEN} bytes")));
+        }
+    }
+    for (field, v) in [
+        ("api_key_id", &e.api_key_id),
+        ("user_id", &e.user_id),
+        ("team_id", &e.team_id),
+        ("org_id", &e.org_id),
+        ("project_id", &e.project_id),
+        ("end_user", &e.end_user),
+    ] {
+        if v.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
+            return Err(FieldError::new(field, format!("longer than {MAX_ID_LEN} bytes")));
+        }
+    }
+    if e.occurred_at > e.received_at + chrono::Duration::hours(24) {
+        return Err(FieldError::new("occurred_at", "more than 24 h in the future"));
+    }
+    Ok(())
+}
+
+/// A non-empty trimmed string, or None.
+pub fn non_empty(s: Option<&str>) -> Option<String> {
+    s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+}
