@@ -1,1 +1,45 @@
-fn main() {}
+//! `meterline`: one binary, a subcommand per stage. Dispatch only.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use meterline::{bench, config::Config, dev};
+
+#[derive(Parser)]
+#[command(name = "meterline", version, about = "Metering and FinOps pipeline for AI inference")]
+struct Cli {
+    /// TOML config file (overridden by METERLINE_* environment variables).
+    #[arg(long, short, global = true, env = "METERLINE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Everything on one machine: a local broker, the stages and demo traffic.
+    Dev(dev::DevArgs),
+    /// The edge forwarder (HTTP → Kafka, with spool).
+    Ingest,
+    /// Prints the SHA-256 digest of a bearer token, for the `tokens` config.
+    HashToken { token: String },
+    /// Benchmarks against a raw baseline measured in the same run.
+    Bench(bench::BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into())).init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::HashToken { token } => Ok(println!("{}", meterline_schemas::auth::hash_token(&token))),
+        Cmd::Dev(args) => dev::run(Config::load(cli.config.as_deref())?, args).await,
+        Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Ingest => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let app = meterline_ingest::App::build(&cfg.kafka, cfg.ingest).await?;
+            dev::stop_on_signal(app.stop_token());
+            Ok(app.run_until_stopped().await?)
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `meterline bench ingest`: in one run on one broker, a bare rdkafka producer sending
+//! pre-encoded records of the same size (the raw baseline), then the ingest HTTP path fed by a
+//! concurrent load generator with batched native JSON. Prints both rates, their ratio, the
+//! ingest process's CPU µs per event and its peak RSS. Ratios, not absolute numbers, are what
+//! compare across (noisy, 2-core) machines.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::future::join_all;
+use meterline_ingest::IngestConfig;
+use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_schemas::topics::TopicSpec;
+use rand::SeedableRng;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::broker::{free_port, Storage, TansuBroker};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Edge forwarder vs. a bare producer.
+    Ingest {
+        /// Events per side.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Events per HTTP request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Concurrent HTTP requests in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Use this cluster instead of a local in-memory tansu.
+        #[arg(long)]
+        brokers: Option<String>,
+    },
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        BenchWhat::Ingest { events, batch, concurrency, brokers } => bench_ingest(events, batch, concurrency, brokers).await,
+    }
+}
+
+/// CPU time (user + system) of a process, in microseconds, from /proc.
+fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Ok(ticks * 1_000_000 / hz)
+}
+
+/// Peak resident set size (VmHWM) in KiB.
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("VmHWM")?;
+    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+}
+
+async fn bench_ingest(events: usize, batch: usize, concurrency: usize, brokers: Option<String>) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _broker;
+    let bootstrap = match brokers {
+        Some(b) => b,
+        None => {
+            let b = TansuBroker::start(Storage::Memory, dir.path())?;
+            let s = b.bootstrap();
+            _broker = b;
+            s
+        }
+    };
+    let kafka = KafkaConfig { brokers: bootstrap.clone(), ..Default::default() };
+    ensure_topics(&kafka, &meterline_schemas::topics::all(kafka.usage_partitions)).await?;
+    ensure_topics(&kafka, &[TopicSpec { name: "meterline.bench.baseline", partitions: kafka.usage_partitions, compacted: false }]).await?;
+
+    // The same events for both sides: JSON bodies for ingest, their Avro encoding for the baseline.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let run = std::process::id();
+    let json: Vec<serde_json::Value> = (0..events).map(|i| crate::dev::demo_event(&mut rng, &format!("bench-{run}-{i}"))).collect();
+    let ctx = meterline_ingest::adapters::Ctx { source: "bench".into(), received_at: chrono::Utc::now() };
+    let records: Vec<(String, Vec<u8>)> = json
+        .iter()
+        .map(|v| {
+            let raw = serde_json::value::to_raw_value(v).unwrap();
+            let e = meterline_ingest::adapters::native::decode(&raw, &ctx).expect("demo event is valid");
+            use meterline_schemas::AvroRecord;
+            (e.partition_key().to_string(), e.to_avro().unwrap())
+        })
+        .collect();
+    let avg_bytes = records.iter().map(|r| r.1.len()).sum::<usize>() / events.max(1);
+    let bodies: Vec<bytes::Bytes> = json.chunks(batch).map(|c| bytes::Bytes::from(serde_json::to_vec(c).unwrap())).collect();
+
+    // 1. baseline: bare producer, same settings as the edge, pre-encoded records
+    let ingest_cfg = IngestConfig::default();
+    let producer: FutureProducer = meterline_ingest::producer_config(&kafka, &ingest_cfg).create()?;
+    let t0 = Instant::now();
+    let futs: Vec<_> = records
+        .iter()
+        .map(|(k, v)| producer.send(FutureRecord::to("meterline.bench.baseline").key(k).payload(v), Duration::from_secs(30)))
+        .collect();
+    let failed = join_all(futs).await.into_iter().filter(|r| r.is_err()).count();
+    let base_secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(failed == 0, "baseline: {failed} sends failed");
+    let base_rate = events as f64 / base_secs;
+
+    // 2. ingest as its own process, so its CPU and RSS are its own
+    let port = free_port();
+    let token = "bench-token";
+    let cfg_path = dir.path().join("bench.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[kafka]\nbrokers = \"{bootstrap}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\nmax_batch_items = {}\n[ingest.spool]\ndir = \"{}\"\n[[ingest.tokens]]\nprincipal = \"bench\"\nsha256 = \"{}\"\nrole = \"edge\"\n",
+            batch.max(1),
+            dir.path().join("spool").display(),
+            meterline_schemas::auth::hash_token(token)
+        ),
+    )?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--config", cfg_path.to_str().unwrap(), "ingest"])
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    let pid = child.id();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&client, &base).await?;
+    // warm-up request (connection, producer metadata) outside the measurement
+    let warm = serde_json::to_vec(&[crate::dev::demo_event(&mut rng, &format!("bench-{run}-warmup"))])?;
+    post(&client, &base, token, warm.into()).await?;
+
+    let cpu0 = cpu_micros(pid)?;
+    let t0 = Instant::now();
+    let queue = Arc::new(std::sync::Mutex::new(bodies.into_iter()));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (q, client, base) = (queue.clone(), client.clone(), base.clone());
+            tokio::spawn(async move {
+                loop {
+                    let next = q.lock().unwrap().next();
+                    let Some(body) = next else { return Ok::<_, anyhow::Error>(()) };
+                    post(&client, &base, token, body).await?;
+                }
+            })
+        })
+        .collect();
+    for w in join_all(workers).await {
+        w??;
+    }
+    let ingest_secs = t0.elapsed().as_secs_f64();
+    let cpu_us = cpu_micros(pid)? - cpu0;
+    let rss_mib = peak_rss_kib(pid)? as f64 / 1024.0;
+    let _ = child.kill();
+    let _ = child.wait();
+    let ingest_rate = events as f64 / ingest_secs;
+
+    println!("bench ingest: {events} events, ~{avg_bytes} B Avro each, batch {batch}, {concurrency} concurrent requests, broker {bootstrap}");
+    println!("  bare rdkafka producer   {:>10.0} events/s   ({base_secs:.2} s)", base_rate);
+    println!("  ingest HTTP → Kafka     {:>10.0} events/s   ({ingest_secs:.2} s)", ingest_rate);
+    println!("  ratio ingest/bare       {:>10.2}   (target ≥ 0.5)", ingest_rate / base_rate);
+    println!("  ingest CPU              {:>10.2} µs/event   (target ≤ 5)", cpu_us as f64 / events as f64);
+    println!("  ingest peak RSS         {:>10.1} MiB   (target ≤ 256)", rss_mib);
+    Ok(())
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("ingest did not become healthy")
+}
+
+async fn post(client: &reqwest::Client, base: &str, token: &str, body: bytes::Bytes) -> anyhow::Result<()> {
+    let r = client
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "ingest answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+    Ok(())
+}
+
