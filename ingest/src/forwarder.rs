@@ -129,7 +129,7 @@ impl Forwarder {
                 if stop.is_cancelled() {
                     return;
                 }
-                match self.drain_once().await {
+                match self.drain_once(&stop).await {
                     Ok(true) => backoff = Duration::from_millis(100),
                     Ok(false) => break,
                     Err(e) => {
@@ -146,7 +146,7 @@ impl Forwarder {
     }
 
     /// Sends one chunk from the spool head. Ok(true) = progress, Ok(false) = nothing to do.
-    async fn drain_once(&self) -> Result<bool, String> {
+    async fn drain_once(&self, stop: &CancellationToken) -> Result<bool, String> {
         let (chunk, next) = {
             let s = self.spool.lock().await;
             if s.is_empty() {
@@ -168,7 +168,12 @@ impl Forwarder {
             if !pending.is_empty() {
                 attempt += 1;
                 tracing::debug!(failed = pending.len(), attempt, "broker still unavailable for spooled events");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
+                tokio::select! {
+                    // Stopping mid-chunk is safe: the cursor has not moved, the chunk is re-sent
+                    // after restart (records already acked then arrive twice; enrich drops them).
+                    _ = stop.cancelled() => return Err("stopped while draining".into()),
+                    _ = tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))) => {},
+                }
             }
         }
         // 2. then move the cursor past the chunk
