@@ -56,35 +56,10 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         .get("meterline.gateway_reported_cost")
         .map(|c| super::usage::decimal(c, "data.meterline.gateway_reported_cost"))
         .transpose()?;
-    let e = UsageEvent {
-        event_id: format!("{source}/{id}"),
-        occurred_at,
-        received_at: ctx.received_at,
-        source: ctx.source.clone(),
-        format: "cloudevents".into(),
-        request_id: f.response_id.or_else(|| Some(id.to_string())),
-        api_key_id: f.api_key_id.or(subject),
-        user_id: f.user_id,
-        team_id: f.team_id,
-        org_id: f.org_id,
-        project_id: f.project_id,
-        end_user: f.end_user,
-        tags: f.tags,
-        agent_id: f.agent_id,
-        workflow_id: f.workflow_id,
-        session_id: f.session_id,
-        provider: f.provider.ok_or_else(|| FieldError::new("data.gen_ai.provider.name", "required"))?.to_ascii_lowercase(),
-        model: f.model.ok_or_else(|| FieldError::new("data.gen_ai.request.model", "required (or gen_ai.response.model)"))?,
-        operation: f.operation,
-        usage: f.usage,
-        service_tier: f.service_tier,
-        status: f.status,
-        http_status: None,
-        latency_ms: None,
-        ttft_ms: None,
-        region: f.region,
-        gateway_reported_cost,
-    };
+    let mut e = f.into_event(format!("{source}/{id}"), occurred_at, ctx, "cloudevents").map_err(|e| e.under("data"))?;
+    e.request_id = e.request_id.or_else(|| Some(id.to_string()));
+    e.api_key_id = e.api_key_id.or(subject);
+    e.gateway_reported_cost = gateway_reported_cost;
     check_event(&e)?;
     Ok(e)
 }

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use meterline_schemas::{CallStatus, Operation, ServiceTier, Usage};
+use chrono::{DateTime, Utc};
+use meterline_schemas::{CallStatus, Operation, ServiceTier, Usage, UsageEvent};
 use serde_json::Value;
 
 use super::usage::{json_count, kind};
-use super::FieldError;
+use super::{Ctx, FieldError};
 
 /// Looks attributes up by name; values as JSON (OTLP AnyValue converted).
 pub trait Attrs {
@@ -137,4 +138,40 @@ pub fn fields(a: &impl Attrs) -> Result<GenAiFields, FieldError> {
         region: string(a, &["cloud.region", "region"])?,
         tags,
     })
+}
+
+impl GenAiFields {
+    /// The event these attributes describe; the caller sets what its format carries apart
+    /// (gateway cost, latency, HTTP status). Field errors name attribute keys.
+    pub fn into_event(self, event_id: String, occurred_at: DateTime<Utc>, ctx: &Ctx, format: &str) -> Result<UsageEvent, FieldError> {
+        Ok(UsageEvent {
+            event_id,
+            occurred_at,
+            received_at: ctx.received_at,
+            source: ctx.source.clone(),
+            format: format.into(),
+            request_id: self.response_id,
+            api_key_id: self.api_key_id,
+            user_id: self.user_id,
+            team_id: self.team_id,
+            org_id: self.org_id,
+            project_id: self.project_id,
+            end_user: self.end_user,
+            tags: self.tags,
+            agent_id: self.agent_id,
+            workflow_id: self.workflow_id,
+            session_id: self.session_id,
+            provider: self.provider.ok_or_else(|| FieldError::new("gen_ai.provider.name", "required (or gen_ai.system)"))?.to_ascii_lowercase(),
+            model: self.model.ok_or_else(|| FieldError::new("gen_ai.request.model", "required (or gen_ai.response.model)"))?,
+            operation: self.operation,
+            usage: self.usage,
+            service_tier: self.service_tier,
+            status: self.status,
+            http_status: None,
+            latency_ms: None,
+            ttft_ms: None,
+            region: self.region,
+            gateway_reported_cost: None,
+        })
+    }
 }

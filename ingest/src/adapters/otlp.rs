@@ -68,35 +68,12 @@ fn span_event(
     let start = Utc.timestamp_nanos(span.start_time_unix_nano as i64);
     let latency = span.end_time_unix_nano.checked_sub(span.start_time_unix_nano).map(|ns| (ns / 1_000_000) as i64);
     let errored = span.status.as_ref().is_some_and(|s| s.code == 2);
-    let e = UsageEvent {
-        event_id: format!("{}/{}", hex::encode(&span.trace_id), hex::encode(&span.span_id)),
-        occurred_at: start,
-        received_at: ctx.received_at,
-        source: ctx.source.clone(),
-        format: "otlp".into(),
-        request_id: f.response_id,
-        api_key_id: f.api_key_id,
-        user_id: f.user_id,
-        team_id: f.team_id,
-        org_id: f.org_id,
-        project_id: f.project_id,
-        end_user: f.end_user,
-        tags: f.tags,
-        agent_id: f.agent_id,
-        workflow_id: f.workflow_id,
-        session_id: f.session_id,
-        provider: f.provider.ok_or_else(|| FieldError::new("gen_ai.provider.name", "required (or gen_ai.system)"))?.to_ascii_lowercase(),
-        model: f.model.ok_or_else(|| FieldError::new("gen_ai.request.model", "required (or gen_ai.response.model)"))?,
-        operation: f.operation,
-        usage: f.usage,
-        service_tier: f.service_tier,
-        status: if errored { CallStatus::Error } else { f.status },
-        http_status: a.get("http.response.status_code").and_then(Value::as_i64).map(|v| v as i32),
-        latency_ms: latency,
-        ttft_ms: None,
-        region: f.region,
-        gateway_reported_cost: None,
-    };
+    let mut e = f.into_event(format!("{}/{}", hex::encode(&span.trace_id), hex::encode(&span.span_id)), start, ctx, "otlp")?;
+    if errored {
+        e.status = CallStatus::Error;
+    }
+    e.http_status = a.get("http.response.status_code").and_then(Value::as_i64).map(|v| v as i32);
+    e.latency_ms = latency;
     check_event(&e)?;
     Ok(e)
 }
