@@ -89,6 +89,14 @@ async fn every_format_arrives_decoded_on_the_raw_topic() {
         {"event_id": "n-stream", "occurred_at": "2026-11-01T10:00:03Z", "provider": "anthropic", "model": "claude-sonnet-4-20250514", "team_id": "t", "provider_usage_stream": stream},
     ]);
     assert_eq!(h.post("/v1/events", "application/json", native.to_string()).await.0, 200);
+    // usage objects recorded by the Envoy AI Gateway project from real OpenAI/Azure calls
+    let envoy: Vec<Value> = fixture("envoy_openai_usages.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let envoy_items: Vec<Value> = envoy
+        .iter()
+        .map(|c| json!({"event_id": format!("envoy-{}", c["cassette"].as_str().unwrap()), "occurred_at": "2026-11-01T09:00:00Z",
+                        "provider": "openai", "model": c["model"], "team_id": "t", "provider_usage": c["usage"]}))
+        .collect();
+    assert_eq!(h.post("/v1/events", "application/json", json!(envoy_items).to_string()).await.0, 200);
     let (st, body) = h.post("/v1/events", "application/json", with_provider.to_string()).await;
     assert_eq!((st, body["accepted"].as_u64()), (200, Some(3)), "{body}");
     // NDJSON
@@ -137,7 +145,7 @@ async fn every_format_arrives_decoded_on_the_raw_topic() {
     assert_eq!(st, 200, "{body}");
 
     let events: HashMap<String, UsageEvent> = h.raw_events().await.into_iter().map(|e| (e.event_id.clone(), e)).collect();
-    assert_eq!(events.len(), 13, "ids: {:?}", events.keys().collect::<Vec<_>>());
+    assert_eq!(events.len(), 15, "ids: {:?}", events.keys().collect::<Vec<_>>());
 
     let n = &events["n-1"];
     assert_eq!((n.provider.as_str(), n.model.as_str(), n.operation, n.service_tier), ("openai", "gpt-4o", Operation::Chat, ServiceTier::Batch));
@@ -147,6 +155,10 @@ async fn every_format_arrives_decoded_on_the_raw_topic() {
     assert_eq!((n.source.as_str(), n.format.as_str()), ("test-edge", "native"));
     assert_eq!(n.occurred_at, Utc.with_ymd_and_hms(2026, 11, 1, 10, 0, 0).unwrap());
 
+    let az = &events["envoy-azure-chat-basic.yaml"].usage;
+    assert_eq!((az.input_tokens, az.output_tokens, az.reasoning_tokens), (8, 79, 192), "271 completion tokens of which 192 reasoning");
+    let dd = &events["envoy-chat-detailed-usage.yaml"].usage;
+    assert_eq!((dd.input_tokens, dd.output_tokens, dd.reasoning_tokens), (12, 0, 100));
     let o = &events["n-openai"].usage;
     assert_eq!((o.input_tokens, o.cache_read_tokens, o.output_tokens), (1117, 0, 46));
     let a = &events["n-anthropic"].usage;
