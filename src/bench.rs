@@ -36,15 +36,18 @@ pub enum BenchWhat {
         /// Concurrent HTTP requests in flight.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
-        /// Use this cluster instead of a local in-memory tansu.
+        /// Use this cluster instead of a local tansu.
         #[arg(long)]
         brokers: Option<String>,
+        /// Storage of the local tansu: memory (needs tansu built with `dynostore`) or sqlite.
+        #[arg(long, default_value = "memory")]
+        storage: String,
     },
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
-        BenchWhat::Ingest { events, batch, concurrency, brokers } => bench_ingest(events, batch, concurrency, brokers).await,
+        BenchWhat::Ingest { events, batch, concurrency, brokers, storage } => bench_ingest(events, batch, concurrency, brokers, &storage).await,
     }
 }
 
@@ -65,13 +68,18 @@ fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
 }
 
-async fn bench_ingest(events: usize, batch: usize, concurrency: usize, brokers: Option<String>) -> anyhow::Result<()> {
+async fn bench_ingest(events: usize, batch: usize, concurrency: usize, brokers: Option<String>, storage: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let _broker;
     let bootstrap = match brokers {
         Some(b) => b,
         None => {
-            let b = TansuBroker::start(Storage::Memory, dir.path())?;
+            let storage = match storage {
+                "memory" => Storage::Memory,
+                "sqlite" => Storage::Sqlite(dir.path().join("bench.db")),
+                other => anyhow::bail!("--storage {other}: use memory or sqlite"),
+            };
+            let b = TansuBroker::start(storage, dir.path())?;
             let s = b.bootstrap();
             _broker = b;
             s

@@ -14,11 +14,26 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use meterline_schemas::metric_names as m;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::spool::{Record, Spool, SpoolError};
+
+/// A produce error that no retry can fix (the record itself is unacceptable to the broker).
+pub fn is_poison(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+        )
+    )
+}
 
 pub struct Forwarder {
     producer: FutureProducer,
@@ -27,6 +42,7 @@ pub struct Forwarder {
     spooling: AtomicBool,
     wake: Notify,
     drain_chunk: usize,
+    dead_letter_dir: std::path::PathBuf,
 }
 
 /// Why events could not be accepted.
@@ -37,7 +53,7 @@ pub enum ForwardError {
 }
 
 impl Forwarder {
-    pub fn new(producer: FutureProducer, topic: &str, spool: Spool) -> Arc<Self> {
+    pub fn new(producer: FutureProducer, topic: &str, spool: Spool, dead_letter_dir: std::path::PathBuf) -> Arc<Self> {
         let spooling = !spool.is_empty();
         metrics::gauge!(m::INGEST_SPOOL_DEPTH_EVENTS).set(spool.depth_records() as f64);
         metrics::gauge!(m::INGEST_SPOOL_DEPTH_BYTES).set(spool.depth_bytes() as f64);
@@ -48,6 +64,7 @@ impl Forwarder {
             spooling: AtomicBool::new(spooling),
             wake: Notify::new(),
             drain_chunk: 2000,
+            dead_letter_dir,
         })
     }
 
@@ -60,8 +77,9 @@ impl Forwarder {
         (s.depth_records(), s.depth_bytes())
     }
 
-    /// Sends every record; returns the ones the broker did not ack (in order).
-    async fn send_all(&self, records: Vec<Record>) -> Vec<Record> {
+    /// Sends every record; returns the ones the broker did not ack (in order), each with
+    /// whether its error is poison.
+    async fn send_all(&self, records: Vec<Record>) -> Vec<(Record, bool)> {
         let started = Instant::now();
         let futures = records.iter().map(|r| {
             let rec = FutureRecord::to(&self.topic).key(&r.key).payload(&r.value);
@@ -74,7 +92,7 @@ impl Forwarder {
         for (r, res) in records.into_iter().zip(results) {
             if let Err((e, _)) = res {
                 metrics::counter!(m::INGEST_PRODUCE_ERRORS, m::LABEL_REASON => e.to_string()).increment(1);
-                failed.push(r);
+                failed.push((r, is_poison(&e)));
             }
         }
         failed
@@ -108,11 +126,12 @@ impl Forwarder {
         if self.is_spooling() {
             return self.spool_append(&records).await;
         }
-        let failed = self.send_all(records).await;
+        let failed: Vec<Record> = self.send_all(records).await.into_iter().map(|(r, _)| r).collect();
         if failed.is_empty() {
             return Ok(());
         }
-        tracing::warn!(events = failed.len(), "broker did not ack in time; spooling");
+        // Poison records are spooled too (they were valid input); the drainer dead-letters them.
+        tracing::warn!(events = failed.len(), "broker did not ack; spooling");
         self.spool_append(&failed).await
     }
 
@@ -157,14 +176,25 @@ impl Forwarder {
                 }
                 return Ok(false);
             }
-            s.peek(self.drain_chunk).map_err(|e| e.to_string())?
+            let (chunk, next) = s.peek(self.drain_chunk).map_err(|e| e.to_string())?;
+            if chunk.is_empty() {
+                drop(s);
+                tracing::error!("spool reports records after the cursor but none is readable; resetting its depth");
+                self.spool.lock().await.reset_depth();
+                return Ok(false);
+            }
+            (chunk, next)
         };
         let n = chunk.len() as u64;
         // 1. send the chunk; retry only what failed, so acked records are not sent twice
         let mut pending = chunk;
         let mut attempt = 0u32;
         while !pending.is_empty() {
-            pending = self.send_all(pending).await;
+            let (poison, retry): (Vec<_>, Vec<_>) = self.send_all(pending).await.into_iter().partition(|(_, p)| *p);
+            if !poison.is_empty() {
+                self.dead_letter(poison.into_iter().map(|(r, _)| r).collect()).await.map_err(|e| e.to_string())?;
+            }
+            pending = retry.into_iter().map(|(r, _)| r).collect();
             if !pending.is_empty() {
                 attempt += 1;
                 tracing::debug!(failed = pending.len(), attempt, "broker still unavailable for spooled events");
@@ -183,6 +213,19 @@ impl Forwarder {
         metrics::gauge!(m::INGEST_SPOOL_DEPTH_EVENTS).set(s.depth_records() as f64);
         metrics::gauge!(m::INGEST_SPOOL_DEPTH_BYTES).set(s.depth_bytes() as f64);
         Ok(true)
+    }
+
+    /// Records the broker refuses outright (too large, invalid) leave the drain path for an
+    /// append-only dead-letter spool next to it, so one bad record cannot wedge the edge.
+    async fn dead_letter(&self, records: Vec<Record>) -> Result<(), SpoolError> {
+        let dir = self.dead_letter_dir.clone();
+        let n = records.len();
+        tokio::task::spawn_blocking(move || Spool::open(&dir, u64::MAX, 64 << 20)?.append(&records))
+            .await
+            .expect("dead-letter task")?;
+        tracing::error!(events = n, "broker refused spooled events permanently; moved to the dead-letter spool");
+        metrics::counter!(m::INGEST_DEAD_LETTERED).increment(n as u64);
+        Ok(())
     }
 
     /// Waits for in-flight messages (graceful shutdown).

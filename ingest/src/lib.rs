@@ -57,7 +57,10 @@ pub fn producer_config(kafka: &KafkaConfig, cfg: &IngestConfig) -> rdkafka::Clie
         .set("queue.buffering.max.kbytes", "1048576")
         // After this, librdkafka gives the message up and reports it failed: only then is it spooled.
         .set("message.timeout.ms", cfg.produce_timeout_ms.to_string())
-        .set("request.timeout.ms", cfg.produce_timeout_ms.min(30_000).to_string());
+        // Below the message timeout, so librdkafka can retry an in-flight request once before it
+        // gives the message up. A message given up while possibly persisted is then spooled and
+        // may arrive twice; enrich drops such duplicates by event id.
+        .set("request.timeout.ms", (cfg.produce_timeout_ms / 2).clamp(500, 30_000).to_string());
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
@@ -79,7 +82,7 @@ impl App {
         }
         let producer: FutureProducer = producer_config(kafka, &cfg).create()?;
         let spool = spool::Spool::open(&cfg.spool.dir, cfg.spool.max_bytes, cfg.spool.segment_bytes)?;
-        let forwarder = forwarder::Forwarder::new(producer, topics::USAGE_RAW, spool);
+        let forwarder = forwarder::Forwarder::new(producer, topics::USAGE_RAW, spool, cfg.spool.dir.join("dead-letter"));
         let listener = TcpListener::bind(&cfg.listen).await?;
         let shared = Arc::new(http::Shared {
             tokens: TokenTable::new(&cfg.tokens),

@@ -157,6 +157,13 @@ impl Spool {
         self.depth_records == 0
     }
 
+    /// Forgets the depth when nothing readable is left after the cursor (corruption): keeps the
+    /// drainer from spinning on records it cannot read.
+    pub fn reset_depth(&mut self) {
+        self.depth_records = 0;
+        self.depth_bytes = 0;
+    }
+
     /// Appends the records and fsyncs once. All or nothing: refused whole when it would
     /// exceed the spool's capacity.
     pub fn append(&mut self, records: &[Record]) -> Result<(), SpoolError> {
@@ -198,8 +205,13 @@ impl Spool {
         let (seq, len) = self.segments.last_mut().unwrap();
         let path = seg_path(&self.dir, *seq);
         let w = self.writer.as_mut().unwrap();
-        w.write_all(&buf).map_err(io_err(&path))?;
-        w.sync_data().map_err(io_err(&path))?;
+        if let Err(e) = w.write_all(&buf).and_then(|_| w.sync_data()) {
+            // Put the file back to its last acknowledged length, so a later append is never
+            // hidden behind a half-written (never acknowledged) record.
+            let _ = w.set_len(*len).and_then(|_| w.sync_data());
+            self.writer = None;
+            return Err(SpoolError::Io { path, source: e });
+        }
         *len += buf.len() as u64;
         self.depth_records += records.len() as u64;
         self.depth_bytes += buf.len() as u64;

@@ -12,6 +12,7 @@ pub const INGEST_SPOOL_FULL: &str = "meterline_ingest_spool_full_total";
 pub const INGEST_PRODUCE_LATENCY: &str = "meterline_ingest_produce_latency_seconds";
 pub const INGEST_PRODUCE_ERRORS: &str = "meterline_ingest_produce_errors_total";
 pub const INGEST_MODE_SPOOLING: &str = "meterline_ingest_spooling";
+pub const INGEST_DEAD_LETTERED: &str = "meterline_ingest_dead_lettered_total";
 
 // label keys
 pub const LABEL_FORMAT: &str = "format";

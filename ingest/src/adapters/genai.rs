@@ -55,7 +55,7 @@ pub fn usage(a: &impl Attrs) -> Result<Usage, FieldError> {
     let write = tokens(a, &["gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens"])?;
     let output = tokens(a, &["gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"])?;
     let reasoning = tokens(a, &["gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"])?;
-    let uncached = input.checked_sub(read + write).filter(|v| *v >= 0).ok_or_else(|| {
+    let uncached = input.checked_sub(read.saturating_add(write)).filter(|v| *v >= 0).ok_or_else(|| {
         FieldError::new("gen_ai.usage.input_tokens", format!("{input} is smaller than the cache tokens it includes ({})", read + write))
     })?;
     let out = output.checked_sub(reasoning).filter(|v| *v >= 0).ok_or_else(|| {

@@ -15,6 +15,11 @@ use serde_json::value::RawValue;
 
 /// Longest accepted identifier (event ids, keys, model names).
 pub const MAX_ID_LEN: usize = 512;
+/// Most tags on one event, and longest tag key or value.
+pub const MAX_TAGS: usize = 64;
+pub const MAX_TAG_LEN: usize = 256;
+/// Largest plausible count of one quantity in one call (a trillion): bounds every later sum.
+pub const MAX_COUNT: i64 = 1_000_000_000_000;
 
 /// What is wrong with one field of one item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -103,6 +108,17 @@ pub fn check_event(e: &UsageEvent) -> Result<(), FieldError> {
         if v.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
             return Err(FieldError::new(field, format!("longer than {MAX_ID_LEN} bytes")));
         }
+    }
+    for (field, v) in e.usage.counts() {
+        if v > MAX_COUNT {
+            return Err(FieldError::new(&format!("usage.{field}"), format!("{v} exceeds the plausible maximum of {MAX_COUNT} per call")));
+        }
+    }
+    if e.tags.len() > MAX_TAGS {
+        return Err(FieldError::new("tags", format!("{} tags exceed the limit of {MAX_TAGS}", e.tags.len())));
+    }
+    if let Some((k, _)) = e.tags.iter().find(|(k, v)| k.len() > MAX_TAG_LEN || v.len() > MAX_TAG_LEN) {
+        return Err(FieldError::new(&format!("tags.{k}"), format!("tag key or value longer than {MAX_TAG_LEN} bytes")));
     }
     if e.occurred_at > e.received_at + chrono::Duration::hours(24) {
         return Err(FieldError::new("occurred_at", "more than 24 h in the future"));

@@ -61,6 +61,11 @@ pub fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// Sum of counts; saturates so that absurd inputs fail the `minus` check instead of wrapping.
+fn sum(parts: &[i64]) -> i64 {
+    parts.iter().fold(0i64, |a, b| a.saturating_add(*b))
+}
+
 /// `a - b`, or an error naming both fields when the details exceed their total.
 fn minus(total: i64, total_path: &str, parts: i64, what: &str) -> Result<i64, FieldError> {
     total.checked_sub(parts).filter(|r| *r >= 0).ok_or_else(|| {
@@ -116,18 +121,19 @@ pub fn openai_chat(v: &Value) -> Result<Usage, FieldError> {
     let audio_in = count(v, "prompt_tokens_details.audio_tokens")?;
     // cache writes: OpenAI's `cache_write_tokens`, LiteLLM's `cache_creation_tokens` or the
     // Anthropic-style top-level field LiteLLM passes through.
-    let write_total = count(v, "prompt_tokens_details.cache_write_tokens")?
+    let reported_writes = count(v, "prompt_tokens_details.cache_write_tokens")?
         .max(count(v, "prompt_tokens_details.cache_creation_tokens")?)
         .max(count(v, "cache_creation_input_tokens")?);
-    let (w5, w1) = split_writes(v, write_total)?;
+    let (w5, w1) = split_writes(v, reported_writes)?;
+    let write_total = sum(&[w5, w1]);
     let reasoning = count(v, "completion_tokens_details.reasoning_tokens")?;
     let audio_out = count(v, "completion_tokens_details.audio_tokens")?;
     Ok(Usage {
-        input_tokens: minus(prompt, "prompt_tokens", cached + write_total + audio_in, "cached, cache-write and audio tokens")?,
+        input_tokens: minus(prompt, "prompt_tokens", sum(&[cached, write_total, audio_in]), "cached, cache-write and audio tokens")?,
         cache_read_tokens: cached,
         cache_write_5m_tokens: w5,
         cache_write_1h_tokens: w1,
-        output_tokens: minus(completion, "completion_tokens", reasoning + audio_out, "reasoning and audio tokens")?,
+        output_tokens: minus(completion, "completion_tokens", sum(&[reasoning, audio_out]), "reasoning and audio tokens")?,
         reasoning_tokens: reasoning,
         audio_input_tokens: audio_in,
         audio_output_tokens: audio_out,
@@ -143,7 +149,7 @@ pub fn openai_responses(v: &Value) -> Result<Usage, FieldError> {
     let writes = count(v, "input_tokens_details.cache_write_tokens")?;
     let reasoning = count(v, "output_tokens_details.reasoning_tokens")?;
     Ok(Usage {
-        input_tokens: minus(input, "input_tokens", cached + writes, "cached and cache-write tokens")?,
+        input_tokens: minus(input, "input_tokens", sum(&[cached, writes]), "cached and cache-write tokens")?,
         cache_read_tokens: cached,
         cache_write_5m_tokens: writes,
         output_tokens: minus(output, "output_tokens", reasoning, "reasoning tokens")?,
@@ -189,13 +195,17 @@ pub fn anthropic_stream(snapshots: &[Value], base: &str) -> Result<Usage, FieldE
 
 /// Splits cache writes into 5m/1h using `cache_creation{ephemeral_5m_input_tokens,
 /// ephemeral_1h_input_tokens}` (Anthropic) or `cache_creation_token_details` (LiteLLM);
-/// without a split, every write is a 5 minute write.
+/// without a split, every write is a 5 minute write. The parts always add up to the total
+/// (the reported total, or the split's sum when no total was reported).
 fn split_writes(v: &Value, total: i64) -> Result<(i64, i64), FieldError> {
     for obj in ["cache_creation", "cache_creation_token_details", "prompt_tokens_details.cache_creation_token_details"] {
         let five = count(v, &format!("{obj}.ephemeral_5m_input_tokens"))?;
         let hour = count(v, &format!("{obj}.ephemeral_1h_input_tokens"))?;
-        if five + hour > 0 {
-            return Ok((five.max(total - hour), hour));
+        let split = sum(&[five, hour]);
+        if split > 0 {
+            let total = total.max(split);
+            let w1 = hour.min(total);
+            return Ok((total - w1, w1));
         }
     }
     Ok((total, 0))
@@ -296,6 +306,16 @@ mod tests {
         let e = normalize("openai", &json!({"prompt_tokens": 18446744073709551615u64}), "usage").unwrap_err();
         assert!(e.reason.contains("overflows"));
         let e = normalize("openai", &json!({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}), "usage").unwrap_err();
+        assert_eq!(e.field, "usage.prompt_tokens");
+    }
+
+    #[test]
+    fn cache_write_split_always_adds_up_and_sums_never_wrap() {
+        let u = normalize("openai", &json!({"prompt_tokens": 1000, "prompt_tokens_details": {"cache_creation_token_details": {"ephemeral_5m_input_tokens": 200}}}), "usage").unwrap();
+        assert_eq!((u.input_tokens, u.cache_write_5m_tokens, u.cache_write_1h_tokens), (800, 200, 0));
+        assert_eq!(u.total_input_tokens(), 1000);
+        let big = 1i64 << 62;
+        let e = normalize("openai", &json!({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": big, "audio_tokens": big, "cache_write_tokens": big}}), "usage").unwrap_err();
         assert_eq!(e.field, "usage.prompt_tokens");
     }
 
