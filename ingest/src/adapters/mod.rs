@@ -126,6 +126,14 @@ pub fn check_event(e: &UsageEvent) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// The same for an owned string, without reallocating when it is already trimmed.
+pub fn owned(s: Option<String>) -> Option<String> {
+    match s {
+        Some(v) if v.trim().len() == v.len() => (!v.is_empty()).then_some(v),
+        other => non_empty(other.as_deref()),
+    }
+}
+
 /// A non-empty trimmed string, or None.
 pub fn non_empty(s: Option<&str>) -> Option<String> {
     s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)

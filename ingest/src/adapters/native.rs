@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{check_event, non_empty, usage, Ctx, FieldError};
+use super::{check_event, non_empty, owned, usage, Ctx, FieldError};
 
 /// Disjoint usage buckets as sent by a native client.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -100,11 +100,16 @@ fn native_usage(u: NativeUsage) -> Result<Usage, FieldError> {
 
 /// Decodes one native item.
 pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
-    let de = &mut serde_json::Deserializer::from_str(raw.get());
-    let n: NativeEvent = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        FieldError::new(if path == "." { "" } else { &path }, e.inner().to_string())
-    })?;
+    // Fast path without path tracking; only a failing item is decoded again to name the field.
+    let n: NativeEvent = match serde_json::from_str(raw.get()) {
+        Ok(n) => n,
+        Err(_) => {
+            let de = &mut serde_json::Deserializer::from_str(raw.get());
+            let e = serde_path_to_error::deserialize::<_, NativeEvent>(de).expect_err("failed once, fails again");
+            let path = e.path().to_string();
+            return Err(FieldError::new(if path == "." { "" } else { &path }, e.inner().to_string()));
+        }
+    };
     let usage = match (n.usage, n.provider_usage, n.provider_usage_stream) {
         (Some(u), None, None) => native_usage(u)?,
         (None, Some(p), None) => usage::normalize(&n.provider, &p, "provider_usage")?,
@@ -126,7 +131,7 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
     };
     let gateway_reported_cost: Option<Money> =
         n.gateway_reported_cost.as_ref().map(|c| usage::decimal(c, "gateway_reported_cost")).transpose()?;
-    let request_id = non_empty(n.request_id.as_deref());
+    let request_id = owned(n.request_id);
     let event_id = non_empty(n.event_id.as_deref())
         .or_else(|| request_id.clone())
         .ok_or_else(|| FieldError::new("event_id", "required (or request_id, from which it is derived)"))?;
@@ -137,18 +142,18 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         source: ctx.source.clone(),
         format: "native".into(),
         request_id,
-        api_key_id: non_empty(n.api_key_id.as_deref()),
-        user_id: non_empty(n.user_id.as_deref()),
-        team_id: non_empty(n.team_id.as_deref()),
-        org_id: non_empty(n.org_id.as_deref()),
-        project_id: non_empty(n.project_id.as_deref()),
-        end_user: non_empty(n.end_user.as_deref()),
+        api_key_id: owned(n.api_key_id),
+        user_id: owned(n.user_id),
+        team_id: owned(n.team_id),
+        org_id: owned(n.org_id),
+        project_id: owned(n.project_id),
+        end_user: owned(n.end_user),
         tags: n.tags,
-        agent_id: non_empty(n.agent_id.as_deref()),
-        workflow_id: non_empty(n.workflow_id.as_deref()),
-        session_id: non_empty(n.session_id.as_deref()),
-        provider: n.provider.trim().to_ascii_lowercase(),
-        model: n.model.trim().to_string(),
+        agent_id: owned(n.agent_id),
+        workflow_id: owned(n.workflow_id),
+        session_id: owned(n.session_id),
+        provider: if n.provider.bytes().any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace()) { n.provider.trim().to_ascii_lowercase() } else { n.provider },
+        model: if n.model.trim().len() == n.model.len() { n.model } else { n.model.trim().to_string() },
         operation,
         usage,
         service_tier,
@@ -156,7 +161,7 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         http_status: n.http_status.map(i32::from),
         latency_ms: n.latency_ms.map(|v| to_i64(v, "latency_ms")).transpose()?,
         ttft_ms: n.ttft_ms.map(|v| to_i64(v, "ttft_ms")).transpose()?,
-        region: non_empty(n.region.as_deref()),
+        region: owned(n.region),
         gateway_reported_cost,
     };
     check_event(&e)?;
