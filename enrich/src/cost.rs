@@ -1,0 +1,217 @@
+//! Cost rules: usage (disjoint buckets, see `usage_event.avsc`) × the rates of one price book
+//! entry → cost lines that sum exactly to the total. Pure functions, no I/O.
+//!
+//! Rules, following provider billing:
+//! - each bucket is billed once at its own rate (cached input is not billed again as input);
+//! - the rate for the event's service tier is used; a tier without its own rate for a unit
+//!   falls back to the standard tier's rate (as LiteLLM does);
+//! - context-length tiers: the rate with the largest `above_input_tokens` strictly below the
+//!   request's total input applies (`_above_200k_tokens` applies from 200,001 tokens);
+//! - fallbacks where providers bill the same: cache read/write without a rate → input rate
+//!   (no discount), 1h cache write → 5m rate, reasoning → output rate, audio → text rates;
+//! - a quantity > 0 whose unit has no rate at all is an error (the event is rejected), never $0.
+
+use meterline_schemas::{CostLines, Money, Rate, ServiceTier, Usage};
+
+
+use crate::Error;
+
+/// Rate units (the `unit` of a `Rate`).
+pub mod unit {
+    pub const INPUT: &str = "input_token";
+    pub const OUTPUT: &str = "output_token";
+    pub const CACHE_READ: &str = "cache_read_token";
+    pub const CACHE_WRITE_5M: &str = "cache_write_5m_token";
+    pub const CACHE_WRITE_1H: &str = "cache_write_1h_token";
+    pub const REASONING: &str = "reasoning_token";
+    pub const AUDIO_INPUT: &str = "audio_input_token";
+    pub const AUDIO_OUTPUT: &str = "audio_output_token";
+    pub const IMAGE: &str = "image";
+    pub const SECOND: &str = "second";
+    pub const CHARACTER: &str = "character";
+    pub const REQUEST: &str = "request";
+}
+
+/// The rates of one price book entry.
+pub struct RateCard<'a> {
+    pub price_id: &'a str,
+    pub rates: &'a [Rate],
+}
+
+impl RateCard<'_> {
+    /// The rate for `unit` at `tier` for a request with `total_input` tokens.
+    pub fn rate(&self, unit: &str, tier: ServiceTier, total_input: i64) -> Option<Money> {
+        let pick = |tier: &str| {
+            self.rates
+                .iter()
+                .filter(|r| r.unit == unit && r.tier == tier && (r.above_input_tokens == 0 || total_input > r.above_input_tokens))
+                .max_by_key(|r| r.above_input_tokens)
+                .map(|r| r.price)
+        };
+        pick(tier.as_str()).or_else(|| pick(ServiceTier::Standard.as_str()))
+    }
+
+    /// The first unit among `units` that has a rate.
+    fn rate_or(&self, units: &[&'static str], tier: ServiceTier, total_input: i64) -> Option<Money> {
+        units.iter().find_map(|u| self.rate(u, tier, total_input))
+    }
+}
+
+fn line(qty: i64, units: &[&'static str], card: &RateCard, tier: ServiceTier, total_input: i64) -> Result<Money, Error> {
+    if qty == 0 {
+        return Ok(Money::ZERO);
+    }
+    let rate = card.rate_or(units, tier, total_input).ok_or_else(|| Error::NoRate {
+        price_id: card.price_id.to_string(),
+        unit: units[0],
+        tier: tier.as_str().to_string(),
+    })?;
+    rate.times(qty).map_err(|_| Error::Overflow { what: units[0] })
+}
+
+fn add(parts: &[Money], what: &'static str) -> Result<Money, Error> {
+    parts.iter().try_fold(Money::ZERO, |a, b| a.checked_add(*b)).ok_or(Error::Overflow { what })
+}
+
+/// Prices one event's usage.
+pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLines, Error> {
+    use unit::*;
+    let n = usage.total_input_tokens();
+    let input = line(usage.input_tokens, &[INPUT], card, tier, n)?;
+    let cache_read = line(usage.cache_read_tokens, &[CACHE_READ, INPUT], card, tier, n)?;
+    let cache_write = add(
+        &[
+            line(usage.cache_write_5m_tokens, &[CACHE_WRITE_5M, INPUT], card, tier, n)?,
+            line(usage.cache_write_1h_tokens, &[CACHE_WRITE_1H, CACHE_WRITE_5M, INPUT], card, tier, n)?,
+        ],
+        "cache writes",
+    )?;
+    let output = add(
+        &[
+            line(usage.output_tokens, &[OUTPUT], card, tier, n)?,
+            line(usage.audio_output_tokens, &[AUDIO_OUTPUT, OUTPUT], card, tier, n)?,
+        ],
+        "output",
+    )?;
+    let reasoning = line(usage.reasoning_tokens, &[REASONING, OUTPUT], card, tier, n)?;
+    let seconds = match usage.seconds {
+        Some(s) if !s.is_zero() => {
+            let rate = card.rate(SECOND, tier, n).ok_or_else(|| Error::NoRate { price_id: card.price_id.to_string(), unit: SECOND, tier: tier.as_str().to_string() })?;
+            Money::new(rate.decimal() * s.decimal()).unwrap_or_else(|_| Money::rounded(rate.decimal() * s.decimal()))
+        }
+        _ => Money::ZERO,
+    };
+    let other = add(
+        &[
+            line(usage.audio_input_tokens, &[AUDIO_INPUT, INPUT], card, tier, n)?,
+            line(usage.images, &[IMAGE], card, tier, n)?,
+            seconds,
+            line(usage.characters, &[CHARACTER], card, tier, n)?,
+            line(usage.requests, &[REQUEST], card, tier, n)?,
+        ],
+        "other units",
+    )?;
+    let total = add(&[input, cache_read, cache_write, output, reasoning, other], "total")?;
+    Ok(CostLines { input, cache_read, cache_write, output, reasoning, other, total })
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::unit::*;
+    use super::*;
+
+    fn r(unit: &str, tier: &str, above: i64, price: &str) -> Rate {
+        Rate { unit: unit.into(), tier: tier.into(), above_input_tokens: above, price: price.parse().unwrap() }
+    }
+
+    fn m(s: &str) -> Money {
+        s.parse().unwrap()
+    }
+
+    /// gpt-4o in LiteLLM's catalog (1.109.1): input 2.5e-06, cached 1.25e-06, output 1e-05,
+    /// batches 1.25e-06 / 5e-06.
+    fn gpt4o() -> Vec<Rate> {
+        vec![
+            r(INPUT, "standard", 0, "2.5e-06"),
+            r(CACHE_READ, "standard", 0, "1.25e-06"),
+            r(OUTPUT, "standard", 0, "1e-05"),
+            r(INPUT, "batch", 0, "1.25e-06"),
+            r(OUTPUT, "batch", 0, "5e-06"),
+        ]
+    }
+
+    fn u(input: i64, cache_read: i64, output: i64) -> Usage {
+        Usage { input_tokens: input, cache_read_tokens: cache_read, output_tokens: output, ..Default::default() }
+    }
+
+    #[test]
+    fn litellm_recorded_response_cost_is_reproduced_exactly() {
+        // tests/fixtures/litellm_slp_gcs_pubsub_test.json: gpt-4o, 10 prompt + 20 completion
+        // tokens, response_cost 0.00022500000000000002 (a float for 0.000225).
+        let rates = gpt4o();
+        let c = price(&u(10, 0, 20), ServiceTier::Standard, &RateCard { price_id: "openai/gpt-4o", rates: &rates }).unwrap();
+        assert_eq!(c.total, m("0.000225"));
+        assert_eq!((c.input, c.output), (m("0.000025"), m("0.0002")));
+    }
+
+    #[test]
+    fn cached_input_is_billed_once_at_the_cache_rate() {
+        let rates = gpt4o();
+        let c = price(&u(500, 1500, 60), ServiceTier::Standard, &RateCard { price_id: "p", rates: &rates }).unwrap();
+        assert_eq!(c.input, m("0.00125"));
+        assert_eq!(c.cache_read, m("0.001875"));
+        assert_eq!(c.output, m("0.0006"));
+        assert_eq!(c.total, m("0.003725"));
+    }
+
+    #[test]
+    fn batch_tier_uses_its_rates_and_falls_back_per_unit() {
+        let rates = gpt4o();
+        let c = price(&u(1000, 100, 100), ServiceTier::Batch, &RateCard { price_id: "p", rates: &rates }).unwrap();
+        assert_eq!(c.input, m("0.00125"));
+        assert_eq!(c.output, m("0.0005"));
+        assert_eq!(c.cache_read, m("0.000125"), "no batch cache rate: standard cache rate");
+    }
+
+    #[test]
+    fn context_tier_applies_strictly_above_its_threshold() {
+        let rates = vec![r(INPUT, "standard", 0, "0.000003"), r(INPUT, "standard", 200_000, "0.000006"), r(OUTPUT, "standard", 0, "0.000015"), r(OUTPUT, "standard", 200_000, "0.0000225")];
+        let card = RateCard { price_id: "p", rates: &rates };
+        assert_eq!(price(&u(200_000, 0, 1), ServiceTier::Standard, &card).unwrap().input, m("0.6"));
+        let above = price(&u(150_000, 50_001, 1), ServiceTier::Standard, &card).unwrap();
+        assert_eq!(above.input, m("0.9"), "total input 200,001 > 200k: tier rate");
+        assert_eq!(above.output, m("0.0000225"));
+        assert_eq!(above.cache_read, m("0.300006"), "no cache rate: input rate of the tier");
+    }
+
+    #[test]
+    fn anthropic_cache_writes_reasoning_and_units() {
+        let rates = vec![
+            r(INPUT, "standard", 0, "0.000003"),
+            r(OUTPUT, "standard", 0, "0.000015"),
+            r(CACHE_READ, "standard", 0, "3e-07"),
+            r(CACHE_WRITE_5M, "standard", 0, "3.75e-06"),
+            r(CACHE_WRITE_1H, "standard", 0, "6e-06"),
+            r(IMAGE, "standard", 0, "0.04"),
+            r(SECOND, "standard", 0, "0.0001"),
+        ];
+        let usage = Usage { input_tokens: 13, cache_write_5m_tokens: 60, cache_write_1h_tokens: 40, output_tokens: 5, reasoning_tokens: 10, images: 2, seconds: Some(m("7.5")), ..Default::default() };
+        let c = price(&usage, ServiceTier::Standard, &RateCard { price_id: "p", rates: &rates }).unwrap();
+        assert_eq!(c.cache_write, m("0.000465"));
+        assert_eq!(c.reasoning, m("0.00015"), "reasoning at the output rate");
+        assert_eq!(c.other, m("0.08075"));
+        assert_eq!(c.total, c.input + c.cache_read + c.cache_write + c.output + c.reasoning + c.other);
+    }
+
+    #[test]
+    fn a_missing_rate_is_an_error_never_zero() {
+        let rates = vec![r(INPUT, "standard", 0, "0.000001")];
+        let e = price(&u(10, 0, 5), ServiceTier::Standard, &RateCard { price_id: "emb", rates: &rates }).unwrap_err();
+        assert_eq!(e, Error::NoRate { price_id: "emb".into(), unit: OUTPUT, tier: "standard".into() });
+        let e = price(&Usage { images: 1, ..Default::default() }, ServiceTier::Standard, &RateCard { price_id: "emb", rates: &rates }).unwrap_err();
+        assert!(matches!(e, Error::NoRate { unit: IMAGE, .. }));
+        // zero quantities need no rate
+        assert_eq!(price(&u(10, 0, 0), ServiceTier::Standard, &RateCard { price_id: "emb", rates: &rates }).unwrap().total, m("0.00001"));
+    }
+}
