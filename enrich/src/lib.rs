@@ -3,6 +3,7 @@
 //! tenant directory, dedup and the exactly-once loop follow.
 
 pub mod cost;
+pub mod litellm;
 
 /// Errors of the enrich stage.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
