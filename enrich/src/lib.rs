@@ -4,6 +4,7 @@
 
 pub mod cost;
 pub mod litellm;
+pub mod price_book;
 
 /// Errors of the enrich stage.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
