@@ -47,7 +47,13 @@ pub enum BenchWhat {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
-        BenchWhat::Ingest { events, batch, concurrency, brokers, storage } => bench_ingest(events, batch, concurrency, brokers, &storage).await,
+        BenchWhat::Ingest {
+            events,
+            batch,
+            concurrency,
+            brokers,
+            storage,
+        } => bench_ingest(events, batch, concurrency, brokers, &storage).await,
     }
 }
 
@@ -64,11 +70,24 @@ fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
 /// Peak resident set size (VmHWM) in KiB.
 fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("VmHWM")?;
-    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
 }
 
-async fn bench_ingest(events: usize, batch: usize, concurrency: usize, brokers: Option<String>, storage: &str) -> anyhow::Result<()> {
+async fn bench_ingest(
+    events: usize,
+    batch: usize,
+    concurrency: usize,
+    brokers: Option<String>,
+    storage: &str,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let _broker;
     let bootstrap = match brokers {
@@ -85,16 +104,39 @@ async fn bench_ingest(events: usize, batch: usize, concurrency: usize, brokers: 
             s
         }
     };
-    let kafka = KafkaConfig { brokers: bootstrap.clone(), ..Default::default() };
-    ensure_topics(&kafka, &meterline_schemas::topics::all(kafka.usage_partitions)).await?;
-    ensure_topics(&kafka, &[TopicSpec { name: "meterline.bench.baseline", partitions: kafka.usage_partitions, compacted: false }]).await?;
+    let kafka = KafkaConfig {
+        brokers: bootstrap.clone(),
+        ..Default::default()
+    };
+    ensure_topics(
+        &kafka,
+        &meterline_schemas::topics::all(kafka.usage_partitions),
+    )
+    .await?;
+    ensure_topics(
+        &kafka,
+        &[TopicSpec {
+            name: "meterline.bench.baseline",
+            partitions: kafka.usage_partitions,
+            compacted: false,
+        }],
+    )
+    .await?;
 
     // The same events for both sides: JSON bodies for ingest, their Avro encoding for the baseline.
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let run = std::process::id();
-    let json: Vec<serde_json::Value> = (0..events).map(|i| crate::dev::demo_event(&mut rng, &format!("bench-{run}-{i}"))).collect();
-    let ctx = meterline_ingest::adapters::Ctx { source: "bench".into(), received_at: chrono::Utc::now() };
-    let raws: Vec<Box<serde_json::value::RawValue>> = json.iter().map(|v| serde_json::value::to_raw_value(v).unwrap()).collect();
+    let json: Vec<serde_json::Value> = (0..events)
+        .map(|i| crate::dev::demo_event(&mut rng, &format!("bench-{run}-{i}")))
+        .collect();
+    let ctx = meterline_ingest::adapters::Ctx {
+        source: "bench".into(),
+        received_at: chrono::Utc::now(),
+    };
+    let raws: Vec<Box<serde_json::value::RawValue>> = json
+        .iter()
+        .map(|v| serde_json::value::to_raw_value(v).unwrap())
+        .collect();
     let t_codec = Instant::now();
     for raw in &raws {
         let e = meterline_ingest::adapters::native::decode(raw, &ctx).expect("valid");
@@ -102,31 +144,50 @@ async fn bench_ingest(events: usize, batch: usize, concurrency: usize, brokers: 
     }
     let codec_us = t_codec.elapsed().as_secs_f64() * 1e6 / events as f64;
     let t_avro = Instant::now();
-    let decoded: Vec<_> = raws.iter().map(|r| meterline_ingest::adapters::native::decode(r, &ctx).unwrap()).collect();
+    let decoded: Vec<_> = raws
+        .iter()
+        .map(|r| meterline_ingest::adapters::native::decode(r, &ctx).unwrap())
+        .collect();
     let decode_us = t_avro.elapsed().as_secs_f64() * 1e6 / events as f64;
     let records: Vec<(String, Vec<u8>)> = json
         .iter()
         .map(|v| {
             let raw = serde_json::value::to_raw_value(v).unwrap();
-            let e = meterline_ingest::adapters::native::decode(&raw, &ctx).expect("demo event is valid");
+            let e = meterline_ingest::adapters::native::decode(&raw, &ctx)
+                .expect("demo event is valid");
             use meterline_schemas::AvroRecord;
             (e.partition_key().to_string(), e.to_avro().unwrap())
         })
         .collect();
     let avg_bytes = records.iter().map(|r| r.1.len()).sum::<usize>() / events.max(1);
-    let bodies: Vec<bytes::Bytes> = json.chunks(batch).map(|c| bytes::Bytes::from(serde_json::to_vec(c).unwrap())).collect();
+    let bodies: Vec<bytes::Bytes> = json
+        .chunks(batch)
+        .map(|c| bytes::Bytes::from(serde_json::to_vec(c).unwrap()))
+        .collect();
 
     // 1. baseline: bare producer, same settings as the edge, pre-encoded records
     let ingest_cfg = IngestConfig::default();
-    let producer: FutureProducer = meterline_ingest::producer_config(&kafka, &ingest_cfg).create()?;
+    let producer: FutureProducer =
+        meterline_ingest::producer_config(&kafka, &ingest_cfg).create()?;
     let me = std::process::id();
     let base_cpu0 = cpu_micros(me)?;
     let t0 = Instant::now();
     let futs: Vec<_> = records
         .iter()
-        .map(|(k, v)| producer.send(FutureRecord::to("meterline.bench.baseline").key(k).payload(v), Duration::from_secs(30)))
+        .map(|(k, v)| {
+            producer.send(
+                FutureRecord::to("meterline.bench.baseline")
+                    .key(k)
+                    .payload(v),
+                Duration::from_secs(30),
+            )
+        })
         .collect();
-    let failed = join_all(futs).await.into_iter().filter(|r| r.is_err()).count();
+    let failed = join_all(futs)
+        .await
+        .into_iter()
+        .filter(|r| r.is_err())
+        .count();
     let base_secs = t0.elapsed().as_secs_f64();
     let base_cpu_us = cpu_micros(me)? - base_cpu0;
     anyhow::ensure!(failed == 0, "baseline: {failed} sends failed");
@@ -150,11 +211,16 @@ async fn bench_ingest(events: usize, batch: usize, concurrency: usize, brokers: 
         .env("RUST_LOG", "warn")
         .spawn()?;
     let pid = child.id();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&client, &base).await?;
     // warm-up request (connection, producer metadata) outside the measurement
-    let warm = serde_json::to_vec(&[crate::dev::demo_event(&mut rng, &format!("bench-{run}-warmup"))])?;
+    let warm = serde_json::to_vec(&[crate::dev::demo_event(
+        &mut rng,
+        &format!("bench-{run}-warmup"),
+    )])?;
     post(&client, &base, token, warm.into()).await?;
 
     let cpu0 = cpu_micros(pid)?;
@@ -166,7 +232,9 @@ async fn bench_ingest(events: usize, batch: usize, concurrency: usize, brokers: 
             tokio::spawn(async move {
                 loop {
                     let next = q.lock().unwrap().next();
-                    let Some(body) = next else { return Ok::<_, anyhow::Error>(()) };
+                    let Some(body) = next else {
+                        return Ok::<_, anyhow::Error>(());
+                    };
                     post(&client, &base, token, body).await?;
                 }
             })
@@ -183,22 +251,48 @@ async fn bench_ingest(events: usize, batch: usize, concurrency: usize, brokers: 
     let ingest_rate = events as f64 / ingest_secs;
 
     println!("bench ingest: {events} events, ~{avg_bytes} B Avro each, batch {batch}, {concurrency} concurrent requests, broker {bootstrap}");
-    println!("  bare rdkafka producer   {:>10.0} events/s   ({base_secs:.2} s)", base_rate);
-    println!("  ingest HTTP → Kafka     {:>10.0} events/s   ({ingest_secs:.2} s)", ingest_rate);
-    println!("  ratio ingest/bare       {:>10.2}   (target ≥ 0.5)", ingest_rate / base_rate);
-    println!("  bare producer CPU       {:>10.2} µs/event   (librdkafka alone, same settings)", base_cpu_us as f64 / events as f64);
-    println!("  ingest CPU              {:>10.2} µs/event   (target ≤ 5)", cpu_us as f64 / events as f64);
+    println!(
+        "  bare rdkafka producer   {:>10.0} events/s   ({base_secs:.2} s)",
+        base_rate
+    );
+    println!(
+        "  ingest HTTP → Kafka     {:>10.0} events/s   ({ingest_secs:.2} s)",
+        ingest_rate
+    );
+    println!(
+        "  ratio ingest/bare       {:>10.2}   (target ≥ 0.5)",
+        ingest_rate / base_rate
+    );
+    println!(
+        "  bare producer CPU       {:>10.2} µs/event   (librdkafka alone, same settings)",
+        base_cpu_us as f64 / events as f64
+    );
+    println!(
+        "  ingest CPU              {:>10.2} µs/event   (target ≤ 5)",
+        cpu_us as f64 / events as f64
+    );
     println!("  of which JSON decode    {:>10.2} µs/event   (validation included; single thread, in the bench process)", decode_us);
-    println!("  of which Avro encode    {:>10.2} µs/event", codec_us - decode_us);
+    println!(
+        "  of which Avro encode    {:>10.2} µs/event",
+        codec_us - decode_us
+    );
     drop(decoded);
-    println!("  ingest peak RSS         {:>10.1} MiB   (target ≤ 256)", rss_mib);
+    println!(
+        "  ingest peak RSS         {:>10.1} MiB   (target ≤ 256)",
+        rss_mib
+    );
     Ok(())
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(30) {
-        if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -206,7 +300,12 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) -> anyhow::Result<()
     anyhow::bail!("ingest did not become healthy")
 }
 
-async fn post(client: &reqwest::Client, base: &str, token: &str, body: bytes::Bytes) -> anyhow::Result<()> {
+async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    body: bytes::Bytes,
+) -> anyhow::Result<()> {
     let r = client
         .post(format!("{base}/v1/events"))
         .bearer_auth(token)
@@ -214,7 +313,11 @@ async fn post(client: &reqwest::Client, base: &str, token: &str, body: bytes::By
         .body(body)
         .send()
         .await?;
-    anyhow::ensure!(r.status().is_success(), "ingest answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+    anyhow::ensure!(
+        r.status().is_success(),
+        "ingest answered {}: {}",
+        r.status(),
+        r.text().await.unwrap_or_default()
+    );
     Ok(())
 }
-

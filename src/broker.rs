@@ -48,7 +48,10 @@ pub fn tansu_bin() -> anyhow::Result<PathBuf> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl TansuBroker {
@@ -76,15 +79,34 @@ impl TansuBroker {
         let (engine, cwd) = match &self.storage {
             Storage::Memory => ("memory://tansu/".to_string(), std::env::current_dir()?),
             Storage::Sqlite(p) => {
-                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+                let dir = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf();
                 std::fs::create_dir_all(&dir)?;
-                let name = p.file_name().context("sqlite path needs a file name")?.to_string_lossy().into_owned();
+                let name = p
+                    .file_name()
+                    .context("sqlite path needs a file name")?
+                    .to_string_lossy()
+                    .into_owned();
                 (format!("sqlite://{name}"), dir)
             }
         };
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(&self.bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                &engine,
+            ])
             .current_dir(cwd)
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

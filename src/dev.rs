@@ -31,7 +31,8 @@ pub const DEV_EDGE_TOKEN: &str = "dev-edge-token";
 /// Cancels `token` on Ctrl-C or SIGTERM.
 pub fn stop_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -43,28 +44,49 @@ pub fn stop_on_signal(token: CancellationToken) {
 
 pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
-    let broker = TansuBroker::start(Storage::Sqlite(args.data_dir.join("broker.db")), &args.data_dir)?;
+    let broker = TansuBroker::start(
+        Storage::Sqlite(args.data_dir.join("broker.db")),
+        &args.data_dir,
+    )?;
     cfg.kafka.brokers = broker.bootstrap();
     cfg.ingest.listen = args.listen.clone();
     cfg.ingest.spool.dir = args.data_dir.join("spool");
-    cfg.ingest.tokens.push(TokenConfig { principal: "dev-edge".into(), sha256: hash_token(DEV_EDGE_TOKEN), role: Role::Edge, teams: vec![] });
+    cfg.ingest.tokens.push(TokenConfig {
+        principal: "dev-edge".into(),
+        sha256: hash_token(DEV_EDGE_TOKEN),
+        role: Role::Edge,
+        teams: vec![],
+    });
     let app = meterline_ingest::App::build(&cfg.kafka, cfg.ingest.clone()).await?;
     let addr = app.local_addr();
     let stop = app.stop_token();
     stop_on_signal(stop.clone());
     println!("meterline dev");
-    println!("  broker   {} (tansu, {})", broker.bootstrap(), args.data_dir.join("broker.db").display());
+    println!(
+        "  broker   {} (tansu, {})",
+        broker.bootstrap(),
+        args.data_dir.join("broker.db").display()
+    );
     println!("  ingest   http://{addr}  (token: {DEV_EDGE_TOKEN})   metrics http://{addr}/metrics   spec http://{addr}/openapi.json");
     println!("  try      curl -H 'Authorization: Bearer {DEV_EDGE_TOKEN}' -H 'Content-Type: application/json' http://{addr}/v1/events -d '{{\"event_id\":\"hello-1\",\"occurred_at\":\"{}\",\"provider\":\"openai\",\"model\":\"gpt-4o\",\"operation\":\"chat\",\"team_id\":\"search\",\"usage\":{{\"input_tokens\":1000,\"output_tokens\":200}}}}'", Utc::now().to_rfc3339());
     if args.demo_rate > 0 {
-        tokio::spawn(demo_traffic(format!("http://{addr}"), args.demo_rate, stop.clone()));
+        tokio::spawn(demo_traffic(
+            format!("http://{addr}"),
+            args.demo_rate,
+            stop.clone(),
+        ));
     }
     app.run_until_stopped().await?;
     drop(broker);
     Ok(())
 }
 
-const DEMO_MODELS: [(&str, &str); 4] = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-20250514"), ("openai", "text-embedding-3-small")];
+const DEMO_MODELS: [(&str, &str); 4] = [
+    ("openai", "gpt-4o"),
+    ("openai", "gpt-4o-mini"),
+    ("anthropic", "claude-sonnet-4-20250514"),
+    ("openai", "text-embedding-3-small"),
+];
 const DEMO_TEAMS: [&str; 4] = ["search", "support-bot", "data-science", "platform"];
 
 /// One demo event in native JSON with plausible token counts.
@@ -99,9 +121,19 @@ async fn demo_traffic(base: String, rate: u32, stop: CancellationToken) {
         tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
         let batch: Vec<_> = {
             let mut rng = rand::rng();
-            (0..rate).map(|_| { n += 1; demo_event(&mut rng, &format!("demo-{}-{n}", std::process::id())) }).collect()
+            (0..rate)
+                .map(|_| {
+                    n += 1;
+                    demo_event(&mut rng, &format!("demo-{}-{n}", std::process::id()))
+                })
+                .collect()
         };
-        let r = client.post(format!("{base}/v1/events")).bearer_auth(DEV_EDGE_TOKEN).json(&batch).send().await;
+        let r = client
+            .post(format!("{base}/v1/events"))
+            .bearer_auth(DEV_EDGE_TOKEN)
+            .json(&batch)
+            .send()
+            .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "demo traffic post failed");
         }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use meterline::{bench, config::Config, dev};
 
 #[derive(Parser)]
-#[command(name = "meterline", version, about = "Metering and FinOps pipeline for AI inference")]
+#[command(
+    name = "meterline",
+    version,
+    about = "Metering and FinOps pipeline for AI inference"
+)]
 struct Cli {
     /// TOML config file (overridden by METERLINE_* environment variables).
     #[arg(long, short, global = true, env = "METERLINE_CONFIG")]
@@ -29,7 +33,12 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .init();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::HashToken { token } => Ok(println!("{}", meterline_schemas::auth::hash_token(&token))),

@@ -19,8 +19,20 @@ fn batch(prefix: &str, n: usize) -> String {
 }
 
 async fn metric(h: &Harness, name: &str) -> f64 {
-    let text = h.client.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    let text = h
+        .client
+        .get(format!("{}/metrics", h.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,31 +41,54 @@ async fn broker_outage_is_absorbed_by_the_spool_and_drained_exactly_once() {
     let mut expected = Vec::new();
 
     // 1. broker up: direct
-    assert_eq!(h.post("/v1/events", "application/json", batch("before", 20)).await.0, 200);
+    assert_eq!(
+        h.post("/v1/events", "application/json", batch("before", 20))
+            .await
+            .0,
+        200
+    );
     expected.extend((0..20).map(|i| format!("before-{i}")));
 
     // 2. broker down: requests keep getting 200 (first one after the produce timeout)
     h.broker.kill();
     for r in 0..10 {
         let prefix = format!("outage{r}");
-        let (st, body) = h.post("/v1/events", "application/json", batch(&prefix, 25)).await;
+        let (st, body) = h
+            .post("/v1/events", "application/json", batch(&prefix, 25))
+            .await;
         assert_eq!(st, 200, "{body}");
         expected.extend((0..25).map(|i| format!("{prefix}-{i}")));
     }
-    assert!(metric(&h, "meterline_ingest_spool_depth_events").await >= 225.0, "outage events are in the spool");
+    assert!(
+        metric(&h, "meterline_ingest_spool_depth_events").await >= 225.0,
+        "outage events are in the spool"
+    );
 
     // 3. ingest restarts during the outage: the spool is on disk
     h.stop_ingest().await;
     h.start_ingest().await;
-    assert!(metric(&h, "meterline_ingest_spool_depth_events").await >= 225.0, "spool survived the ingest restart");
-    let (st, _) = h.post("/v1/events", "application/json", batch("after-restart", 5)).await;
+    assert!(
+        metric(&h, "meterline_ingest_spool_depth_events").await >= 225.0,
+        "spool survived the ingest restart"
+    );
+    let (st, _) = h
+        .post("/v1/events", "application/json", batch("after-restart", 5))
+        .await;
     assert_eq!(st, 200);
     expected.extend((0..5).map(|i| format!("after-restart-{i}")));
 
     // 4. broker back: the spool drains
     h.broker.restart().unwrap();
-    eventually(Duration::from_secs(60), "spool drained", || async { metric(&h, "meterline_ingest_spool_depth_events").await == 0.0 }).await;
-    assert_eq!(h.post("/v1/events", "application/json", batch("back", 10)).await.0, 200);
+    eventually(Duration::from_secs(60), "spool drained", || async {
+        metric(&h, "meterline_ingest_spool_depth_events").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        h.post("/v1/events", "application/json", batch("back", 10))
+            .await
+            .0,
+        200
+    );
     expected.extend((0..10).map(|i| format!("back-{i}")));
 
     let events = h.raw_events().await;
@@ -61,7 +96,10 @@ async fn broker_outage_is_absorbed_by_the_spool_and_drained_exactly_once() {
     for e in &events {
         *counts.entry(e.event_id.clone()).or_default() += 1;
     }
-    let missing: Vec<_> = expected.iter().filter(|id| !counts.contains_key(*id)).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");

@@ -13,7 +13,6 @@
 
 use meterline_schemas::{CostLines, Money, Rate, ServiceTier, Usage};
 
-
 use crate::Error;
 
 /// Rate units (the `unit` of a `Rate`).
@@ -44,7 +43,11 @@ impl RateCard<'_> {
         let pick = |tier: &str| {
             self.rates
                 .iter()
-                .filter(|r| r.unit == unit && r.tier == tier && (r.above_input_tokens == 0 || total_input > r.above_input_tokens))
+                .filter(|r| {
+                    r.unit == unit
+                        && r.tier == tier
+                        && (r.above_input_tokens == 0 || total_input > r.above_input_tokens)
+                })
                 .max_by_key(|r| r.above_input_tokens)
                 .map(|r| r.price)
         };
@@ -52,25 +55,42 @@ impl RateCard<'_> {
     }
 
     /// The first unit among `units` that has a rate.
-    fn rate_or(&self, units: &[&'static str], tier: ServiceTier, total_input: i64) -> Option<Money> {
+    fn rate_or(
+        &self,
+        units: &[&'static str],
+        tier: ServiceTier,
+        total_input: i64,
+    ) -> Option<Money> {
         units.iter().find_map(|u| self.rate(u, tier, total_input))
     }
 }
 
-fn line(qty: i64, units: &[&'static str], card: &RateCard, tier: ServiceTier, total_input: i64) -> Result<Money, Error> {
+fn line(
+    qty: i64,
+    units: &[&'static str],
+    card: &RateCard,
+    tier: ServiceTier,
+    total_input: i64,
+) -> Result<Money, Error> {
     if qty == 0 {
         return Ok(Money::ZERO);
     }
-    let rate = card.rate_or(units, tier, total_input).ok_or_else(|| Error::NoRate {
-        price_id: card.price_id.to_string(),
-        unit: units[0],
-        tier: tier.as_str().to_string(),
-    })?;
-    rate.times(qty).map_err(|_| Error::Overflow { what: units[0] })
+    let rate = card
+        .rate_or(units, tier, total_input)
+        .ok_or_else(|| Error::NoRate {
+            price_id: card.price_id.to_string(),
+            unit: units[0],
+            tier: tier.as_str().to_string(),
+        })?;
+    rate.times(qty)
+        .map_err(|_| Error::Overflow { what: units[0] })
 }
 
 fn add(parts: &[Money], what: &'static str) -> Result<Money, Error> {
-    parts.iter().try_fold(Money::ZERO, |a, b| a.checked_add(*b)).ok_or(Error::Overflow { what })
+    parts
+        .iter()
+        .try_fold(Money::ZERO, |a, b| a.checked_add(*b))
+        .ok_or(Error::Overflow { what })
 }
 
 /// Prices one event's usage.
@@ -81,29 +101,58 @@ pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLi
     let cache_read = line(usage.cache_read_tokens, &[CACHE_READ, INPUT], card, tier, n)?;
     let cache_write = add(
         &[
-            line(usage.cache_write_5m_tokens, &[CACHE_WRITE_5M, INPUT], card, tier, n)?,
-            line(usage.cache_write_1h_tokens, &[CACHE_WRITE_1H, CACHE_WRITE_5M, INPUT], card, tier, n)?,
+            line(
+                usage.cache_write_5m_tokens,
+                &[CACHE_WRITE_5M, INPUT],
+                card,
+                tier,
+                n,
+            )?,
+            line(
+                usage.cache_write_1h_tokens,
+                &[CACHE_WRITE_1H, CACHE_WRITE_5M, INPUT],
+                card,
+                tier,
+                n,
+            )?,
         ],
         "cache writes",
     )?;
     let output = add(
         &[
             line(usage.output_tokens, &[OUTPUT], card, tier, n)?,
-            line(usage.audio_output_tokens, &[AUDIO_OUTPUT, OUTPUT], card, tier, n)?,
+            line(
+                usage.audio_output_tokens,
+                &[AUDIO_OUTPUT, OUTPUT],
+                card,
+                tier,
+                n,
+            )?,
         ],
         "output",
     )?;
     let reasoning = line(usage.reasoning_tokens, &[REASONING, OUTPUT], card, tier, n)?;
     let seconds = match usage.seconds {
         Some(s) if !s.is_zero() => {
-            let rate = card.rate(SECOND, tier, n).ok_or_else(|| Error::NoRate { price_id: card.price_id.to_string(), unit: SECOND, tier: tier.as_str().to_string() })?;
-            Money::new(rate.decimal() * s.decimal()).unwrap_or_else(|_| Money::rounded(rate.decimal() * s.decimal()))
+            let rate = card.rate(SECOND, tier, n).ok_or_else(|| Error::NoRate {
+                price_id: card.price_id.to_string(),
+                unit: SECOND,
+                tier: tier.as_str().to_string(),
+            })?;
+            Money::new(rate.decimal() * s.decimal())
+                .unwrap_or_else(|_| Money::rounded(rate.decimal() * s.decimal()))
         }
         _ => Money::ZERO,
     };
     let other = add(
         &[
-            line(usage.audio_input_tokens, &[AUDIO_INPUT, INPUT], card, tier, n)?,
+            line(
+                usage.audio_input_tokens,
+                &[AUDIO_INPUT, INPUT],
+                card,
+                tier,
+                n,
+            )?,
             line(usage.images, &[IMAGE], card, tier, n)?,
             seconds,
             line(usage.characters, &[CHARACTER], card, tier, n)?,
@@ -111,10 +160,20 @@ pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLi
         ],
         "other units",
     )?;
-    let total = add(&[input, cache_read, cache_write, output, reasoning, other], "total")?;
-    Ok(CostLines { input, cache_read, cache_write, output, reasoning, other, total })
+    let total = add(
+        &[input, cache_read, cache_write, output, reasoning, other],
+        "total",
+    )?;
+    Ok(CostLines {
+        input,
+        cache_read,
+        cache_write,
+        output,
+        reasoning,
+        other,
+        total,
+    })
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -122,7 +181,12 @@ mod tests {
     use super::*;
 
     fn r(unit: &str, tier: &str, above: i64, price: &str) -> Rate {
-        Rate { unit: unit.into(), tier: tier.into(), above_input_tokens: above, price: price.parse().unwrap() }
+        Rate {
+            unit: unit.into(),
+            tier: tier.into(),
+            above_input_tokens: above,
+            price: price.parse().unwrap(),
+        }
     }
 
     fn m(s: &str) -> Money {
@@ -142,7 +206,12 @@ mod tests {
     }
 
     fn u(input: i64, cache_read: i64, output: i64) -> Usage {
-        Usage { input_tokens: input, cache_read_tokens: cache_read, output_tokens: output, ..Default::default() }
+        Usage {
+            input_tokens: input,
+            cache_read_tokens: cache_read,
+            output_tokens: output,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -150,7 +219,15 @@ mod tests {
         // tests/fixtures/litellm_slp_gcs_pubsub_test.json: gpt-4o, 10 prompt + 20 completion
         // tokens, response_cost 0.00022500000000000002 (a float for 0.000225).
         let rates = gpt4o();
-        let c = price(&u(10, 0, 20), ServiceTier::Standard, &RateCard { price_id: "openai/gpt-4o", rates: &rates }).unwrap();
+        let c = price(
+            &u(10, 0, 20),
+            ServiceTier::Standard,
+            &RateCard {
+                price_id: "openai/gpt-4o",
+                rates: &rates,
+            },
+        )
+        .unwrap();
         assert_eq!(c.total, m("0.000225"));
         assert_eq!((c.input, c.output), (m("0.000025"), m("0.0002")));
     }
@@ -158,7 +235,15 @@ mod tests {
     #[test]
     fn cached_input_is_billed_once_at_the_cache_rate() {
         let rates = gpt4o();
-        let c = price(&u(500, 1500, 60), ServiceTier::Standard, &RateCard { price_id: "p", rates: &rates }).unwrap();
+        let c = price(
+            &u(500, 1500, 60),
+            ServiceTier::Standard,
+            &RateCard {
+                price_id: "p",
+                rates: &rates,
+            },
+        )
+        .unwrap();
         assert_eq!(c.input, m("0.00125"));
         assert_eq!(c.cache_read, m("0.001875"));
         assert_eq!(c.output, m("0.0006"));
@@ -168,21 +253,54 @@ mod tests {
     #[test]
     fn batch_tier_uses_its_rates_and_falls_back_per_unit() {
         let rates = gpt4o();
-        let c = price(&u(1000, 100, 100), ServiceTier::Batch, &RateCard { price_id: "p", rates: &rates }).unwrap();
+        let c = price(
+            &u(1000, 100, 100),
+            ServiceTier::Batch,
+            &RateCard {
+                price_id: "p",
+                rates: &rates,
+            },
+        )
+        .unwrap();
         assert_eq!(c.input, m("0.00125"));
         assert_eq!(c.output, m("0.0005"));
-        assert_eq!(c.cache_read, m("0.000125"), "no batch cache rate: standard cache rate");
+        assert_eq!(
+            c.cache_read,
+            m("0.000125"),
+            "no batch cache rate: standard cache rate"
+        );
     }
 
     #[test]
     fn context_tier_applies_strictly_above_its_threshold() {
-        let rates = vec![r(INPUT, "standard", 0, "0.000003"), r(INPUT, "standard", 200_000, "0.000006"), r(OUTPUT, "standard", 0, "0.000015"), r(OUTPUT, "standard", 200_000, "0.0000225")];
-        let card = RateCard { price_id: "p", rates: &rates };
-        assert_eq!(price(&u(200_000, 0, 1), ServiceTier::Standard, &card).unwrap().input, m("0.6"));
+        let rates = vec![
+            r(INPUT, "standard", 0, "0.000003"),
+            r(INPUT, "standard", 200_000, "0.000006"),
+            r(OUTPUT, "standard", 0, "0.000015"),
+            r(OUTPUT, "standard", 200_000, "0.0000225"),
+        ];
+        let card = RateCard {
+            price_id: "p",
+            rates: &rates,
+        };
+        assert_eq!(
+            price(&u(200_000, 0, 1), ServiceTier::Standard, &card)
+                .unwrap()
+                .input,
+            m("0.6")
+        );
         let above = price(&u(150_000, 50_001, 1), ServiceTier::Standard, &card).unwrap();
-        assert_eq!(above.input, m("0.9"), "total input 200,001 > 200k: tier rate");
+        assert_eq!(
+            above.input,
+            m("0.9"),
+            "total input 200,001 > 200k: tier rate"
+        );
         assert_eq!(above.output, m("0.0000225"));
-        assert_eq!(above.cache_read, m("0.300006"), "no cache rate: input rate of the tier");
+        assert_eq!(
+            above.cache_read,
+            m("0.300006"),
+            "no cache rate: input rate of the tier"
+        );
     }
 
     #[test]
@@ -196,22 +314,80 @@ mod tests {
             r(IMAGE, "standard", 0, "0.04"),
             r(SECOND, "standard", 0, "0.0001"),
         ];
-        let usage = Usage { input_tokens: 13, cache_write_5m_tokens: 60, cache_write_1h_tokens: 40, output_tokens: 5, reasoning_tokens: 10, images: 2, seconds: Some(m("7.5")), ..Default::default() };
-        let c = price(&usage, ServiceTier::Standard, &RateCard { price_id: "p", rates: &rates }).unwrap();
+        let usage = Usage {
+            input_tokens: 13,
+            cache_write_5m_tokens: 60,
+            cache_write_1h_tokens: 40,
+            output_tokens: 5,
+            reasoning_tokens: 10,
+            images: 2,
+            seconds: Some(m("7.5")),
+            ..Default::default()
+        };
+        let c = price(
+            &usage,
+            ServiceTier::Standard,
+            &RateCard {
+                price_id: "p",
+                rates: &rates,
+            },
+        )
+        .unwrap();
         assert_eq!(c.cache_write, m("0.000465"));
         assert_eq!(c.reasoning, m("0.00015"), "reasoning at the output rate");
         assert_eq!(c.other, m("0.08075"));
-        assert_eq!(c.total, c.input + c.cache_read + c.cache_write + c.output + c.reasoning + c.other);
+        assert_eq!(
+            c.total,
+            c.input + c.cache_read + c.cache_write + c.output + c.reasoning + c.other
+        );
     }
 
     #[test]
     fn a_missing_rate_is_an_error_never_zero() {
         let rates = vec![r(INPUT, "standard", 0, "0.000001")];
-        let e = price(&u(10, 0, 5), ServiceTier::Standard, &RateCard { price_id: "emb", rates: &rates }).unwrap_err();
-        assert_eq!(e, Error::NoRate { price_id: "emb".into(), unit: OUTPUT, tier: "standard".into() });
-        let e = price(&Usage { images: 1, ..Default::default() }, ServiceTier::Standard, &RateCard { price_id: "emb", rates: &rates }).unwrap_err();
+        let e = price(
+            &u(10, 0, 5),
+            ServiceTier::Standard,
+            &RateCard {
+                price_id: "emb",
+                rates: &rates,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            Error::NoRate {
+                price_id: "emb".into(),
+                unit: OUTPUT,
+                tier: "standard".into()
+            }
+        );
+        let e = price(
+            &Usage {
+                images: 1,
+                ..Default::default()
+            },
+            ServiceTier::Standard,
+            &RateCard {
+                price_id: "emb",
+                rates: &rates,
+            },
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::NoRate { unit: IMAGE, .. }));
         // zero quantities need no rate
-        assert_eq!(price(&u(10, 0, 0), ServiceTier::Standard, &RateCard { price_id: "emb", rates: &rates }).unwrap().total, m("0.00001"));
+        assert_eq!(
+            price(
+                &u(10, 0, 0),
+                ServiceTier::Standard,
+                &RateCard {
+                    price_id: "emb",
+                    rates: &rates
+                }
+            )
+            .unwrap()
+            .total,
+            m("0.00001")
+        );
     }
 }

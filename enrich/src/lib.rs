@@ -11,7 +11,11 @@ pub mod price_book;
 pub enum Error {
     /// No rate for a unit the event uses: the event is rejected with this reason, never priced at 0.
     #[error("no {unit} rate (tier {tier}) in price {price_id}")]
-    NoRate { price_id: String, unit: &'static str, tier: String },
+    NoRate {
+        price_id: String,
+        unit: &'static str,
+        tier: String,
+    },
     #[error("cost of {what} overflows")]
     Overflow { what: &'static str },
 }

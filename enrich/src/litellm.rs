@@ -19,7 +19,10 @@ use crate::cost::unit;
 
 /// Base field name → rate unit. Longest names first where one is a prefix of another.
 const BASES: [(&str, &str); 13] = [
-    ("cache_creation_input_token_cost_above_1hr", unit::CACHE_WRITE_1H),
+    (
+        "cache_creation_input_token_cost_above_1hr",
+        unit::CACHE_WRITE_1H,
+    ),
     ("cache_creation_input_token_cost", unit::CACHE_WRITE_5M),
     ("cache_read_input_token_cost", unit::CACHE_READ),
     ("output_cost_per_reasoning_token", unit::REASONING),
@@ -51,15 +54,25 @@ pub enum ImportError {
     #[error("catalog is not a JSON object of entries: {0}")]
     Shape(String),
     #[error("{key}.{field}: '{text}' is not a decimal price")]
-    Price { key: String, field: String, text: String },
+    Price {
+        key: String,
+        field: String,
+        text: String,
+    },
 }
 
 /// (unit, tier, above) for a catalog field, if it is a price meterline models.
 pub fn classify(field: &str) -> Option<(&'static str, &'static str, i64)> {
     for (base, unit) in BASES {
-        let Some(mut rest) = field.strip_prefix(base) else { continue };
+        let Some(mut rest) = field.strip_prefix(base) else {
+            continue;
+        };
         let mut tier = "standard";
-        for (suffix, t) in [("_batches", "batch"), ("_priority", "priority"), ("_flex", "flex")] {
+        for (suffix, t) in [
+            ("_batches", "batch"),
+            ("_priority", "priority"),
+            ("_flex", "flex"),
+        ] {
             if let Some(r) = rest.strip_suffix(suffix) {
                 tier = t;
                 rest = r;
@@ -78,11 +91,17 @@ pub fn classify(field: &str) -> Option<(&'static str, &'static str, i64)> {
 }
 
 fn money(text: &str, key: &str, field: &str, rounded: &mut usize) -> Result<Money, ImportError> {
-    let err = || ImportError::Price { key: key.into(), field: field.into(), text: text.into() };
+    let err = || ImportError::Price {
+        key: key.into(),
+        field: field.into(),
+        text: text.into(),
+    };
     match Money::from_str(text) {
         Ok(m) => Ok(m),
         Err(meterline_schemas::Error::MoneyScale(_)) => {
-            let d = rust_decimal::Decimal::from_scientific(text).or_else(|_| rust_decimal::Decimal::from_str(text)).map_err(|_| err())?;
+            let d = rust_decimal::Decimal::from_scientific(text)
+                .or_else(|_| rust_decimal::Decimal::from_str(text))
+                .map_err(|_| err())?;
             *rounded += 1;
             Ok(Money::rounded(d))
         }
@@ -91,7 +110,12 @@ fn money(text: &str, key: &str, field: &str, rounded: &mut usize) -> Result<Mone
 }
 
 /// Converts the catalog text into PriceChange events effective from `effective_from`.
-pub fn import(catalog: &str, effective_from: DateTime<Utc>, author: &str, source: &str) -> Result<Import, ImportError> {
+pub fn import(
+    catalog: &str,
+    effective_from: DateTime<Utc>,
+    author: &str,
+    source: &str,
+) -> Result<Import, ImportError> {
     let entries: BTreeMap<String, BTreeMap<String, Box<RawValue>>> =
         serde_json::from_str(catalog).map_err(|e| ImportError::Shape(e.to_string()))?;
     let mut out = Import::default();
@@ -101,16 +125,29 @@ pub fn import(catalog: &str, effective_from: DateTime<Utc>, author: &str, source
         }
         let mut rates: Vec<Rate> = Vec::new();
         let push = |rates: &mut Vec<Rate>, unit: &str, tier: &str, above: i64, price: Money| {
-            if !rates.iter().any(|r| r.unit == unit && r.tier == tier && r.above_input_tokens == above) {
-                rates.push(Rate { unit: unit.into(), tier: tier.into(), above_input_tokens: above, price });
+            if !rates
+                .iter()
+                .any(|r| r.unit == unit && r.tier == tier && r.above_input_tokens == above)
+            {
+                rates.push(Rate {
+                    unit: unit.into(),
+                    tier: tier.into(),
+                    above_input_tokens: above,
+                    price,
+                });
             }
         };
         for (field, raw) in &fields {
             let text = raw.get();
             if field == "tiered_pricing" {
-                let tiers: Vec<BTreeMap<String, Box<RawValue>>> = serde_json::from_str(text).map_err(|e| ImportError::Shape(format!("{key}.tiered_pricing: {e}")))?;
+                let tiers: Vec<BTreeMap<String, Box<RawValue>>> = serde_json::from_str(text)
+                    .map_err(|e| ImportError::Shape(format!("{key}.tiered_pricing: {e}")))?;
                 for t in tiers {
-                    let lower: f64 = t.get("range").and_then(|r| serde_json::from_str::<Vec<f64>>(r.get()).ok()).and_then(|r| r.first().copied()).unwrap_or(0.0);
+                    let lower: f64 = t
+                        .get("range")
+                        .and_then(|r| serde_json::from_str::<Vec<f64>>(r.get()).ok())
+                        .and_then(|r| r.first().copied())
+                        .unwrap_or(0.0);
                     for (f, v) in &t {
                         if let Some((unit, tier, 0)) = classify(f) {
                             let p = money(v.get(), &key, f, &mut out.rounded_values)?;
@@ -126,7 +163,9 @@ pub fn import(catalog: &str, effective_from: DateTime<Utc>, author: &str, source
                     push(&mut rates, unit, tier, above, p);
                 }
                 Some(_) => {}
-                None if field.contains("cost") => *out.skipped_fields.entry(field.clone()).or_default() += 1,
+                None if field.contains("cost") => {
+                    *out.skipped_fields.entry(field.clone()).or_default() += 1
+                }
                 None => {}
             }
         }
@@ -134,9 +173,17 @@ pub fn import(catalog: &str, effective_from: DateTime<Utc>, author: &str, source
             out.skipped_entries.push(key);
             continue;
         }
-        rates.sort_by(|a, b| (&a.unit, &a.tier, a.above_input_tokens).cmp(&(&b.unit, &b.tier, b.above_input_tokens)));
-        let provider = fields.get("litellm_provider").and_then(|p| serde_json::from_str::<String>(p.get()).ok()).unwrap_or_else(|| "unknown".into());
-        let model = key.strip_prefix(&format!("{provider}/")).unwrap_or(&key).to_string();
+        rates.sort_by(|a, b| {
+            (&a.unit, &a.tier, a.above_input_tokens).cmp(&(&b.unit, &b.tier, b.above_input_tokens))
+        });
+        let provider = fields
+            .get("litellm_provider")
+            .and_then(|p| serde_json::from_str::<String>(p.get()).ok())
+            .unwrap_or_else(|| "unknown".into());
+        let model = key
+            .strip_prefix(&format!("{provider}/"))
+            .unwrap_or(&key)
+            .to_string();
         out.changes.push(PriceChange {
             price_id: key.clone(),
             version: 1,
@@ -166,7 +213,13 @@ mod tests {
 
     fn excerpt() -> Import {
         let text = include_str!("../tests/fixtures/litellm_catalog_excerpt.json");
-        import(text, Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap(), "test", "litellm 1.109.1").unwrap()
+        import(
+            text,
+            Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap(),
+            "test",
+            "litellm 1.109.1",
+        )
+        .unwrap()
     }
 
     fn entry<'a>(i: &'a Import, id: &str) -> &'a PriceChange {
@@ -175,11 +228,26 @@ mod tests {
 
     #[test]
     fn field_names_map_to_unit_tier_and_context() {
-        assert_eq!(classify("input_cost_per_token"), Some((unit::INPUT, "standard", 0)));
-        assert_eq!(classify("output_cost_per_token_batches"), Some((unit::OUTPUT, "batch", 0)));
-        assert_eq!(classify("cache_read_input_token_cost_above_200k_tokens_priority"), Some((unit::CACHE_READ, "priority", 200_000)));
-        assert_eq!(classify("cache_creation_input_token_cost_above_1hr"), Some((unit::CACHE_WRITE_1H, "standard", 0)));
-        assert_eq!(classify("input_cost_per_token_above_272k_tokens"), Some((unit::INPUT, "standard", 272_000)));
+        assert_eq!(
+            classify("input_cost_per_token"),
+            Some((unit::INPUT, "standard", 0))
+        );
+        assert_eq!(
+            classify("output_cost_per_token_batches"),
+            Some((unit::OUTPUT, "batch", 0))
+        );
+        assert_eq!(
+            classify("cache_read_input_token_cost_above_200k_tokens_priority"),
+            Some((unit::CACHE_READ, "priority", 200_000))
+        );
+        assert_eq!(
+            classify("cache_creation_input_token_cost_above_1hr"),
+            Some((unit::CACHE_WRITE_1H, "standard", 0))
+        );
+        assert_eq!(
+            classify("input_cost_per_token_above_272k_tokens"),
+            Some((unit::INPUT, "standard", 272_000))
+        );
         assert_eq!(classify("input_cost_per_token_balanced"), None);
         assert_eq!(classify("search_context_cost_per_query"), None);
     }
@@ -189,7 +257,14 @@ mod tests {
         let i = excerpt();
         assert!(i.changes.iter().all(|c| c.price_id != "sample_spec"));
         let g = entry(&i, "gpt-4o");
-        let rate = |u: &str, t: &str| g.rates.iter().find(|r| r.unit == u && r.tier == t).unwrap().price.to_string();
+        let rate = |u: &str, t: &str| {
+            g.rates
+                .iter()
+                .find(|r| r.unit == u && r.tier == t)
+                .unwrap()
+                .price
+                .to_string()
+        };
         assert_eq!(rate(unit::INPUT, "standard"), "0.0000025");
         assert_eq!(rate(unit::CACHE_READ, "priority"), "0.000002125");
         assert_eq!(rate(unit::OUTPUT, "batch"), "0.000005");
@@ -201,37 +276,111 @@ mod tests {
         let i = excerpt();
         let q = entry(&i, "dashscope/qwen-flash");
         assert_eq!(q.model, "qwen-flash");
-        let card = RateCard { price_id: &q.price_id, rates: &q.rates };
-        let small = price(&Usage { input_tokens: 1000, output_tokens: 100, ..Default::default() }, ServiceTier::Standard, &card).unwrap();
+        let card = RateCard {
+            price_id: &q.price_id,
+            rates: &q.rates,
+        };
+        let small = price(
+            &Usage {
+                input_tokens: 1000,
+                output_tokens: 100,
+                ..Default::default()
+            },
+            ServiceTier::Standard,
+            &card,
+        )
+        .unwrap();
         assert_eq!(small.total.to_string(), "0.00009"); // 1000*5e-8 + 100*4e-7
-        let large = price(&Usage { input_tokens: 300_000, output_tokens: 100, ..Default::default() }, ServiceTier::Standard, &card).unwrap();
+        let large = price(
+            &Usage {
+                input_tokens: 300_000,
+                output_tokens: 100,
+                ..Default::default()
+            },
+            ServiceTier::Standard,
+            &card,
+        )
+        .unwrap();
         assert_eq!(large.total.to_string(), "0.0752"); // 300000*2.5e-7 + 100*2e-6
         let c = entry(&i, "anthropic.claude-sonnet-4-20250514-v1:0");
-        let card = RateCard { price_id: &c.price_id, rates: &c.rates };
-        let big = price(&Usage { input_tokens: 150_000, cache_read_tokens: 60_000, output_tokens: 1000, ..Default::default() }, ServiceTier::Standard, &card).unwrap();
-        assert_eq!((big.input.to_string(), big.cache_read.to_string(), big.output.to_string()), ("0.9".into(), "0.036".into(), "0.0225".into()));
+        let card = RateCard {
+            price_id: &c.price_id,
+            rates: &c.rates,
+        };
+        let big = price(
+            &Usage {
+                input_tokens: 150_000,
+                cache_read_tokens: 60_000,
+                output_tokens: 1000,
+                ..Default::default()
+            },
+            ServiceTier::Standard,
+            &card,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                big.input.to_string(),
+                big.cache_read.to_string(),
+                big.output.to_string()
+            ),
+            ("0.9".into(), "0.036".into(), "0.0225".into())
+        );
     }
 
     #[test]
     fn per_second_units_and_litellm_reproduction() {
         let i = excerpt();
         let w = entry(&i, "whisper-1");
-        let card = RateCard { price_id: &w.price_id, rates: &w.rates };
-        let c = price(&Usage { seconds: Some("7".parse().unwrap()), ..Default::default() }, ServiceTier::Standard, &card).unwrap();
+        let card = RateCard {
+            price_id: &w.price_id,
+            rates: &w.rates,
+        };
+        let c = price(
+            &Usage {
+                seconds: Some("7".parse().unwrap()),
+                ..Default::default()
+            },
+            ServiceTier::Standard,
+            &card,
+        )
+        .unwrap();
         assert_eq!(c.total.to_string(), "0.0007");
         let g = entry(&i, "gpt-4o");
-        let card = RateCard { price_id: &g.price_id, rates: &g.rates };
-        let c = price(&Usage { input_tokens: 10, output_tokens: 20, ..Default::default() }, ServiceTier::Standard, &card).unwrap();
+        let card = RateCard {
+            price_id: &g.price_id,
+            rates: &g.rates,
+        };
+        let c = price(
+            &Usage {
+                input_tokens: 10,
+                output_tokens: 20,
+                ..Default::default()
+            },
+            ServiceTier::Standard,
+            &card,
+        )
+        .unwrap();
         // LiteLLM recorded response_cost 0.00022500000000000002 (float) for this call
-        assert_eq!(c.total, Money::rounded("0.00022500000000000002".parse().unwrap()));
+        assert_eq!(
+            c.total,
+            Money::rounded("0.00022500000000000002".parse().unwrap())
+        );
     }
 
     #[test]
     fn float_artefacts_are_rounded_and_counted() {
-        let text = r#"{"m": {"litellm_provider": "x", "input_cost_per_token": 5.0000000000000004e-08}}"#;
+        let text =
+            r#"{"m": {"litellm_provider": "x", "input_cost_per_token": 5.0000000000000004e-08}}"#;
         let i = import(text, Utc::now(), "t", "s").unwrap();
         assert_eq!(i.rounded_values, 1);
         assert_eq!(i.changes[0].rates[0].price.to_string(), "0.00000005");
-        assert!(import(r#"{"m": {"input_cost_per_token": "cheap"}}"#, Utc::now(), "t", "s").is_err());
+        assert!(import(
+            r#"{"m": {"input_cost_per_token": "cheap"}}"#,
+            Utc::now(),
+            "t",
+            "s"
+        )
+        .is_err());
     }
 }

@@ -48,7 +48,12 @@ pub struct SpoolConfig {
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig { dir: PathBuf::from("data/spool"), max_bytes: 1 << 30, segment_bytes: 64 << 20, retry_after_secs: 5 }
+        SpoolConfig {
+            dir: PathBuf::from("data/spool"),
+            max_bytes: 1 << 30,
+            segment_bytes: 64 << 20,
+            retry_after_secs: 5,
+        }
     }
 }
 
@@ -89,7 +94,11 @@ impl IngestConfig {
         if self.spool.max_bytes < self.spool.segment_bytes.min(1 << 20) {
             return bad("ingest.spool.max_bytes is too small");
         }
-        if self.tokens.iter().any(|t| t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit())) {
+        if self
+            .tokens
+            .iter()
+            .any(|t| t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()))
+        {
             return bad("ingest.tokens[].sha256 must be 64 hex characters");
         }
         Ok(())

@@ -53,7 +53,12 @@ pub enum ForwardError {
 }
 
 impl Forwarder {
-    pub fn new(producer: FutureProducer, topic: &str, spool: Spool, dead_letter_dir: std::path::PathBuf) -> Arc<Self> {
+    pub fn new(
+        producer: FutureProducer,
+        topic: &str,
+        spool: Spool,
+        dead_letter_dir: std::path::PathBuf,
+    ) -> Arc<Self> {
         let spooling = !spool.is_empty();
         metrics::gauge!(m::INGEST_SPOOL_DEPTH_EVENTS).set(spool.depth_records() as f64);
         metrics::gauge!(m::INGEST_SPOOL_DEPTH_BYTES).set(spool.depth_bytes() as f64);
@@ -91,7 +96,8 @@ impl Forwarder {
         let mut failed = Vec::new();
         for (r, res) in records.into_iter().zip(results) {
             if let Err((e, _)) = res {
-                metrics::counter!(m::INGEST_PRODUCE_ERRORS, m::LABEL_REASON => e.to_string()).increment(1);
+                metrics::counter!(m::INGEST_PRODUCE_ERRORS, m::LABEL_REASON => e.to_string())
+                    .increment(1);
                 failed.push((r, is_poison(&e)));
             }
         }
@@ -126,7 +132,12 @@ impl Forwarder {
         if self.is_spooling() {
             return self.spool_append(&records).await;
         }
-        let failed: Vec<Record> = self.send_all(records).await.into_iter().map(|(r, _)| r).collect();
+        let failed: Vec<Record> = self
+            .send_all(records)
+            .await
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
         if failed.is_empty() {
             return Ok(());
         }
@@ -190,14 +201,24 @@ impl Forwarder {
         let mut pending = chunk;
         let mut attempt = 0u32;
         while !pending.is_empty() {
-            let (poison, retry): (Vec<_>, Vec<_>) = self.send_all(pending).await.into_iter().partition(|(_, p)| *p);
+            let (poison, retry): (Vec<_>, Vec<_>) = self
+                .send_all(pending)
+                .await
+                .into_iter()
+                .partition(|(_, p)| *p);
             if !poison.is_empty() {
-                self.dead_letter(poison.into_iter().map(|(r, _)| r).collect()).await.map_err(|e| e.to_string())?;
+                self.dead_letter(poison.into_iter().map(|(r, _)| r).collect())
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             pending = retry.into_iter().map(|(r, _)| r).collect();
             if !pending.is_empty() {
                 attempt += 1;
-                tracing::debug!(failed = pending.len(), attempt, "broker still unavailable for spooled events");
+                tracing::debug!(
+                    failed = pending.len(),
+                    attempt,
+                    "broker still unavailable for spooled events"
+                );
                 tokio::select! {
                     // Stopping mid-chunk is safe: the cursor has not moved, the chunk is re-sent
                     // after restart (records already acked then arrive twice; enrich drops them).
@@ -220,10 +241,15 @@ impl Forwarder {
     async fn dead_letter(&self, records: Vec<Record>) -> Result<(), SpoolError> {
         let dir = self.dead_letter_dir.clone();
         let n = records.len();
-        tokio::task::spawn_blocking(move || Spool::open(&dir, u64::MAX, 64 << 20)?.append(&records))
-            .await
-            .expect("dead-letter task")?;
-        tracing::error!(events = n, "broker refused spooled events permanently; moved to the dead-letter spool");
+        tokio::task::spawn_blocking(move || {
+            Spool::open(&dir, u64::MAX, 64 << 20)?.append(&records)
+        })
+        .await
+        .expect("dead-letter task")?;
+        tracing::error!(
+            events = n,
+            "broker refused spooled events permanently; moved to the dead-letter spool"
+        );
         metrics::counter!(m::INGEST_DEAD_LETTERED).increment(n as u64);
         Ok(())
     }

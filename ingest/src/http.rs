@@ -24,7 +24,9 @@ use meterline_schemas::auth::{AuthFailure, Role, TokenTable};
 use meterline_schemas::metric_names as m;
 use meterline_schemas::{AvroRecord, UsageEvent};
 use metrics_exporter_prometheus::PrometheusHandle;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -62,7 +64,14 @@ pub struct ErrorResponse {
 }
 
 fn error(status: StatusCode, msg: impl Into<String>, rejected: Vec<ItemError>) -> Response {
-    (status, Json(ErrorResponse { error: msg.into(), rejected })).into_response()
+    (
+        status,
+        Json(ErrorResponse {
+            error: msg.into(),
+            rejected,
+        }),
+    )
+        .into_response()
 }
 
 #[derive(OpenApi)]
@@ -79,7 +88,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let c = openapi.components.get_or_insert_with(Default::default);
-        c.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -100,22 +112,40 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
-    let h = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    s.tokens.authorize(h, &[Role::Edge, Role::Admin]).map(|_| ()).map_err(|f| match f {
-        AuthFailure::Unauthenticated => {
-            let mut r = error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token", vec![]);
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        }
-        AuthFailure::Forbidden => error(StatusCode::FORBIDDEN, "token lacks the edge role", vec![]),
-    })
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    s.tokens
+        .authorize(h, &[Role::Edge, Role::Admin])
+        .map(|_| ())
+        .map_err(|f| match f {
+            AuthFailure::Unauthenticated => {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or unknown bearer token",
+                    vec![],
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            AuthFailure::Forbidden => {
+                error(StatusCode::FORBIDDEN, "token lacks the edge role", vec![])
+            }
+        })
 }
 
 fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -139,15 +169,26 @@ impl Format {
     fn ndjson(self, ct: &str) -> Option<bool> {
         match (self, ct) {
             (_, "application/json") => Some(false),
-            (Format::Native | Format::LiteLlm, "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines") => Some(true),
-            (Format::CloudEvents, "application/cloudevents+json" | "application/cloudevents-batch+json") => Some(false),
+            (
+                Format::Native | Format::LiteLlm,
+                "application/x-ndjson"
+                | "application/ndjson"
+                | "application/jsonl"
+                | "application/x-jsonlines",
+            ) => Some(true),
+            (
+                Format::CloudEvents,
+                "application/cloudevents+json" | "application/cloudevents-batch+json",
+            ) => Some(false),
             _ => None,
         }
     }
 
     fn accepted_types(self) -> &'static str {
         match self {
-            Format::CloudEvents => "application/cloudevents+json, application/cloudevents-batch+json, application/json",
+            Format::CloudEvents => {
+                "application/cloudevents+json, application/cloudevents-batch+json, application/json"
+            }
             _ => "application/json, application/x-ndjson",
         }
     }
@@ -166,41 +207,79 @@ fn reject_metric(format: &str, reason: &str, n: usize) {
 }
 
 fn ctx(s: &Shared) -> Ctx {
-    Ctx { source: s.cfg.source_id.clone(), received_at: Utc::now() }
+    Ctx {
+        source: s.cfg.source_id.clone(),
+        received_at: Utc::now(),
+    }
 }
 
 /// Encodes, forwards and answers for already-decoded items.
-async fn accept(s: &Shared, format: &str, results: Vec<(usize, Result<UsageEvent, FieldError>)>) -> Response {
+async fn accept(
+    s: &Shared,
+    format: &str,
+    results: Vec<(usize, Result<UsageEvent, FieldError>)>,
+) -> Response {
     let mut rejected = Vec::new();
     let mut records = Vec::with_capacity(results.len());
     for (index, r) in results {
         match r.and_then(|e| {
             e.to_avro()
-                .map(|value| Record { key: e.partition_key().as_bytes().to_vec(), value })
+                .map(|value| Record {
+                    key: e.partition_key().as_bytes().to_vec(),
+                    value,
+                })
                 .map_err(|err| FieldError::new("", err.to_string()))
         }) {
             Ok(rec) => records.push(rec),
-            Err(FieldError { field, reason }) => rejected.push(ItemError { index, field, reason }),
+            Err(FieldError { field, reason }) => rejected.push(ItemError {
+                index,
+                field,
+                reason,
+            }),
         }
     }
     if !rejected.is_empty() {
         reject_metric(format, "invalid", rejected.len());
     }
     if records.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "no valid item in the request", rejected);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no valid item in the request",
+            rejected,
+        );
     }
     let accepted = records.len();
     match s.forwarder.forward(records).await {
         Ok(()) => {
-            metrics::counter!(m::INGEST_EVENTS_ACCEPTED, m::LABEL_FORMAT => format.to_string()).increment(accepted as u64);
-            let status = if rejected.is_empty() { StatusCode::OK } else { StatusCode::MULTI_STATUS };
+            metrics::counter!(m::INGEST_EVENTS_ACCEPTED, m::LABEL_FORMAT => format.to_string())
+                .increment(accepted as u64);
+            let status = if rejected.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::MULTI_STATUS
+            };
             (status, Json(IngestResponse { accepted, rejected })).into_response()
         }
         Err(ForwardError::Spool(e)) => {
-            reject_metric(format, if matches!(e, SpoolError::Full { .. }) { "spool_full" } else { "spool_error" }, accepted);
+            reject_metric(
+                format,
+                if matches!(e, SpoolError::Full { .. }) {
+                    "spool_full"
+                } else {
+                    "spool_error"
+                },
+                accepted,
+            );
             tracing::error!(error = %e, "cannot make events durable");
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, format!("broker unreachable and {e}; nothing accepted, retry later"), vec![]);
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s.cfg.spool.retry_after_secs));
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("broker unreachable and {e}; nothing accepted, retry later"),
+                vec![],
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(s.cfg.spool.retry_after_secs),
+            );
             r
         }
     }
@@ -214,7 +293,14 @@ async fn ingest_json(s: &Shared, headers: &HeaderMap, body: &[u8], format: Forma
     let ct = content_type(headers);
     let Some(ndjson) = format.ndjson(&ct) else {
         reject_metric(format.label(), "content_type", 1);
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported Content-Type '{ct}'; use {}", format.accepted_types()), vec![]);
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "unsupported Content-Type '{ct}'; use {}",
+                format.accepted_types()
+            ),
+            vec![],
+        );
     };
     let items = match adapters::split_items(body, ndjson) {
         Ok(items) => items,
@@ -225,7 +311,15 @@ async fn ingest_json(s: &Shared, headers: &HeaderMap, body: &[u8], format: Forma
     };
     if items.len() > s.cfg.max_batch_items {
         reject_metric(format.label(), "batch_too_large", items.len());
-        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("{} items exceed the limit of {} per request", items.len(), s.cfg.max_batch_items), vec![]);
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} items exceed the limit of {} per request",
+                items.len(),
+                s.cfg.max_batch_items
+            ),
+            vec![],
+        );
     }
     let ctx = ctx(s);
     let results = items
@@ -291,12 +385,27 @@ async fn post_traces(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => {
             reject_metric("otlp", "malformed", 1);
-            return error(StatusCode::BAD_REQUEST, format!("malformed OTLP request: {e}"), vec![]);
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed OTLP request: {e}"),
+                vec![],
+            );
         }
     };
-    let results: Vec<_> = adapters::otlp::decode(&req, &ctx(&s)).into_iter().map(|r| (r.index, r.event)).collect();
+    let results: Vec<_> = adapters::otlp::decode(&req, &ctx(&s))
+        .into_iter()
+        .map(|r| (r.index, r.event))
+        .collect();
     if results.len() > s.cfg.max_batch_items {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("{} GenAI spans exceed the limit of {}", results.len(), s.cfg.max_batch_items), vec![]);
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} GenAI spans exceed the limit of {}",
+                results.len(),
+                s.cfg.max_batch_items
+            ),
+            vec![],
+        );
     }
     if results.is_empty() {
         return otlp_answer(protobuf, 0, String::new());
@@ -305,7 +414,9 @@ async fn post_traces(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     match r.status() {
         StatusCode::OK => otlp_answer(protobuf, 0, String::new()),
         StatusCode::MULTI_STATUS => {
-            let body = axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap_or_default();
+            let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
             let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let n = parsed["rejected"].as_array().map(|a| a.len()).unwrap_or(0);
             otlp_answer(protobuf, n as i64, parsed["rejected"].to_string())
@@ -316,10 +427,17 @@ async fn post_traces(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
 
 fn otlp_answer(protobuf: bool, rejected: i64, message: String) -> Response {
     let resp = ExportTraceServiceResponse {
-        partial_success: (rejected > 0).then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message }),
+        partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+            rejected_spans: rejected,
+            error_message: message,
+        }),
     };
     if protobuf {
-        ([(header::CONTENT_TYPE, "application/x-protobuf")], resp.encode_to_vec()).into_response()
+        (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            resp.encode_to_vec(),
+        )
+            .into_response()
     } else {
         Json(resp).into_response()
     }
@@ -329,7 +447,11 @@ async fn metrics_text(State(s): S) -> Response {
     let (events, bytes) = s.forwarder.spool_depth().await;
     metrics::gauge!(m::INGEST_SPOOL_DEPTH_EVENTS).set(events as f64);
     metrics::gauge!(m::INGEST_SPOOL_DEPTH_BYTES).set(bytes as f64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Liveness.
@@ -344,5 +466,13 @@ async fn readyz(State(s): S) -> Response {
     let (events, bytes) = s.forwarder.spool_depth().await;
     let ready = bytes < s.cfg.spool.max_bytes / 100 * 95;
     let body = serde_json::json!({"ready": ready, "spooling": s.forwarder.is_spooling(), "spool_events": events, "spool_bytes": bytes});
-    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
+        .into_response()
 }

@@ -60,7 +60,10 @@ pub fn producer_config(kafka: &KafkaConfig, cfg: &IngestConfig) -> rdkafka::Clie
         // Below the message timeout, so librdkafka can retry an in-flight request once before it
         // gives the message up. A message given up while possibly persisted is then spooled and
         // may arrive twice; enrich drops such duplicates by event id.
-        .set("request.timeout.ms", (cfg.produce_timeout_ms / 2).clamp(500, 30_000).to_string());
+        .set(
+            "request.timeout.ms",
+            (cfg.produce_timeout_ms / 2).clamp(500, 30_000).to_string(),
+        );
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
@@ -74,15 +77,26 @@ impl App {
         cfg.validate()?;
         if kafka.create_topics {
             // The edge must start even when the broker is down (that is what the spool is for).
-            match tokio::time::timeout(Duration::from_secs(10), ensure_topics(kafka, &topics::all(kafka.usage_partitions))).await {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                ensure_topics(kafka, &topics::all(kafka.usage_partitions)),
+            )
+            .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not create topics; continuing"),
                 Err(_) => tracing::warn!("broker not answering topic creation; continuing"),
             }
         }
         let producer: FutureProducer = producer_config(kafka, &cfg).create()?;
-        let spool = spool::Spool::open(&cfg.spool.dir, cfg.spool.max_bytes, cfg.spool.segment_bytes)?;
-        let forwarder = forwarder::Forwarder::new(producer, topics::USAGE_RAW, spool, cfg.spool.dir.join("dead-letter"));
+        let spool =
+            spool::Spool::open(&cfg.spool.dir, cfg.spool.max_bytes, cfg.spool.segment_bytes)?;
+        let forwarder = forwarder::Forwarder::new(
+            producer,
+            topics::USAGE_RAW,
+            spool,
+            cfg.spool.dir.join("dead-letter"),
+        );
         let listener = TcpListener::bind(&cfg.listen).await?;
         let shared = Arc::new(http::Shared {
             tokens: TokenTable::new(&cfg.tokens),
@@ -90,11 +104,17 @@ impl App {
             forwarder,
             metrics: meterline_schemas::telemetry::prometheus(),
         });
-        Ok(App { listener, shared, stop: CancellationToken::new() })
+        Ok(App {
+            listener,
+            shared,
+            stop: CancellationToken::new(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Cancelling this token stops the stage gracefully.
@@ -104,17 +124,25 @@ impl App {
 
     /// Serves until the stop token is cancelled, then flushes the producer.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
-        let App { listener, shared, stop } = self;
+        let App {
+            listener,
+            shared,
+            stop,
+        } = self;
         tracing::info!(addr = %listener.local_addr()?, "ingest listening");
         let drainer = tokio::spawn(shared.forwarder.clone().run_drainer(stop.clone()));
         let forwarder = shared.forwarder.clone();
         let s = stop.clone();
-        axum::serve(listener, http::router(shared)).with_graceful_shutdown(async move { s.cancelled().await }).await?;
+        axum::serve(listener, http::router(shared))
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await?;
         stop.cancel();
         let _ = drainer.await;
         // 1. HTTP is closed: no new events.  2. Wait for in-flight produce acks.
         let f = forwarder.clone();
-        tokio::task::spawn_blocking(move || f.flush(Duration::from_secs(10))).await.ok();
+        tokio::task::spawn_blocking(move || f.flush(Duration::from_secs(10)))
+            .await
+            .ok();
         Ok(())
     }
 }

@@ -43,7 +43,10 @@ pub enum SpoolError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub struct Spool {
@@ -85,7 +88,13 @@ fn scan(path: &Path, from: u64, limit: usize) -> Result<(Vec<(u64, Record)>, u64
         if 2 + klen > payload.len() {
             break;
         }
-        out.push((from + pos as u64, Record { key: payload[2..2 + klen].to_vec(), value: payload[2 + klen..].to_vec() }));
+        out.push((
+            from + pos as u64,
+            Record {
+                key: payload[2..2 + klen].to_vec(),
+                value: payload[2 + klen..].to_vec(),
+            },
+        ));
         pos = end;
     }
     let _ = len;
@@ -102,8 +111,20 @@ impl Spool {
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
             .collect();
         seqs.sort_unstable();
-        let cursor = Self::read_cursor(dir)?.unwrap_or(Position { segment: seqs.first().copied().unwrap_or(0), offset: 0 });
-        let mut spool = Spool { dir: dir.to_path_buf(), max_bytes, segment_bytes, segments: vec![], writer: None, cursor, depth_records: 0, depth_bytes: 0 };
+        let cursor = Self::read_cursor(dir)?.unwrap_or(Position {
+            segment: seqs.first().copied().unwrap_or(0),
+            offset: 0,
+        });
+        let mut spool = Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            segment_bytes,
+            segments: vec![],
+            writer: None,
+            cursor,
+            depth_records: 0,
+            depth_bytes: 0,
+        };
         for seq in seqs {
             let path = seg_path(dir, seq);
             if seq < cursor.segment {
@@ -111,12 +132,19 @@ impl Spool {
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
             }
-            let from = if seq == cursor.segment { cursor.offset } else { 0 };
+            let from = if seq == cursor.segment {
+                cursor.offset
+            } else {
+                0
+            };
             let (recs, end) = scan(&path, from, usize::MAX)?;
             let file_len = fs::metadata(&path).map_err(io_err(&path))?.len();
             if end < file_len {
                 tracing::warn!(segment = %path.display(), valid = end, len = file_len, "cutting torn spool tail");
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
                 f.set_len(end).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
             }
@@ -125,7 +153,10 @@ impl Spool {
             spool.segments.push((seq, end));
         }
         if spool.segments.is_empty() {
-            spool.cursor = Position { segment: cursor.segment, offset: 0 };
+            spool.cursor = Position {
+                segment: cursor.segment,
+                offset: 0,
+            };
         }
         Ok(spool)
     }
@@ -137,7 +168,10 @@ impl Spool {
                 let mut it = s.split_whitespace().map(|x| x.parse::<u64>());
                 match (it.next(), it.next()) {
                     (Some(Ok(segment)), Some(Ok(offset))) => Ok(Some(Position { segment, offset })),
-                    _ => Err(SpoolError::Io { path, source: io::Error::new(io::ErrorKind::InvalidData, "bad cursor") }),
+                    _ => Err(SpoolError::Io {
+                        path,
+                        source: io::Error::new(io::ErrorKind::InvalidData, "bad cursor"),
+                    }),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -167,7 +201,12 @@ impl Spool {
     /// Appends the records and fsyncs once. All or nothing: refused whole when it would
     /// exceed the spool's capacity.
     pub fn append(&mut self, records: &[Record]) -> Result<(), SpoolError> {
-        let mut buf = Vec::with_capacity(records.iter().map(|r| HEADER + 2 + r.key.len() + r.value.len()).sum());
+        let mut buf = Vec::with_capacity(
+            records
+                .iter()
+                .map(|r| HEADER + 2 + r.key.len() + r.value.len())
+                .sum(),
+        );
         for r in records {
             let klen = r.key.len().min(u16::MAX as usize);
             let n = 2 + klen + r.value.len();
@@ -181,7 +220,10 @@ impl Spool {
             buf[start - 4..start].copy_from_slice(&crc.to_le_bytes());
         }
         if self.depth_bytes + buf.len() as u64 > self.max_bytes {
-            return Err(SpoolError::Full { used: self.depth_bytes, max: self.max_bytes });
+            return Err(SpoolError::Full {
+                used: self.depth_bytes,
+                max: self.max_bytes,
+            });
         }
         let roll = match self.segments.last() {
             None => true,
@@ -189,15 +231,24 @@ impl Spool {
         };
         if roll || self.writer.is_none() {
             let seq = if roll {
-                self.segments.last().map(|(s, _)| s + 1).unwrap_or(self.cursor.segment)
+                self.segments
+                    .last()
+                    .map(|(s, _)| s + 1)
+                    .unwrap_or(self.cursor.segment)
             } else {
                 self.segments.last().unwrap().0
             };
             let path = seg_path(&self.dir, seq);
-            let f = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
             if roll {
                 // make the new file's directory entry durable
-                File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(&self.dir))?;
                 self.segments.push((seq, 0));
             }
             self.writer = Some(f);
@@ -226,15 +277,25 @@ impl Spool {
             if seq < self.cursor.segment || out.len() >= limit {
                 continue;
             }
-            let from = if seq == self.cursor.segment { self.cursor.offset } else { 0 };
+            let from = if seq == self.cursor.segment {
+                self.cursor.offset
+            } else {
+                0
+            };
             if from >= len {
-                next = Position { segment: seq, offset: len };
+                next = Position {
+                    segment: seq,
+                    offset: len,
+                };
                 continue;
             }
             let (recs, end) = scan(&seg_path(&self.dir, seq), from, limit - out.len())?;
             let end = end.min(len);
             out.extend(recs.into_iter().map(|(_, r)| r));
-            next = Position { segment: seq, offset: end };
+            next = Position {
+                segment: seq,
+                offset: end,
+            };
             if end < len {
                 break;
             }
@@ -249,8 +310,20 @@ impl Spool {
             .segments
             .iter()
             .map(|&(seq, len)| {
-                let from = if seq == self.cursor.segment { self.cursor.offset } else if seq < self.cursor.segment { len } else { 0 };
-                let until = if seq < to.segment { len } else if seq == to.segment { to.offset } else { from };
+                let from = if seq == self.cursor.segment {
+                    self.cursor.offset
+                } else if seq < self.cursor.segment {
+                    len
+                } else {
+                    0
+                };
+                let until = if seq < to.segment {
+                    len
+                } else if seq == to.segment {
+                    to.offset
+                } else {
+                    from
+                };
                 until.saturating_sub(from)
             })
             .sum();
@@ -258,10 +331,13 @@ impl Spool {
         let tmp = self.dir.join("cursor.tmp");
         let path = self.dir.join("cursor");
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(format!("{} {}\n", to.segment, to.offset).as_bytes()).map_err(io_err(&tmp))?;
+        f.write_all(format!("{} {}\n", to.segment, to.offset).as_bytes())
+            .map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
         self.cursor = to;
         self.depth_records -= records.min(self.depth_records);
         self.depth_bytes -= consumed.min(self.depth_bytes);
@@ -271,7 +347,8 @@ impl Spool {
         let dir = self.dir.clone();
         let mut removed = false;
         self.segments.retain(|&(seq, len)| {
-            let drained = seq < to.segment || (seq == to.segment && to.offset >= len && Some(seq) != last);
+            let drained =
+                seq < to.segment || (seq == to.segment && to.offset >= len && Some(seq) != last);
             if drained {
                 let _ = fs::remove_file(seg_path(&dir, seq));
                 removed = true;
@@ -290,7 +367,10 @@ mod tests {
     use super::*;
 
     fn rec(i: u32) -> Record {
-        Record { key: format!("k{i}").into_bytes(), value: vec![i as u8; 50 + i as usize % 7] }
+        Record {
+            key: format!("k{i}").into_bytes(),
+            value: vec![i as u8; 50 + i as usize % 7],
+        }
     }
 
     fn drain_all(s: &mut Spool) -> Vec<Record> {
@@ -334,7 +414,11 @@ mod tests {
         let mut s = Spool::open(d.path(), 1 << 20, 200).unwrap();
         assert_eq!(s.depth_records(), 6);
         let rest = drain_all(&mut s);
-        assert_eq!([first, rest].concat(), recs, "nothing lost, nothing repeated");
+        assert_eq!(
+            [first, rest].concat(),
+            recs,
+            "nothing lost, nothing repeated"
+        );
     }
 
     #[test]
@@ -344,7 +428,12 @@ mod tests {
         s.append(&[rec(1), rec(2)]).unwrap();
         drop(s);
         // simulate a crash mid-append: half a record at the end
-        let seg = fs::read_dir(d.path()).unwrap().filter_map(|e| e.ok()).find(|e| e.path().extension().is_some_and(|x| x == "seg")).unwrap().path();
+        let seg = fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .unwrap()
+            .path();
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
         drop(f);
@@ -360,7 +449,12 @@ mod tests {
         let mut s = Spool::open(d.path(), 1 << 20, 1 << 20).unwrap();
         s.append(&[rec(1), rec(2)]).unwrap();
         drop(s);
-        let seg = fs::read_dir(d.path()).unwrap().filter_map(|e| e.ok()).find(|e| e.path().extension().is_some_and(|x| x == "seg")).unwrap().path();
+        let seg = fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .unwrap()
+            .path();
         let mut bytes = fs::read(&seg).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xFF;
@@ -375,7 +469,10 @@ mod tests {
         let mut s = Spool::open(d.path(), 200, 1 << 20).unwrap();
         s.append(&[rec(1)]).unwrap();
         let before = s.depth_records();
-        assert!(matches!(s.append(&[rec(2), rec(3), rec(4)]), Err(SpoolError::Full { .. })));
+        assert!(matches!(
+            s.append(&[rec(2), rec(3), rec(4)]),
+            Err(SpoolError::Full { .. })
+        ));
         assert_eq!(s.depth_records(), before);
         assert_eq!(drain_all(&mut s), vec![rec(1)]);
         s.append(&[rec(2), rec(3)]).unwrap();

@@ -8,14 +8,31 @@ use apache_avro::Schema;
 fn main() {
     let schema = Schema::parse_str(include_str!("../avro/history/usage_event.v1.avsc")).unwrap();
     let usage_schema = match &schema {
-        Schema::Record(r) => r.fields.iter().find(|f| f.name == "usage").unwrap().schema.clone(),
+        Schema::Record(r) => r
+            .fields
+            .iter()
+            .find(|f| f.name == "usage")
+            .unwrap()
+            .schema
+            .clone(),
         _ => unreachable!(),
     };
     let mut usage = Record::new(&usage_schema).unwrap();
-    for (k, v) in [("input_tokens", 1200i64), ("cache_read_tokens", 300), ("output_tokens", 450), ("reasoning_tokens", 50)] {
+    for (k, v) in [
+        ("input_tokens", 1200i64),
+        ("cache_read_tokens", 300),
+        ("output_tokens", 450),
+        ("reasoning_tokens", 50),
+    ] {
         usage.put(k, Value::Long(v));
     }
-    for k in ["cache_write_5m_tokens", "cache_write_1h_tokens", "images", "characters", "requests"] {
+    for k in [
+        "cache_write_5m_tokens",
+        "cache_write_1h_tokens",
+        "images",
+        "characters",
+        "requests",
+    ] {
         usage.put(k, Value::Long(0));
     }
     usage.put("seconds", Value::Union(0, Box::new(Value::Null)));
@@ -34,7 +51,14 @@ fn main() {
     r.put("org_id", s("acme"));
     r.put("project_id", null());
     r.put("end_user", null());
-    r.put("tags", Value::Map([("env".to_string(), Value::String("prod".into()))].into_iter().collect()));
+    r.put(
+        "tags",
+        Value::Map(
+            [("env".to_string(), Value::String("prod".into()))]
+                .into_iter()
+                .collect(),
+        ),
+    );
     r.put("provider", Value::String("openai".into()));
     r.put("model", Value::String("gpt-4o".into()));
     r.put("operation", Value::Enum(0, "chat".into()));
@@ -49,5 +73,12 @@ fn main() {
     let mut out = vec![0xC3, 0x01];
     out.extend_from_slice(&meterline_schemas::codec::fingerprint(&schema));
     out.extend_from_slice(&body);
-    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/usage_event.v1.bin"), out).unwrap();
+    std::fs::write(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/usage_event.v1.bin"
+        ),
+        out,
+    )
+    .unwrap();
 }

@@ -64,7 +64,11 @@ impl TokenTable {
             .map(|t| {
                 (
                     t.sha256.to_ascii_lowercase(),
-                    Principal { name: t.principal.clone(), role: t.role, teams: t.teams.clone() },
+                    Principal {
+                        name: t.principal.clone(),
+                        role: t.role,
+                        teams: t.teams.clone(),
+                    },
                 )
             })
             .collect();
@@ -72,13 +76,23 @@ impl TokenTable {
     }
 
     /// Resolves an `Authorization` header value and checks the role.
-    pub fn authorize(&self, header: Option<&str>, allowed: &[Role]) -> Result<Principal, AuthFailure> {
+    pub fn authorize(
+        &self,
+        header: Option<&str>,
+        allowed: &[Role],
+    ) -> Result<Principal, AuthFailure> {
         let token = header
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthFailure::Unauthenticated)?;
-        let p = self.by_hash.get(&hash_token(token)).ok_or(AuthFailure::Unauthenticated)?;
+        let p = self
+            .by_hash
+            .get(&hash_token(token))
+            .ok_or(AuthFailure::Unauthenticated)?;
         if allowed.contains(&p.role) {
             Ok(p.clone())
         } else {
@@ -99,10 +113,27 @@ mod tests {
             role: Role::Edge,
             teams: vec![],
         }]);
-        assert_eq!(t.authorize(Some("Bearer s3cret"), &[Role::Edge]).unwrap().name, "edge-1");
-        assert_eq!(t.authorize(Some("Bearer s3cret"), &[Role::Admin]), Err(AuthFailure::Forbidden));
-        assert_eq!(t.authorize(Some("Bearer nope"), &[Role::Edge]), Err(AuthFailure::Unauthenticated));
-        assert_eq!(t.authorize(Some("Basic s3cret"), &[Role::Edge]), Err(AuthFailure::Unauthenticated));
-        assert_eq!(t.authorize(None, &[Role::Edge]), Err(AuthFailure::Unauthenticated));
+        assert_eq!(
+            t.authorize(Some("Bearer s3cret"), &[Role::Edge])
+                .unwrap()
+                .name,
+            "edge-1"
+        );
+        assert_eq!(
+            t.authorize(Some("Bearer s3cret"), &[Role::Admin]),
+            Err(AuthFailure::Forbidden)
+        );
+        assert_eq!(
+            t.authorize(Some("Bearer nope"), &[Role::Edge]),
+            Err(AuthFailure::Unauthenticated)
+        );
+        assert_eq!(
+            t.authorize(Some("Basic s3cret"), &[Role::Edge]),
+            Err(AuthFailure::Unauthenticated)
+        );
+        assert_eq!(
+            t.authorize(None, &[Role::Edge]),
+            Err(AuthFailure::Unauthenticated)
+        );
     }
 }

@@ -75,7 +75,12 @@ impl<T: AvroRecord> Codec<T> {
             let s = parse(old, &format!("{} history #{i}", T::NAME))?;
             writers.insert(fingerprint(s), s);
         }
-        Ok(Codec { schema, fingerprint: fp, writers, _t: PhantomData })
+        Ok(Codec {
+            schema,
+            fingerprint: fp,
+            writers,
+            _t: PhantomData,
+        })
     }
 
     pub fn schema(&self) -> &'static Schema {
@@ -92,8 +97,10 @@ impl<T: AvroRecord> Codec<T> {
         buf.extend_from_slice(&self.fingerprint);
         // Serialises straight from serde into the buffer (no intermediate `Value`). Our schemas
         // define every named type inline exactly once, so no name table is needed.
-        apache_avro::write_avro_datum_ref(self.schema, value, buf)
-            .map_err(|e| Error::Encode { record: T::NAME, reason: e.to_string() })?;
+        apache_avro::write_avro_datum_ref(self.schema, value, buf).map_err(|e| Error::Encode {
+            record: T::NAME,
+            reason: e.to_string(),
+        })?;
         Ok(())
     }
 
@@ -113,15 +120,31 @@ impl<T: AvroRecord> Codec<T> {
         let writer = self
             .writers
             .get(&fp)
-            .ok_or_else(|| Error::UnknownFingerprint { record: T::NAME, fingerprint: hex::encode(fp) })?;
+            .ok_or_else(|| Error::UnknownFingerprint {
+                record: T::NAME,
+                fingerprint: hex::encode(fp),
+            })?;
         let mut body = &bytes[HEADER_LEN..];
-        let reader = if fp == self.fingerprint { None } else { Some(self.schema) };
-        let value = apache_avro::from_avro_datum(writer, &mut body, reader)
-            .map_err(|e| Error::Decode { record: T::NAME, reason: e.to_string() })?;
+        let reader = if fp == self.fingerprint {
+            None
+        } else {
+            Some(self.schema)
+        };
+        let value =
+            apache_avro::from_avro_datum(writer, &mut body, reader).map_err(|e| Error::Decode {
+                record: T::NAME,
+                reason: e.to_string(),
+            })?;
         if !body.is_empty() {
-            return Err(Error::Decode { record: T::NAME, reason: format!("{} trailing bytes", body.len()) });
+            return Err(Error::Decode {
+                record: T::NAME,
+                reason: format!("{} trailing bytes", body.len()),
+            });
         }
-        apache_avro::from_value::<T>(&value).map_err(|e| Error::Decode { record: T::NAME, reason: e.to_string() })
+        apache_avro::from_value::<T>(&value).map_err(|e| Error::Decode {
+            record: T::NAME,
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -140,10 +163,27 @@ macro_rules! avro_record {
     };
 }
 
-avro_record!(UsageEvent, "io.meterline.UsageEvent", "usage_event.avsc", history = ["usage_event.v1.avsc"]);
+avro_record!(
+    UsageEvent,
+    "io.meterline.UsageEvent",
+    "usage_event.avsc",
+    history = ["usage_event.v1.avsc"]
+);
 avro_record!(PricedUsage, "io.meterline.PricedUsage", "priced_usage.avsc");
 avro_record!(PriceChange, "io.meterline.PriceChange", "price_change.avsc");
-avro_record!(TenantChange, "io.meterline.TenantChange", "tenant_change.avsc");
-avro_record!(BudgetChange, "io.meterline.BudgetChange", "budget_change.avsc");
-avro_record!(BudgetSignal, "io.meterline.BudgetSignal", "budget_signal.avsc");
+avro_record!(
+    TenantChange,
+    "io.meterline.TenantChange",
+    "tenant_change.avsc"
+);
+avro_record!(
+    BudgetChange,
+    "io.meterline.BudgetChange",
+    "budget_change.avsc"
+);
+avro_record!(
+    BudgetSignal,
+    "io.meterline.BudgetSignal",
+    "budget_signal.avsc"
+);
 avro_record!(Anomaly, "io.meterline.Anomaly", "anomaly.avsc");

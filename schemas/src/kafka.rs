@@ -52,7 +52,9 @@ impl KafkaConfig {
             return Err(Error::Config("kafka.usage_partitions must be >= 1".into()));
         }
         if self.replication_factor < 1 {
-            return Err(Error::Config("kafka.replication_factor must be >= 1".into()));
+            return Err(Error::Config(
+                "kafka.replication_factor must be >= 1".into(),
+            ));
         }
         Ok(())
     }
@@ -71,12 +73,18 @@ impl KafkaConfig {
 
 /// Creates the topics that do not exist yet (existing ones are left alone).
 pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> =
-        cfg.client("admin").create().map_err(|e| Error::Kafka(e.to_string()))?;
+    let admin: AdminClient<DefaultClientContext> = cfg
+        .client("admin")
+        .create()
+        .map_err(|e| Error::Kafka(e.to_string()))?;
     let new: Vec<NewTopic> = specs
         .iter()
         .map(|s| {
-            let t = NewTopic::new(s.name, s.partitions, TopicReplication::Fixed(cfg.replication_factor));
+            let t = NewTopic::new(
+                s.name,
+                s.partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            );
             if s.compacted {
                 t.set("cleanup.policy", "compact")
             } else {
@@ -85,11 +93,16 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&new, &opts).await.map_err(|e| Error::Kafka(e.to_string()))?;
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| Error::Kafka(e.to_string()))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(Error::Kafka(format!("create topic {topic}: {code}"))),
+            Err((topic, code)) => {
+                return Err(Error::Kafka(format!("create topic {topic}: {code}")))
+            }
         }
     }
     Ok(())

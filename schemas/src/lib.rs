@@ -32,13 +32,22 @@ pub enum Error {
     #[error("invalid schema: {0}")]
     Schema(String),
     #[error("cannot encode {record}: {reason}")]
-    Encode { record: &'static str, reason: String },
+    Encode {
+        record: &'static str,
+        reason: String,
+    },
     #[error("cannot decode {record}: {reason}")]
-    Decode { record: &'static str, reason: String },
+    Decode {
+        record: &'static str,
+        reason: String,
+    },
     #[error("not an Avro single-object encoded {record} (missing C3 01 header)")]
     NotSingleObject { record: &'static str },
     #[error("{record} written with unknown schema fingerprint {fingerprint}")]
-    UnknownFingerprint { record: &'static str, fingerprint: String },
+    UnknownFingerprint {
+        record: &'static str,
+        fingerprint: String,
+    },
     #[error("kafka: {0}")]
     Kafka(String),
     #[error("config: {0}")]

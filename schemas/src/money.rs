@@ -39,7 +39,10 @@ impl Money {
 
     /// Rounds half-to-even to [`MONEY_SCALE`] decimals (for float-polluted catalog values).
     pub fn rounded(d: Decimal) -> Self {
-        Money(d.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointNearestEven).normalize())
+        Money(
+            d.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointNearestEven)
+                .normalize(),
+        )
     }
 
     pub fn decimal(&self) -> Decimal {
@@ -105,7 +108,10 @@ impl Money {
 
     /// Rounds to `dp` decimals, half-to-even (cents for reports).
     pub fn round_dp(&self, dp: u32) -> Money {
-        Money(self.0.round_dp_with_strategy(dp, RoundingStrategy::MidpointNearestEven))
+        Money(
+            self.0
+                .round_dp_with_strategy(dp, RoundingStrategy::MidpointNearestEven),
+        )
     }
 }
 
@@ -207,7 +213,10 @@ impl<'de> Deserialize<'de> for Money {
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Money, E> {
                 i64::try_from(v).map(Money::from).map_err(E::custom)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Money, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Money, A::Error> {
                 // apache-avro hands `bytes` to some visitors as a sequence of u8.
                 let mut b = Vec::new();
                 while let Some(x) = seq.next_element::<u8>()? {
@@ -235,7 +244,10 @@ mod tests {
         assert_eq!("1E-9".parse::<Money>().unwrap().to_string(), "0.000000001");
         // A float artefact beyond 18 decimals is refused exactly, and rounds to what was meant.
         assert!("0.00022500000000000002".parse::<Money>().is_err());
-        assert_eq!(Money::rounded("0.00022500000000000002".parse().unwrap()).to_string(), "0.000225");
+        assert_eq!(
+            Money::rounded("0.00022500000000000002".parse().unwrap()).to_string(),
+            "0.000225"
+        );
     }
 
     #[test]
@@ -253,10 +265,28 @@ mod tests {
     fn avro_bytes_known_values() {
         assert_eq!(Money::ZERO.to_avro_bytes(), vec![0]);
         // 1e-18 is unscaled 1
-        assert_eq!("0.000000000000000001".parse::<Money>().unwrap().to_avro_bytes(), vec![1]);
-        assert_eq!("-0.000000000000000001".parse::<Money>().unwrap().to_avro_bytes(), vec![0xFF]);
+        assert_eq!(
+            "0.000000000000000001"
+                .parse::<Money>()
+                .unwrap()
+                .to_avro_bytes(),
+            vec![1]
+        );
+        assert_eq!(
+            "-0.000000000000000001"
+                .parse::<Money>()
+                .unwrap()
+                .to_avro_bytes(),
+            vec![0xFF]
+        );
         // unscaled 128 needs a leading zero byte to stay positive
-        assert_eq!("0.000000000000000128".parse::<Money>().unwrap().to_avro_bytes(), vec![0, 128]);
+        assert_eq!(
+            "0.000000000000000128"
+                .parse::<Money>()
+                .unwrap()
+                .to_avro_bytes(),
+            vec![0, 128]
+        );
     }
 
     proptest! {

@@ -10,8 +10,14 @@ pub fn prometheus() -> PrometheusHandle {
     H.get_or_init(|| {
         // Real histogram buckets (not client-side summaries), so dashboards can aggregate
         // quantiles across instances: 0.5 ms … 30 s.
-        let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-        let recorder = PrometheusBuilder::new().set_buckets(&buckets).expect("non-empty buckets").build_recorder();
+        let buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&buckets)
+            .expect("non-empty buckets")
+            .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed by an embedding program; then ours only renders.
         let _ = metrics::set_global_recorder(recorder);

@@ -61,8 +61,10 @@ pub mod micros_opt {
             .transpose()
         } else {
             let us = Option::<i64>::deserialize(d)?;
-            us.map(|us| from_micros(us).ok_or_else(|| serde::de::Error::custom("timestamp out of range")))
-                .transpose()
+            us.map(|us| {
+                from_micros(us).ok_or_else(|| serde::de::Error::custom("timestamp out of range"))
+            })
+            .transpose()
         }
     }
 }

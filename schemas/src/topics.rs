@@ -30,13 +30,45 @@ pub struct TopicSpec {
 /// keep an event on the partition number it arrived on.
 pub fn all(usage_partitions: i32) -> [TopicSpec; 8] {
     [
-        TopicSpec { name: USAGE_RAW, partitions: usage_partitions, compacted: false },
-        TopicSpec { name: USAGE_PRICED, partitions: usage_partitions, compacted: false },
-        TopicSpec { name: USAGE_REJECTED, partitions: usage_partitions, compacted: false },
-        TopicSpec { name: PRICES, partitions: 1, compacted: true },
-        TopicSpec { name: TENANTS, partitions: 1, compacted: true },
-        TopicSpec { name: BUDGETS, partitions: 1, compacted: true },
-        TopicSpec { name: BUDGET_SIGNALS, partitions: 1, compacted: true },
-        TopicSpec { name: ANOMALIES, partitions: 1, compacted: false },
+        TopicSpec {
+            name: USAGE_RAW,
+            partitions: usage_partitions,
+            compacted: false,
+        },
+        TopicSpec {
+            name: USAGE_PRICED,
+            partitions: usage_partitions,
+            compacted: false,
+        },
+        TopicSpec {
+            name: USAGE_REJECTED,
+            partitions: usage_partitions,
+            compacted: false,
+        },
+        TopicSpec {
+            name: PRICES,
+            partitions: 1,
+            compacted: true,
+        },
+        TopicSpec {
+            name: TENANTS,
+            partitions: 1,
+            compacted: true,
+        },
+        TopicSpec {
+            name: BUDGETS,
+            partitions: 1,
+            compacted: true,
+        },
+        TopicSpec {
+            name: BUDGET_SIGNALS,
+            partitions: 1,
+            compacted: true,
+        },
+        TopicSpec {
+            name: ANOMALIES,
+            partitions: 1,
+            compacted: false,
+        },
     ]
 }

@@ -29,7 +29,10 @@ pub fn sample_event() -> UsageEvent {
         org_id: Some("org-1".into()),
         project_id: Some("p-1".into()),
         end_user: Some("customer-9".into()),
-        tags: BTreeMap::from([("env".into(), "prod".into()), ("feature".into(), "search".into())]),
+        tags: BTreeMap::from([
+            ("env".into(), "prod".into()),
+            ("feature".into(), "search".into()),
+        ]),
         agent_id: Some("agent-1".into()),
         workflow_id: Some("wf-1".into()),
         session_id: Some("s-1".into()),
@@ -61,14 +64,22 @@ pub fn sample_event() -> UsageEvent {
 }
 
 fn scope() -> Scope {
-    Scope { kind: ScopeKind::CostCenter, value: "cc-42".into() }
+    Scope {
+        kind: ScopeKind::CostCenter,
+        value: "cc-42".into(),
+    }
 }
 
 fn round_trip<T: AvroRecord + PartialEq + std::fmt::Debug>(v: &T) {
     let bytes = v.to_avro().unwrap();
     assert_eq!(&bytes[..2], &[0xC3, 0x01]);
     assert_eq!(&bytes[2..10], &T::codec().fingerprint());
-    assert_eq!(&T::from_avro(&bytes).unwrap(), v, "{} did not round-trip", T::NAME);
+    assert_eq!(
+        &T::from_avro(&bytes).unwrap(),
+        v,
+        "{} did not round-trip",
+        T::NAME
+    );
 }
 
 #[test]
@@ -117,7 +128,12 @@ fn every_enum_symbol_matches_the_schema_order() {
         e.operation = op;
         round_trip(&e);
     }
-    for tier in [ServiceTier::Standard, ServiceTier::Batch, ServiceTier::Priority, ServiceTier::Flex] {
+    for tier in [
+        ServiceTier::Standard,
+        ServiceTier::Batch,
+        ServiceTier::Priority,
+        ServiceTier::Flex,
+    ] {
         let mut e = sample_event();
         e.service_tier = tier;
         round_trip(&e);
@@ -163,8 +179,18 @@ fn reference_and_signal_records_round_trip() {
         aliases: vec!["gpt-4o-2024-08-06".into()],
         currency: "USD".into(),
         rates: vec![
-            Rate { unit: "input_token".into(), tier: "standard".into(), above_input_tokens: 0, price: m("2.5e-6") },
-            Rate { unit: "output_token".into(), tier: "batch".into(), above_input_tokens: 128_000, price: m("0.000005") },
+            Rate {
+                unit: "input_token".into(),
+                tier: "standard".into(),
+                above_input_tokens: 0,
+                price: m("2.5e-6"),
+            },
+            Rate {
+                unit: "output_token".into(),
+                tier: "batch".into(),
+                above_input_tokens: 128_000,
+                price: m("0.000005"),
+            },
         ],
         effective_from: t(1_700_000_000),
         effective_to: Some(t(1_800_000_000)),
@@ -177,9 +203,17 @@ fn reference_and_signal_records_round_trip() {
     round_trip(&TenantChange {
         rule_id: "r1".into(),
         version: 1,
-        matches: TenantMatch { api_key_id: Some("k".into()), tag_key: Some("env".into()), tag_value: Some("prod".into()), ..Default::default() },
+        matches: TenantMatch {
+            api_key_id: Some("k".into()),
+            tag_key: Some("env".into()),
+            tag_value: Some("prod".into()),
+            ..Default::default()
+        },
         priority: 10,
-        tenant: TenantPath { org: "acme".into(), ..Default::default() },
+        tenant: TenantPath {
+            org: "acme".into(),
+            ..Default::default()
+        },
         effective_from: t(1_700_000_000),
         effective_to: None,
         deleted: true,
@@ -199,8 +233,14 @@ fn reference_and_signal_records_round_trip() {
         custom_from: None,
         custom_to: Some(t(1_800_000_000)),
         thresholds: vec![
-            Threshold { percent: 80, action: BudgetAction::Notify },
-            Threshold { percent: 100, action: BudgetAction::Block },
+            Threshold {
+                percent: 80,
+                action: BudgetAction::Notify,
+            },
+            Threshold {
+                percent: 100,
+                action: BudgetAction::Block,
+            },
         ],
         webhooks: vec!["http://127.0.0.1:9/hook".into()],
         effective_from: t(1_700_000_000),
@@ -234,7 +274,11 @@ fn reference_and_signal_records_round_trip() {
         expected: m("10.25"),
         score: 7.5,
         method: "hour_of_week_median_mad".into(),
-        top_contributors: vec![Contributor { kind: "api_key".into(), value: "k1".into(), spend: m("100") }],
+        top_contributors: vec![Contributor {
+            kind: "api_key".into(),
+            value: "k1".into(),
+            spend: m("100"),
+        }],
         at: t(1_700_003_700),
     });
 }
@@ -262,7 +306,9 @@ fn unknown_fingerprint_and_garbage_fail_clearly() {
     bytes[5] ^= 0xFF;
     let err = UsageEvent::from_avro(&bytes).unwrap_err().to_string();
     assert!(err.contains("unknown schema fingerprint"), "{err}");
-    let err = UsageEvent::from_avro(b"{\"json\":1}").unwrap_err().to_string();
+    let err = UsageEvent::from_avro(b"{\"json\":1}")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("single-object"), "{err}");
     let mut truncated = sample_event().to_avro().unwrap();
     truncated.truncate(truncated.len() - 3);
@@ -280,6 +326,9 @@ fn a_priced_record_is_not_a_usage_event() {
 fn arrow_ledger_schema_uses_the_money_type() {
     let s = arrow_schema::usage_ledger_schema();
     for c in arrow_schema::MONEY_COLUMNS {
-        assert_eq!(s.field_with_name(c).unwrap().data_type(), &arrow_schema::money_type());
+        assert_eq!(
+            s.field_with_name(c).unwrap().data_type(),
+            &arrow_schema::money_type()
+        );
     }
 }

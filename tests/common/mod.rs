@@ -36,10 +36,23 @@ pub fn ingest_config(dir: &std::path::Path) -> IngestConfig {
         max_batch_items: 50,
         produce_timeout_ms: 1500,
         linger_ms: 5,
-        spool: SpoolConfig { dir: dir.join("spool"), ..Default::default() },
+        spool: SpoolConfig {
+            dir: dir.join("spool"),
+            ..Default::default()
+        },
         tokens: vec![
-            TokenConfig { principal: "edge".into(), sha256: hash_token(EDGE_TOKEN), role: Role::Edge, teams: vec![] },
-            TokenConfig { principal: "fin".into(), sha256: hash_token(FINANCE_TOKEN), role: Role::Finance, teams: vec![] },
+            TokenConfig {
+                principal: "edge".into(),
+                sha256: hash_token(EDGE_TOKEN),
+                role: Role::Edge,
+                teams: vec![],
+            },
+            TokenConfig {
+                principal: "fin".into(),
+                sha256: hash_token(FINANCE_TOKEN),
+                role: Role::Finance,
+                teams: vec![],
+            },
         ],
         ..Default::default()
     }
@@ -52,17 +65,33 @@ impl Harness {
         let _ = storage_sqlite;
         let storage = Storage::Sqlite(dir.path().join("broker.db"));
         let broker = TansuBroker::start(storage, dir.path()).expect("tansu starts");
-        let kafka = KafkaConfig { brokers: broker.bootstrap(), usage_partitions: 2, ..Default::default() };
-        let mut h = Harness { dir, broker, kafka, base: String::new(), stop: CancellationToken::new(), task: None, client: reqwest::Client::new() };
+        let kafka = KafkaConfig {
+            brokers: broker.bootstrap(),
+            usage_partitions: 2,
+            ..Default::default()
+        };
+        let mut h = Harness {
+            dir,
+            broker,
+            kafka,
+            base: String::new(),
+            stop: CancellationToken::new(),
+            task: None,
+            client: reqwest::Client::new(),
+        };
         h.start_ingest().await;
         h
     }
 
     pub async fn start_ingest(&mut self) {
-        let app = App::build(&self.kafka, ingest_config(self.dir.path())).await.expect("ingest builds");
+        let app = App::build(&self.kafka, ingest_config(self.dir.path()))
+            .await
+            .expect("ingest builds");
         self.base = format!("http://{}", app.local_addr());
         self.stop = app.stop_token();
-        self.task = Some(tokio::spawn(async move { app.run_until_stopped().await.expect("ingest runs") }));
+        self.task = Some(tokio::spawn(async move {
+            app.run_until_stopped().await.expect("ingest runs")
+        }));
     }
 
     pub async fn stop_ingest(&mut self) {
@@ -72,27 +101,51 @@ impl Harness {
         }
     }
 
-    pub async fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
-        self.post_as(path, content_type, body, Some(EDGE_TOKEN)).await
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        self.post_as(path, content_type, body, Some(EDGE_TOKEN))
+            .await
     }
 
-    pub async fn post_as(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>, token: Option<&str>) -> (u16, serde_json::Value) {
-        let mut r = self.client.post(format!("{}{path}", self.base)).header("content-type", content_type).body(body);
+    pub async fn post_as(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
         let resp = r.send().await.expect("request sent");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
     }
 
     /// Every UsageEvent on the raw topic (reads up to the high watermarks taken now).
     pub async fn raw_events(&self) -> Vec<UsageEvent> {
         let brokers = self.kafka.brokers.clone();
-        tokio::task::spawn_blocking(move || drain_topic(&brokers, topics::USAGE_RAW).into_iter().map(|b| UsageEvent::from_avro(&b).expect("valid Avro on the raw topic")).collect())
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            drain_topic(&brokers, topics::USAGE_RAW)
+                .into_iter()
+                .map(|b| UsageEvent::from_avro(&b).expect("valid Avro on the raw topic"))
+                .collect()
+        })
+        .await
+        .unwrap()
     }
 }
 
@@ -105,15 +158,20 @@ pub fn drain_topic(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
         .set("isolation.level", "read_committed")
         .create()
         .unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut high = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in &parts {
-        let (_, h) = c.fetch_watermarks(topic, *p, Duration::from_secs(10)).unwrap();
+        let (_, h) = c
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .unwrap();
         if h > 0 {
             high.insert(*p, h);
-            tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+                .unwrap();
         }
     }
     if high.is_empty() {
@@ -124,7 +182,10 @@ pub fn drain_topic(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
     let mut done: HashMap<i32, bool> = HashMap::new();
     let t0 = Instant::now();
     while done.len() < high.len() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "timed out reading {topic}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "timed out reading {topic}"
+        );
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
             out.push(m.payload().unwrap_or_default().to_vec());

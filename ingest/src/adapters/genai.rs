@@ -31,7 +31,10 @@ pub fn string(a: &impl Attrs, names: &[&'static str]) -> Result<Option<String>, 
         None => Ok(None),
         Some((_, Value::String(s))) => Ok(super::non_empty(Some(s))),
         Some((_, Value::Number(n))) => Ok(Some(n.to_string())),
-        Some((n, v)) => Err(FieldError::new(n, format!("must be a string (got {})", kind(v)))),
+        Some((n, v)) => Err(FieldError::new(
+            n,
+            format!("must be a string (got {})", kind(v)),
+        )),
     }
 }
 
@@ -39,28 +42,68 @@ fn tokens(a: &impl Attrs, names: &[&'static str]) -> Result<i64, FieldError> {
     match first(a, names) {
         None => Ok(0),
         // OTLP/JSON encodes int64 as a string.
-        Some((n, Value::String(s))) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|v| *v >= 0)
-            .ok_or_else(|| FieldError::new(n, format!("must be a non-negative integer (got '{s}')"))),
+        Some((n, Value::String(s))) => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+            FieldError::new(n, format!("must be a non-negative integer (got '{s}')"))
+        }),
         Some((n, v)) => json_count(v, n),
     }
 }
 
 /// Usage from `gen_ai.usage.*` (inputs include cache tokens, outputs include reasoning).
 pub fn usage(a: &impl Attrs) -> Result<Usage, FieldError> {
-    let input = tokens(a, &["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"])?;
-    let read = tokens(a, &["gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens"])?;
-    let write = tokens(a, &["gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens"])?;
-    let output = tokens(a, &["gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"])?;
-    let reasoning = tokens(a, &["gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens"])?;
-    let uncached = input.checked_sub(read.saturating_add(write)).filter(|v| *v >= 0).ok_or_else(|| {
-        FieldError::new("gen_ai.usage.input_tokens", format!("{input} is smaller than the cache tokens it includes ({})", read + write))
-    })?;
-    let out = output.checked_sub(reasoning).filter(|v| *v >= 0).ok_or_else(|| {
-        FieldError::new("gen_ai.usage.output_tokens", format!("{output} is smaller than the reasoning tokens it includes ({reasoning})"))
-    })?;
+    let input = tokens(
+        a,
+        &["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"],
+    )?;
+    let read = tokens(
+        a,
+        &[
+            "gen_ai.usage.cache_read.input_tokens",
+            "gen_ai.usage.cache_read_input_tokens",
+        ],
+    )?;
+    let write = tokens(
+        a,
+        &[
+            "gen_ai.usage.cache_creation.input_tokens",
+            "gen_ai.usage.cache_creation_input_tokens",
+        ],
+    )?;
+    let output = tokens(
+        a,
+        &[
+            "gen_ai.usage.output_tokens",
+            "gen_ai.usage.completion_tokens",
+        ],
+    )?;
+    let reasoning = tokens(
+        a,
+        &[
+            "gen_ai.usage.reasoning.output_tokens",
+            "gen_ai.usage.reasoning_tokens",
+        ],
+    )?;
+    let uncached = input
+        .checked_sub(read.saturating_add(write))
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| {
+            FieldError::new(
+                "gen_ai.usage.input_tokens",
+                format!(
+                    "{input} is smaller than the cache tokens it includes ({})",
+                    read + write
+                ),
+            )
+        })?;
+    let out = output
+        .checked_sub(reasoning)
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| {
+            FieldError::new(
+                "gen_ai.usage.output_tokens",
+                format!("{output} is smaller than the reasoning tokens it includes ({reasoning})"),
+            )
+        })?;
     Ok(Usage {
         input_tokens: uncached,
         cache_read_tokens: read,
@@ -73,7 +116,16 @@ pub fn usage(a: &impl Attrs) -> Result<Usage, FieldError> {
 
 /// True when the attributes describe a model call with usage (spans without it are not billed).
 pub fn has_usage(a: &impl Attrs) -> bool {
-    first(a, &["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"]).is_some()
+    first(
+        a,
+        &[
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.prompt_tokens",
+            "gen_ai.usage.output_tokens",
+            "gen_ai.usage.completion_tokens",
+        ],
+    )
+    .is_some()
 }
 
 pub fn operation(name: Option<&str>) -> Operation {
@@ -108,23 +160,43 @@ pub struct GenAiFields {
 }
 
 pub fn fields(a: &impl Attrs) -> Result<GenAiFields, FieldError> {
-    let tier = match string(a, &["openai.response.service_tier", "gen_ai.openai.response.service_tier", "openai.request.service_tier", "gen_ai.openai.request.service_tier"])? {
+    let tier = match string(
+        a,
+        &[
+            "openai.response.service_tier",
+            "gen_ai.openai.response.service_tier",
+            "openai.request.service_tier",
+            "gen_ai.openai.request.service_tier",
+        ],
+    )? {
         Some(t) => super::usage::tier(&t, "openai.response.service_tier").unwrap_or_default(),
         None => ServiceTier::Standard,
     };
     let mut tags = BTreeMap::new();
     if let Some(Value::Object(m)) = a.get("meterline.tags").or_else(|| a.get("tags")) {
         for (k, v) in m {
-            tags.insert(k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+            tags.insert(
+                k.clone(),
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string()),
+            );
         }
     }
     Ok(GenAiFields {
         provider: string(a, &["gen_ai.provider.name", "gen_ai.system", "provider"])?,
-        model: string(a, &["gen_ai.response.model", "gen_ai.request.model", "model"])?,
+        model: string(
+            a,
+            &["gen_ai.response.model", "gen_ai.request.model", "model"],
+        )?,
         operation: operation(string(a, &["gen_ai.operation.name"])?.as_deref()),
         usage: usage(a)?,
         service_tier: tier,
-        status: if a.get("error.type").is_some() { CallStatus::Error } else { CallStatus::Success },
+        status: if a.get("error.type").is_some() {
+            CallStatus::Error
+        } else {
+            CallStatus::Success
+        },
         response_id: string(a, &["gen_ai.response.id"])?,
         session_id: string(a, &["gen_ai.conversation.id", "session.id"])?,
         agent_id: string(a, &["gen_ai.agent.id"])?,
@@ -143,7 +215,13 @@ pub fn fields(a: &impl Attrs) -> Result<GenAiFields, FieldError> {
 impl GenAiFields {
     /// The event these attributes describe; the caller sets what its format carries apart
     /// (gateway cost, latency, HTTP status). Field errors name attribute keys.
-    pub fn into_event(self, event_id: String, occurred_at: DateTime<Utc>, ctx: &Ctx, format: &str) -> Result<UsageEvent, FieldError> {
+    pub fn into_event(
+        self,
+        event_id: String,
+        occurred_at: DateTime<Utc>,
+        ctx: &Ctx,
+        format: &str,
+    ) -> Result<UsageEvent, FieldError> {
         Ok(UsageEvent {
             event_id,
             occurred_at,
@@ -161,8 +239,18 @@ impl GenAiFields {
             agent_id: self.agent_id,
             workflow_id: self.workflow_id,
             session_id: self.session_id,
-            provider: self.provider.ok_or_else(|| FieldError::new("gen_ai.provider.name", "required (or gen_ai.system)"))?.to_ascii_lowercase(),
-            model: self.model.ok_or_else(|| FieldError::new("gen_ai.request.model", "required (or gen_ai.response.model)"))?,
+            provider: self
+                .provider
+                .ok_or_else(|| {
+                    FieldError::new("gen_ai.provider.name", "required (or gen_ai.system)")
+                })?
+                .to_ascii_lowercase(),
+            model: self.model.ok_or_else(|| {
+                FieldError::new(
+                    "gen_ai.request.model",
+                    "required (or gen_ai.response.model)",
+                )
+            })?,
             operation: self.operation,
             usage: self.usage,
             service_tier: self.service_tier,

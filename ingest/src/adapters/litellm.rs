@@ -21,9 +21,14 @@ fn time(v: Option<&Value>, field: &str) -> Result<Option<DateTime<Utc>>, FieldEr
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
-            let secs = n.as_f64().ok_or_else(|| FieldError::new(field, "not a number"))?;
+            let secs = n
+                .as_f64()
+                .ok_or_else(|| FieldError::new(field, "not a number"))?;
             let micros = (secs * 1e6).round() as i64;
-            Utc.timestamp_micros(micros).single().map(Some).ok_or_else(|| FieldError::new(field, "out of range"))
+            Utc.timestamp_micros(micros)
+                .single()
+                .map(Some)
+                .ok_or_else(|| FieldError::new(field, "out of range"))
         }
         Some(Value::String(s)) => {
             if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -31,9 +36,19 @@ fn time(v: Option<&Value>, field: &str) -> Result<Option<DateTime<Utc>>, FieldEr
             }
             NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
                 .map(|t| Some(t.and_utc()))
-                .map_err(|_| FieldError::new(field, format!("'{s}' is not a time (epoch seconds or YYYY-MM-DD HH:MM:SS.ffffff)")))
+                .map_err(|_| {
+                    FieldError::new(
+                        field,
+                        format!(
+                            "'{s}' is not a time (epoch seconds or YYYY-MM-DD HH:MM:SS.ffffff)"
+                        ),
+                    )
+                })
         }
-        Some(x) => Err(FieldError::new(field, format!("must be a number or string (got {})", kind(x)))),
+        Some(x) => Err(FieldError::new(
+            field,
+            format!("must be a number or string (got {})", kind(x)),
+        )),
     }
 }
 
@@ -64,14 +79,24 @@ fn tags(v: Option<&Value>) -> Result<BTreeMap<String, String>, FieldError> {
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) => {
             for (i, t) in items.iter().enumerate() {
-                let t = t.as_str().ok_or_else(|| FieldError::new(&format!("request_tags[{i}]"), format!("must be a string (got {})", kind(t))))?;
+                let t = t.as_str().ok_or_else(|| {
+                    FieldError::new(
+                        &format!("request_tags[{i}]"),
+                        format!("must be a string (got {})", kind(t)),
+                    )
+                })?;
                 match t.split_once([':', '=']) {
                     Some((k, v)) => out.insert(k.trim().to_string(), v.trim().to_string()),
                     None => out.insert(t.trim().to_string(), String::new()),
                 };
             }
         }
-        Some(x) => return Err(FieldError::new("request_tags", format!("must be an array (got {})", kind(x)))),
+        Some(x) => {
+            return Err(FieldError::new(
+                "request_tags",
+                format!("must be an array (got {})", kind(x)),
+            ))
+        }
     }
     Ok(out)
 }
@@ -82,26 +107,56 @@ fn usage_object(o: &Map<String, Value>) -> Option<(&'static str, &Value)> {
     }
     pick(o.get("response").and_then(|r| r.get("usage")))
         .map(|u| ("response.usage", u))
-        .or_else(|| pick(o.get("metadata").and_then(|m| m.get("usage_object"))).map(|u| ("metadata.usage_object", u)))
-        .or_else(|| pick(o.get("hidden_params").and_then(|m| m.get("usage_object"))).map(|u| ("hidden_params.usage_object", u)))
+        .or_else(|| {
+            pick(o.get("metadata").and_then(|m| m.get("usage_object")))
+                .map(|u| ("metadata.usage_object", u))
+        })
+        .or_else(|| {
+            pick(o.get("hidden_params").and_then(|m| m.get("usage_object")))
+                .map(|u| ("hidden_params.usage_object", u))
+        })
 }
 
 pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
-    let v: Value = serde_json::from_str(raw.get()).map_err(|e| FieldError::new("", e.to_string()))?;
-    let o = v.as_object().ok_or_else(|| FieldError::new("", format!("a StandardLoggingPayload must be an object (got {})", kind(&v))))?;
+    let v: Value =
+        serde_json::from_str(raw.get()).map_err(|e| FieldError::new("", e.to_string()))?;
+    let o = v.as_object().ok_or_else(|| {
+        FieldError::new(
+            "",
+            format!(
+                "a StandardLoggingPayload must be an object (got {})",
+                kind(&v)
+            ),
+        )
+    })?;
     let id = non_empty(s(o, "id")).ok_or_else(|| FieldError::new("id", "required"))?;
     let empty = Map::new();
     let md = match o.get("metadata") {
         Some(Value::Object(m)) => m,
         None | Some(Value::Null) => &empty,
-        Some(x) => return Err(FieldError::new("metadata", format!("must be an object (got {})", kind(x)))),
+        Some(x) => {
+            return Err(FieldError::new(
+                "metadata",
+                format!("must be an object (got {})", kind(x)),
+            ))
+        }
     };
     let provider = non_empty(s(o, "custom_llm_provider"))
-        .or_else(|| non_empty(o.get("hidden_params").and_then(|h| h.get("upstream_provider")).and_then(Value::as_str)))
+        .or_else(|| {
+            non_empty(
+                o.get("hidden_params")
+                    .and_then(|h| h.get("upstream_provider"))
+                    .and_then(Value::as_str),
+            )
+        })
         .ok_or_else(|| FieldError::new("custom_llm_provider", "required"))?;
-    let model = non_empty(o.get("hidden_params").and_then(|h| h.get("litellm_model_name")).and_then(Value::as_str))
-        .or_else(|| non_empty(s(o, "model")))
-        .ok_or_else(|| FieldError::new("model", "required"))?;
+    let model = non_empty(
+        o.get("hidden_params")
+            .and_then(|h| h.get("litellm_model_name"))
+            .and_then(Value::as_str),
+    )
+    .or_else(|| non_empty(s(o, "model")))
+    .ok_or_else(|| FieldError::new("model", "required"))?;
     let start = time(o.get("startTime"), "startTime")?;
     let end = time(o.get("endTime"), "endTime")?;
     let first_token = time(o.get("completionStartTime"), "completionStartTime")?;
@@ -123,7 +178,11 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         .and_then(Value::as_str)
         .and_then(ServiceTier::parse)
         .unwrap_or_default();
-    let error_code = o.get("error_information").and_then(|e| e.get("error_code")).and_then(Value::as_str).and_then(|c| c.parse::<i32>().ok());
+    let error_code = o
+        .get("error_information")
+        .and_then(|e| e.get("error_code"))
+        .and_then(Value::as_str)
+        .and_then(|c| c.parse::<i32>().ok());
     let status = match s(o, "status") {
         Some("failure") => CallStatus::Error,
         _ => CallStatus::Success,
@@ -140,7 +199,8 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         team_id: non_empty(s(md, "user_api_key_team_id")),
         org_id: non_empty(s(md, "user_api_key_org_id")),
         project_id: non_empty(s(md, "user_api_key_project_id")),
-        end_user: non_empty(s(md, "user_api_key_end_user_id")).or_else(|| non_empty(s(o, "end_user"))),
+        end_user: non_empty(s(md, "user_api_key_end_user_id"))
+            .or_else(|| non_empty(s(o, "end_user"))),
         tags: tags(o.get("request_tags"))?,
         agent_id: None,
         workflow_id: None,
@@ -151,7 +211,11 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         usage,
         service_tier: tier,
         status,
-        http_status: if status == CallStatus::Error { error_code } else { Some(200) },
+        http_status: if status == CallStatus::Error {
+            error_code
+        } else {
+            Some(200)
+        },
         latency_ms: ms(start, end),
         ttft_ms: ms(start, first_token),
         region: None,

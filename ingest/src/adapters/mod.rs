@@ -32,13 +32,20 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, reason: impl Into<String>) -> Self {
-        FieldError { field: field.to_string(), reason: reason.into() }
+        FieldError {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
     }
 
     /// Prefixes the path with `base` (`usage` + `prompt_tokens` → `usage.prompt_tokens`).
     pub fn under(mut self, base: &str) -> Self {
         if !base.is_empty() {
-            self.field = if self.field.is_empty() { base.to_string() } else { format!("{base}.{}", self.field) };
+            self.field = if self.field.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}.{}", self.field)
+            };
         }
         self
     }
@@ -64,37 +71,51 @@ pub struct Ctx {
 
 /// The items of a JSON body: one object, a JSON array, or NDJSON (one value per line).
 /// Fails only when the body as a whole cannot be split (e.g. a malformed array).
-pub fn split_items(body: &[u8], ndjson: bool) -> Result<Vec<Result<&RawValue, FieldError>>, FieldError> {
-    let text = std::str::from_utf8(body).map_err(|e| FieldError::new("", format!("body is not UTF-8: {e}")))?;
+pub fn split_items(
+    body: &[u8],
+    ndjson: bool,
+) -> Result<Vec<Result<&RawValue, FieldError>>, FieldError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| FieldError::new("", format!("body is not UTF-8: {e}")))?;
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
         return Err(FieldError::new("", "empty body"));
     }
     if !ndjson && trimmed.starts_with('[') {
-        let items: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(|e| FieldError::new("", format!("malformed JSON array: {e}")))?;
+        let items: Vec<&RawValue> = serde_json::from_str(text)
+            .map_err(|e| FieldError::new("", format!("malformed JSON array: {e}")))?;
         return Ok(items.into_iter().map(Ok).collect());
     }
     if !ndjson {
-        let one: &RawValue =
-            serde_json::from_str(text).map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
+        let one: &RawValue = serde_json::from_str(text)
+            .map_err(|e| FieldError::new("", format!("malformed JSON: {e}")))?;
         return Ok(vec![Ok(one)]);
     }
     Ok(text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str::<&RawValue>(l).map_err(|e| FieldError::new("", format!("malformed JSON line: {e}"))))
+        .map(|l| {
+            serde_json::from_str::<&RawValue>(l)
+                .map_err(|e| FieldError::new("", format!("malformed JSON line: {e}")))
+        })
         .collect())
 }
 
 /// Checks what every adapter must guarantee before an event leaves the edge.
 pub fn check_event(e: &UsageEvent) -> Result<(), FieldError> {
-    for (field, v) in [("event_id", &e.event_id), ("provider", &e.provider), ("model", &e.model)] {
+    for (field, v) in [
+        ("event_id", &e.event_id),
+        ("provider", &e.provider),
+        ("model", &e.model),
+    ] {
         if v.trim().is_empty() {
             return Err(FieldError::new(field, "required and must not be empty"));
         }
         if v.len() > MAX_ID_LEN {
-            return Err(FieldError::new(field, format!("longer than {MAX_ID_LEN} bytes")));
+            return Err(FieldError::new(
+                field,
+                format!("longer than {MAX_ID_LEN} bytes"),
+            ));
         }
     }
     for (field, v) in [
@@ -106,22 +127,41 @@ pub fn check_event(e: &UsageEvent) -> Result<(), FieldError> {
         ("end_user", &e.end_user),
     ] {
         if v.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
-            return Err(FieldError::new(field, format!("longer than {MAX_ID_LEN} bytes")));
+            return Err(FieldError::new(
+                field,
+                format!("longer than {MAX_ID_LEN} bytes"),
+            ));
         }
     }
     for (field, v) in e.usage.counts() {
         if v > MAX_COUNT {
-            return Err(FieldError::new(&format!("usage.{field}"), format!("{v} exceeds the plausible maximum of {MAX_COUNT} per call")));
+            return Err(FieldError::new(
+                &format!("usage.{field}"),
+                format!("{v} exceeds the plausible maximum of {MAX_COUNT} per call"),
+            ));
         }
     }
     if e.tags.len() > MAX_TAGS {
-        return Err(FieldError::new("tags", format!("{} tags exceed the limit of {MAX_TAGS}", e.tags.len())));
+        return Err(FieldError::new(
+            "tags",
+            format!("{} tags exceed the limit of {MAX_TAGS}", e.tags.len()),
+        ));
     }
-    if let Some((k, _)) = e.tags.iter().find(|(k, v)| k.len() > MAX_TAG_LEN || v.len() > MAX_TAG_LEN) {
-        return Err(FieldError::new(&format!("tags.{k}"), format!("tag key or value longer than {MAX_TAG_LEN} bytes")));
+    if let Some((k, _)) = e
+        .tags
+        .iter()
+        .find(|(k, v)| k.len() > MAX_TAG_LEN || v.len() > MAX_TAG_LEN)
+    {
+        return Err(FieldError::new(
+            &format!("tags.{k}"),
+            format!("tag key or value longer than {MAX_TAG_LEN} bytes"),
+        ));
     }
     if e.occurred_at > e.received_at + chrono::Duration::hours(24) {
-        return Err(FieldError::new("occurred_at", "more than 24 h in the future"));
+        return Err(FieldError::new(
+            "occurred_at",
+            "more than 24 h in the future",
+        ));
     }
     Ok(())
 }
@@ -136,5 +176,7 @@ pub fn owned(s: Option<String>) -> Option<String> {
 
 /// A non-empty trimmed string, or None.
 pub fn non_empty(s: Option<&str>) -> Option<String> {
-    s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+    s.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }

@@ -78,7 +78,8 @@ pub struct NativeEvent {
 }
 
 fn to_i64(v: u64, field: &str) -> Result<i64, FieldError> {
-    i64::try_from(v).map_err(|_| FieldError::new(field, format!("overflows a 64-bit signed count (got {v})")))
+    i64::try_from(v)
+        .map_err(|_| FieldError::new(field, format!("overflows a 64-bit signed count (got {v})")))
 }
 
 fn native_usage(u: NativeUsage) -> Result<Usage, FieldError> {
@@ -92,7 +93,11 @@ fn native_usage(u: NativeUsage) -> Result<Usage, FieldError> {
         audio_input_tokens: to_i64(u.audio_input_tokens, "usage.audio_input_tokens")?,
         audio_output_tokens: to_i64(u.audio_output_tokens, "usage.audio_output_tokens")?,
         images: to_i64(u.images, "usage.images")?,
-        seconds: u.seconds.as_ref().map(|s| usage::decimal(s, "usage.seconds")).transpose()?,
+        seconds: u
+            .seconds
+            .as_ref()
+            .map(|s| usage::decimal(s, "usage.seconds"))
+            .transpose()?,
         characters: to_i64(u.characters, "usage.characters")?,
         requests: to_i64(u.requests, "usage.requests")?,
     })
@@ -105,17 +110,31 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         Ok(n) => n,
         Err(_) => {
             let de = &mut serde_json::Deserializer::from_str(raw.get());
-            let e = serde_path_to_error::deserialize::<_, NativeEvent>(de).expect_err("failed once, fails again");
+            let e = serde_path_to_error::deserialize::<_, NativeEvent>(de)
+                .expect_err("failed once, fails again");
             let path = e.path().to_string();
-            return Err(FieldError::new(if path == "." { "" } else { &path }, e.inner().to_string()));
+            return Err(FieldError::new(
+                if path == "." { "" } else { &path },
+                e.inner().to_string(),
+            ));
         }
     };
     let usage = match (n.usage, n.provider_usage, n.provider_usage_stream) {
         (Some(u), None, None) => native_usage(u)?,
         (None, Some(p), None) => usage::normalize(&n.provider, &p, "provider_usage")?,
         (None, None, Some(s)) => usage::anthropic_stream(&s, "provider_usage_stream")?,
-        (None, None, None) => return Err(FieldError::new("usage", "required (or provider_usage / provider_usage_stream)")),
-        _ => return Err(FieldError::new("usage", "give exactly one of usage, provider_usage, provider_usage_stream")),
+        (None, None, None) => {
+            return Err(FieldError::new(
+                "usage",
+                "required (or provider_usage / provider_usage_stream)",
+            ))
+        }
+        _ => {
+            return Err(FieldError::new(
+                "usage",
+                "give exactly one of usage, provider_usage, provider_usage_stream",
+            ))
+        }
     };
     let operation = match n.operation.as_deref() {
         None => Operation::Other,
@@ -123,18 +142,36 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
             FieldError::new("operation", format!("unknown operation '{o}' (chat, completion, embedding, image, audio, realtime, rerank, moderation, other)"))
         })?,
     };
-    let service_tier = n.service_tier.as_deref().map(|t| usage::tier(t, "service_tier")).transpose()?.unwrap_or(ServiceTier::Standard);
+    let service_tier = n
+        .service_tier
+        .as_deref()
+        .map(|t| usage::tier(t, "service_tier"))
+        .transpose()?
+        .unwrap_or(ServiceTier::Standard);
     let status = match n.status.as_deref() {
         None | Some("success") => CallStatus::Success,
         Some("error") | Some("failure") => CallStatus::Error,
-        Some(s) => return Err(FieldError::new("status", format!("unknown status '{s}' (success, error)"))),
+        Some(s) => {
+            return Err(FieldError::new(
+                "status",
+                format!("unknown status '{s}' (success, error)"),
+            ))
+        }
     };
-    let gateway_reported_cost: Option<Money> =
-        n.gateway_reported_cost.as_ref().map(|c| usage::decimal(c, "gateway_reported_cost")).transpose()?;
+    let gateway_reported_cost: Option<Money> = n
+        .gateway_reported_cost
+        .as_ref()
+        .map(|c| usage::decimal(c, "gateway_reported_cost"))
+        .transpose()?;
     let request_id = owned(n.request_id);
     let event_id = non_empty(n.event_id.as_deref())
         .or_else(|| request_id.clone())
-        .ok_or_else(|| FieldError::new("event_id", "required (or request_id, from which it is derived)"))?;
+        .ok_or_else(|| {
+            FieldError::new(
+                "event_id",
+                "required (or request_id, from which it is derived)",
+            )
+        })?;
     let e = UsageEvent {
         event_id,
         occurred_at: n.occurred_at,
@@ -152,8 +189,20 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         agent_id: owned(n.agent_id),
         workflow_id: owned(n.workflow_id),
         session_id: owned(n.session_id),
-        provider: if n.provider.bytes().any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace()) { n.provider.trim().to_ascii_lowercase() } else { n.provider },
-        model: if n.model.trim().len() == n.model.len() { n.model } else { n.model.trim().to_string() },
+        provider: if n
+            .provider
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace())
+        {
+            n.provider.trim().to_ascii_lowercase()
+        } else {
+            n.provider
+        },
+        model: if n.model.trim().len() == n.model.len() {
+            n.model
+        } else {
+            n.model.trim().to_string()
+        },
         operation,
         usage,
         service_tier,

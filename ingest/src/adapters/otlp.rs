@@ -15,9 +15,13 @@ fn any_to_json(v: &AnyValue) -> Value {
     match &v.value {
         Some(any_value::Value::StringValue(s)) => Value::String(s.clone()),
         Some(any_value::Value::IntValue(i)) => Value::from(*i),
-        Some(any_value::Value::DoubleValue(d)) => serde_json::Number::from_f64(*d).map(Value::Number).unwrap_or(Value::Null),
+        Some(any_value::Value::DoubleValue(d)) => serde_json::Number::from_f64(*d)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         Some(any_value::Value::BoolValue(b)) => Value::Bool(*b),
-        Some(any_value::Value::ArrayValue(a)) => Value::Array(a.values.iter().map(any_to_json).collect()),
+        Some(any_value::Value::ArrayValue(a)) => {
+            Value::Array(a.values.iter().map(any_to_json).collect())
+        }
         Some(any_value::Value::KvlistValue(kv)) => Value::Object(attrs(&kv.values)),
         Some(any_value::Value::BytesValue(b)) => Value::String(hex::encode(b)),
         _ => Value::Null,
@@ -41,13 +45,20 @@ pub fn decode(req: &ExportTraceServiceRequest, ctx: &Ctx) -> Vec<SpanResult> {
     let mut out = Vec::new();
     let mut index = 0usize;
     for rs in &req.resource_spans {
-        let resource = rs.resource.as_ref().map(|r| attrs(&r.attributes)).unwrap_or_default();
+        let resource = rs
+            .resource
+            .as_ref()
+            .map(|r| attrs(&r.attributes))
+            .unwrap_or_default();
         for ss in &rs.scope_spans {
             for span in &ss.spans {
                 let mut a = resource.clone();
                 a.extend(attrs(&span.attributes));
                 if genai::has_usage(&a) {
-                    out.push(SpanResult { index, event: span_event(span, &a, ctx) });
+                    out.push(SpanResult {
+                        index,
+                        event: span_event(span, &a, ctx),
+                    });
                 }
                 index += 1;
             }
@@ -62,17 +73,35 @@ fn span_event(
     ctx: &Ctx,
 ) -> Result<UsageEvent, FieldError> {
     if span.trace_id.len() != 16 || span.span_id.len() != 8 {
-        return Err(FieldError::new("traceId", "span needs a 16-byte trace id and an 8-byte span id"));
+        return Err(FieldError::new(
+            "traceId",
+            "span needs a 16-byte trace id and an 8-byte span id",
+        ));
     }
     let f = genai::fields(a)?;
     let start = Utc.timestamp_nanos(span.start_time_unix_nano as i64);
-    let latency = span.end_time_unix_nano.checked_sub(span.start_time_unix_nano).map(|ns| (ns / 1_000_000) as i64);
+    let latency = span
+        .end_time_unix_nano
+        .checked_sub(span.start_time_unix_nano)
+        .map(|ns| (ns / 1_000_000) as i64);
     let errored = span.status.as_ref().is_some_and(|s| s.code == 2);
-    let mut e = f.into_event(format!("{}/{}", hex::encode(&span.trace_id), hex::encode(&span.span_id)), start, ctx, "otlp")?;
+    let mut e = f.into_event(
+        format!(
+            "{}/{}",
+            hex::encode(&span.trace_id),
+            hex::encode(&span.span_id)
+        ),
+        start,
+        ctx,
+        "otlp",
+    )?;
     if errored {
         e.status = CallStatus::Error;
     }
-    e.http_status = a.get("http.response.status_code").and_then(Value::as_i64).map(|v| v as i32);
+    e.http_status = a
+        .get("http.response.status_code")
+        .and_then(Value::as_i64)
+        .map(|v| v as i32);
     e.latency_ms = latency;
     check_event(&e)?;
     Ok(e)

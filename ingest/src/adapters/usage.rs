@@ -33,20 +33,32 @@ pub fn json_count(v: &Value, path: &str) -> Result<i64, FieldError> {
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
                 if i < 0 {
-                    Err(FieldError::new(path, format!("must not be negative (got {i})")))
+                    Err(FieldError::new(
+                        path,
+                        format!("must not be negative (got {i})"),
+                    ))
                 } else {
                     Ok(i)
                 }
             } else if n.as_u64().is_some() {
-                Err(FieldError::new(path, format!("overflows a 64-bit signed count (got {n})")))
+                Err(FieldError::new(
+                    path,
+                    format!("overflows a 64-bit signed count (got {n})"),
+                ))
             } else {
                 match n.as_f64() {
                     Some(f) if f.fract() == 0.0 && f >= 0.0 && f < 9.2e18 => Ok(f as i64),
-                    _ => Err(FieldError::new(path, format!("must be a non-negative integer (got {n})"))),
+                    _ => Err(FieldError::new(
+                        path,
+                        format!("must be a non-negative integer (got {n})"),
+                    )),
                 }
             }
         }
-        other => Err(FieldError::new(path, format!("must be a non-negative integer (got {})", kind(other)))),
+        other => Err(FieldError::new(
+            path,
+            format!("must be a non-negative integer (got {})", kind(other)),
+        )),
     }
 }
 
@@ -69,7 +81,10 @@ fn sum(parts: &[i64]) -> i64 {
 /// `a - b`, or an error naming both fields when the details exceed their total.
 fn minus(total: i64, total_path: &str, parts: i64, what: &str) -> Result<i64, FieldError> {
     total.checked_sub(parts).filter(|r| *r >= 0).ok_or_else(|| {
-        FieldError::new(total_path, format!("{total} is smaller than the {what} it includes ({parts})"))
+        FieldError::new(
+            total_path,
+            format!("{total} is smaller than the {what} it includes ({parts})"),
+        )
     })
 }
 
@@ -100,7 +115,10 @@ pub fn detect(provider: &str, v: &Value) -> UsageShape {
 /// Normalises one provider usage object; `base` is the field path for error messages.
 pub fn normalize(provider: &str, v: &Value, base: &str) -> Result<Usage, FieldError> {
     if !v.is_object() {
-        return Err(FieldError::new(base, format!("must be an object (got {})", kind(v))));
+        return Err(FieldError::new(
+            base,
+            format!("must be an object (got {})", kind(v)),
+        ));
     }
     let r = match detect(provider, v) {
         UsageShape::OpenAiChat => openai_chat(v),
@@ -113,11 +131,16 @@ pub fn normalize(provider: &str, v: &Value, base: &str) -> Result<Usage, FieldEr
 /// OpenAI Chat Completions usage (also LiteLLM's Usage, which adds Anthropic-style cache fields).
 pub fn openai_chat(v: &Value) -> Result<Usage, FieldError> {
     if v.get("type").and_then(Value::as_str) == Some("duration") {
-        return Ok(Usage { seconds: Some(seconds(v, "seconds")?), requests: 0, ..Default::default() });
+        return Ok(Usage {
+            seconds: Some(seconds(v, "seconds")?),
+            requests: 0,
+            ..Default::default()
+        });
     }
     let prompt = count(v, "prompt_tokens")?;
     let completion = count(v, "completion_tokens")?;
-    let cached = count(v, "prompt_tokens_details.cached_tokens")?.max(count(v, "cache_read_input_tokens")?);
+    let cached =
+        count(v, "prompt_tokens_details.cached_tokens")?.max(count(v, "cache_read_input_tokens")?);
     let audio_in = count(v, "prompt_tokens_details.audio_tokens")?;
     // cache writes: OpenAI's `cache_write_tokens`, LiteLLM's `cache_creation_tokens` or the
     // Anthropic-style top-level field LiteLLM passes through.
@@ -129,11 +152,21 @@ pub fn openai_chat(v: &Value) -> Result<Usage, FieldError> {
     let reasoning = count(v, "completion_tokens_details.reasoning_tokens")?;
     let audio_out = count(v, "completion_tokens_details.audio_tokens")?;
     Ok(Usage {
-        input_tokens: minus(prompt, "prompt_tokens", sum(&[cached, write_total, audio_in]), "cached, cache-write and audio tokens")?,
+        input_tokens: minus(
+            prompt,
+            "prompt_tokens",
+            sum(&[cached, write_total, audio_in]),
+            "cached, cache-write and audio tokens",
+        )?,
         cache_read_tokens: cached,
         cache_write_5m_tokens: w5,
         cache_write_1h_tokens: w1,
-        output_tokens: minus(completion, "completion_tokens", sum(&[reasoning, audio_out]), "reasoning and audio tokens")?,
+        output_tokens: minus(
+            completion,
+            "completion_tokens",
+            sum(&[reasoning, audio_out]),
+            "reasoning and audio tokens",
+        )?,
         reasoning_tokens: reasoning,
         audio_input_tokens: audio_in,
         audio_output_tokens: audio_out,
@@ -149,7 +182,12 @@ pub fn openai_responses(v: &Value) -> Result<Usage, FieldError> {
     let writes = count(v, "input_tokens_details.cache_write_tokens")?;
     let reasoning = count(v, "output_tokens_details.reasoning_tokens")?;
     Ok(Usage {
-        input_tokens: minus(input, "input_tokens", sum(&[cached, writes]), "cached and cache-write tokens")?,
+        input_tokens: minus(
+            input,
+            "input_tokens",
+            sum(&[cached, writes]),
+            "cached and cache-write tokens",
+        )?,
         cache_read_tokens: cached,
         cache_write_5m_tokens: writes,
         output_tokens: minus(output, "output_tokens", reasoning, "reasoning tokens")?,
@@ -181,9 +219,12 @@ pub fn anthropic(v: &Value) -> Result<Usage, FieldError> {
 pub fn anthropic_stream(snapshots: &[Value], base: &str) -> Result<Usage, FieldError> {
     let mut merged = serde_json::Map::new();
     for (i, s) in snapshots.iter().enumerate() {
-        let obj = s
-            .as_object()
-            .ok_or_else(|| FieldError::new(&format!("{base}[{i}]"), format!("must be an object (got {})", kind(s))))?;
+        let obj = s.as_object().ok_or_else(|| {
+            FieldError::new(
+                &format!("{base}[{i}]"),
+                format!("must be an object (got {})", kind(s)),
+            )
+        })?;
         for (k, v) in obj {
             if !v.is_null() {
                 merged.insert(k.clone(), v.clone());
@@ -198,7 +239,11 @@ pub fn anthropic_stream(snapshots: &[Value], base: &str) -> Result<Usage, FieldE
 /// without a split, every write is a 5 minute write. The parts always add up to the total
 /// (the reported total, or the split's sum when no total was reported).
 fn split_writes(v: &Value, total: i64) -> Result<(i64, i64), FieldError> {
-    for obj in ["cache_creation", "cache_creation_token_details", "prompt_tokens_details.cache_creation_token_details"] {
+    for obj in [
+        "cache_creation",
+        "cache_creation_token_details",
+        "prompt_tokens_details.cache_creation_token_details",
+    ] {
         let five = count(v, &format!("{obj}.ephemeral_5m_input_tokens"))?;
         let hour = count(v, &format!("{obj}.ephemeral_1h_input_tokens"))?;
         let split = sum(&[five, hour]);
@@ -221,7 +266,12 @@ pub fn decimal(x: &Value, path: &str) -> Result<Money, FieldError> {
     let text = match x {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
-        other => return Err(FieldError::new(path, format!("must be a decimal number (got {})", kind(other)))),
+        other => {
+            return Err(FieldError::new(
+                path,
+                format!("must be a decimal number (got {})", kind(other)),
+            ))
+        }
     };
     let m = text
         .parse::<rust_decimal::Decimal>()
@@ -235,7 +285,12 @@ pub fn decimal(x: &Value, path: &str) -> Result<Money, FieldError> {
 }
 
 pub fn tier(s: &str, path: &str) -> Result<ServiceTier, FieldError> {
-    ServiceTier::parse(s).ok_or_else(|| FieldError::new(path, format!("unknown service tier '{s}' (standard, batch, priority, flex)")))
+    ServiceTier::parse(s).ok_or_else(|| {
+        FieldError::new(
+            path,
+            format!("unknown service tier '{s}' (standard, batch, priority, flex)"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -253,7 +308,15 @@ mod tests {
             "usage",
         )
         .unwrap();
-        assert_eq!((u.input_tokens, u.cache_read_tokens, u.output_tokens, u.reasoning_tokens), (93, 1024, 36, 10));
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cache_read_tokens,
+                u.output_tokens,
+                u.reasoning_tokens
+            ),
+            (93, 1024, 36, 10)
+        );
         assert_eq!(u.total_input_tokens(), 1117);
     }
 
@@ -267,7 +330,15 @@ mod tests {
             "usage",
         )
         .unwrap();
-        assert_eq!((u.input_tokens, u.cache_read_tokens, u.cache_write_5m_tokens, u.cache_write_1h_tokens), (13, 50, 60, 40));
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cache_read_tokens,
+                u.cache_write_5m_tokens,
+                u.cache_write_1h_tokens
+            ),
+            (13, 50, 60, 40)
+        );
         assert_eq!(u.total_input_tokens(), 163);
     }
 
@@ -282,7 +353,10 @@ mod tests {
             "usage",
         )
         .unwrap();
-        assert_eq!((u.input_tokens, u.cache_read_tokens, u.output_tokens), (13, 7, 5));
+        assert_eq!(
+            (u.input_tokens, u.cache_read_tokens, u.output_tokens),
+            (13, 7, 5)
+        );
     }
 
     #[test]
@@ -294,7 +368,10 @@ mod tests {
             "usage",
         )
         .unwrap();
-        assert_eq!((u.input_tokens, u.output_tokens, u.reasoning_tokens), (75, 203, 832));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
+            (75, 203, 832)
+        );
     }
 
     #[test]
@@ -303,16 +380,33 @@ mod tests {
         assert_eq!(e.field, "usage.prompt_tokens");
         let e = normalize("openai", &json!({"prompt_tokens": "12"}), "usage").unwrap_err();
         assert!(e.reason.contains("string"), "{}", e.reason);
-        let e = normalize("openai", &json!({"prompt_tokens": 18446744073709551615u64}), "usage").unwrap_err();
+        let e = normalize(
+            "openai",
+            &json!({"prompt_tokens": 18446744073709551615u64}),
+            "usage",
+        )
+        .unwrap_err();
         assert!(e.reason.contains("overflows"));
-        let e = normalize("openai", &json!({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}), "usage").unwrap_err();
+        let e = normalize(
+            "openai",
+            &json!({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}),
+            "usage",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "usage.prompt_tokens");
     }
 
     #[test]
     fn cache_write_split_always_adds_up_and_sums_never_wrap() {
         let u = normalize("openai", &json!({"prompt_tokens": 1000, "prompt_tokens_details": {"cache_creation_token_details": {"ephemeral_5m_input_tokens": 200}}}), "usage").unwrap();
-        assert_eq!((u.input_tokens, u.cache_write_5m_tokens, u.cache_write_1h_tokens), (800, 200, 0));
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cache_write_5m_tokens,
+                u.cache_write_1h_tokens
+            ),
+            (800, 200, 0)
+        );
         assert_eq!(u.total_input_tokens(), 1000);
         let big = 1i64 << 62;
         let e = normalize("openai", &json!({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": big, "audio_tokens": big, "cache_write_tokens": big}}), "usage").unwrap_err();
@@ -321,7 +415,15 @@ mod tests {
 
     #[test]
     fn float_costs_keep_their_printed_value() {
-        assert_eq!(decimal(&json!(0.00022500000000000002), "c").unwrap().to_string(), "0.000225");
-        assert_eq!(decimal(&json!("2.5e-06"), "c").unwrap().to_string(), "0.0000025");
+        assert_eq!(
+            decimal(&json!(0.00022500000000000002), "c")
+                .unwrap()
+                .to_string(),
+            "0.000225"
+        );
+        assert_eq!(
+            decimal(&json!("2.5e-06"), "c").unwrap().to_string(),
+            "0.0000025"
+        );
     }
 }
