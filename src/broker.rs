@@ -26,7 +26,8 @@ pub struct TansuBroker {
     child: Option<Child>,
 }
 
-/// The tansu binary: `$TANSU_BIN`, else `tansu` on PATH, else the `.ci/run` install location.
+/// The tansu binary: `$TANSU_BIN`, else `tansu` on PATH, else where `scripts/setup` installs
+/// it (`$TANSU_ROOT/bin`, default `$HOME/.local/tansu/bin`).
 pub fn tansu_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("TANSU_BIN") {
         return Ok(PathBuf::from(p));
@@ -39,10 +40,11 @@ pub fn tansu_bin() -> anyhow::Result<PathBuf> {
             }
         }
     }
-    for p in ["/root/.local/tansu/bin/tansu", "/usr/local/bin/tansu"] {
-        if Path::new(p).is_file() {
-            return Ok(PathBuf::from(p));
-        }
+    let root = std::env::var_os("TANSU_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/tansu")));
+    if let Some(p) = root.map(|r| r.join("bin/tansu")).filter(|p| p.is_file()) {
+        return Ok(p);
     }
     bail!("tansu broker binary not found: run `cargo install tansu --locked --features libsql` or set TANSU_BIN")
 }
@@ -145,10 +147,6 @@ impl TansuBroker {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.spawn()
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
     }
 }
 

@@ -12,6 +12,7 @@
 //! - a quantity > 0 whose unit has no rate at all is an error (the event is rejected), never $0.
 
 use meterline_schemas::{CostLines, Money, Rate, ServiceTier, Usage};
+use rust_decimal::Decimal;
 
 use crate::Error;
 
@@ -65,14 +66,17 @@ impl RateCard<'_> {
     }
 }
 
+/// quantity × the first available rate among `units`. Integer quantities are exact; a
+/// fractional quantity (seconds) beyond 18 decimals is rounded half-even.
 fn line(
-    qty: i64,
+    qty: impl Into<Decimal>,
     units: &[&'static str],
     card: &RateCard,
     tier: ServiceTier,
     total_input: i64,
 ) -> Result<Money, Error> {
-    if qty == 0 {
+    let qty: Decimal = qty.into();
+    if qty.is_zero() {
         return Ok(Money::ZERO);
     }
     let rate = card
@@ -82,8 +86,11 @@ fn line(
             unit: units[0],
             tier: tier.as_str().to_string(),
         })?;
-    rate.times(qty)
-        .map_err(|_| Error::Overflow { what: units[0] })
+    let cost = rate
+        .decimal()
+        .checked_mul(qty)
+        .ok_or(Error::Overflow { what: units[0] })?;
+    Ok(Money::new(cost).unwrap_or_else(|_| Money::rounded(cost)))
 }
 
 fn add(parts: &[Money], what: &'static str) -> Result<Money, Error> {
@@ -132,18 +139,7 @@ pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLi
         "output",
     )?;
     let reasoning = line(usage.reasoning_tokens, &[REASONING, OUTPUT], card, tier, n)?;
-    let seconds = match usage.seconds {
-        Some(s) if !s.is_zero() => {
-            let rate = card.rate(SECOND, tier, n).ok_or_else(|| Error::NoRate {
-                price_id: card.price_id.to_string(),
-                unit: SECOND,
-                tier: tier.as_str().to_string(),
-            })?;
-            Money::new(rate.decimal() * s.decimal())
-                .unwrap_or_else(|_| Money::rounded(rate.decimal() * s.decimal()))
-        }
-        _ => Money::ZERO,
-    };
+    let seconds = usage.seconds.map(|s| s.decimal()).unwrap_or_default();
     let other = add(
         &[
             line(
@@ -154,7 +150,7 @@ pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLi
                 n,
             )?,
             line(usage.images, &[IMAGE], card, tier, n)?,
-            seconds,
+            line(seconds, &[SECOND], card, tier, n)?,
             line(usage.characters, &[CHARACTER], card, tier, n)?,
             line(usage.requests, &[REQUEST], card, tier, n)?,
         ],

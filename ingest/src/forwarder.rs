@@ -45,13 +45,6 @@ pub struct Forwarder {
     dead_letter_dir: std::path::PathBuf,
 }
 
-/// Why events could not be accepted.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error(transparent)]
-    Spool(#[from] SpoolError),
-}
-
 impl Forwarder {
     pub fn new(
         producer: FutureProducer,
@@ -96,15 +89,18 @@ impl Forwarder {
         let mut failed = Vec::new();
         for (r, res) in records.into_iter().zip(results) {
             if let Err((e, _)) = res {
-                metrics::counter!(m::INGEST_PRODUCE_ERRORS, m::LABEL_REASON => e.to_string())
-                    .increment(1);
+                // Label by error code, not message text, to keep label values bounded.
+                let code = e
+                    .rdkafka_error_code()
+                    .map_or_else(|| "client".to_string(), |c| format!("{c:?}"));
+                metrics::counter!(m::INGEST_PRODUCE_ERRORS, m::LABEL_REASON => code).increment(1);
                 failed.push((r, is_poison(&e)));
             }
         }
         failed
     }
 
-    async fn spool_append(&self, records: &[Record]) -> Result<(), ForwardError> {
+    async fn spool_append(&self, records: &[Record]) -> Result<(), SpoolError> {
         let mut s = self.spool.lock().await;
         match s.append(records) {
             Ok(()) => {
@@ -118,9 +114,9 @@ impl Forwarder {
             }
             Err(e @ SpoolError::Full { .. }) => {
                 metrics::counter!(m::INGEST_SPOOL_FULL).increment(1);
-                Err(e.into())
+                Err(e)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -128,7 +124,7 @@ impl Forwarder {
     /// possible (spool full or failing); then none of `records` was accepted by the spool, but
     /// some may have reached the broker — the caller answers 503 and the edge retries, which
     /// enrich's dedup absorbs.
-    pub async fn forward(&self, records: Vec<Record>) -> Result<(), ForwardError> {
+    pub async fn forward(&self, records: Vec<Record>) -> Result<(), SpoolError> {
         if self.is_spooling() {
             return self.spool_append(&records).await;
         }

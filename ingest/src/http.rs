@@ -34,7 +34,7 @@ use utoipa::OpenApi;
 
 use crate::adapters::{self, Ctx, FieldError, ItemError};
 use crate::config::IngestConfig;
-use crate::forwarder::{ForwardError, Forwarder};
+use crate::forwarder::Forwarder;
 use crate::spool::{Record, SpoolError};
 
 pub struct Shared {
@@ -214,11 +214,13 @@ fn ctx(s: &Shared) -> Ctx {
 }
 
 /// Encodes, forwards and answers for already-decoded items.
+/// Ok = at least one item made durable (with the refused ones listed); Err = the response
+/// when nothing was accepted (400 all invalid, 503 spool full).
 async fn accept(
     s: &Shared,
     format: &str,
     results: Vec<(usize, Result<UsageEvent, FieldError>)>,
-) -> Response {
+) -> Result<IngestResponse, Response> {
     let mut rejected = Vec::new();
     let mut records = Vec::with_capacity(results.len());
     for (index, r) in results {
@@ -242,25 +244,20 @@ async fn accept(
         reject_metric(format, "invalid", rejected.len());
     }
     if records.is_empty() {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "no valid item in the request",
             rejected,
-        );
+        ));
     }
     let accepted = records.len();
     match s.forwarder.forward(records).await {
         Ok(()) => {
             metrics::counter!(m::INGEST_EVENTS_ACCEPTED, m::LABEL_FORMAT => format.to_string())
                 .increment(accepted as u64);
-            let status = if rejected.is_empty() {
-                StatusCode::OK
-            } else {
-                StatusCode::MULTI_STATUS
-            };
-            (status, Json(IngestResponse { accepted, rejected })).into_response()
+            Ok(IngestResponse { accepted, rejected })
         }
-        Err(ForwardError::Spool(e)) => {
+        Err(e) => {
             reject_metric(
                 format,
                 if matches!(e, SpoolError::Full { .. }) {
@@ -280,7 +277,7 @@ async fn accept(
                 header::RETRY_AFTER,
                 HeaderValue::from(s.cfg.spool.retry_after_secs),
             );
-            r
+            Err(r)
         }
     }
 }
@@ -327,7 +324,11 @@ async fn ingest_json(s: &Shared, headers: &HeaderMap, body: &[u8], format: Forma
         .enumerate()
         .map(|(i, item)| (i, item.and_then(|raw| format.decode(raw, &ctx))))
         .collect();
-    accept(s, format.label(), results).await
+    match accept(s, format.label(), results).await {
+        Ok(r) if r.rejected.is_empty() => (StatusCode::OK, Json(r)).into_response(),
+        Ok(r) => (StatusCode::MULTI_STATUS, Json(r)).into_response(),
+        Err(r) => r,
+    }
 }
 
 /// Native UsageEvent JSON: one object, an array, or NDJSON.
@@ -410,18 +411,13 @@ async fn post_traces(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     if results.is_empty() {
         return otlp_answer(protobuf, 0, String::new());
     }
-    let r = accept(&s, "otlp", results).await;
-    match r.status() {
-        StatusCode::OK => otlp_answer(protobuf, 0, String::new()),
-        StatusCode::MULTI_STATUS => {
-            let body = axum::body::to_bytes(r.into_body(), usize::MAX)
-                .await
-                .unwrap_or_default();
-            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let n = parsed["rejected"].as_array().map(|a| a.len()).unwrap_or(0);
-            otlp_answer(protobuf, n as i64, parsed["rejected"].to_string())
+    match accept(&s, "otlp", results).await {
+        Ok(r) if r.rejected.is_empty() => otlp_answer(protobuf, 0, String::new()),
+        Ok(r) => {
+            let message = serde_json::to_string(&r.rejected).unwrap_or_default();
+            otlp_answer(protobuf, r.rejected.len() as i64, message)
         }
-        _ => r,
+        Err(r) => r,
     }
 }
 

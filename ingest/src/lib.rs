@@ -64,6 +64,7 @@ pub fn producer_config(kafka: &KafkaConfig, cfg: &IngestConfig) -> rdkafka::Clie
             "request.timeout.ms",
             (cfg.produce_timeout_ms / 2).clamp(500, 30_000).to_string(),
         );
+    // Applied again after the edge's defaults: an operator's `kafka.properties` wins.
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }

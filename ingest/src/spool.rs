@@ -70,7 +70,6 @@ fn seg_path(dir: &Path, seq: u64) -> PathBuf {
 /// end of the last valid record.
 fn scan(path: &Path, from: u64, limit: usize) -> Result<(Vec<(u64, Record)>, u64), SpoolError> {
     let mut f = File::open(path).map_err(io_err(path))?;
-    let len = f.metadata().map_err(io_err(path))?.len();
     f.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).map_err(io_err(path))?;
@@ -97,7 +96,6 @@ fn scan(path: &Path, from: u64, limit: usize) -> Result<(Vec<(u64, Record)>, u64
         ));
         pos = end;
     }
-    let _ = len;
     Ok((out, from + pos as u64))
 }
 
@@ -345,13 +343,11 @@ impl Spool {
         //    newest one open for appends
         let last = self.segments.last().map(|s| s.0);
         let dir = self.dir.clone();
-        let mut removed = false;
         self.segments.retain(|&(seq, len)| {
             let drained =
                 seq < to.segment || (seq == to.segment && to.offset >= len && Some(seq) != last);
             if drained {
                 let _ = fs::remove_file(seg_path(&dir, seq));
-                removed = true;
             }
             !drained
         });

@@ -8,7 +8,7 @@
 //! total or budget; larger values are an error, never a silent truncation.
 
 use std::fmt;
-use std::ops::{Add, AddAssign, Mul, Sub};
+use std::ops::{Add, AddAssign, Sub};
 use std::str::FromStr;
 
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -97,22 +97,6 @@ impl Money {
     pub fn checked_add(self, o: Money) -> Option<Money> {
         self.0.checked_add(o.0).map(Money)
     }
-
-    /// quantity × unit price, exact (fails only on overflow or excess scale).
-    pub fn times(self, quantity: i64) -> Result<Money, Error> {
-        self.0
-            .checked_mul(Decimal::from(quantity))
-            .ok_or_else(|| Error::MoneyRange(format!("{} x {}", self.0, quantity)))
-            .and_then(Money::new)
-    }
-
-    /// Rounds to `dp` decimals, half-to-even (cents for reports).
-    pub fn round_dp(&self, dp: u32) -> Money {
-        Money(
-            self.0
-                .round_dp_with_strategy(dp, RoundingStrategy::MidpointNearestEven),
-        )
-    }
 }
 
 impl From<i64> for Money {
@@ -158,12 +142,6 @@ impl Sub for Money {
     type Output = Money;
     fn sub(self, o: Money) -> Money {
         Money(self.0 - o.0)
-    }
-}
-impl Mul<Decimal> for Money {
-    type Output = Decimal;
-    fn mul(self, o: Decimal) -> Decimal {
-        self.0 * o
     }
 }
 

@@ -75,7 +75,6 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
             ))
         }
     };
-    let f = genai::fields(data).map_err(|e| e.under("data"))?;
     if !genai::has_usage(data) {
         return Err(FieldError::new(
             "data",
@@ -87,9 +86,14 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         .get("meterline.gateway_reported_cost")
         .map(|c| super::usage::decimal(c, "data.meterline.gateway_reported_cost"))
         .transpose()?;
-    let mut e = f
-        .into_event(format!("{source}/{id}"), occurred_at, ctx, "cloudevents")
-        .map_err(|e| e.under("data"))?;
+    let mut e = genai::event(
+        data,
+        format!("{source}/{id}"),
+        occurred_at,
+        ctx,
+        "cloudevents",
+    )
+    .map_err(|e| e.under("data"))?;
     e.request_id = e.request_id.or_else(|| Some(id.to_string()));
     e.api_key_id = e.api_key_id.or(subject);
     e.gateway_reported_cost = gateway_reported_cost;

@@ -137,30 +137,17 @@ pub fn operation(name: Option<&str>) -> Operation {
     }
 }
 
-/// Everything but identity/time, which each format carries its own way.
-pub struct GenAiFields {
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub operation: Operation,
-    pub usage: Usage,
-    pub service_tier: ServiceTier,
-    pub status: CallStatus,
-    pub response_id: Option<String>,
-    pub session_id: Option<String>,
-    pub agent_id: Option<String>,
-    pub workflow_id: Option<String>,
-    pub api_key_id: Option<String>,
-    pub user_id: Option<String>,
-    pub team_id: Option<String>,
-    pub org_id: Option<String>,
-    pub project_id: Option<String>,
-    pub end_user: Option<String>,
-    pub region: Option<String>,
-    pub tags: BTreeMap<String, String>,
-}
-
-pub fn fields(a: &impl Attrs) -> Result<GenAiFields, FieldError> {
-    let tier = match string(
+/// The event the attributes describe. Identity and time come from the format (`event_id`,
+/// `occurred_at`); gateway cost, latency and HTTP status are left for the caller to set.
+/// Field errors name attribute keys.
+pub fn event(
+    a: &impl Attrs,
+    event_id: String,
+    occurred_at: DateTime<Utc>,
+    ctx: &Ctx,
+    format: &str,
+) -> Result<UsageEvent, FieldError> {
+    let service_tier = match string(
         a,
         &[
             "openai.response.service_tier",
@@ -175,91 +162,56 @@ pub fn fields(a: &impl Attrs) -> Result<GenAiFields, FieldError> {
     let mut tags = BTreeMap::new();
     if let Some(Value::Object(m)) = a.get("meterline.tags").or_else(|| a.get("tags")) {
         for (k, v) in m {
-            tags.insert(
-                k.clone(),
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string()),
-            );
+            let v = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            tags.insert(k.clone(), v);
         }
     }
-    Ok(GenAiFields {
-        provider: string(a, &["gen_ai.provider.name", "gen_ai.system", "provider"])?,
-        model: string(
-            a,
-            &["gen_ai.response.model", "gen_ai.request.model", "model"],
-        )?,
-        operation: operation(string(a, &["gen_ai.operation.name"])?.as_deref()),
-        usage: usage(a)?,
-        service_tier: tier,
-        status: if a.get("error.type").is_some() {
-            CallStatus::Error
-        } else {
-            CallStatus::Success
-        },
-        response_id: string(a, &["gen_ai.response.id"])?,
-        session_id: string(a, &["gen_ai.conversation.id", "session.id"])?,
-        agent_id: string(a, &["gen_ai.agent.id"])?,
-        workflow_id: string(a, &["meterline.workflow_id", "workflow_id"])?,
+    let provider = string(a, &["gen_ai.provider.name", "gen_ai.system", "provider"])?
+        .ok_or_else(|| FieldError::new("gen_ai.provider.name", "required (or gen_ai.system)"))?;
+    let model = string(
+        a,
+        &["gen_ai.response.model", "gen_ai.request.model", "model"],
+    )?
+    .ok_or_else(|| {
+        FieldError::new(
+            "gen_ai.request.model",
+            "required (or gen_ai.response.model)",
+        )
+    })?;
+    Ok(UsageEvent {
+        event_id,
+        occurred_at,
+        received_at: ctx.received_at,
+        source: ctx.source.clone(),
+        format: format.into(),
+        request_id: string(a, &["gen_ai.response.id"])?,
         api_key_id: string(a, &["meterline.api_key_id", "api_key_id"])?,
         user_id: string(a, &["meterline.user_id", "user_id", "user.id"])?,
         team_id: string(a, &["meterline.team_id", "team_id"])?,
         org_id: string(a, &["meterline.org_id", "org_id"])?,
         project_id: string(a, &["meterline.project_id", "project_id"])?,
         end_user: string(a, &["meterline.end_user", "end_user", "enduser.id"])?,
-        region: string(a, &["cloud.region", "region"])?,
         tags,
+        agent_id: string(a, &["gen_ai.agent.id"])?,
+        workflow_id: string(a, &["meterline.workflow_id", "workflow_id"])?,
+        session_id: string(a, &["gen_ai.conversation.id", "session.id"])?,
+        provider: provider.to_ascii_lowercase(),
+        model,
+        operation: operation(string(a, &["gen_ai.operation.name"])?.as_deref()),
+        usage: usage(a)?,
+        service_tier,
+        status: if a.get("error.type").is_some() {
+            CallStatus::Error
+        } else {
+            CallStatus::Success
+        },
+        http_status: None,
+        latency_ms: None,
+        ttft_ms: None,
+        region: string(a, &["cloud.region", "region"])?,
+        gateway_reported_cost: None,
     })
-}
-
-impl GenAiFields {
-    /// The event these attributes describe; the caller sets what its format carries apart
-    /// (gateway cost, latency, HTTP status). Field errors name attribute keys.
-    pub fn into_event(
-        self,
-        event_id: String,
-        occurred_at: DateTime<Utc>,
-        ctx: &Ctx,
-        format: &str,
-    ) -> Result<UsageEvent, FieldError> {
-        Ok(UsageEvent {
-            event_id,
-            occurred_at,
-            received_at: ctx.received_at,
-            source: ctx.source.clone(),
-            format: format.into(),
-            request_id: self.response_id,
-            api_key_id: self.api_key_id,
-            user_id: self.user_id,
-            team_id: self.team_id,
-            org_id: self.org_id,
-            project_id: self.project_id,
-            end_user: self.end_user,
-            tags: self.tags,
-            agent_id: self.agent_id,
-            workflow_id: self.workflow_id,
-            session_id: self.session_id,
-            provider: self
-                .provider
-                .ok_or_else(|| {
-                    FieldError::new("gen_ai.provider.name", "required (or gen_ai.system)")
-                })?
-                .to_ascii_lowercase(),
-            model: self.model.ok_or_else(|| {
-                FieldError::new(
-                    "gen_ai.request.model",
-                    "required (or gen_ai.response.model)",
-                )
-            })?,
-            operation: self.operation,
-            usage: self.usage,
-            service_tier: self.service_tier,
-            status: self.status,
-            http_status: None,
-            latency_ms: None,
-            ttft_ms: None,
-            region: self.region,
-            gateway_reported_cost: None,
-        })
-    }
 }

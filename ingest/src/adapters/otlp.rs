@@ -78,23 +78,18 @@ fn span_event(
             "span needs a 16-byte trace id and an 8-byte span id",
         ));
     }
-    let f = genai::fields(a)?;
     let start = Utc.timestamp_nanos(span.start_time_unix_nano as i64);
     let latency = span
         .end_time_unix_nano
         .checked_sub(span.start_time_unix_nano)
         .map(|ns| (ns / 1_000_000) as i64);
     let errored = span.status.as_ref().is_some_and(|s| s.code == 2);
-    let mut e = f.into_event(
-        format!(
-            "{}/{}",
-            hex::encode(&span.trace_id),
-            hex::encode(&span.span_id)
-        ),
-        start,
-        ctx,
-        "otlp",
-    )?;
+    let event_id = format!(
+        "{}/{}",
+        hex::encode(&span.trace_id),
+        hex::encode(&span.span_id)
+    );
+    let mut e = genai::event(a, event_id, start, ctx, "otlp")?;
     if errored {
         e.status = CallStatus::Error;
     }
