@@ -261,15 +261,7 @@ async fn bad_inputs_get_precise_4xx_and_produce_nothing() {
     assert_eq!(ids, vec!["mix-0", "mix-2", "nd-ok-1", "nd-ok-2"]);
 
     // the rejections are counted by reason
-    let metrics = h
-        .client
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics_text().await;
     assert!(
         metrics.contains(
             "meterline_ingest_events_rejected_total{format=\"native\",reason=\"invalid\"}"

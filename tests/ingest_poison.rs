@@ -9,23 +9,6 @@ use common::{eventually, Harness};
 use meterline_schemas::AvroRecord;
 use serde_json::json;
 
-async fn metric(h: &Harness, name: &str) -> f64 {
-    let text = h
-        .client
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unproducible_record_is_dead_lettered_and_the_edge_keeps_flowing() {
     let mut h = Harness::start(true).await;
@@ -45,11 +28,11 @@ async fn an_unproducible_record_is_dead_lettered_and_the_edge_keeps_flowing() {
         .await;
     assert_eq!(st, 200, "accepted durably (the spool), not lost: {body}");
     eventually(Duration::from_secs(30), "dead-lettered", || async {
-        metric(&h, "meterline_ingest_dead_lettered_total").await == 1.0
+        h.metric("meterline_ingest_dead_lettered_total").await == 1.0
     })
     .await;
     eventually(Duration::from_secs(30), "spool empty", || async {
-        metric(&h, "meterline_ingest_spool_depth_events").await == 0.0
+        h.metric("meterline_ingest_spool_depth_events").await == 0.0
     })
     .await;
 

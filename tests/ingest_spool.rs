@@ -18,23 +18,6 @@ fn batch(prefix: &str, n: usize) -> String {
     json!(items).to_string()
 }
 
-async fn metric(h: &Harness, name: &str) -> f64 {
-    let text = h
-        .client
-        .get(format!("{}/metrics", h.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_is_absorbed_by_the_spool_and_drained_exactly_once() {
     let mut h = Harness::start(true).await;
@@ -60,7 +43,7 @@ async fn broker_outage_is_absorbed_by_the_spool_and_drained_exactly_once() {
         expected.extend((0..25).map(|i| format!("{prefix}-{i}")));
     }
     assert!(
-        metric(&h, "meterline_ingest_spool_depth_events").await >= 225.0,
+        h.metric("meterline_ingest_spool_depth_events").await >= 225.0,
         "outage events are in the spool"
     );
 
@@ -68,7 +51,7 @@ async fn broker_outage_is_absorbed_by_the_spool_and_drained_exactly_once() {
     h.stop_ingest().await;
     h.start_ingest().await;
     assert!(
-        metric(&h, "meterline_ingest_spool_depth_events").await >= 225.0,
+        h.metric("meterline_ingest_spool_depth_events").await >= 225.0,
         "spool survived the ingest restart"
     );
     let (st, _) = h
@@ -80,7 +63,7 @@ async fn broker_outage_is_absorbed_by_the_spool_and_drained_exactly_once() {
     // 4. broker back: the spool drains
     h.broker.restart().unwrap();
     eventually(Duration::from_secs(60), "spool drained", || async {
-        metric(&h, "meterline_ingest_spool_depth_events").await == 0.0
+        h.metric("meterline_ingest_spool_depth_events").await == 0.0
     })
     .await;
     assert_eq!(

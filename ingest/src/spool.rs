@@ -369,6 +369,15 @@ mod tests {
         }
     }
 
+    fn only_segment(dir: &Path) -> PathBuf {
+        let mut segs = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path());
+        segs.find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap()
+    }
+
     fn drain_all(s: &mut Spool) -> Vec<Record> {
         let mut got = vec![];
         loop {
@@ -424,12 +433,7 @@ mod tests {
         s.append(&[rec(1), rec(2)]).unwrap();
         drop(s);
         // simulate a crash mid-append: half a record at the end
-        let seg = fs::read_dir(d.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
-            .unwrap()
-            .path();
+        let seg = only_segment(d.path());
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
         drop(f);
@@ -445,12 +449,7 @@ mod tests {
         let mut s = Spool::open(d.path(), 1 << 20, 1 << 20).unwrap();
         s.append(&[rec(1), rec(2)]).unwrap();
         drop(s);
-        let seg = fs::read_dir(d.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
-            .unwrap()
-            .path();
+        let seg = only_segment(d.path());
         let mut bytes = fs::read(&seg).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xFF;

@@ -135,6 +135,26 @@ impl Harness {
         )
     }
 
+    /// The Prometheus text of the edge.
+    pub async fn metrics_text(&self) -> String {
+        let r = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
+    }
+
+    /// The value of the first sample whose line starts with `name` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
+        let line = text.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Every UsageEvent on the raw topic (reads up to the high watermarks taken now).
     pub async fn raw_events(&self) -> Vec<UsageEvent> {
         let brokers = self.kafka.brokers.clone();

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::genai;
 use super::usage::kind;
-use super::{check_event, non_empty, Ctx, FieldError};
+use super::{check_event, non_empty, object_or_empty, Ctx, FieldError};
 
 fn required_str<'a>(o: &'a Map<String, Value>, k: &str) -> Result<&'a str, FieldError> {
     match o.get(k) {
@@ -65,16 +65,7 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         }
     };
     let empty = Map::new();
-    let data = match o.get("data") {
-        Some(Value::Object(d)) => d,
-        None | Some(Value::Null) => &empty,
-        Some(x) => {
-            return Err(FieldError::new(
-                "data",
-                format!("must be an object (got {})", kind(x)),
-            ))
-        }
-    };
+    let data = object_or_empty(o, "data", &empty)?;
     if !genai::has_usage(data) {
         return Err(FieldError::new(
             "data",

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::usage::{self, kind};
-use super::{check_event, non_empty, Ctx, FieldError};
+use super::{check_event, non_empty, object_or_empty, Ctx, FieldError};
 
 /// LiteLLM writes times as epoch seconds (float) or as `"2025-01-24 09:20:46.847371"` (UTC).
 fn time(v: Option<&Value>, field: &str) -> Result<Option<DateTime<Utc>>, FieldError> {
@@ -131,16 +131,7 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
     })?;
     let id = non_empty(s(o, "id")).ok_or_else(|| FieldError::new("id", "required"))?;
     let empty = Map::new();
-    let md = match o.get("metadata") {
-        Some(Value::Object(m)) => m,
-        None | Some(Value::Null) => &empty,
-        Some(x) => {
-            return Err(FieldError::new(
-                "metadata",
-                format!("must be an object (got {})", kind(x)),
-            ))
-        }
-    };
+    let md = object_or_empty(o, "metadata", &empty)?;
     let provider = non_empty(s(o, "custom_llm_provider"))
         .or_else(|| {
             non_empty(

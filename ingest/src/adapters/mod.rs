@@ -166,6 +166,22 @@ pub fn check_event(e: &UsageEvent) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// `o[key]` as an object; absent or null is an empty object, anything else an error.
+pub fn object_or_empty<'a>(
+    o: &'a serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    empty: &'a serde_json::Map<String, serde_json::Value>,
+) -> Result<&'a serde_json::Map<String, serde_json::Value>, FieldError> {
+    match o.get(key) {
+        Some(serde_json::Value::Object(m)) => Ok(m),
+        None | Some(serde_json::Value::Null) => Ok(empty),
+        Some(x) => Err(FieldError::new(
+            key,
+            format!("must be an object (got {})", usage::kind(x)),
+        )),
+    }
+}
+
 /// The same for an owned string, without reallocating when it is already trimmed.
 pub fn owned(s: Option<String>) -> Option<String> {
     match s {
