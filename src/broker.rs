@@ -1,6 +1,9 @@
 //! A local tansu broker as a child process, for `meterline dev`, tests and benchmarks. A
 //! separate process (not the embedded library) so tests can kill and restart it like a real
 //! broker outage; production uses any Kafka-compatible cluster instead.
+//!
+//! The binary is `meterline-broker` (`scripts/broker`): tansu 0.6.0 embedded, plus the EndTxn
+//! route the released tansu binary lacks, without which no Kafka transaction can commit.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -26,15 +29,17 @@ pub struct TansuBroker {
     child: Option<Child>,
 }
 
-/// The tansu binary: `$TANSU_BIN`, else `tansu` on PATH, else where `scripts/setup` installs
-/// it (`$TANSU_ROOT/bin`, default `$HOME/.local/tansu/bin`).
+const BROKER_BIN: &str = "meterline-broker";
+
+/// The broker binary: `$METERLINE_BROKER_BIN`, else `meterline-broker` on PATH, else where
+/// `scripts/setup` installs it (`$TANSU_ROOT/bin`, default `$HOME/.local/tansu/bin`).
 pub fn tansu_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
+    if let Ok(p) = std::env::var("METERLINE_BROKER_BIN") {
         return Ok(PathBuf::from(p));
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
-            let p = dir.join("tansu");
+            let p = dir.join(BROKER_BIN);
             if p.is_file() {
                 return Ok(p);
             }
@@ -43,10 +48,13 @@ pub fn tansu_bin() -> anyhow::Result<PathBuf> {
     let root = std::env::var_os("TANSU_ROOT")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/tansu")));
-    if let Some(p) = root.map(|r| r.join("bin/tansu")).filter(|p| p.is_file()) {
+    if let Some(p) = root
+        .map(|r| r.join("bin").join(BROKER_BIN))
+        .filter(|p| p.is_file())
+    {
         return Ok(p);
     }
-    bail!("tansu broker binary not found: run `cargo install tansu --locked --features libsql` or set TANSU_BIN")
+    bail!("{BROKER_BIN} not found: run scripts/setup (or `cargo install --locked --path scripts/broker`), or set METERLINE_BROKER_BIN")
 }
 
 pub fn free_port() -> u16 {
@@ -101,7 +109,6 @@ impl TansuBroker {
             .open(&self.log)?;
         let child = Command::new(&self.bin)
             .args([
-                "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
