@@ -128,6 +128,21 @@ impl PriceBook {
         .find_map(|name| self.lookup(provider, name, occurred_at))
     }
 
+    /// Every version of `price_id`, ordered by (effective_from, version).
+    pub fn versions(&self, price_id: &str) -> &[PriceChange] {
+        self.versions
+            .get(price_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The highest version of every entry.
+    pub fn latest(&self) -> impl Iterator<Item = &PriceChange> {
+        self.versions
+            .values()
+            .filter_map(|vs| vs.iter().max_by_key(|v| v.version))
+    }
+
     pub fn len(&self) -> usize {
         self.versions.len()
     }

@@ -201,6 +201,45 @@ impl UsageEvent {
             .or(self.end_user.as_deref())
             .unwrap_or("unattributed")
     }
+
+    /// A minimal valid event (one chat call, 100 input and 20 output tokens on `openai/gpt-4o`),
+    /// for tests, benchmarks and docs to start from.
+    pub fn example() -> UsageEvent {
+        let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(); // 2026-01-01
+        UsageEvent {
+            event_id: "example-1".into(),
+            occurred_at: at,
+            received_at: at,
+            source: "example".into(),
+            format: "native".into(),
+            request_id: None,
+            api_key_id: Some("key-1".into()),
+            user_id: None,
+            team_id: Some("team-1".into()),
+            org_id: Some("org-1".into()),
+            project_id: None,
+            end_user: None,
+            tags: BTreeMap::new(),
+            agent_id: None,
+            workflow_id: None,
+            session_id: None,
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            operation: Operation::Chat,
+            usage: Usage {
+                input_tokens: 100,
+                output_tokens: 20,
+                ..Usage::default()
+            },
+            service_tier: ServiceTier::Standard,
+            status: CallStatus::Success,
+            http_status: Some(200),
+            latency_ms: None,
+            ttft_ms: None,
+            region: None,
+            gateway_reported_cost: None,
+        }
+    }
 }
 
 /// Position in the org hierarchy.

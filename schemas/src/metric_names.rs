@@ -14,7 +14,25 @@ pub const INGEST_PRODUCE_ERRORS: &str = "meterline_ingest_produce_errors_total";
 pub const INGEST_MODE_SPOOLING: &str = "meterline_ingest_spooling";
 pub const INGEST_DEAD_LETTERED: &str = "meterline_ingest_dead_lettered_total";
 
+// enrich
+pub const ENRICH_EVENTS_IN: &str = "meterline_enrich_events_in_total";
+pub const ENRICH_EVENTS_PRICED: &str = "meterline_enrich_events_priced_total";
+pub const ENRICH_EVENTS_REJECTED: &str = "meterline_enrich_events_rejected_total";
+pub const ENRICH_DUPLICATES_DROPPED: &str = "meterline_enrich_duplicates_dropped_total";
+pub const ENRICH_LATE_EVENTS: &str = "meterline_enrich_late_events_total";
+pub const ENRICH_UNATTRIBUTED: &str = "meterline_enrich_unattributed_events_total";
+pub const ENRICH_TXN_COMMITS: &str = "meterline_enrich_transactions_committed_total";
+pub const ENRICH_TXN_ABORTS: &str = "meterline_enrich_transactions_aborted_total";
+pub const ENRICH_TXN_RECORDS: &str = "meterline_enrich_transaction_records";
+pub const ENRICH_COMMIT_LATENCY: &str = "meterline_enrich_commit_latency_seconds";
+pub const ENRICH_DEDUP_IDS: &str = "meterline_enrich_dedup_window_ids";
+pub const ENRICH_REBUILD_SECONDS: &str = "meterline_enrich_dedup_rebuild_seconds";
+pub const ENRICH_CONSUMER_LAG: &str = "meterline_enrich_consumer_lag";
+pub const ENRICH_REFERENCE_RECORDS: &str = "meterline_enrich_reference_records_total";
+
 // label keys
 pub const LABEL_FORMAT: &str = "format";
 pub const LABEL_REASON: &str = "reason";
 pub const LABEL_STATUS: &str = "status";
+pub const LABEL_PARTITION: &str = "partition";
+pub const LABEL_TOPIC: &str = "topic";

@@ -72,3 +72,24 @@ pub fn all(usage_partitions: i32) -> [TopicSpec; 8] {
         },
     ]
 }
+
+/// Record headers meterline writes (names shared by producers and readers).
+pub mod headers {
+    /// The event's `event_id` (priced and rejected records), so tools need not decode values.
+    pub const EVENT_ID: &str = "ml-event-id";
+    /// The event's `occurred_at`, µs since the epoch, decimal text.
+    pub const OCCURRED_AT: &str = "ml-occurred-at";
+    /// Priced records: the dedup watermark of the partition after this event (µs, decimal
+    /// text). Rebuilding dedup state reads back from the end until it falls out of the window.
+    pub const WATERMARK: &str = "ml-watermark";
+    /// Rejected records: the machine reason (`no_price`, `no_rate`, `undecodable`, …).
+    pub const REASON_CODE: &str = "ml-reason-code";
+    /// Rejected records: the field at fault (`model`, `usage.images`, `value`).
+    pub const REASON_FIELD: &str = "ml-reason-field";
+    /// Rejected records: the human-readable reason.
+    pub const REASON: &str = "ml-reason";
+    /// Rejected records: where the original came from (`topic/partition/offset`).
+    pub const SOURCE: &str = "ml-source";
+    /// Rejected records: how many times this event has been replayed before.
+    pub const REPLAYS: &str = "ml-replays";
+}

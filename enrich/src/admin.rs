@@ -1,0 +1,360 @@
+//! What the CLI does with the reference topics and the rejected topic: publish price and tenant
+//! changes as events, read them back, list and replay rejected events.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use meterline_schemas::kafka::KafkaConfig;
+use meterline_schemas::topics::{self, headers};
+use meterline_schemas::{AvroRecord, PriceChange, TenantChange};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::reference::{self, Reference};
+use crate::Error;
+
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What publishing a set of changes did (or would do, for a dry run).
+#[derive(Debug, Default)]
+pub struct Publication {
+    /// (id, new version) of entries that did not exist.
+    pub added: Vec<(String, i64)>,
+    /// (id, new version) of entries whose content changed.
+    pub changed: Vec<(String, i64)>,
+    /// Ids identical to their latest version (nothing published).
+    pub unchanged: Vec<String>,
+}
+
+fn producer(kafka: &KafkaConfig) -> Result<BaseProducer, Error> {
+    kafka
+        .client("admin")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .map_err(Error::kafka)
+}
+
+fn flush(p: &BaseProducer) -> Result<(), Error> {
+    p.flush(Duration::from_secs(30)).map_err(Error::kafka)
+}
+
+/// Reads the reference topics as enrich will see them.
+pub fn load(kafka: &KafkaConfig) -> Result<Reference, Error> {
+    let (r, _) = reference::load(kafka, LOAD_TIMEOUT)?;
+    Ok(std::sync::Arc::try_unwrap(r).unwrap_or_default())
+}
+
+fn same_price(a: &PriceChange, b: &PriceChange) -> bool {
+    (
+        &a.provider,
+        &a.model,
+        &a.aliases,
+        &a.currency,
+        &a.rates,
+        a.effective_from,
+        a.effective_to,
+        a.deleted,
+    ) == (
+        &b.provider,
+        &b.model,
+        &b.aliases,
+        &b.currency,
+        &b.rates,
+        b.effective_from,
+        b.effective_to,
+        b.deleted,
+    )
+}
+
+/// Numbers `drafts` after the versions already published and, unless `dry_run`, publishes the
+/// new and changed ones to `meterline.prices` (key `<price_id>@<version>`, so compaction keeps
+/// every version: the history is what explains past costs).
+pub fn publish_prices(
+    kafka: &KafkaConfig,
+    drafts: Vec<PriceChange>,
+    reason: &str,
+    dry_run: bool,
+) -> Result<Publication, Error> {
+    let current = load(kafka)?;
+    let book = current.prices.read().expect("price book lock");
+    let mut out = Publication::default();
+    let p = producer(kafka)?;
+    for mut d in drafts {
+        let latest = book.versions(&d.price_id).iter().max_by_key(|v| v.version);
+        if latest.is_some_and(|l| same_price(l, &d)) {
+            out.unchanged.push(d.price_id);
+            continue;
+        }
+        d.version = latest.map(|l| l.version + 1).unwrap_or(1);
+        if d.reason.is_empty() {
+            d.reason = reason.to_string();
+        }
+        if latest.is_some() {
+            out.changed.push((d.price_id.clone(), d.version));
+        } else {
+            out.added.push((d.price_id.clone(), d.version));
+        }
+        if !dry_run {
+            let key = format!("{}@{}", d.price_id, d.version);
+            let value = d.to_avro().map_err(Error::codec)?;
+            send(&p, topics::PRICES, &key, &value)?;
+        }
+    }
+    flush(&p)?;
+    Ok(out)
+}
+
+fn same_rule(a: &TenantChange, b: &TenantChange) -> bool {
+    (
+        &a.matches,
+        a.priority,
+        &a.tenant,
+        a.effective_from,
+        a.effective_to,
+        a.deleted,
+    ) == (
+        &b.matches,
+        b.priority,
+        &b.tenant,
+        b.effective_from,
+        b.effective_to,
+        b.deleted,
+    )
+}
+
+/// As `publish_prices`, for tenant rules (`meterline.tenants`, key `<rule_id>@<version>`).
+pub fn publish_tenants(
+    kafka: &KafkaConfig,
+    drafts: Vec<TenantChange>,
+    reason: &str,
+    dry_run: bool,
+) -> Result<Publication, Error> {
+    let current = load(kafka)?;
+    let dir = current.tenants.read().expect("tenant lock");
+    let latest: BTreeMap<&str, &TenantChange> =
+        dir.latest().map(|r| (r.rule_id.as_str(), r)).collect();
+    let mut out = Publication::default();
+    let p = producer(kafka)?;
+    for mut d in drafts {
+        let l = latest.get(d.rule_id.as_str());
+        if l.is_some_and(|l| same_rule(l, &d)) {
+            out.unchanged.push(d.rule_id);
+            continue;
+        }
+        d.version = l.map(|l| l.version + 1).unwrap_or(1);
+        if d.reason.is_empty() {
+            d.reason = reason.to_string();
+        }
+        if l.is_some() {
+            out.changed.push((d.rule_id.clone(), d.version));
+        } else {
+            out.added.push((d.rule_id.clone(), d.version));
+        }
+        if !dry_run {
+            let key = format!("{}@{}", d.rule_id, d.version);
+            let value = d.to_avro().map_err(Error::codec)?;
+            send(&p, topics::TENANTS, &key, &value)?;
+        }
+    }
+    flush(&p)?;
+    Ok(out)
+}
+
+fn send(p: &BaseProducer, topic: &str, key: &str, value: &[u8]) -> Result<(), Error> {
+    p.send(BaseRecord::to(topic).key(key).payload(value))
+        .map_err(|(e, _)| Error::kafka(e))
+}
+
+/// The consumer group whose committed offsets mark what `rejected replay` has re-submitted.
+pub const REPLAY_GROUP: &str = "meterline-rejected-replay";
+
+/// Codes whose events can price once reference data is fixed (and so are replayed).
+pub const REPLAYABLE: [&str; 3] = ["no_price", "no_rate", "overflow"];
+
+/// One record of `meterline.usage.rejected`.
+#[derive(Debug, Clone)]
+pub struct RejectedRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub event_id: Option<String>,
+    pub code: String,
+    pub field: String,
+    pub reason: String,
+    pub source: String,
+    pub replays: u32,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+fn header(m: &impl Message, name: &str) -> String {
+    m.headers()
+        .and_then(|hs| hs.iter().find(|h| h.key == name))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+fn replay_consumer(kafka: &KafkaConfig) -> Result<BaseConsumer, Error> {
+    kafka
+        .client("rejected")
+        .set("group.id", REPLAY_GROUP)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(Error::kafka)
+}
+
+/// Rejected records not yet replayed (after the replay group's offsets), or all with `all`.
+pub fn rejected(kafka: &KafkaConfig, all: bool) -> Result<Vec<RejectedRecord>, Error> {
+    let c = replay_consumer(kafka)?;
+    read_rejected(&c, all)
+}
+
+fn read_rejected(c: &BaseConsumer, all: bool) -> Result<Vec<RejectedRecord>, Error> {
+    let md = c
+        .fetch_metadata(Some(topics::USAGE_REJECTED), Duration::from_secs(10))
+        .map_err(Error::kafka)?;
+    let parts = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0) as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition(topics::USAGE_REJECTED, p);
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(Error::kafka)?;
+    let mut out = Vec::new();
+    for p in 0..parts {
+        let (lo, hi) = c
+            .fetch_watermarks(topics::USAGE_REJECTED, p, Duration::from_secs(10))
+            .map_err(Error::kafka)?;
+        let from = match committed
+            .find_partition(topics::USAGE_REJECTED, p)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) if !all => o.max(lo),
+            _ => lo,
+        };
+        if from >= hi {
+            continue;
+        }
+        let mut one = TopicPartitionList::new();
+        one.add_partition_offset(topics::USAGE_REJECTED, p, Offset::Offset(from))
+            .map_err(Error::kafka)?;
+        c.assign(&one).map_err(Error::kafka)?;
+        let deadline = std::time::Instant::now() + LOAD_TIMEOUT;
+        loop {
+            let pos = c.position().ok().and_then(|t| {
+                t.find_partition(topics::USAGE_REJECTED, p)
+                    .map(|e| e.offset())
+            });
+            if matches!(pos, Some(Offset::Offset(o)) if o >= hi) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Kafka("reading the rejected topic timed out".into()));
+            }
+            let Some(m) = c.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.map_err(Error::kafka)?;
+            out.push(RejectedRecord {
+                partition: p,
+                offset: m.offset(),
+                event_id: Some(header(&m, headers::EVENT_ID)).filter(|s| !s.is_empty()),
+                code: header(&m, headers::REASON_CODE),
+                field: header(&m, headers::REASON_FIELD),
+                reason: header(&m, headers::REASON),
+                source: header(&m, headers::SOURCE),
+                replays: header(&m, headers::REPLAYS).parse().unwrap_or(0),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            });
+            if m.offset() + 1 >= hi {
+                break;
+            }
+        }
+    }
+    c.unassign().map_err(Error::kafka)?;
+    Ok(out)
+}
+
+/// What `rejected replay` did.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub replayed: usize,
+    /// Same event id twice among the pending records: re-submitted once.
+    pub duplicates: usize,
+    /// Undecodable records: they need a newer meterline, not new prices; left in place.
+    pub not_replayable: usize,
+}
+
+/// Re-submits pending replayable rejections to `meterline.usage.raw` (same partition and key,
+/// `ml-replays` + 1) and advances the replay group past them, in one transaction: each is
+/// re-submitted once even if this command crashes and is run again. Enrich prices them with the
+/// reference data of now; those that still cannot be priced come back as new rejections.
+pub fn replay(kafka: &KafkaConfig) -> Result<Replay, Error> {
+    let c = replay_consumer(kafka)?;
+    let pending = read_rejected(&c, false)?;
+    let mut report = Replay::default();
+    if pending.is_empty() {
+        return Ok(report);
+    }
+    let p: BaseProducer = kafka
+        .client("rejected-replay")
+        .set("transactional.id", "meterline-rejected-replay")
+        .create()
+        .map_err(Error::kafka)?;
+    let t = Duration::from_secs(30);
+    p.init_transactions(t).map_err(Error::kafka)?;
+    p.begin_transaction().map_err(Error::kafka)?;
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for r in &pending {
+        next.insert(r.partition, r.offset + 1);
+        if !REPLAYABLE.contains(&r.code.as_str()) {
+            report.not_replayable += 1;
+            continue;
+        }
+        if let Some(id) = &r.event_id {
+            if !seen.insert(id.clone()) {
+                report.duplicates += 1;
+                continue;
+            }
+        }
+        let replays = (r.replays + 1).to_string();
+        let hs = OwnedHeaders::new().insert(Header {
+            key: headers::REPLAYS,
+            value: Some(replays.as_bytes()),
+        });
+        let mut rec = BaseRecord::to(topics::USAGE_RAW)
+            .partition(r.partition)
+            .payload(r.value.as_slice())
+            .headers(hs);
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_slice());
+        }
+        p.send(rec).map_err(|(e, _)| Error::kafka(e))?;
+        report.replayed += 1;
+    }
+    let mut offsets = TopicPartitionList::new();
+    for (part, o) in next {
+        offsets
+            .add_partition_offset(topics::USAGE_REJECTED, part, Offset::Offset(o))
+            .map_err(Error::kafka)?;
+    }
+    // Not-replayable records stay readable with `rejected list --all`.
+    let meta = c
+        .group_metadata()
+        .ok_or_else(|| Error::Kafka("no group metadata".into()))?;
+    p.send_offsets_to_transaction(&offsets, &meta, t)
+        .map_err(Error::kafka)?;
+    p.commit_transaction(t).map_err(Error::kafka)?;
+    Ok(report)
+}

@@ -1,0 +1,602 @@
+//! The consume → price → produce loop, exactly once (see `txn.rs` for the protocol).
+//!
+//! Runs on one blocking thread: a `read_committed` group consumer on `meterline.usage.raw`,
+//! and per owned input partition a transactional producer, a dedup window and the open batch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use meterline_schemas::kafka::KafkaConfig;
+use meterline_schemas::metric_names as m;
+use meterline_schemas::topics::{self, headers};
+use meterline_schemas::{AvroRecord, UsageEvent};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::EnrichConfig;
+use crate::dedup::{DedupWindow, Verdict};
+use crate::pricing::{self, Rejection};
+use crate::reference::Reference;
+use crate::tail;
+use crate::tenants::UNATTRIBUTED;
+use crate::txn::{self, Batch, BatchPolicy, TxnFailure};
+use crate::Error;
+
+/// Rebalance callbacks only record what happened; the loop acts on it after `poll` returns.
+/// Correctness does not depend on acting in time: a new owner's `init_transactions` fences us.
+#[derive(Default)]
+pub struct RebalanceLog {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+#[derive(Debug)]
+enum RebalanceEvent {
+    Revoked(Vec<i32>),
+    Assigned(Vec<i32>),
+}
+
+fn raw_partitions(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements_for_topic(topics::USAGE_RAW)
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+impl ClientContext for RebalanceLog {}
+impl ConsumerContext for RebalanceLog {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            self.events
+                .lock()
+                .expect("rebalance log")
+                .push(RebalanceEvent::Revoked(raw_partitions(tpl)));
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            self.events
+                .lock()
+                .expect("rebalance log")
+                .push(RebalanceEvent::Assigned(raw_partitions(tpl)));
+        }
+    }
+}
+
+/// What this instance holds for one input partition it owns.
+struct Owned {
+    producer: BaseProducer,
+    dedup: DedupWindow,
+    batch: Option<Batch>,
+}
+
+pub struct Stage {
+    kafka: KafkaConfig,
+    cfg: EnrichConfig,
+    consumer: BaseConsumer<RebalanceLog>,
+    tail_reader: BaseConsumer,
+    reference: Arc<Reference>,
+    owned: HashMap<i32, Owned>,
+    policy: BatchPolicy,
+    stop: CancellationToken,
+    last_lag_report: Instant,
+}
+
+fn txn_timeout(cfg: &EnrichConfig) -> Duration {
+    Duration::from_millis(cfg.txn_timeout_ms)
+}
+
+/// Sends `record`, waiting while librdkafka's queue is full.
+fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), Error> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                producer.poll(Duration::from_millis(5));
+                record = r;
+            }
+            Err((e, _)) => return Err(Error::kafka(e)),
+        }
+    }
+}
+
+fn failure(e: &KafkaError) -> TxnFailure {
+    match e {
+        KafkaError::Transaction(r) => {
+            txn::classify(r.is_fatal(), r.txn_requires_abort(), r.is_retriable())
+        }
+        _ => TxnFailure::Abort,
+    }
+}
+
+impl Stage {
+    pub fn new(
+        kafka: KafkaConfig,
+        cfg: EnrichConfig,
+        reference: Arc<Reference>,
+        stop: CancellationToken,
+    ) -> Result<Stage, Error> {
+        let consumer: BaseConsumer<RebalanceLog> = kafka
+            .client("enrich")
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (cfg.session_timeout_ms / 4).max(250).to_string(),
+            )
+            .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
+            .create_with_context(RebalanceLog::default())
+            .map_err(Error::kafka)?;
+        let tail_reader: BaseConsumer = kafka
+            .client("enrich-tail")
+            .set("group.id", format!("{}-tail", cfg.group_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(Error::kafka)?;
+        // Output partition = input partition: the output topics must have as many partitions.
+        let count = |t: &str| -> Result<usize, Error> {
+            let md = consumer
+                .fetch_metadata(Some(t), Duration::from_secs(10))
+                .map_err(Error::kafka)?;
+            Ok(md
+                .topics()
+                .first()
+                .map(|t| t.partitions().len())
+                .unwrap_or(0))
+        };
+        let raw = count(topics::USAGE_RAW)?;
+        for out in [topics::USAGE_PRICED, topics::USAGE_REJECTED] {
+            let n = count(out)?;
+            if n != raw {
+                return Err(Error::Config(format!(
+                    "{out} has {n} partitions but {} has {raw}: enrich writes each event to the partition number it was read from, so they must match",
+                    topics::USAGE_RAW
+                )));
+            }
+        }
+        consumer
+            .subscribe(&[topics::USAGE_RAW])
+            .map_err(Error::kafka)?;
+        let policy = BatchPolicy {
+            max_records: cfg.txn_max_records,
+            max_age: Duration::from_millis(cfg.txn_max_ms),
+        };
+        Ok(Stage {
+            kafka,
+            cfg,
+            consumer,
+            tail_reader,
+            reference,
+            owned: HashMap::new(),
+            policy,
+            stop,
+            last_lag_report: Instant::now(),
+        })
+    }
+
+    /// The loop. Returns when `stop` is cancelled (after committing open batches) or on a
+    /// fatal error.
+    pub fn run(mut self) -> Result<(), Error> {
+        while !self.stop.is_cancelled() {
+            // Copy the record out so the loop may borrow `self` mutably (the copy is small next
+            // to decoding and re-encoding it).
+            let polled = match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(msg)) => Some((
+                    msg.partition(),
+                    msg.offset(),
+                    msg.key().map(<[u8]>::to_vec),
+                    msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    replays_of(&msg),
+                )),
+                Some(Err(e)) => {
+                    warn!(error = %e, "consumer");
+                    None
+                }
+                None => None,
+            };
+            self.apply_rebalances();
+            if let Some((p, offset, key, payload, replays)) = polled {
+                self.handle(p, offset, key.as_deref(), &payload, replays)?;
+            }
+            self.commit_due(false)?;
+            self.report_lag();
+        }
+        self.commit_due(true)?;
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    fn apply_rebalances(&mut self) {
+        let events: Vec<RebalanceEvent> = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .events
+                .lock()
+                .expect("rebalance log"),
+        );
+        for e in events {
+            match e {
+                RebalanceEvent::Revoked(ps) => {
+                    for p in ps {
+                        if let Some(o) = self.owned.remove(&p) {
+                            if o.batch.is_some() {
+                                // Not ours any more: never commit it. The new owner's
+                                // init_transactions would abort it anyway.
+                                let _ = o.producer.abort_transaction(txn_timeout(&self.cfg));
+                                metrics::counter!(m::ENRICH_TXN_ABORTS, m::LABEL_REASON => "revoked").increment(1);
+                            }
+                        }
+                    }
+                }
+                RebalanceEvent::Assigned(ps) => info!(partitions = ?ps, "assigned"),
+            }
+        }
+    }
+
+    /// Takes over input partition `p`. Returns the offset processing must start from.
+    fn take_over(&mut self, p: i32) -> Result<i64, Error> {
+        let t0 = Instant::now();
+        // 1. Fence the previous owner: same transactional id → its open transaction aborts
+        //    and it can no longer commit.
+        let producer: BaseProducer = self
+            .kafka
+            .client(&format!("enrich-p{p}"))
+            .set(
+                "transactional.id",
+                txn::transactional_id(&self.cfg.group_id, p),
+            )
+            .set(
+                "transaction.timeout.ms",
+                (self.cfg.txn_timeout_ms * 2).to_string(),
+            )
+            .set("message.timeout.ms", self.cfg.txn_timeout_ms.to_string())
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .create()
+            .map_err(Error::kafka)?;
+        producer
+            .init_transactions(txn_timeout(&self.cfg))
+            .map_err(Error::kafka)?;
+        // 2. Only now read where to start: an offset a fenced owner committed just before is
+        //    included, and nothing after it can be committed by anyone else.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topics::USAGE_RAW, p);
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, txn_timeout(&self.cfg))
+            .map_err(Error::kafka)?;
+        let start = match committed
+            .find_partition(topics::USAGE_RAW, p)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) => o,
+            _ => {
+                self.consumer
+                    .fetch_watermarks(topics::USAGE_RAW, p, Duration::from_secs(10))
+                    .map_err(Error::kafka)?
+                    .0
+            }
+        };
+        self.consumer
+            .seek(
+                topics::USAGE_RAW,
+                p,
+                Offset::Offset(start),
+                Duration::from_secs(10),
+            )
+            .map_err(Error::kafka)?;
+        // 3. Rebuild the dedup window from our own committed output of partition p.
+        let window = chrono::Duration::seconds(self.cfg.dedup_window_secs as i64);
+        let dedup = tail::rebuild(&self.tail_reader, p, window)?;
+        metrics::histogram!(m::ENRICH_REBUILD_SECONDS).record(t0.elapsed().as_secs_f64());
+        info!(
+            partition = p,
+            start,
+            dedup_ids = dedup.len(),
+            "took over partition"
+        );
+        self.owned.insert(
+            p,
+            Owned {
+                producer,
+                dedup,
+                batch: None,
+            },
+        );
+        Ok(start)
+    }
+
+    fn handle(
+        &mut self,
+        p: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        replays: u32,
+    ) -> Result<(), Error> {
+        if !self.owned.contains_key(&p) {
+            let start = self.take_over(p)?;
+            if offset != start {
+                // Fetched before the seek: it will come again from `start`.
+                return Ok(());
+            }
+        }
+        let owned = self.owned.get_mut(&p).expect("owned partition");
+        if let Some(b) = &owned.batch {
+            if offset < b.next_offset {
+                return Ok(()); // already handled in this transaction (a refetch)
+            }
+        }
+        if owned.batch.is_none() {
+            owned.producer.begin_transaction().map_err(Error::kafka)?;
+            owned.batch = Some(Batch::open(offset, Instant::now()));
+        }
+        metrics::counter!(m::ENRICH_EVENTS_IN).increment(1);
+        let source = format!("{}/{p}/{offset}", topics::USAGE_RAW);
+        let event = match UsageEvent::from_avro(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                // Poison: cannot be read by this version. Kept whole on the rejected topic.
+                let r = Rejection::undecodable(e);
+                reject(&owned.producer, p, key, payload, None, &r, &source, replays)?;
+                owned.batch.as_mut().expect("open batch").record(offset);
+                return Ok(());
+            }
+        };
+        match owned.dedup.admit(&event.event_id, event.occurred_at) {
+            Verdict::Duplicate => {
+                metrics::counter!(m::ENRICH_DUPLICATES_DROPPED).increment(1);
+            }
+            verdict => {
+                if verdict == Verdict::Late {
+                    metrics::counter!(m::ENRICH_LATE_EVENTS).increment(1);
+                }
+                let event_id = event.event_id.clone();
+                let occurred = event.occurred_at.timestamp_micros().to_string();
+                let priced = {
+                    let prices = self.reference.prices.read().expect("price book lock");
+                    let tenants = self.reference.tenants.read().expect("tenant lock");
+                    pricing::enrich(event, &prices, &tenants, Utc::now())
+                };
+                match priced {
+                    Ok(priced) => {
+                        if priced.tenant.org == UNATTRIBUTED {
+                            metrics::counter!(m::ENRICH_UNATTRIBUTED).increment(1);
+                        }
+                        let value = priced.to_avro().map_err(Error::codec)?;
+                        let wm = owned
+                            .dedup
+                            .watermark()
+                            .map(|w| w.timestamp_micros())
+                            .unwrap_or_default()
+                            .to_string();
+                        let hs = OwnedHeaders::new()
+                            .insert(Header {
+                                key: headers::EVENT_ID,
+                                value: Some(event_id.as_bytes()),
+                            })
+                            .insert(Header {
+                                key: headers::OCCURRED_AT,
+                                value: Some(occurred.as_bytes()),
+                            })
+                            .insert(Header {
+                                key: headers::WATERMARK,
+                                value: Some(wm.as_bytes()),
+                            });
+                        let mut rec = BaseRecord::to(topics::USAGE_PRICED)
+                            .partition(p)
+                            .payload(value.as_slice())
+                            .headers(hs);
+                        if let Some(k) = key {
+                            rec = rec.key(k);
+                        }
+                        send(&owned.producer, rec)?;
+                        metrics::counter!(m::ENRICH_EVENTS_PRICED).increment(1);
+                    }
+                    Err(r) => {
+                        reject(
+                            &owned.producer,
+                            p,
+                            key,
+                            payload,
+                            Some(&event_id),
+                            &r,
+                            &source,
+                            replays,
+                        )?;
+                    }
+                }
+            }
+        }
+        owned.batch.as_mut().expect("open batch").record(offset);
+        Ok(())
+    }
+
+    /// Commits every batch that is due (all open ones when `all`).
+    fn commit_due(&mut self, all: bool) -> Result<(), Error> {
+        let now = Instant::now();
+        let due: Vec<i32> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| {
+                o.batch
+                    .as_ref()
+                    .is_some_and(|b| (all && b.records > 0) || b.due(&self.policy, now))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.commit(p)?;
+        }
+        for o in self.owned.values() {
+            o.producer.poll(Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, p: i32) -> Result<(), Error> {
+        let t0 = Instant::now();
+        let timeout = txn_timeout(&self.cfg);
+        let meta = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| Error::Kafka("no consumer group metadata".into()))?;
+        let owned = self.owned.get_mut(&p).expect("owned partition");
+        let batch = owned.batch.clone().expect("open batch");
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(topics::USAGE_RAW, p, Offset::Offset(batch.next_offset))
+            .map_err(Error::kafka)?;
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            // 1. the consumed offsets join the transaction, 2. output + offsets commit together
+            let r = owned
+                .producer
+                .send_offsets_to_transaction(&offsets, &meta, timeout)
+                .and_then(|()| owned.producer.commit_transaction(timeout));
+            match r {
+                Ok(()) => break Ok(()),
+                Err(e) => match failure(&e) {
+                    TxnFailure::Retry if attempts < 5 => continue,
+                    TxnFailure::Fatal => break Err((TxnFailure::Fatal, e)),
+                    _ => break Err((TxnFailure::Abort, e)),
+                },
+            }
+        };
+        match result {
+            Ok(()) => {
+                // 3. only now are the batch's ids part of the committed output
+                owned.dedup.commit();
+                owned.batch = None;
+                metrics::counter!(m::ENRICH_TXN_COMMITS).increment(1);
+                metrics::histogram!(m::ENRICH_TXN_RECORDS).record(batch.records as f64);
+                metrics::histogram!(m::ENRICH_COMMIT_LATENCY).record(t0.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err((TxnFailure::Fatal, e)) => {
+                // Fenced: another instance owns p now. Give it up; nothing was committed.
+                warn!(partition = p, error = %e, "producer fenced; dropping partition");
+                self.owned.remove(&p);
+                metrics::counter!(m::ENRICH_TXN_ABORTS, m::LABEL_REASON => "fenced").increment(1);
+                Ok(())
+            }
+            Err((_, e)) => {
+                warn!(partition = p, error = %e, "transaction failed; aborting and rewinding");
+                let _ = owned.producer.abort_transaction(timeout);
+                owned.dedup.rollback();
+                owned.batch = None;
+                metrics::counter!(m::ENRICH_TXN_ABORTS, m::LABEL_REASON => "error").increment(1);
+                self.consumer
+                    .seek(
+                        topics::USAGE_RAW,
+                        p,
+                        Offset::Offset(batch.first_offset),
+                        Duration::from_secs(10),
+                    )
+                    .map_err(Error::kafka)
+            }
+        }
+    }
+
+    fn report_lag(&mut self) {
+        if self.last_lag_report.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.last_lag_report = Instant::now();
+        let Ok(pos) = self.consumer.position() else {
+            return;
+        };
+        for e in pos.elements_for_topic(topics::USAGE_RAW) {
+            if let Offset::Offset(o) = e.offset() {
+                if let Ok((_, hi)) = self.consumer.fetch_watermarks(
+                    topics::USAGE_RAW,
+                    e.partition(),
+                    Duration::from_millis(500),
+                ) {
+                    metrics::gauge!(m::ENRICH_CONSUMER_LAG, m::LABEL_PARTITION => e.partition().to_string())
+                        .set((hi - o).max(0) as f64);
+                }
+            }
+        }
+        let ids: usize = self.owned.values().map(|o| o.dedup.len()).sum();
+        metrics::gauge!(m::ENRICH_DEDUP_IDS).set(ids as f64);
+    }
+}
+
+fn replays_of(msg: &BorrowedMessage<'_>) -> u32 {
+    msg.headers()
+        .and_then(|hs| {
+            hs.iter()
+                .find(|h| h.key == headers::REPLAYS)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|s| s.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Writes the original bytes to the rejected topic (same partition) with the reason headers.
+#[allow(clippy::too_many_arguments)]
+fn reject(
+    producer: &BaseProducer,
+    p: i32,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    event_id: Option<&str>,
+    r: &Rejection,
+    source: &str,
+    replays: u32,
+) -> Result<(), Error> {
+    let replays = replays.to_string();
+    let mut hs = OwnedHeaders::new()
+        .insert(Header {
+            key: headers::REASON_CODE,
+            value: Some(r.code.as_bytes()),
+        })
+        .insert(Header {
+            key: headers::REASON_FIELD,
+            value: Some(r.field.as_bytes()),
+        })
+        .insert(Header {
+            key: headers::REASON,
+            value: Some(r.reason.as_bytes()),
+        })
+        .insert(Header {
+            key: headers::SOURCE,
+            value: Some(source.as_bytes()),
+        })
+        .insert(Header {
+            key: headers::REPLAYS,
+            value: Some(replays.as_bytes()),
+        });
+    if let Some(id) = event_id {
+        hs = hs.insert(Header {
+            key: headers::EVENT_ID,
+            value: Some(id.as_bytes()),
+        });
+    }
+    let mut rec = BaseRecord::to(topics::USAGE_REJECTED)
+        .partition(p)
+        .payload(payload)
+        .headers(hs);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    send(producer, rec)?;
+    metrics::counter!(m::ENRICH_EVENTS_REJECTED, m::LABEL_REASON => r.code).increment(1);
+    Ok(())
+}
