@@ -7,6 +7,7 @@ use std::path::Path;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use meterline_enrich::EnrichConfig;
 use meterline_ingest::IngestConfig;
 use meterline_schemas::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// The edge forwarder.
     pub ingest: IngestConfig,
+    /// Pricing and attribution.
+    pub enrich: EnrichConfig,
 }
 
 impl Config {
@@ -30,6 +33,7 @@ impl Config {
         let cfg: Config = f.merge(Env::prefixed("METERLINE_").split("__")).extract()?;
         cfg.kafka.validate()?;
         cfg.ingest.validate()?;
+        cfg.enrich.validate()?;
         Ok(cfg)
     }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use meterline::admin_cli::{self, PricesCmd, RejectedCmd, TenantsCmd};
 use meterline::{bench, config::Config, dev};
 
 #[derive(Parser)]
@@ -25,6 +26,17 @@ enum Cmd {
     Dev(dev::DevArgs),
     /// The edge forwarder (HTTP → Kafka, with spool).
     Ingest,
+    /// Pricing and attribution (raw → priced, exactly once).
+    Enrich,
+    /// The price book: import, diff, list, show.
+    #[command(subcommand)]
+    Prices(PricesCmd),
+    /// The tenant directory: import, list.
+    #[command(subcommand)]
+    Tenants(TenantsCmd),
+    /// Events that could not be priced: list, replay.
+    #[command(subcommand)]
+    Rejected(RejectedCmd),
     /// Prints the SHA-256 digest of a bearer token, for the `tokens` config.
     HashToken { token: String },
     /// Benchmarks against a raw baseline measured in the same run.
@@ -40,12 +52,22 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    let cfg = || Config::load(cli.config.as_deref());
     match cli.cmd {
+        Cmd::Prices(c) => admin_cli::prices(cfg()?.kafka, c).await,
+        Cmd::Tenants(c) => admin_cli::tenants(cfg()?.kafka, c).await,
+        Cmd::Rejected(c) => admin_cli::rejected(cfg()?.kafka, c).await,
+        Cmd::Enrich => {
+            let cfg = cfg()?;
+            let app = meterline_enrich::App::build(&cfg.kafka, cfg.enrich).await?;
+            dev::stop_on_signal(app.stop_token());
+            Ok(app.run_until_stopped().await?)
+        }
         Cmd::HashToken { token } => Ok(println!("{}", meterline_schemas::auth::hash_token(&token))),
-        Cmd::Dev(args) => dev::run(Config::load(cli.config.as_deref())?, args).await,
+        Cmd::Dev(args) => dev::run(cfg()?, args).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Ingest => {
-            let cfg = Config::load(cli.config.as_deref())?;
+            let cfg = cfg()?;
             let app = meterline_ingest::App::build(&cfg.kafka, cfg.ingest).await?;
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)

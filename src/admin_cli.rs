@@ -1,0 +1,280 @@
+//! `meterline prices | tenants | rejected`: configuration as events, and the rejected queue.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use meterline_enrich::admin::{self, Publication};
+use meterline_enrich::{litellm, native, tenants};
+use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_schemas::{topics, PriceChange};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PricesCmd {
+    /// Publishes a price file as PriceChange events (new and changed entries only).
+    Import(ImportArgs),
+    /// What `import` would publish, without publishing.
+    Diff(ImportArgs),
+    /// The latest version of every price.
+    List,
+    /// Every version of one price, with its rates.
+    Show { price_id: String },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// LiteLLM's model_prices_and_context_window.json, or a native TOML/JSON price file.
+    pub file: PathBuf,
+    /// `litellm` or `native`; default: litellm for files named model_prices*.json, else native.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// When the prices apply (RFC 3339). Required for LiteLLM files and for native entries
+    /// without their own `effective_from`.
+    #[arg(long)]
+    pub effective_from: Option<DateTime<Utc>>,
+    /// Why (kept with every change).
+    #[arg(long, default_value = "price import")]
+    pub reason: String,
+    #[arg(long, env = "USER", default_value = "meterline")]
+    pub author: String,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TenantsCmd {
+    /// Publishes tenant rules (CSV or YAML) as TenantChange events.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        effective_from: Option<DateTime<Utc>>,
+        #[arg(long, default_value = "tenant import")]
+        reason: String,
+        #[arg(long, env = "USER", default_value = "meterline")]
+        author: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The latest version of every rule.
+    List,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RejectedCmd {
+    /// Rejected events not yet replayed (`--all`: every one kept on the topic).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Re-submits pending rejections once (to be priced with the reference data of now).
+    Replay,
+}
+
+fn print_publication(what: &str, p: &Publication, dry_run: bool) {
+    let verb = if dry_run { "would publish" } else { "published" };
+    for (id, v) in &p.added {
+        println!("+ {id} v{v}");
+    }
+    for (id, v) in &p.changed {
+        println!("~ {id} v{v}");
+    }
+    println!(
+        "{what}: {verb} {} new, {} changed; {} unchanged",
+        p.added.len(),
+        p.changed.len(),
+        p.unchanged.len()
+    );
+}
+
+fn read_price_file(a: &ImportArgs) -> anyhow::Result<Vec<PriceChange>> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let name = a.file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let format = a.format.clone().unwrap_or_else(|| {
+        if name.starts_with("model_prices") {
+            "litellm".into()
+        } else {
+            "native".into()
+        }
+    });
+    let source = a.file.display().to_string();
+    match format.as_str() {
+        "litellm" => {
+            let from = a
+                .effective_from
+                .context("--effective-from is required for a LiteLLM catalog")?;
+            let import = litellm::import(&text, from, &a.author, &source)?;
+            eprintln!(
+                "LiteLLM catalog: {} entries priced, {} skipped (no unit meterline prices), {} values rounded from float noise",
+                import.changes.len(),
+                import.skipped_entries.len(),
+                import.rounded_values
+            );
+            Ok(import.changes)
+        }
+        "native" => Ok(native::parse(
+            &text,
+            native::Syntax::of_path(&a.file),
+            a.effective_from,
+            &a.author,
+            &source,
+        )?),
+        other => anyhow::bail!("unknown --format {other} (litellm or native)"),
+    }
+}
+
+async fn topics_ready(kafka: &KafkaConfig) -> anyhow::Result<()> {
+    if kafka.create_topics {
+        ensure_topics(kafka, &topics::all(kafka.usage_partitions)).await?;
+    }
+    Ok(())
+}
+
+/// Runs blocking Kafka admin work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+pub async fn prices(kafka: KafkaConfig, cmd: PricesCmd) -> anyhow::Result<()> {
+    topics_ready(&kafka).await?;
+    blocking(move || {
+        match cmd {
+            PricesCmd::Import(a) => {
+                let drafts = read_price_file(&a)?;
+                let p = admin::publish_prices(&kafka, drafts, &a.reason, false)?;
+                print_publication("prices", &p, false);
+            }
+            PricesCmd::Diff(a) => {
+                let drafts = read_price_file(&a)?;
+                let p = admin::publish_prices(&kafka, drafts, &a.reason, true)?;
+                print_publication("prices", &p, true);
+            }
+            PricesCmd::List => {
+                let r = admin::load(&kafka)?;
+                let book = r.prices.read().expect("price book");
+                let mut latest: Vec<&PriceChange> = book.latest().collect();
+                latest.sort_by(|a, b| a.price_id.cmp(&b.price_id));
+                println!("{:<56} {:>4} {:<14} {:<25} rates", "price_id", "ver", "provider", "effective_from");
+                for c in latest {
+                    println!(
+                        "{:<56} {:>4} {:<14} {:<25} {}{}",
+                        c.price_id,
+                        c.version,
+                        c.provider,
+                        c.effective_from.to_rfc3339(),
+                        c.rates.len(),
+                        if c.deleted { " (retired)" } else { "" }
+                    );
+                }
+            }
+            PricesCmd::Show { price_id } => {
+                let r = admin::load(&kafka)?;
+                let book = r.prices.read().expect("price book");
+                let versions = book.versions(&price_id);
+                anyhow::ensure!(!versions.is_empty(), "no price {price_id}");
+                for v in versions {
+                    println!(
+                        "{} v{}  {} → {}  {}  by {}: {}",
+                        v.price_id,
+                        v.version,
+                        v.effective_from.to_rfc3339(),
+                        v.effective_to.map(|t| t.to_rfc3339()).unwrap_or_else(|| "open".into()),
+                        v.currency,
+                        v.author,
+                        v.reason
+                    );
+                    for rate in &v.rates {
+                        let above = if rate.above_input_tokens > 0 {
+                            format!(" above {} input tokens", rate.above_input_tokens)
+                        } else {
+                            String::new()
+                        };
+                        println!("    {:<22} {:<9} {}{above}", rate.unit, rate.tier, rate.price);
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+pub async fn tenants(kafka: KafkaConfig, cmd: TenantsCmd) -> anyhow::Result<()> {
+    topics_ready(&kafka).await?;
+    blocking(move || {
+        match cmd {
+            TenantsCmd::Import {
+                file,
+                effective_from,
+                reason,
+                author,
+                dry_run,
+            } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let drafts = match file.extension().and_then(|e| e.to_str()) {
+                    Some("csv") => tenants::parse_csv(&text, effective_from, &author)?,
+                    _ => tenants::parse_yaml(&text, effective_from, &author)?,
+                };
+                let p = admin::publish_tenants(&kafka, drafts, &reason, dry_run)?;
+                print_publication("tenant rules", &p, dry_run);
+            }
+            TenantsCmd::List => {
+                let r = admin::load(&kafka)?;
+                let dir = r.tenants.read().expect("tenants");
+                let mut rules: Vec<_> = dir.latest().collect();
+                rules.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
+                for t in rules {
+                    println!(
+                        "{} v{} prio {}  {:?} → {}/{}/{}/{}  from {}",
+                        t.rule_id,
+                        t.version,
+                        t.priority,
+                        t.matches,
+                        t.tenant.org,
+                        t.tenant.business_unit.as_deref().unwrap_or("-"),
+                        t.tenant.cost_center.as_deref().unwrap_or("-"),
+                        t.tenant.team.as_deref().unwrap_or("-"),
+                        t.effective_from.to_rfc3339()
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+pub async fn rejected(kafka: KafkaConfig, cmd: RejectedCmd) -> anyhow::Result<()> {
+    topics_ready(&kafka).await?;
+    blocking(move || {
+        match cmd {
+            RejectedCmd::List { all } => {
+                let rs = admin::rejected(&kafka, all)?;
+                for r in &rs {
+                    println!(
+                        "{}/{}  {}  {}  {}: {} (replayed {}×, from {})",
+                        r.partition,
+                        r.offset,
+                        r.event_id.as_deref().unwrap_or("?"),
+                        r.code,
+                        r.field,
+                        r.reason,
+                        r.replays,
+                        r.source
+                    );
+                }
+                println!("{} rejected event(s)", rs.len());
+            }
+            RejectedCmd::Replay => {
+                let r = admin::replay(&kafka)?;
+                println!(
+                    "replayed {}; {} duplicate id(s) sent once; {} not replayable (undecodable)",
+                    r.replayed, r.duplicates, r.not_replayable
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+}
