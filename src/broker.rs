@@ -31,10 +31,10 @@ pub struct TansuBroker {
 
 const BROKER_BIN: &str = "meterline-broker";
 
-/// The broker binary: `$METERLINE_BROKER_BIN`, else `meterline-broker` on PATH, else where
+/// The broker binary: `$TANSU_BROKER_BIN`, else `meterline-broker` on PATH, else where
 /// `scripts/setup` installs it (`$TANSU_ROOT/bin`, default `$HOME/.local/tansu/bin`).
 pub fn tansu_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("METERLINE_BROKER_BIN") {
+    if let Ok(p) = std::env::var("TANSU_BROKER_BIN") {
         return Ok(PathBuf::from(p));
     }
     if let Some(paths) = std::env::var_os("PATH") {
@@ -54,7 +54,7 @@ pub fn tansu_bin() -> anyhow::Result<PathBuf> {
     {
         return Ok(p);
     }
-    bail!("{BROKER_BIN} not found: run scripts/setup (or `cargo install --locked --path scripts/broker`), or set METERLINE_BROKER_BIN")
+    bail!("{BROKER_BIN} not found: run scripts/setup (or `cargo install --locked --path scripts/broker`), or set TANSU_BROKER_BIN")
 }
 
 pub fn free_port() -> u16 {
