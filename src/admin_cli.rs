@@ -69,7 +69,11 @@ pub enum RejectedCmd {
 }
 
 fn print_publication(what: &str, p: &Publication, dry_run: bool) {
-    let verb = if dry_run { "would publish" } else { "published" };
+    let verb = if dry_run {
+        "would publish"
+    } else {
+        "published"
+    };
     for (id, v) in &p.added {
         println!("+ {id} v{v}");
     }
@@ -154,7 +158,10 @@ pub async fn prices(kafka: KafkaConfig, cmd: PricesCmd) -> anyhow::Result<()> {
                 let book = r.prices.read().expect("price book");
                 let mut latest: Vec<&PriceChange> = book.latest().collect();
                 latest.sort_by(|a, b| a.price_id.cmp(&b.price_id));
-                println!("{:<56} {:>4} {:<14} {:<25} rates", "price_id", "ver", "provider", "effective_from");
+                println!(
+                    "{:<56} {:>4} {:<14} {:<25} rates",
+                    "price_id", "ver", "provider", "effective_from"
+                );
                 for c in latest {
                     println!(
                         "{:<56} {:>4} {:<14} {:<25} {}{}",
@@ -178,7 +185,9 @@ pub async fn prices(kafka: KafkaConfig, cmd: PricesCmd) -> anyhow::Result<()> {
                         v.price_id,
                         v.version,
                         v.effective_from.to_rfc3339(),
-                        v.effective_to.map(|t| t.to_rfc3339()).unwrap_or_else(|| "open".into()),
+                        v.effective_to
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "open".into()),
                         v.currency,
                         v.author,
                         v.reason
@@ -189,7 +198,10 @@ pub async fn prices(kafka: KafkaConfig, cmd: PricesCmd) -> anyhow::Result<()> {
                         } else {
                             String::new()
                         };
-                        println!("    {:<22} {:<9} {}{above}", rate.unit, rate.tier, rate.price);
+                        println!(
+                            "    {:<22} {:<9} {}{above}",
+                            rate.unit, rate.tier, rate.price
+                        );
                     }
                 }
             }

@@ -27,6 +27,8 @@ pub struct DevArgs {
 
 /// The bearer token `meterline dev` accepts from edges.
 pub const DEV_EDGE_TOKEN: &str = "dev-edge-token";
+const DEV_PRICES: &str = include_str!("dev_prices.toml");
+const DEV_TENANTS: &str = include_str!("dev_tenants.yaml");
 
 /// Cancels `token` on Ctrl-C or SIGTERM.
 pub fn stop_on_signal(token: CancellationToken) {
@@ -61,6 +63,33 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     let addr = app.local_addr();
     let stop = app.stop_token();
     stop_on_signal(stop.clone());
+    // Demo reference data, as events (re-publishing unchanged entries is a no-op).
+    let kafka = cfg.kafka.clone();
+    let (prices, tenants) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let from = None;
+        let p = meterline_enrich::native::parse(
+            DEV_PRICES,
+            meterline_enrich::native::Syntax::Toml,
+            from,
+            "meterline dev",
+            "dev_prices.toml",
+        )?;
+        let t = meterline_enrich::tenants::parse_yaml(
+            DEV_TENANTS,
+            Some("2024-01-01T00:00:00Z".parse()?),
+            "meterline dev",
+        )?;
+        Ok((
+            meterline_enrich::admin::publish_prices(&kafka, p, "demo prices", false)?,
+            meterline_enrich::admin::publish_tenants(&kafka, t, "demo tenants", false)?,
+        ))
+    })
+    .await??;
+    cfg.enrich.listen = "127.0.0.1:0".into();
+    let enrich = meterline_enrich::App::build(&cfg.kafka, cfg.enrich.clone()).await?;
+    let enrich_addr = enrich.local_addr();
+    let enrich_stop = enrich.stop_token();
+    let enrich_task = tokio::spawn(enrich.run_until_stopped());
     println!("meterline dev");
     println!(
         "  broker   {} (tansu, {})",
@@ -69,6 +98,11 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  ingest   http://{addr}  (token: {DEV_EDGE_TOKEN})   metrics http://{addr}/metrics   spec http://{addr}/openapi.json");
     println!("  try      curl -H 'Authorization: Bearer {DEV_EDGE_TOKEN}' -H 'Content-Type: application/json' http://{addr}/v1/events -d '{{\"event_id\":\"hello-1\",\"occurred_at\":\"{}\",\"provider\":\"openai\",\"model\":\"gpt-4o\",\"operation\":\"chat\",\"team_id\":\"search\",\"usage\":{{\"input_tokens\":1000,\"output_tokens\":200}}}}'", Utc::now().to_rfc3339());
+    println!(
+        "  enrich   metrics http://{enrich_addr}/metrics   prices: {} new   tenant rules: {} new (meterline prices list, meterline rejected list)",
+        prices.added.len(),
+        tenants.added.len()
+    );
     if args.demo_rate > 0 {
         tokio::spawn(demo_traffic(
             format!("http://{addr}"),
@@ -77,6 +111,8 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
         ));
     }
     app.run_until_stopped().await?;
+    enrich_stop.cancel();
+    enrich_task.await??;
     drop(broker);
     Ok(())
 }

@@ -111,7 +111,12 @@ fn assert_exactly_once(all: &[PricedUsage], distinct: usize) {
     for p in all {
         *count.entry(p.event.event_id.as_str()).or_default() += 1;
         let i: usize = p.event.event_id["ev-".len()..].parse().unwrap();
-        assert_eq!(p.cost.total.to_string(), expected_cost(i), "{}", p.event.event_id);
+        assert_eq!(
+            p.cost.total.to_string(),
+            expected_cost(i),
+            "{}",
+            p.event.event_id
+        );
     }
     let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "priced more than once: {twice:?}");
@@ -127,7 +132,10 @@ fn spawn_enrich(h: &Harness, log: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_meterline"))
         .arg("enrich")
         .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
-        .env("METERLINE_KAFKA__USAGE_PARTITIONS", h.kafka.usage_partitions.to_string())
+        .env(
+            "METERLINE_KAFKA__USAGE_PARTITIONS",
+            h.kafka.usage_partitions.to_string(),
+        )
         .env("METERLINE_ENRICH__LISTEN", "127.0.0.1:0")
         .env("METERLINE_ENRICH__TXN_MAX_RECORDS", "100")
         .env("METERLINE_ENRICH__TXN_MAX_MS", "50")
@@ -177,7 +185,10 @@ async fn killed_repeatedly_mid_transaction_still_prices_each_id_once() {
         let mut child = spawn_enrich(&h, &log);
         let t0 = Instant::now();
         while !all_committed(&h) {
-            assert!(t0.elapsed() < Duration::from_secs(120), "stage did not catch up");
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "stage did not catch up"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         child.kill().unwrap();
@@ -210,7 +221,9 @@ async fn two_instances_with_rebalances_price_each_id_once() {
         ..Default::default()
     };
     // A starts alone; B joins mid-stream (rebalance); A leaves (rebalance); more input.
-    let a = meterline_enrich::App::build(&h.kafka, cfg.clone()).await.unwrap();
+    let a = meterline_enrich::App::build(&h.kafka, cfg.clone())
+        .await
+        .unwrap();
     let a_stop = a.stop_token();
     let a_task = tokio::spawn(a.run_until_stopped());
     eventually(Duration::from_secs(60), "A makes progress", || async {
@@ -221,7 +234,9 @@ async fn two_instances_with_rebalances_price_each_id_once() {
             > 0
     })
     .await;
-    let b = meterline_enrich::App::build(&h.kafka, cfg.clone()).await.unwrap();
+    let b = meterline_enrich::App::build(&h.kafka, cfg.clone())
+        .await
+        .unwrap();
     let b_stop = b.stop_token();
     let b_task = tokio::spawn(b.run_until_stopped());
     let k = h.kafka.brokers.clone();
@@ -237,7 +252,10 @@ async fn two_instances_with_rebalances_price_each_id_once() {
     let h = tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         while !all_committed(&h) {
-            assert!(t0.elapsed() < Duration::from_secs(120), "B did not catch up");
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "B did not catch up"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         assert_exactly_once(&priced(&h), 3500);

@@ -92,7 +92,14 @@ async fn publish_prices(h: &Harness, toml: &str) -> admin::Publication {
         .unwrap()
 }
 
-fn event(id: &str, at: &str, team: &str, model: &str, input: u64, output: u64) -> serde_json::Value {
+fn event(
+    id: &str,
+    at: &str,
+    team: &str,
+    model: &str,
+    input: u64,
+    output: u64,
+) -> serde_json::Value {
     json!({"event_id": id, "occurred_at": at, "provider": "openai", "model": model,
            "operation": "chat", "team_id": team,
            "usage": {"input_tokens": input, "output_tokens": output}})
@@ -105,17 +112,28 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     //    2026-01-01 and a future cut from 2030; tenant rules.
     let p = publish_prices(&h, PRICES_V1).await;
     assert_eq!((p.added.len(), p.changed.len()), (1, 0));
-    assert_eq!(publish_prices(&h, PRICES_V1).await.unchanged.len(), 1, "re-import is a no-op");
+    assert_eq!(
+        publish_prices(&h, PRICES_V1).await.unchanged.len(),
+        1,
+        "re-import is a no-op"
+    );
     let corrected = PRICES_V1
         .replace("2025-01-01", "2026-01-01")
         .replace("\"2.50\"", "\"2.00\"");
-    assert_eq!(publish_prices(&h, &corrected).await.changed, vec![("openai/gpt-4o".to_string(), 2)]);
+    assert_eq!(
+        publish_prices(&h, &corrected).await.changed,
+        vec![("openai/gpt-4o".to_string(), 2)]
+    );
     let future = PRICES_V1
         .replace("2025-01-01", "2030-01-01")
         .replace("\"2.50\"", "\"1.00\"");
-    assert_eq!(publish_prices(&h, &future).await.changed, vec![("openai/gpt-4o".to_string(), 3)]);
+    assert_eq!(
+        publish_prices(&h, &future).await.changed,
+        vec![("openai/gpt-4o".to_string(), 3)]
+    );
     let k = h.kafka.clone();
-    let rules = tenants::parse_yaml(TENANTS, Some("2020-01-01T00:00:00Z".parse().unwrap()), "t").unwrap();
+    let rules =
+        tenants::parse_yaml(TENANTS, Some("2020-01-01T00:00:00Z".parse().unwrap()), "t").unwrap();
     tokio::task::spawn_blocking(move || admin::publish_tenants(&k, rules, "test", false).unwrap())
         .await
         .unwrap();
@@ -123,13 +141,50 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     let enrich = start_enrich(&h).await;
     // 2. events: two periods, an edge retry (same id twice), an unknown team, an unknown model
     let batch = json!([
-        event("old-1", "2025-06-01T12:00:00Z", "search", "gpt-4o", 1_000_000, 100_000),
-        event("new-1", "2026-02-01T12:00:00Z", "search", "gpt-4o-2024-08-06", 1_000_000, 100_000),
-        event("new-1", "2026-02-01T12:00:00Z", "search", "gpt-4o-2024-08-06", 1_000_000, 100_000),
-        event("stray-1", "2026-02-01T12:00:00Z", "nobody", "gpt-4o", 10, 20),
-        event("mystery-1", "2026-02-01T12:00:00Z", "search", "mystery-model", 10, 20),
+        event(
+            "old-1",
+            "2025-06-01T12:00:00Z",
+            "search",
+            "gpt-4o",
+            1_000_000,
+            100_000
+        ),
+        event(
+            "new-1",
+            "2026-02-01T12:00:00Z",
+            "search",
+            "gpt-4o-2024-08-06",
+            1_000_000,
+            100_000
+        ),
+        event(
+            "new-1",
+            "2026-02-01T12:00:00Z",
+            "search",
+            "gpt-4o-2024-08-06",
+            1_000_000,
+            100_000
+        ),
+        event(
+            "stray-1",
+            "2026-02-01T12:00:00Z",
+            "nobody",
+            "gpt-4o",
+            10,
+            20
+        ),
+        event(
+            "mystery-1",
+            "2026-02-01T12:00:00Z",
+            "search",
+            "mystery-model",
+            10,
+            20
+        ),
     ]);
-    let (status, body) = h.post("/v1/events", "application/json", batch.to_string()).await;
+    let (status, body) = h
+        .post("/v1/events", "application/json", batch.to_string())
+        .await;
     assert_eq!(status, 200, "{body}");
     eventually(Duration::from_secs(60), "3 priced events", || async {
         priced(&h).await.len() >= 3
@@ -143,21 +198,42 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     };
     assert_eq!(rejected.len(), 1);
     assert_eq!(
-        (rejected[0].event_id.as_deref(), rejected[0].code.as_str(), rejected[0].field.as_str()),
+        (
+            rejected[0].event_id.as_deref(),
+            rejected[0].code.as_str(),
+            rejected[0].field.as_str()
+        ),
         (Some("mystery-1"), "no_price", "model")
     );
 
     // 3. the same event retried by the edge after a restart of the stage: still once
     enrich.stop().await;
-    let retry = event("new-1", "2026-02-01T12:00:00Z", "search", "gpt-4o-2024-08-06", 1_000_000, 100_000);
-    let (status, _) = h.post("/v1/events", "application/json", retry.to_string()).await;
+    let retry = event(
+        "new-1",
+        "2026-02-01T12:00:00Z",
+        "search",
+        "gpt-4o-2024-08-06",
+        1_000_000,
+        100_000,
+    );
+    let (status, _) = h
+        .post("/v1/events", "application/json", retry.to_string())
+        .await;
     assert_eq!(status, 200);
     let enrich = start_enrich(&h).await;
     // a marker event after the retry: once it is priced, the retry has been handled
     let marker = event("marker-1", "2026-02-01T12:01:00Z", "search", "gpt-4o", 1, 1);
-    assert_eq!(h.post("/v1/events", "application/json", marker.to_string()).await.0, 200);
+    assert_eq!(
+        h.post("/v1/events", "application/json", marker.to_string())
+            .await
+            .0,
+        200
+    );
     eventually(Duration::from_secs(60), "marker priced", || async {
-        priced(&h).await.iter().any(|p| p.event.event_id == "marker-1")
+        priced(&h)
+            .await
+            .iter()
+            .any(|p| p.event.event_id == "marker-1")
     })
     .await;
 
@@ -169,14 +245,22 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     .await;
     // The stage follows the prices topic live: wait until it has applied the new price (3
     // versions loaded by each of the two stage runs + this one = 7 records applied).
-    eventually(Duration::from_secs(30), "new price applied by the stage", || async {
-        let text = meterline_schemas::telemetry::prometheus().render();
-        text.lines()
-            .filter(|l| l.starts_with("meterline_enrich_reference_records_total") && l.contains("meterline.prices") && l.contains("applied"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-            >= 7.0
-    })
+    eventually(
+        Duration::from_secs(30),
+        "new price applied by the stage",
+        || async {
+            let text = meterline_schemas::telemetry::prometheus().render();
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("meterline_enrich_reference_records_total")
+                        && l.contains("meterline.prices")
+                        && l.contains("applied")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+                >= 7.0
+        },
+    )
     .await;
     let k = h.kafka.clone();
     let report = tokio::task::spawn_blocking(move || admin::replay(&k).unwrap())
@@ -189,7 +273,10 @@ async fn prices_attributes_dedups_rejects_and_replays() {
         .unwrap();
     assert_eq!(again.replayed, 0, "a replay re-submits each rejection once");
     eventually(Duration::from_secs(60), "mystery priced", || async {
-        priced(&h).await.iter().any(|p| p.event.event_id == "mystery-1")
+        priced(&h)
+            .await
+            .iter()
+            .any(|p| p.event.event_id == "mystery-1")
     })
     .await;
     enrich.stop().await;
@@ -202,7 +289,13 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     let counts: HashMap<&str, usize> = by_id.iter().map(|(k, v)| (*k, v.len())).collect();
     assert_eq!(
         counts,
-        HashMap::from([("old-1", 1), ("new-1", 1), ("stray-1", 1), ("marker-1", 1), ("mystery-1", 1)]),
+        HashMap::from([
+            ("old-1", 1),
+            ("new-1", 1),
+            ("stray-1", 1),
+            ("marker-1", 1),
+            ("mystery-1", 1)
+        ]),
         "every id priced exactly once"
     );
     let one = |id: &str| by_id[id][0];

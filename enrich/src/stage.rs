@@ -211,7 +211,7 @@ impl Stage {
                 self.handle(p, offset, key.as_deref(), &payload, replays)?;
             }
             self.commit_due(false)?;
-            self.report_lag();
+            self.report_gauges();
         }
         self.commit_due(true)?;
         self.consumer.unsubscribe();
@@ -512,26 +512,11 @@ impl Stage {
         }
     }
 
-    fn report_lag(&mut self) {
+    fn report_gauges(&mut self) {
         if self.last_lag_report.elapsed() < Duration::from_secs(5) {
             return;
         }
         self.last_lag_report = Instant::now();
-        let Ok(pos) = self.consumer.position() else {
-            return;
-        };
-        for e in pos.elements_for_topic(topics::USAGE_RAW) {
-            if let Offset::Offset(o) = e.offset() {
-                if let Ok((_, hi)) = self.consumer.fetch_watermarks(
-                    topics::USAGE_RAW,
-                    e.partition(),
-                    Duration::from_millis(500),
-                ) {
-                    metrics::gauge!(m::ENRICH_CONSUMER_LAG, m::LABEL_PARTITION => e.partition().to_string())
-                        .set((hi - o).max(0) as f64);
-                }
-            }
-        }
         let ids: usize = self.owned.values().map(|o| o.dedup.len()).sum();
         metrics::gauge!(m::ENRICH_DEDUP_IDS).set(ids as f64);
     }
