@@ -116,8 +116,8 @@ impl DedupWindow {
         }
         let t = occurred_at.timestamp_micros();
         let id = id_hash(event_id);
-        if !self.seen.contains_key(&id) {
-            self.seen.insert(id, t);
+        if let std::collections::hash_map::Entry::Vacant(v) = self.seen.entry(id) {
+            v.insert(t);
             self.by_time.push(Reverse((t, id)));
         }
         self.committed_watermark = self.watermark;
