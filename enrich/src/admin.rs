@@ -43,8 +43,7 @@ fn flush(p: &BaseProducer) -> Result<(), Error> {
 
 /// Reads the reference topics as enrich will see them.
 pub fn load(kafka: &KafkaConfig) -> Result<Reference, Error> {
-    let (r, _) = reference::load(kafka, LOAD_TIMEOUT)?;
-    Ok(std::sync::Arc::try_unwrap(r).unwrap_or_default())
+    Ok(reference::load(kafka, LOAD_TIMEOUT)?.0)
 }
 
 fn same_price(a: &PriceChange, b: &PriceChange) -> bool {

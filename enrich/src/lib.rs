@@ -12,6 +12,7 @@ pub mod admin;
 pub mod config;
 pub mod cost;
 pub mod dedup;
+pub mod history;
 pub mod litellm;
 pub mod native;
 pub mod price_book;

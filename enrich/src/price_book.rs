@@ -17,10 +17,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use meterline_schemas::PriceChange;
 
+use crate::history::History;
+
 #[derive(Default)]
 pub struct PriceBook {
-    /// price_id → versions ordered by (effective_from, version).
-    versions: HashMap<String, Vec<PriceChange>>,
+    versions: History<PriceChange>,
     /// lower-cased name → price_ids that answer to it (canonical model names and aliases).
     names: HashMap<String, Vec<String>>,
 }
@@ -83,26 +84,15 @@ impl PriceBook {
                 ids.push(change.price_id.clone());
             }
         }
-        let vs = self.versions.entry(change.price_id.clone()).or_default();
-        vs.retain(|v| v.version != change.version);
-        vs.push(change);
-        vs.sort_by_key(|v| (v.effective_from, v.version));
-    }
-
-    /// The version of `price_id` in force at `at`.
-    fn in_force(&self, price_id: &str, at: DateTime<Utc>) -> Option<&PriceChange> {
-        let vs = self.versions.get(price_id)?;
-        let v = vs.iter().rev().find(|v| v.effective_from <= at)?;
-        if v.deleted || v.effective_to.is_some_and(|end| at >= end) {
-            return None;
-        }
-        Some(v)
+        self.versions.insert(change);
     }
 
     fn lookup(&self, provider: &str, name: &str, at: DateTime<Utc>) -> Option<&PriceChange> {
         let ids = self.names.get(&name.to_ascii_lowercase())?;
-        let in_force: Vec<&PriceChange> =
-            ids.iter().filter_map(|id| self.in_force(id, at)).collect();
+        let in_force: Vec<&PriceChange> = ids
+            .iter()
+            .filter_map(|id| self.versions.in_force(id, at))
+            .collect();
         in_force
             .iter()
             .find(|c| c.provider.eq_ignore_ascii_case(provider))
@@ -130,17 +120,12 @@ impl PriceBook {
 
     /// Every version of `price_id`, ordered by (effective_from, version).
     pub fn versions(&self, price_id: &str) -> &[PriceChange] {
-        self.versions
-            .get(price_id)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.versions.versions(price_id)
     }
 
     /// The highest version of every entry.
     pub fn latest(&self) -> impl Iterator<Item = &PriceChange> {
-        self.versions
-            .values()
-            .filter_map(|vs| vs.iter().max_by_key(|v| v.version))
+        self.versions.latest()
     }
 
     pub fn len(&self) -> usize {

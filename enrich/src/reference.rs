@@ -67,11 +67,8 @@ fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer, Error> {
 }
 
 /// Reads both reference topics to their current end into `Reference`.
-pub fn load(
-    kafka: &KafkaConfig,
-    timeout: Duration,
-) -> Result<(Arc<Reference>, BaseConsumer), Error> {
-    let reference = Arc::new(Reference::default());
+pub fn load(kafka: &KafkaConfig, timeout: Duration) -> Result<(Reference, BaseConsumer), Error> {
+    let reference = Reference::default();
     let c = consumer(kafka)?;
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
@@ -127,6 +124,7 @@ pub fn load_and_follow(
     stop: CancellationToken,
 ) -> Result<Arc<Reference>, Error> {
     let (reference, c) = load(kafka, timeout)?;
+    let reference = Arc::new(reference);
     let r = reference.clone();
     std::thread::Builder::new()
         .name("enrich-reference".into())

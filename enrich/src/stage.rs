@@ -345,13 +345,22 @@ impl Stage {
             owned.batch = Some(Batch::open(offset, Instant::now()));
         }
         metrics::counter!(m::ENRICH_EVENTS_IN).increment(1);
-        let source = format!("{}/{p}/{offset}", topics::USAGE_RAW);
+        let source = || format!("{}/{p}/{offset}", topics::USAGE_RAW);
         let event = match UsageEvent::from_avro(payload) {
             Ok(e) => e,
             Err(e) => {
                 // Poison: cannot be read by this version. Kept whole on the rejected topic.
                 let r = Rejection::undecodable(e);
-                reject(&owned.producer, p, key, payload, None, &r, &source, replays)?;
+                reject(
+                    &owned.producer,
+                    p,
+                    key,
+                    payload,
+                    None,
+                    &r,
+                    &source(),
+                    replays,
+                )?;
                 owned.batch.as_mut().expect("open batch").record(offset);
                 return Ok(());
             }
@@ -414,7 +423,7 @@ impl Stage {
                             payload,
                             Some(&event_id),
                             &r,
-                            &source,
+                            &source(),
                             replays,
                         )?;
                     }

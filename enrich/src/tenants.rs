@@ -25,6 +25,8 @@ use chrono::{DateTime, Utc};
 use meterline_schemas::{TenantChange, TenantMatch, TenantPath, UsageEvent};
 use serde::Deserialize;
 
+use crate::history::History;
+
 /// The org name of events no rule claims.
 pub const UNATTRIBUTED: &str = "unattributed";
 
@@ -41,8 +43,7 @@ pub fn unattributed() -> TenantPath {
 
 #[derive(Default)]
 pub struct TenantDirectory {
-    /// rule_id → versions ordered by (effective_from, version).
-    versions: HashMap<String, Vec<TenantChange>>,
+    versions: History<TenantChange>,
     /// "field=value" of a rule's first named key → rule ids, so a lookup only tests rules that
     /// can match (catch-all rules are under "").
     index: HashMap<String, Vec<String>>,
@@ -114,20 +115,7 @@ impl TenantDirectory {
         if !ids.contains(&change.rule_id) {
             ids.push(change.rule_id.clone());
         }
-        let vs = self.versions.entry(change.rule_id.clone()).or_default();
-        vs.retain(|v| v.version != change.version);
-        vs.push(change);
-        vs.sort_by_key(|v| (v.effective_from, v.version));
-    }
-
-    fn in_force(&self, rule_id: &str, at: DateTime<Utc>) -> Option<&TenantChange> {
-        let v = self
-            .versions
-            .get(rule_id)?
-            .iter()
-            .rev()
-            .find(|v| v.effective_from <= at)?;
-        (!v.deleted && v.effective_to.is_none_or(|end| at < end)).then_some(v)
+        self.versions.insert(change);
     }
 
     /// The tenant of `event` at its `occurred_at`, and the rule that decided it (None for
@@ -140,7 +128,7 @@ impl TenantDirectory {
             .filter_map(|k| self.index.get(&k))
             .flatten();
         for id in candidates {
-            let Some(rule) = self.in_force(id, event.occurred_at) else {
+            let Some(rule) = self.versions.in_force(id, event.occurred_at) else {
                 continue;
             };
             // A rule indexed under one key may have moved (a new version with other keys).
@@ -166,9 +154,7 @@ impl TenantDirectory {
 
     /// Latest version of every rule (for `tenants list` and numbering new versions).
     pub fn latest(&self) -> impl Iterator<Item = &TenantChange> {
-        self.versions
-            .values()
-            .filter_map(|vs| vs.iter().max_by_key(|v| v.version))
+        self.versions.latest()
     }
 
     pub fn len(&self) -> usize {
