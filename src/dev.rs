@@ -64,27 +64,7 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     let stop = app.stop_token();
     stop_on_signal(stop.clone());
     // Demo reference data, as events (re-publishing unchanged entries is a no-op).
-    let kafka = cfg.kafka.clone();
-    let (prices, tenants) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let from = None;
-        let p = meterline_enrich::native::parse(
-            DEV_PRICES,
-            meterline_enrich::native::Syntax::Toml,
-            from,
-            "meterline dev",
-            "dev_prices.toml",
-        )?;
-        let t = meterline_enrich::tenants::parse_yaml(
-            DEV_TENANTS,
-            Some("2024-01-01T00:00:00Z".parse()?),
-            "meterline dev",
-        )?;
-        Ok((
-            meterline_enrich::admin::publish_prices(&kafka, p, "demo prices", false)?,
-            meterline_enrich::admin::publish_tenants(&kafka, t, "demo tenants", false)?,
-        ))
-    })
-    .await??;
+    let (prices, tenants) = publish_demo_reference(cfg.kafka.clone()).await?;
     cfg.enrich.listen = "127.0.0.1:0".into();
     let enrich = meterline_enrich::App::build(&cfg.kafka, cfg.enrich.clone()).await?;
     let enrich_addr = enrich.local_addr();
@@ -115,6 +95,34 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     enrich_task.await??;
     drop(broker);
     Ok(())
+}
+
+/// Publishes the demo price book and tenant rules (unchanged entries publish nothing).
+pub async fn publish_demo_reference(
+    kafka: meterline_schemas::kafka::KafkaConfig,
+) -> anyhow::Result<(
+    meterline_enrich::admin::Publication,
+    meterline_enrich::admin::Publication,
+)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let p = meterline_enrich::native::parse(
+            DEV_PRICES,
+            meterline_enrich::native::Syntax::Toml,
+            None,
+            "meterline dev",
+            "dev_prices.toml",
+        )?;
+        let t = meterline_enrich::tenants::parse_yaml(
+            DEV_TENANTS,
+            Some("2024-01-01T00:00:00Z".parse()?),
+            "meterline dev",
+        )?;
+        Ok((
+            meterline_enrich::admin::publish_prices(&kafka, p, "demo prices", false)?,
+            meterline_enrich::admin::publish_tenants(&kafka, t, "demo tenants", false)?,
+        ))
+    })
+    .await?
 }
 
 const DEMO_MODELS: [(&str, &str); 4] = [

@@ -9,12 +9,20 @@
 //!   request's total input applies (`_above_200k_tokens` applies from 200,001 tokens);
 //! - fallbacks where providers bill the same: cache read/write without a rate → input rate
 //!   (no discount), 1h cache write → 5m rate, reasoning → output rate, audio → text rates;
-//! - a quantity > 0 whose unit has no rate at all is an error (the event is rejected), never $0.
+//! - a quantity > 0 whose unit has no rate at all is an error (the event is rejected), never $0;
+//! - seconds are metered at nanosecond precision (a quantity with more decimals is rounded
+//!   half-even to 9 first); the cost is then quantity × rate computed exactly and rounded once,
+//!   half-even, to 18 decimals. A product rust_decimal cannot hold exactly (over 28 significant
+//!   digits) is an overflow error, so no cost is ever rounded twice.
 
+use meterline_schemas::money::MONEY_SCALE;
 use meterline_schemas::{CostLines, Money, Rate, ServiceTier, Usage};
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::Error;
+
+/// Decimals a fractional quantity (seconds) is metered at.
+const QTY_SCALE: u32 = 9;
 
 /// Rate units (the `unit` of a `Rate`).
 pub mod unit {
@@ -66,8 +74,7 @@ impl RateCard<'_> {
     }
 }
 
-/// quantity × the first available rate among `units`. Integer quantities are exact; a
-/// fractional quantity (seconds) beyond 18 decimals is rounded half-even.
+/// quantity × the first available rate among `units`, exact, then rounded once to 18 decimals.
 fn line(
     qty: impl Into<Decimal>,
     units: &[&'static str],
@@ -75,7 +82,10 @@ fn line(
     tier: ServiceTier,
     total_input: i64,
 ) -> Result<Money, Error> {
-    let qty: Decimal = qty.into();
+    let mut qty: Decimal = qty.into();
+    if qty.scale() > QTY_SCALE {
+        qty = qty.round_dp_with_strategy(QTY_SCALE, RoundingStrategy::MidpointNearestEven);
+    }
     if qty.is_zero() {
         return Ok(Money::ZERO);
     }
@@ -86,11 +96,17 @@ fn line(
             unit: units[0],
             tier: tier.as_str().to_string(),
         })?;
+    let rate = rate.decimal();
     let cost = rate
-        .decimal()
         .checked_mul(qty)
         .ok_or(Error::Overflow { what: units[0] })?;
-    Ok(Money::new(cost).unwrap_or_else(|_| Money::rounded(cost)))
+    // rust_decimal reduces the scale (rounding) when a product does not fit its 96 bits:
+    // refuse that rather than round twice.
+    if cost.scale() != rate.scale() + qty.scale() && !cost.is_zero() {
+        return Err(Error::Overflow { what: units[0] });
+    }
+    let cost = cost.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointNearestEven);
+    Money::new(cost).map_err(|_| Error::Overflow { what: units[0] })
 }
 
 fn add(parts: &[Money], what: &'static str) -> Result<Money, Error> {
@@ -103,7 +119,9 @@ fn add(parts: &[Money], what: &'static str) -> Result<Money, Error> {
 /// Prices one event's usage.
 pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLines, Error> {
     use unit::*;
-    let n = usage.total_input_tokens();
+    let n = usage.total_input_tokens().ok_or(Error::Overflow {
+        what: "total input tokens",
+    })?;
     let input = line(usage.input_tokens, &[INPUT], card, tier, n)?;
     let cache_read = line(usage.cache_read_tokens, &[CACHE_READ, INPUT], card, tier, n)?;
     let cache_write = add(

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use meterline_schemas::kafka::KafkaConfig;
+use meterline_schemas::lag::{self, LagTracker};
 use meterline_schemas::metric_names as m;
 use meterline_schemas::topics::{self, headers};
 use meterline_schemas::{AvroRecord, UsageEvent};
@@ -32,9 +33,12 @@ use crate::Error;
 
 /// Rebalance callbacks only record what happened; the loop acts on it after `poll` returns.
 /// Correctness does not depend on acting in time: a new owner's `init_transactions` fences us.
+/// librdkafka's periodic statistics (`statistics.interval.ms`) arrive here too, on the poll
+/// thread: they carry each partition's offsets, so lag is reported without a broker round trip.
 #[derive(Default)]
 pub struct RebalanceLog {
     events: Mutex<Vec<RebalanceEvent>>,
+    lag: Mutex<LagTracker>,
 }
 
 #[derive(Debug)]
@@ -50,7 +54,21 @@ fn raw_partitions(tpl: &TopicPartitionList) -> Vec<i32> {
         .collect()
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let offsets = lag::offsets_of(&stats, topics::USAGE_RAW);
+        let report = self
+            .lag
+            .lock()
+            .expect("lag tracker")
+            .report(stats.ts, &offsets);
+        lag::publish(
+            &report,
+            m::ENRICH_CONSUMER_LAG,
+            m::ENRICH_BACKLOG_DRAIN_SECONDS,
+        );
+    }
+}
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = r {
@@ -77,7 +95,29 @@ struct Owned {
     batch: Option<Batch>,
 }
 
+/// Per-event counters, registered once (the `counter!` macro looks the key up on every call).
+struct Counters {
+    events_in: metrics::Counter,
+    priced: metrics::Counter,
+    duplicates: metrics::Counter,
+    late: metrics::Counter,
+    unattributed: metrics::Counter,
+}
+
+impl Counters {
+    fn register() -> Counters {
+        Counters {
+            events_in: metrics::counter!(m::ENRICH_EVENTS_IN),
+            priced: metrics::counter!(m::ENRICH_EVENTS_PRICED),
+            duplicates: metrics::counter!(m::ENRICH_DUPLICATES_DROPPED),
+            late: metrics::counter!(m::ENRICH_LATE_EVENTS),
+            unattributed: metrics::counter!(m::ENRICH_UNATTRIBUTED),
+        }
+    }
+}
+
 pub struct Stage {
+    counters: Counters,
     kafka: KafkaConfig,
     cfg: EnrichConfig,
     consumer: BaseConsumer<RebalanceLog>,
@@ -135,6 +175,7 @@ impl Stage {
                 (cfg.session_timeout_ms / 4).max(250).to_string(),
             )
             .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
+            .set("statistics.interval.ms", "5000")
             .create_with_context(RebalanceLog::default())
             .map_err(Error::kafka)?;
         let tail_reader: BaseConsumer = kafka
@@ -174,6 +215,7 @@ impl Stage {
             max_age: Duration::from_millis(cfg.txn_max_ms),
         };
         Ok(Stage {
+            counters: Counters::register(),
             kafka,
             cfg,
             consumer,
@@ -344,7 +386,7 @@ impl Stage {
             owned.producer.begin_transaction().map_err(Error::kafka)?;
             owned.batch = Some(Batch::open(offset, Instant::now()));
         }
-        metrics::counter!(m::ENRICH_EVENTS_IN).increment(1);
+        self.counters.events_in.increment(1);
         let source = || format!("{}/{p}/{offset}", topics::USAGE_RAW);
         let event = match UsageEvent::from_avro(payload) {
             Ok(e) => e,
@@ -367,11 +409,11 @@ impl Stage {
         };
         match owned.dedup.admit(&event.event_id, event.occurred_at) {
             Verdict::Duplicate => {
-                metrics::counter!(m::ENRICH_DUPLICATES_DROPPED).increment(1);
+                self.counters.duplicates.increment(1);
             }
             verdict => {
                 if verdict == Verdict::Late {
-                    metrics::counter!(m::ENRICH_LATE_EVENTS).increment(1);
+                    self.counters.late.increment(1);
                 }
                 let event_id = event.event_id.clone();
                 let occurred = event.occurred_at.timestamp_micros().to_string();
@@ -383,7 +425,7 @@ impl Stage {
                 match priced {
                     Ok(priced) => {
                         if priced.tenant.org == UNATTRIBUTED {
-                            metrics::counter!(m::ENRICH_UNATTRIBUTED).increment(1);
+                            self.counters.unattributed.increment(1);
                         }
                         let value = priced.to_avro().map_err(Error::codec)?;
                         let wm = owned
@@ -413,7 +455,7 @@ impl Stage {
                             rec = rec.key(k);
                         }
                         send(&owned.producer, rec)?;
-                        metrics::counter!(m::ENRICH_EVENTS_PRICED).increment(1);
+                        self.counters.priced.increment(1);
                     }
                     Err(r) => {
                         reject(

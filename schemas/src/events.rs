@@ -120,12 +120,16 @@ pub struct Usage {
 
 impl Usage {
     /// Every input token of the request, cached or not: what context-length tiers look at.
-    pub fn total_input_tokens(&self) -> i64 {
-        self.input_tokens
-            + self.cache_read_tokens
-            + self.cache_write_5m_tokens
-            + self.cache_write_1h_tokens
-            + self.audio_input_tokens
+    /// `None` if the sum overflows i64 (only a corrupt record can get there).
+    pub fn total_input_tokens(&self) -> Option<i64> {
+        [
+            self.cache_read_tokens,
+            self.cache_write_5m_tokens,
+            self.cache_write_1h_tokens,
+            self.audio_input_tokens,
+        ]
+        .iter()
+        .try_fold(self.input_tokens, |a, b| a.checked_add(*b))
     }
 
     pub fn total_output_tokens(&self) -> i64 {

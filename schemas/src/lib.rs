@@ -8,6 +8,7 @@ pub mod auth;
 pub mod codec;
 pub mod events;
 pub mod kafka;
+pub mod lag;
 pub mod metric_names;
 pub mod money;
 pub mod telemetry;

@@ -28,6 +28,7 @@ pub const ENRICH_COMMIT_LATENCY: &str = "meterline_enrich_commit_latency_seconds
 pub const ENRICH_DEDUP_IDS: &str = "meterline_enrich_dedup_window_ids";
 pub const ENRICH_REBUILD_SECONDS: &str = "meterline_enrich_dedup_rebuild_seconds";
 pub const ENRICH_CONSUMER_LAG: &str = "meterline_enrich_consumer_lag";
+pub const ENRICH_BACKLOG_DRAIN_SECONDS: &str = "meterline_enrich_backlog_drain_seconds";
 pub const ENRICH_REFERENCE_RECORDS: &str = "meterline_enrich_reference_records_total";
 
 // label keys

@@ -3,9 +3,10 @@
 //! (a decimal string, never a float).
 //!
 //! Why scale 18: list prices go down to 1e-9 USD per unit and costs are quantity × price, so
-//! 18 decimals keep every realistic cost exact. rust_decimal's 96-bit mantissa then bounds a
-//! single in-process value to about ±7.9e10 (79 billion) — far above any one event, period
-//! total or budget; larger values are an error, never a silent truncation.
+//! 18 decimals keep every realistic cost exact. The range is Decimal(38, 18)'s: |v| < 10^20.
+//! In process, rust_decimal keeps 28–29 significant digits, so amounts above ~7.9e10 carry
+//! fewer than 18 decimals; their unscaled form is computed in i128 and stays exact. A value
+//! outside the range, or one that cannot be held exactly, is an error — never a truncation.
 
 use std::fmt;
 use std::ops::{Add, AddAssign, Sub};
@@ -34,8 +35,14 @@ impl Money {
         if n.scale() > MONEY_SCALE {
             return Err(Error::MoneyScale(d.to_string()));
         }
+        if n.abs() >= Self::LIMIT {
+            return Err(Error::MoneyRange(d.to_string()));
+        }
         Ok(Money(n))
     }
+
+    /// 10^20: the first magnitude Decimal(38, 18) cannot hold.
+    const LIMIT: Decimal = Decimal::from_parts(1_661_992_960, 1_808_227_885, 5, false, 0);
 
     /// Rounds half-to-even to [`MONEY_SCALE`] decimals (for float-polluted catalog values).
     pub fn rounded(d: Decimal) -> Self {
@@ -54,17 +61,28 @@ impl Money {
     }
 
     /// Unscaled integer at [`MONEY_SCALE`]: the Arrow `Decimal128` representation.
+    /// In i128 (not by rescaling the Decimal, which silently drops digits past 96 bits).
+    /// Panics only for a value outside Decimal(38, 18), which `new` and `checked_add` refuse.
     pub fn to_unscaled(&self) -> i128 {
-        let mut d = self.0;
-        d.rescale(MONEY_SCALE);
-        d.mantissa()
+        let scale = self.0.scale().min(MONEY_SCALE);
+        self.0
+            .mantissa()
+            .checked_mul(10i128.pow(MONEY_SCALE - scale))
+            .expect("Money is within Decimal(38, 18)")
     }
 
-    /// Inverse of [`Money::to_unscaled`]; fails beyond rust_decimal's 96-bit range.
+    /// Inverse of [`Money::to_unscaled`]. Trailing zeros are dropped first, so large round
+    /// amounts fit rust_decimal's 96-bit mantissa; a value that still does not fit, or is
+    /// outside Decimal(38, 18), is an error.
     pub fn from_unscaled(v: i128) -> Result<Self, Error> {
-        Decimal::try_from_i128_with_scale(v, MONEY_SCALE)
-            .map(|d| Money(d.normalize()))
+        let (mut m, mut scale) = (v, MONEY_SCALE);
+        while scale > 0 && m % 10 == 0 && m.unsigned_abs() >> 96 != 0 {
+            m /= 10;
+            scale -= 1;
+        }
+        Decimal::try_from_i128_with_scale(m, scale)
             .map_err(|_| Error::MoneyRange(v.to_string()))
+            .and_then(Money::new)
     }
 
     /// Avro `decimal` bytes: big-endian two's complement of the unscaled value, minimal length.
@@ -94,8 +112,9 @@ impl Money {
         Self::from_unscaled(i128::from_be_bytes(buf))
     }
 
+    /// None beyond Decimal(38, 18).
     pub fn checked_add(self, o: Money) -> Option<Money> {
-        self.0.checked_add(o.0).map(Money)
+        self.0.checked_add(o.0).and_then(|d| Money::new(d).ok())
     }
 }
 
@@ -237,6 +256,21 @@ mod tests {
         );
         assert!("abc".parse::<Money>().is_err());
         assert!("".parse::<Money>().is_err());
+    }
+
+    #[test]
+    fn large_amounts_are_exact_or_refused_never_truncated() {
+        // 10^11 cannot keep 18 decimals in rust_decimal's 96 bits; its unscaled form is exact.
+        let big: Money = "100000000000".parse().unwrap();
+        assert_eq!(big.to_unscaled(), 10i128.pow(29));
+        assert_eq!(Money::from_avro_bytes(&big.to_avro_bytes()).unwrap(), big);
+        let edge: Money = "99999999999999999999".parse().unwrap();
+        assert_eq!(Money::from_unscaled(edge.to_unscaled()).unwrap(), edge);
+        // 10^20 is outside Decimal(38, 18)
+        assert!("100000000000000000000".parse::<Money>().is_err());
+        assert_eq!(edge.checked_add("1".parse().unwrap()), None);
+        // digits rust_decimal cannot hold at that magnitude are refused, not rounded
+        assert!(Money::from_unscaled(10i128.pow(29) + 1).is_err());
     }
 
     #[test]

@@ -317,7 +317,7 @@ mod tests {
             ),
             (93, 1024, 36, 10)
         );
-        assert_eq!(u.total_input_tokens(), 1117);
+        assert_eq!(u.total_input_tokens(), Some(1117));
     }
 
     #[test]
@@ -339,7 +339,7 @@ mod tests {
             ),
             (13, 50, 60, 40)
         );
-        assert_eq!(u.total_input_tokens(), 163);
+        assert_eq!(u.total_input_tokens(), Some(163));
     }
 
     #[test]
@@ -407,7 +407,7 @@ mod tests {
             ),
             (800, 200, 0)
         );
-        assert_eq!(u.total_input_tokens(), 1000);
+        assert_eq!(u.total_input_tokens(), Some(1000));
         let big = 1i64 << 62;
         let e = normalize("openai", &json!({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": big, "audio_tokens": big, "cache_write_tokens": big}}), "usage").unwrap_err();
         assert_eq!(e.field, "usage.prompt_tokens");

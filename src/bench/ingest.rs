@@ -1,13 +1,11 @@
 //! `meterline bench ingest`: in one run on one broker, a bare rdkafka producer sending
 //! pre-encoded records of the same size (the raw baseline), then the ingest HTTP path fed by a
 //! concurrent load generator with batched native JSON. Prints both rates, their ratio, the
-//! ingest process's CPU µs per event and its peak RSS. Ratios, not absolute numbers, are what
-//! compare across (noisy, 2-core) machines.
+//! ingest process's CPU µs per event and its peak RSS.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures::future::join_all;
 use meterline_ingest::IngestConfig;
 use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
@@ -15,73 +13,10 @@ use meterline_schemas::topics::TopicSpec;
 use rand::SeedableRng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::broker::{free_port, Storage, TansuBroker};
+use super::{cpu_micros, peak_rss_kib, post, wait_healthy};
+use crate::broker::free_port;
 
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub what: BenchWhat,
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum BenchWhat {
-    /// Edge forwarder vs. a bare producer.
-    Ingest {
-        /// Events per side.
-        #[arg(long, default_value_t = 200_000)]
-        events: usize,
-        /// Events per HTTP request.
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        /// Concurrent HTTP requests in flight.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        /// Use this cluster instead of a local tansu.
-        #[arg(long)]
-        brokers: Option<String>,
-        /// Storage of the local tansu: memory (needs tansu built with `dynostore`) or sqlite.
-        #[arg(long, default_value = "memory")]
-        storage: String,
-    },
-}
-
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.what {
-        BenchWhat::Ingest {
-            events,
-            batch,
-            concurrency,
-            brokers,
-            storage,
-        } => bench_ingest(events, batch, concurrency, brokers, &storage).await,
-    }
-}
-
-/// CPU time (user + system) of a process, in microseconds, from /proc.
-fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Ok(ticks * 1_000_000 / hz)
-}
-
-/// Peak resident set size (VmHWM) in KiB.
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("VmHWM")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmHWM value")?
-        .parse()?)
-}
-
-async fn bench_ingest(
+pub(super) async fn run(
     events: usize,
     batch: usize,
     concurrency: usize,
@@ -89,21 +24,7 @@ async fn bench_ingest(
     storage: &str,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let _broker;
-    let bootstrap = match brokers {
-        Some(b) => b,
-        None => {
-            let storage = match storage {
-                "memory" => Storage::Memory,
-                "sqlite" => Storage::Sqlite(dir.path().join("bench.db")),
-                other => anyhow::bail!("--storage {other}: use memory or sqlite"),
-            };
-            let b = TansuBroker::start(storage, dir.path())?;
-            let s = b.bootstrap();
-            _broker = b;
-            s
-        }
-    };
+    let (_broker, bootstrap) = super::broker(brokers, storage, dir.path())?;
     let kafka = KafkaConfig {
         brokers: bootstrap.clone(),
         ..Default::default()
@@ -268,44 +189,6 @@ async fn bench_ingest(
     println!(
         "  ingest peak RSS         {:>10.1} MiB   (target ≤ 256)",
         rss_mib
-    );
-    Ok(())
-}
-
-async fn wait_healthy(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(30) {
-        if client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("ingest did not become healthy")
-}
-
-async fn post(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    body: bytes::Bytes,
-) -> anyhow::Result<()> {
-    let r = client
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().is_success(),
-        "ingest answered {}: {}",
-        r.status(),
-        r.text().await.unwrap_or_default()
     );
     Ok(())
 }

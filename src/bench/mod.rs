@@ -1,0 +1,166 @@
+//! Benchmarks (not tests): each runs a raw baseline and the stage on the same broker and the
+//! same records in one run, and prints both rates, their ratio, the stage's CPU µs per event
+//! and peak RSS. Ratios, not absolute numbers, are what compare across (noisy, 2-core) machines.
+
+mod enrich;
+mod ingest;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::broker::{Storage, TansuBroker};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Edge forwarder vs. a bare producer.
+    Ingest {
+        /// Events per side.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Events per HTTP request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Concurrent HTTP requests in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Use this cluster instead of a local tansu.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Storage of the local tansu: memory (needs tansu built with `dynostore`) or sqlite.
+        #[arg(long, default_value = "memory")]
+        storage: String,
+    },
+    /// The enrich stage vs. a bare transactional consume→produce passthrough.
+    Enrich {
+        /// Events (all inside the dedup window, so it ends up holding every id).
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Use this cluster instead of a local tansu.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Storage of the local tansu: memory or sqlite.
+        #[arg(long, default_value = "memory")]
+        storage: String,
+        /// Records per transaction, both sides (default: enrich's default).
+        #[arg(long)]
+        txn_max_records: Option<usize>,
+        /// Transaction age limit in ms, both sides (default: enrich's default).
+        #[arg(long)]
+        txn_max_ms: Option<u64>,
+    },
+}
+
+/// The cluster to run on: `brokers`, else a local tansu (kept alive by the returned handle).
+fn broker(
+    brokers: Option<String>,
+    storage: &str,
+    dir: &Path,
+) -> anyhow::Result<(Option<TansuBroker>, String)> {
+    if let Some(b) = brokers {
+        return Ok((None, b));
+    }
+    let storage = match storage {
+        "memory" => Storage::Memory,
+        "sqlite" => Storage::Sqlite(dir.join("bench.db")),
+        other => anyhow::bail!("--storage {other}: use memory or sqlite"),
+    };
+    let b = TansuBroker::start(storage, dir)?;
+    let bootstrap = b.bootstrap();
+    Ok((Some(b), bootstrap))
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        BenchWhat::Ingest {
+            events,
+            batch,
+            concurrency,
+            brokers,
+            storage,
+        } => ingest::run(events, batch, concurrency, brokers, &storage).await,
+        BenchWhat::Enrich {
+            events,
+            brokers,
+            storage,
+            txn_max_records,
+            txn_max_ms,
+        } => {
+            let d = meterline_enrich::config::EnrichConfig::default();
+            let policy = meterline_enrich::txn::BatchPolicy {
+                max_records: txn_max_records.unwrap_or(d.txn_max_records),
+                max_age: Duration::from_millis(txn_max_ms.unwrap_or(d.txn_max_ms)),
+            };
+            enrich::run(events, brokers, &storage, policy).await
+        }
+    }
+}
+
+/// CPU time (user + system) of a process, in microseconds, from /proc.
+pub(crate) fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Ok(ticks * 1_000_000 / hz)
+}
+
+/// Peak resident set size (VmHWM) in KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
+}
+
+pub(crate) async fn wait_healthy(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        if client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("ingest did not become healthy")
+}
+
+pub(crate) async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    body: bytes::Bytes,
+) -> anyhow::Result<()> {
+    let r = client
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "ingest answered {}: {}",
+        r.status(),
+        r.text().await.unwrap_or_default()
+    );
+    Ok(())
+}
