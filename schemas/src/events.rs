@@ -100,6 +100,15 @@ pub enum CallStatus {
     Error,
 }
 
+impl CallStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CallStatus::Success => "success",
+            CallStatus::Error => "error",
+        }
+    }
+}
+
 /// Billable quantities in disjoint buckets (see `usage_event.avsc`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]

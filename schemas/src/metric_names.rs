@@ -31,6 +31,18 @@ pub const ENRICH_CONSUMER_LAG: &str = "meterline_enrich_consumer_lag";
 pub const ENRICH_BACKLOG_DRAIN_SECONDS: &str = "meterline_enrich_backlog_drain_seconds";
 pub const ENRICH_REFERENCE_RECORDS: &str = "meterline_enrich_reference_records_total";
 
+// aggregate
+pub const AGGREGATE_ROWS_WRITTEN: &str = "meterline_aggregate_rows_written_total";
+pub const AGGREGATE_FILES_WRITTEN: &str = "meterline_aggregate_files_written_total";
+pub const AGGREGATE_BYTES_WRITTEN: &str = "meterline_aggregate_bytes_written_total";
+pub const AGGREGATE_FLUSH_SECONDS: &str = "meterline_aggregate_flush_seconds";
+pub const AGGREGATE_FLUSH_ROWS: &str = "meterline_aggregate_flush_rows";
+pub const AGGREGATE_WRITE_ERRORS: &str = "meterline_aggregate_write_errors_total";
+pub const AGGREGATE_POISON: &str = "meterline_aggregate_poison_records_total";
+pub const AGGREGATE_BUFFERED_ROWS: &str = "meterline_aggregate_buffered_rows";
+pub const AGGREGATE_CONSUMER_LAG: &str = "meterline_aggregate_consumer_lag";
+pub const AGGREGATE_BACKLOG_DRAIN_SECONDS: &str = "meterline_aggregate_backlog_drain_seconds";
+
 // label keys
 pub const LABEL_FORMAT: &str = "format";
 pub const LABEL_REASON: &str = "reason";

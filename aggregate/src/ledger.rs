@@ -1,0 +1,310 @@
+//! The Parquet ledger on disk: `<data_dir>/usage/date=YYYY-MM-DD/part-<p>-<first>-<last>.parquet`.
+//! Writing a flush and recovering from the files; the rules are in `files.rs`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+use crate::files::{self, meta, Flush, FoundFile, Recovery};
+use crate::rows::{self, Row};
+use crate::Error;
+
+/// Rows per Parquet row group: large enough for good compression and few footer entries,
+/// small enough that pruning by sorted statistics skips useful amounts.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+pub struct Ledger {
+    usage_dir: PathBuf,
+}
+
+impl Ledger {
+    pub fn open(data_dir: &Path) -> Result<Ledger, Error> {
+        let usage_dir = data_dir.join("usage");
+        fs::create_dir_all(&usage_dir)
+            .map_err(|e| Error::io(format!("{}: {e}", usage_dir.display())))?;
+        Ok(Ledger { usage_dir })
+    }
+
+    pub fn usage_dir(&self) -> &Path {
+        &self.usage_dir
+    }
+
+    fn date_dirs(&self) -> Result<Vec<PathBuf>, Error> {
+        let mut out = vec![];
+        for e in fs::read_dir(&self.usage_dir).map_err(Error::io)? {
+            let e = e.map_err(Error::io)?;
+            if e.file_name().to_string_lossy().starts_with("date=") && e.path().is_dir() {
+                out.push(e.path());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes temp files left by a crash (they were never renamed, so never counted).
+    pub fn remove_temp_files(&self) -> Result<usize, Error> {
+        let mut n = 0;
+        for d in self.date_dirs()? {
+            for e in fs::read_dir(&d).map_err(Error::io)? {
+                let e = e.map_err(Error::io)?;
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(files::TEMP_PREFIX)
+                {
+                    fs::remove_file(e.path()).map_err(Error::io)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Every ledger file with the flushes its footer lists.
+    pub fn scan(&self) -> Result<Vec<FoundFile>, Error> {
+        let mut out = vec![];
+        for d in self.date_dirs()? {
+            for e in fs::read_dir(&d).map_err(Error::io)? {
+                let e = e.map_err(Error::io)?;
+                let name = e.file_name().to_string_lossy().to_string();
+                let Some((partition, _, _)) = files::parse_file_name(&name) else {
+                    continue;
+                };
+                let flushes = read_flushes(&e.path())?;
+                out.push(FoundFile {
+                    path: e.path(),
+                    partition,
+                    flushes,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recovery of one partition: deletes the files of a flush cut short and returns where to
+    /// resume.
+    pub fn recover(&self, partition: i32) -> Result<Option<i64>, Error> {
+        let found = self.scan()?;
+        let Recovery { resume_at, delete } = files::recover(partition, &found);
+        for p in &delete {
+            tracing::warn!(file = %p.display(), "deleting a file of an incomplete flush (crash); its rows are read again");
+            fs::remove_file(p).map_err(Error::io)?;
+        }
+        Ok(resume_at)
+    }
+
+    /// Writes one flush of `partition` (input offsets `first..=last`): one file per event date.
+    /// Returns the files written. On an I/O error the files already renamed are removed again,
+    /// so the same rows can be retried (with a longer range) without leaving an incomplete
+    /// flush behind; if even that fails the error is `Fatal` and a restart's recovery cleans up.
+    pub fn write_flush(
+        &self,
+        partition: i32,
+        first: i64,
+        last: i64,
+        rows: &[Row],
+    ) -> Result<Vec<PathBuf>, Error> {
+        let mut written = vec![];
+        match self.write_flush_files(partition, first, last, rows, &mut written) {
+            Ok(()) => Ok(written),
+            Err(e) => {
+                for p in &written {
+                    fs::remove_file(p).map_err(|re| {
+                        Error::Fatal(format!(
+                            "{e}; and removing {} of the failed flush failed too: {re}",
+                            p.display()
+                        ))
+                    })?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write_flush_files(
+        &self,
+        partition: i32,
+        first: i64,
+        last: i64,
+        rows: &[Row],
+        written: &mut Vec<PathBuf>,
+    ) -> Result<(), Error> {
+        let mut by_date: BTreeMap<chrono::NaiveDate, Vec<&Row>> = BTreeMap::new();
+        for r in rows {
+            by_date
+                .entry(r.priced.event.occurred_at.date_naive())
+                .or_default()
+                .push(r);
+        }
+        let flush = Flush {
+            first,
+            last,
+            files: by_date.len() as u32,
+        };
+        for (date, mut rows) in by_date {
+            let dir = self.usage_dir.join(files::date_dir(date));
+            fs::create_dir_all(&dir).map_err(Error::io)?;
+            rows::sort(&mut rows);
+            let batch = rows::to_batch(&rows)?;
+            let path = dir.join(files::file_name(partition, first, last));
+            write_atomically(&dir, &path, &batch, partition, &[flush])?;
+            written.push(path);
+        }
+        Ok(())
+    }
+}
+
+/// Writer settings of every ledger file.
+pub fn writer_properties(partition: i32, flushes: &[Flush]) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(meta::PARTITION.to_string(), partition.to_string()),
+            KeyValue::new(meta::FLUSHES.to_string(), Flush::encode(flushes)),
+        ]))
+        .build()
+}
+
+/// 1. write to a temp name in the same directory, 2. fsync the file, 3. rename over the final
+/// name, 4. fsync the directory so the rename itself survives a power cut.
+pub fn write_atomically(
+    dir: &Path,
+    path: &Path,
+    batch: &arrow::array::RecordBatch,
+    partition: i32,
+    flushes: &[Flush],
+) -> Result<(), Error> {
+    let tmp = dir.join(format!(
+        "{}{:016x}.parquet",
+        files::TEMP_PREFIX,
+        rand::random::<u64>()
+    ));
+    let file = File::create(&tmp).map_err(Error::io)?;
+    let mut w = ArrowWriter::try_new(
+        file,
+        batch.schema(),
+        Some(writer_properties(partition, flushes)),
+    )
+    .map_err(Error::io)?;
+    w.write(batch).map_err(Error::io)?;
+    let file = w.into_inner().map_err(Error::io)?;
+    file.sync_all().map_err(Error::io)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(Error::io)?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io)?;
+    Ok(())
+}
+
+/// The flushes listed in a ledger file's footer.
+pub fn read_flushes(path: &Path) -> Result<Vec<Flush>, Error> {
+    let file = File::open(path).map_err(Error::io)?;
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+    reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == meta::FLUSHES))
+        .and_then(|k| k.value.as_deref())
+        .and_then(Flush::decode)
+        .ok_or_else(|| Error::Corrupt(format!("{}: no {} metadata", path.display(), meta::FLUSHES)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterline_schemas::{CostLines, PricedUsage, TenantPath, UsageEvent};
+
+    fn row(offset: i64, day: u32, total: &str) -> Row {
+        let mut event = UsageEvent::example();
+        event.event_id = format!("e-{offset}");
+        event.occurred_at = format!("2026-03-{day:02}T12:00:00Z").parse().unwrap();
+        let total = total.parse().unwrap();
+        Row {
+            priced: PricedUsage {
+                event,
+                tenant: TenantPath {
+                    org: "acme".into(),
+                    ..Default::default()
+                },
+                tenant_rule_id: None,
+                price_id: "p".into(),
+                price_version: 1,
+                currency: "USD".into(),
+                cost: CostLines {
+                    output: total,
+                    total,
+                    ..Default::default()
+                },
+                priced_at: chrono::Utc::now(),
+            },
+            partition: 0,
+            offset,
+        }
+    }
+
+    fn read_rows(path: &Path) -> usize {
+        let r = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+        r.metadata().file_metadata().num_rows() as usize
+    }
+
+    #[test]
+    fn a_flush_writes_one_file_per_date_and_recovery_resumes_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let rows = vec![row(10, 1, "0.5"), row(11, 2, "0.25"), row(12, 1, "1")];
+        let files = l.write_flush(0, 10, 12, &rows).unwrap();
+        assert_eq!(files.len(), 2);
+        assert!(files[0].ends_with("usage/date=2026-03-01/part-0-10-12.parquet"));
+        assert_eq!(read_rows(&files[0]), 2);
+        assert_eq!(read_rows(&files[1]), 1);
+        assert_eq!(
+            read_flushes(&files[0]).unwrap(),
+            vec![Flush {
+                first: 10,
+                last: 12,
+                files: 2
+            }]
+        );
+        assert_eq!(l.recover(0).unwrap(), Some(13));
+        assert_eq!(l.recover(1).unwrap(), None);
+    }
+
+    #[test]
+    fn a_crash_between_the_files_of_a_flush_is_undone_on_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        l.write_flush(0, 0, 1, &[row(0, 1, "1"), row(1, 1, "1")])
+            .unwrap();
+        let second = l
+            .write_flush(0, 2, 3, &[row(2, 1, "1"), row(3, 2, "1")])
+            .unwrap();
+        // the crash: the second file of the second flush was never renamed, a temp is left
+        fs::remove_file(&second[1]).unwrap();
+        let tmp = second[1].parent().unwrap().join(".tmp-dead.parquet");
+        fs::write(&tmp, b"partial").unwrap();
+        assert_eq!(l.remove_temp_files().unwrap(), 1);
+        assert_eq!(
+            l.recover(0).unwrap(),
+            Some(2),
+            "resume at the incomplete flush"
+        );
+        assert!(
+            !second[0].exists(),
+            "its renamed file is gone, so no row is written twice"
+        );
+        assert_eq!(l.scan().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,296 @@
+//! The consume → Parquet loop. One blocking thread: a `read_committed` group consumer on
+//! `meterline.usage.priced` and, per owned partition, the rows buffered since the last flush.
+//! Exactly-once comes from `files.rs`: on taking over a partition it is sought to where its
+//! files end; offsets committed to Kafka afterwards only inform lag tooling.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meterline_schemas::lag::{self, LagTracker};
+use meterline_schemas::metric_names as m;
+use meterline_schemas::{kafka::KafkaConfig, topics, AvroRecord, PricedUsage};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::AggregateConfig;
+use crate::ledger::Ledger;
+use crate::rows::Row;
+use crate::Error;
+
+/// Rebalance callbacks record what happened; the loop acts after `poll` returns. Statistics
+/// (lag) are published from here, on the poll thread, without broker round trips.
+#[derive(Default)]
+pub struct Callbacks {
+    revoked: Mutex<Vec<i32>>,
+    lag: Mutex<LagTracker>,
+}
+
+impl ClientContext for Callbacks {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let offsets = lag::offsets_of(&stats, topics::USAGE_PRICED);
+        let report = self.lag.lock().expect("lag").report(stats.ts, &offsets);
+        lag::publish(
+            &report,
+            m::AGGREGATE_CONSUMER_LAG,
+            m::AGGREGATE_BACKLOG_DRAIN_SECONDS,
+        );
+    }
+}
+
+impl ConsumerContext for Callbacks {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            self.revoked.lock().expect("revoked").extend(
+                tpl.elements_for_topic(topics::USAGE_PRICED)
+                    .iter()
+                    .map(|e| e.partition()),
+            );
+        }
+    }
+}
+
+/// Rows of one owned partition not yet in a file.
+struct Buffer {
+    rows: Vec<Row>,
+    /// First input offset of the buffer (the flush range starts here).
+    first: Option<i64>,
+    /// The next offset expected: the flush range ends just before it.
+    next: i64,
+    bytes: usize,
+    opened: Instant,
+    /// A failed write is retried no sooner than this.
+    retry_at: Option<Instant>,
+}
+
+impl Buffer {
+    fn new(start: i64) -> Buffer {
+        Buffer {
+            rows: vec![],
+            first: None,
+            next: start,
+            bytes: 0,
+            opened: Instant::now(),
+            retry_at: None,
+        }
+    }
+
+    fn due(&self, cfg: &AggregateConfig, now: Instant, all: bool) -> bool {
+        self.first.is_some()
+            && self.retry_at.is_none_or(|t| now >= t)
+            && (all
+                || self.rows.len() >= cfg.flush_rows
+                || self.bytes >= cfg.flush_bytes
+                || now.duration_since(self.opened) >= Duration::from_millis(cfg.flush_ms))
+    }
+}
+
+pub struct Stage {
+    cfg: AggregateConfig,
+    consumer: BaseConsumer<Callbacks>,
+    ledger: Arc<Ledger>,
+    owned: HashMap<i32, Buffer>,
+    stop: CancellationToken,
+}
+
+impl Stage {
+    pub fn new(
+        kafka: &KafkaConfig,
+        cfg: AggregateConfig,
+        ledger: Arc<Ledger>,
+        stop: CancellationToken,
+    ) -> Result<Stage, Error> {
+        let removed = ledger.remove_temp_files()?;
+        if removed > 0 {
+            info!(removed, "removed temp files left by a crash");
+        }
+        let consumer: BaseConsumer<Callbacks> = kafka
+            .client("aggregate")
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (cfg.session_timeout_ms / 4).max(250).to_string(),
+            )
+            .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(Callbacks::default())
+            .map_err(Error::kafka)?;
+        consumer
+            .subscribe(&[topics::USAGE_PRICED])
+            .map_err(Error::kafka)?;
+        Ok(Stage {
+            cfg,
+            consumer,
+            ledger,
+            owned: HashMap::new(),
+            stop,
+        })
+    }
+
+    /// The loop. Returns when `stop` is cancelled (after writing what is buffered) or on an
+    /// error that retrying cannot fix.
+    pub fn run(mut self) -> Result<(), Error> {
+        while !self.stop.is_cancelled() {
+            let polled = match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(msg)) => Some((
+                    msg.partition(),
+                    msg.offset(),
+                    msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                )),
+                Some(Err(e)) => {
+                    warn!(error = %e, "consumer");
+                    None
+                }
+                None => None,
+            };
+            self.apply_revocations();
+            if let Some((p, offset, payload)) = polled {
+                self.handle(p, offset, &payload)?;
+            }
+            self.flush_due(false)?;
+        }
+        self.flush_due(true)?;
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// A revoked partition's buffer is dropped: its new owner reads those rows again from
+    /// where the files end.
+    fn apply_revocations(&mut self) {
+        let revoked =
+            std::mem::take(&mut *self.consumer.context().revoked.lock().expect("revoked"));
+        for p in revoked {
+            if let Some(b) = self.owned.remove(&p) {
+                info!(partition = p, dropped = b.rows.len(), "partition revoked");
+            }
+        }
+    }
+
+    /// Takes over partition `p`: recovery from the files, then a seek. Returns the start.
+    fn take_over(&mut self, p: i32) -> Result<i64, Error> {
+        // 1. the files say where p's ledger ends (an incomplete last flush is deleted)
+        let start = match self.ledger.recover(p)? {
+            Some(o) => Offset::Offset(o),
+            // 2. no file yet: everything still in the topic
+            None => Offset::Beginning,
+        };
+        // 3. read from there, whatever the group's committed offset says
+        self.consumer
+            .seek(topics::USAGE_PRICED, p, start, Duration::from_secs(10))
+            .map_err(Error::kafka)?;
+        let start = match start {
+            Offset::Offset(o) => o,
+            _ => {
+                self.consumer
+                    .fetch_watermarks(topics::USAGE_PRICED, p, Duration::from_secs(10))
+                    .map_err(Error::kafka)?
+                    .0
+            }
+        };
+        info!(partition = p, start, "took over partition");
+        self.owned.insert(p, Buffer::new(start));
+        Ok(start)
+    }
+
+    fn handle(&mut self, p: i32, offset: i64, payload: &[u8]) -> Result<(), Error> {
+        if !self.owned.contains_key(&p) {
+            let start = self.take_over(p)?;
+            if offset != start {
+                return Ok(()); // fetched before the seek; it comes again from `start`
+            }
+        }
+        let b = self.owned.get_mut(&p).expect("owned");
+        if offset < b.next {
+            return Ok(()); // a refetch of rows already buffered or written
+        }
+        if b.first.is_none() {
+            b.first = Some(offset);
+            b.opened = Instant::now();
+        }
+        b.next = offset + 1;
+        b.bytes += payload.len();
+        match PricedUsage::from_avro(payload) {
+            Ok(priced) => b.rows.push(Row {
+                priced,
+                partition: p,
+                offset,
+            }),
+            // Poison: enrich wrote it, so no retry can fix it. It stays in the topic (and in
+            // the flush's offset range, so it is not read again); count it and say where.
+            Err(e) => {
+                metrics::counter!(m::AGGREGATE_POISON).increment(1);
+                error!(partition = p, offset, error = %e, "undecodable priced record skipped");
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_due(&mut self, all: bool) -> Result<(), Error> {
+        let now = Instant::now();
+        let due: Vec<i32> = self
+            .owned
+            .iter()
+            .filter(|(_, b)| b.due(&self.cfg, now, all))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.flush(p)?;
+        }
+        let buffered: usize = self.owned.values().map(|b| b.rows.len()).sum();
+        metrics::gauge!(m::AGGREGATE_BUFFERED_ROWS).set(buffered as f64);
+        Ok(())
+    }
+
+    fn flush(&mut self, p: i32) -> Result<(), Error> {
+        let t0 = Instant::now();
+        let b = self.owned.get_mut(&p).expect("owned");
+        let (first, last) = (b.first.expect("due"), b.next - 1);
+        let n = b.rows.len();
+        let result = if b.rows.is_empty() {
+            Ok(vec![]) // only poison records: nothing to write, nothing to lose
+        } else {
+            self.ledger.write_flush(p, first, last, &b.rows)
+        };
+        match result {
+            Ok(files) => {
+                let bytes: u64 = files
+                    .iter()
+                    .filter_map(|f| std::fs::metadata(f).ok())
+                    .map(|m| m.len())
+                    .sum();
+                b.rows.clear();
+                b.first = None;
+                b.bytes = 0;
+                b.retry_at = None;
+                metrics::counter!(m::AGGREGATE_ROWS_WRITTEN).increment(n as u64);
+                metrics::counter!(m::AGGREGATE_FILES_WRITTEN).increment(files.len() as u64);
+                metrics::counter!(m::AGGREGATE_BYTES_WRITTEN).increment(bytes);
+                metrics::histogram!(m::AGGREGATE_FLUSH_ROWS).record(n as f64);
+                metrics::histogram!(m::AGGREGATE_FLUSH_SECONDS).record(t0.elapsed().as_secs_f64());
+                // Informational only (lag tooling); the files are the progress.
+                let mut tpl = TopicPartitionList::new();
+                if tpl
+                    .add_partition_offset(topics::USAGE_PRICED, p, Offset::Offset(last + 1))
+                    .is_ok()
+                {
+                    let _ = self.consumer.commit(&tpl, CommitMode::Async);
+                }
+            }
+            Err(e @ Error::Io(_)) => {
+                // Retryable (disk full, permissions fixed by an operator): keep the rows, try
+                // again in a few seconds; the consumer keeps its position.
+                metrics::counter!(m::AGGREGATE_WRITE_ERRORS).increment(1);
+                error!(partition = p, error = %e, "writing the ledger failed; retrying in 5 s");
+                b.retry_at = Some(Instant::now() + Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
