@@ -7,6 +7,7 @@ use std::path::Path;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use meterline_aggregate::AggregateConfig;
 use meterline_enrich::EnrichConfig;
 use meterline_ingest::IngestConfig;
 use meterline_schemas::kafka::KafkaConfig;
@@ -21,6 +22,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Pricing and attribution.
     pub enrich: EnrichConfig,
+    /// The Parquet ledger.
+    pub aggregate: AggregateConfig,
 }
 
 impl Config {
@@ -34,6 +37,7 @@ impl Config {
         cfg.kafka.validate()?;
         cfg.ingest.validate()?;
         cfg.enrich.validate()?;
+        cfg.aggregate.validate()?;
         Ok(cfg)
     }
 }

@@ -70,6 +70,13 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     let enrich_addr = enrich.local_addr();
     let enrich_stop = enrich.stop_token();
     let enrich_task = tokio::spawn(enrich.run_until_stopped());
+    cfg.aggregate.listen = "127.0.0.1:0".into();
+    cfg.aggregate.data_dir = args.data_dir.clone();
+    cfg.aggregate.flush_ms = 5_000;
+    let aggregate = meterline_aggregate::App::build(&cfg.kafka, cfg.aggregate.clone()).await?;
+    let aggregate_addr = aggregate.local_addr();
+    let aggregate_stop = aggregate.stop_token();
+    let aggregate_task = tokio::spawn(aggregate.run_until_stopped());
     println!("meterline dev");
     println!(
         "  broker   {} (tansu, {})",
@@ -83,6 +90,11 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
         prices.added.len(),
         tenants.added.len()
     );
+    println!(
+        "  ledger   {}  (Parquet, flushed every {} s)   metrics http://{aggregate_addr}/metrics",
+        args.data_dir.join("usage").display(),
+        cfg.aggregate.flush_ms / 1000
+    );
     if args.demo_rate > 0 {
         tokio::spawn(demo_traffic(
             format!("http://{addr}"),
@@ -93,6 +105,8 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     app.run_until_stopped().await?;
     enrich_stop.cancel();
     enrich_task.await??;
+    aggregate_stop.cancel();
+    aggregate_task.await??;
     drop(broker);
     Ok(())
 }

@@ -28,6 +28,8 @@ enum Cmd {
     Ingest,
     /// Pricing and attribution (raw → priced, exactly once).
     Enrich,
+    /// The Parquet ledger (priced → data/usage, exactly once).
+    Aggregate,
     /// The price book: import, diff, list, show.
     #[command(subcommand)]
     Prices(PricesCmd),
@@ -60,6 +62,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Enrich => {
             let cfg = cfg()?;
             let app = meterline_enrich::App::build(&cfg.kafka, cfg.enrich).await?;
+            dev::stop_on_signal(app.stop_token());
+            Ok(app.run_until_stopped().await?)
+        }
+        Cmd::Aggregate => {
+            let cfg = cfg()?;
+            let app = meterline_aggregate::App::build(&cfg.kafka, cfg.aggregate).await?;
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)
         }

@@ -1,0 +1,242 @@
+//! The ledger is exact through crashes, on a real broker and real files: `meterline aggregate`
+//! as a subprocess is killed with SIGKILL at random moments while priced records keep arriving
+//! (events over three dates, so flushes write several files). Afterwards the Parquet files hold
+//! every priced record exactly once — same count, same (partition, offset) set, same Decimal
+//! sum — and no temp file is left.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Decimal128Type, Int32Type, Int64Type};
+use common::Harness;
+use meterline_schemas::{
+    topics, AvroRecord, CostLines, Money, PricedUsage, TenantPath, UsageEvent,
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rand::Rng;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// Produces priced records `from..from + n`; returns the exact sum of their totals (unscaled).
+fn produce_priced(brokers: &str, from: usize, n: usize) -> i128 {
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let mut sum = 0i128;
+    for i in from..from + n {
+        let mut event = UsageEvent::example();
+        event.event_id = format!("ev-{i}");
+        event.api_key_id = Some(format!("key-{}", i % 5));
+        // three dates
+        event.occurred_at = format!("2026-04-0{}T10:00:00Z", 1 + i % 3).parse().unwrap();
+        // amounts with all 18 decimals in play
+        let total: Money = format!(
+            "{}.{:018}",
+            i % 97,
+            (i as u64 * 7919) % 1_000_000_000_000_000_000
+        )
+        .parse()
+        .unwrap();
+        sum += total.to_unscaled();
+        let priced = PricedUsage {
+            event,
+            tenant: TenantPath {
+                org: "acme".into(),
+                team: Some(format!("team-{}", i % 4)),
+                ..Default::default()
+            },
+            tenant_rule_id: None,
+            price_id: "openai/gpt-4o".into(),
+            price_version: 1,
+            currency: "USD".into(),
+            cost: CostLines {
+                output: total,
+                total,
+                ..Default::default()
+            },
+            priced_at: chrono::Utc::now(),
+        };
+        let v = priced.to_avro().unwrap();
+        let key = priced.event.partition_key().to_string();
+        loop {
+            match p.send(BaseRecord::to(topics::USAGE_PRICED).key(&key).payload(&v)) {
+                Ok(()) => break,
+                Err(_) => {
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    sum
+}
+
+struct Ledger {
+    rows: usize,
+    sum: i128,
+    positions: HashSet<(i32, i64)>,
+    duplicates: usize,
+    temp_files: usize,
+}
+
+fn read_ledger(data: &Path) -> Ledger {
+    let mut l = Ledger {
+        rows: 0,
+        sum: 0,
+        positions: HashSet::new(),
+        duplicates: 0,
+        temp_files: 0,
+    };
+    let usage = data.join("usage");
+    let Ok(dates) = std::fs::read_dir(&usage) else {
+        return l;
+    };
+    for d in dates {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().to_string_lossy().to_string();
+            if name.starts_with(".tmp-") {
+                l.temp_files += 1;
+                continue;
+            }
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f.path()).unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                let total = b
+                    .column_by_name("cost_total")
+                    .unwrap()
+                    .as_primitive::<Decimal128Type>();
+                let part = b
+                    .column_by_name("kafka_partition")
+                    .unwrap()
+                    .as_primitive::<Int32Type>();
+                let off = b
+                    .column_by_name("kafka_offset")
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                for i in 0..b.num_rows() {
+                    l.rows += 1;
+                    l.sum += total.value(i);
+                    if !l.positions.insert((part.value(i), off.value(i))) {
+                        l.duplicates += 1;
+                    }
+                }
+            }
+        }
+    }
+    l
+}
+
+fn spawn_aggregate(h: &Harness, data: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_meterline"))
+        .arg("aggregate")
+        .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
+        .env(
+            "METERLINE_KAFKA__USAGE_PARTITIONS",
+            h.kafka.usage_partitions.to_string(),
+        )
+        .env("METERLINE_AGGREGATE__LISTEN", "127.0.0.1:0")
+        .env("METERLINE_AGGREGATE__DATA_DIR", data)
+        .env("METERLINE_AGGREGATE__FLUSH_ROWS", "150")
+        .env("METERLINE_AGGREGATE__FLUSH_MS", "100")
+        .env("METERLINE_AGGREGATE__SESSION_TIMEOUT_MS", "2000")
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+fn file_count(data: &Path) -> usize {
+    std::fs::read_dir(data.join("usage"))
+        .map(|ds| {
+            ds.map(|d| {
+                std::fs::read_dir(d.unwrap().path())
+                    .map(|f| f.count())
+                    .unwrap_or(0)
+            })
+            .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_moments_the_ledger_equals_the_topic_exactly() {
+    let h = Harness::start(true).await;
+    tokio::task::spawn_blocking(move || {
+        let data = h.dir.path().join("data");
+        let log = h.dir.path().join("aggregate.log");
+        let brokers = h.kafka.brokers.clone();
+        let mut expected_sum = produce_priced(&brokers, 0, 2000);
+        let mut produced = 2000;
+        let mut rng = rand::rng();
+        for round in 0..12 {
+            let mut child = spawn_aggregate(&h, &data, &log);
+            // Kill once it has written something since it started, plus a random extra moment
+            // (mid-flush, mid-rename, between files of one flush, or while idle).
+            let before = file_count(&data);
+            let t0 = Instant::now();
+            while file_count(&data) == before {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "no progress in round {round}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            // more input arrives while it is down, every other round
+            if round % 2 == 0 {
+                expected_sum += produce_priced(&brokers, produced, 300);
+                produced += 300;
+            }
+        }
+        // A last run catches up; then a graceful stop.
+        let mut child = spawn_aggregate(&h, &data, &log);
+        let t0 = Instant::now();
+        loop {
+            let l = read_ledger(&data);
+            if l.rows + l.duplicates >= produced && l.temp_files == 0 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "ledger has {} of {produced} rows; log:\n{}",
+                l.rows,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap();
+
+        let l = read_ledger(&data);
+        assert_eq!(l.duplicates, 0, "rows written twice");
+        assert_eq!(l.rows, produced, "every priced record once");
+        assert_eq!(l.positions.len(), produced);
+        assert_eq!(
+            l.sum, expected_sum,
+            "the Decimal sum equals the topic's exactly"
+        );
+        assert_eq!(l.temp_files, 0, "no temp file remains");
+    })
+    .await
+    .unwrap();
+}
