@@ -1,7 +1,7 @@
 //! Timestamps travel as Avro `timestamp-micros` (i64) and as RFC 3339 text in JSON.
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserializer, Serializer};
 
 pub fn to_micros(t: &DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -24,15 +24,55 @@ pub mod micros {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        // Self-describing formats say what they hold: RFC 3339 text (JSON) or µs (Avro read
+        // by serde_avro_fast, which calls itself human-readable but is schema-driven).
         if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            DateTime::parse_from_rfc3339(&s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(serde::de::Error::custom)
+            d.deserialize_any(TextOrMicros)
         } else {
-            let us = i64::deserialize(d)?;
-            from_micros(us).ok_or_else(|| serde::de::Error::custom("timestamp out of range"))
+            d.deserialize_i64(TextOrMicros)
         }
+    }
+}
+
+/// Accepts a timestamp as RFC 3339 text or as µs since the epoch.
+pub struct TextOrMicros;
+
+impl<'de> serde::de::Visitor<'de> for TextOrMicros {
+    type Value = DateTime<Utc>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an RFC 3339 timestamp or microseconds since the epoch")
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(E::custom)
+    }
+    fn visit_i64<E: serde::de::Error>(self, us: i64) -> Result<Self::Value, E> {
+        from_micros(us).ok_or_else(|| E::custom("timestamp out of range"))
+    }
+    fn visit_u64<E: serde::de::Error>(self, us: u64) -> Result<Self::Value, E> {
+        i64::try_from(us)
+            .map_err(E::custom)
+            .and_then(|us| self.visit_i64(us))
+    }
+}
+
+/// An optional timestamp, either representation (see [`TextOrMicros`]).
+struct OptTextOrMicros;
+
+impl<'de> serde::de::Visitor<'de> for OptTextOrMicros {
+    type Value = Option<DateTime<Utc>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("null or a timestamp")
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        micros::deserialize(d).map(Some)
     }
 }
 
@@ -51,20 +91,6 @@ pub mod micros_opt {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-        if d.is_human_readable() {
-            let s = Option::<String>::deserialize(d)?;
-            s.map(|s| {
-                DateTime::parse_from_rfc3339(&s)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(serde::de::Error::custom)
-            })
-            .transpose()
-        } else {
-            let us = Option::<i64>::deserialize(d)?;
-            us.map(|us| {
-                from_micros(us).ok_or_else(|| serde::de::Error::custom("timestamp out of range"))
-            })
-            .transpose()
-        }
+        d.deserialize_option(OptTextOrMicros)
     }
 }

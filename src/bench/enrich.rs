@@ -26,7 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::{cpu_micros, peak_rss_kib};
+use super::{peak_rss_kib, scrape, watch};
 use crate::broker::free_port;
 
 const PASSTHROUGH_TOPIC: &str = "meterline.bench.passthrough";
@@ -85,7 +85,7 @@ pub(super) async fn run(
     let me = std::process::id();
     let k = kafka.clone();
     let base_thread = std::thread::spawn(move || passthrough(&k, events, policy));
-    let base = watch(&kafka, PASSTHROUGH_GROUP, events, me).await?;
+    let base = watch(&kafka, topics::USAGE_RAW, PASSTHROUGH_GROUP, events, me).await?;
     base_thread.join().expect("passthrough thread")?;
 
     // 2. enrich, as a process
@@ -104,7 +104,7 @@ pub(super) async fn run(
         .env("RUST_LOG", "warn")
         .spawn()?;
     let pid = child.id();
-    let stage = watch(&kafka, ENRICH_GROUP, events, pid).await;
+    let stage = watch(&kafka, topics::USAGE_RAW, ENRICH_GROUP, events, pid).await;
     // The dedup gauge is refreshed every few seconds; wait for it to show the filled window.
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
     let gauges = async {
@@ -258,76 +258,6 @@ fn passthrough(kafka: &KafkaConfig, events: usize, policy: BatchPolicy) -> anyho
         producer.poll(Duration::ZERO);
     }
     Ok(())
-}
-
-struct Measured {
-    rate: f64,
-    cpu_us_per_event: f64,
-}
-
-/// Polls `group`'s committed offsets on the raw topic until they cover `events` records; the
-/// rate and `pid`'s CPU are taken between 10 % and 100 %.
-async fn watch(
-    kafka: &KafkaConfig,
-    group: &str,
-    events: usize,
-    pid: u32,
-) -> anyhow::Result<Measured> {
-    let (kafka, group) = (kafka.clone(), group.to_string());
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = kafka
-            .client("bench-watch")
-            .set("group.id", &group)
-            .create()?;
-        let partitions = kafka.usage_partitions;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions as i32 {
-            tpl.add_partition(topics::USAGE_RAW, p);
-        }
-        let started = Instant::now();
-        let tenth = events / 10;
-        let mut at_tenth: Option<(Instant, u64)> = None;
-        loop {
-            let committed: i64 = c
-                .committed_offsets(tpl.clone(), Duration::from_secs(10))?
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
-                .sum();
-            let done = committed as usize;
-            if at_tenth.is_none() && done >= tenth {
-                at_tenth = Some((Instant::now(), cpu_micros(pid)?));
-            }
-            if done >= events {
-                let (t0, cpu0) = at_tenth.expect("set at 10 %");
-                let n = (events - tenth) as f64;
-                return Ok(Measured {
-                    rate: n / t0.elapsed().as_secs_f64(),
-                    cpu_us_per_event: (cpu_micros(pid)? - cpu0) as f64 / n,
-                });
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(600),
-                "{group}: only {done} of {events} committed after 10 min"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await?
-}
-
-/// The value of an unlabelled (or the sum of a labelled) metric in Prometheus text.
-fn scrape(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Resident memory now (VmRSS), in bytes.

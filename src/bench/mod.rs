@@ -2,6 +2,7 @@
 //! same records in one run, and prints both rates, their ratio, the stage's CPU µs per event
 //! and peak RSS. Ratios, not absolute numbers, are what compare across (noisy, 2-core) machines.
 
+mod aggregate;
 mod enrich;
 mod ingest;
 
@@ -9,6 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use meterline_schemas::kafka::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::broker::{Storage, TansuBroker};
 
@@ -35,6 +39,18 @@ pub enum BenchWhat {
         #[arg(long)]
         brokers: Option<String>,
         /// Storage of the local tansu: memory (needs tansu built with `dynostore`) or sqlite.
+        #[arg(long, default_value = "memory")]
+        storage: String,
+    },
+    /// The Parquet sink vs. a bare consumer of the priced topic.
+    Aggregate {
+        /// Priced events.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Use this cluster instead of a local tansu.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Storage of the local tansu: memory or sqlite.
         #[arg(long, default_value = "memory")]
         storage: String,
     },
@@ -86,6 +102,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             brokers,
             storage,
         } => ingest::run(events, batch, concurrency, brokers, &storage).await,
+        BenchWhat::Aggregate {
+            events,
+            brokers,
+            storage,
+        } => aggregate::run(events, brokers, &storage).await,
         BenchWhat::Enrich {
             events,
             brokers,
@@ -163,4 +184,76 @@ pub(crate) async fn post(
         r.text().await.unwrap_or_default()
     );
     Ok(())
+}
+
+pub(crate) struct Measured {
+    pub rate: f64,
+    pub cpu_us_per_event: f64,
+}
+
+/// Polls `group`'s committed offsets on `topic` until they cover `events` records (the topic
+/// starts empty and is written without transactions, so offsets count records); the rate and
+/// `pid`'s CPU are taken between 10 % and 100 %.
+pub(crate) async fn watch(
+    kafka: &KafkaConfig,
+    topic: &'static str,
+    group: &str,
+    events: usize,
+    pid: u32,
+) -> anyhow::Result<Measured> {
+    let (kafka, group) = (kafka.clone(), group.to_string());
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = kafka
+            .client("bench-watch")
+            .set("group.id", &group)
+            .create()?;
+        let partitions = kafka.usage_partitions;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition(topic, p);
+        }
+        let started = Instant::now();
+        let tenth = events / 10;
+        let mut at_tenth: Option<(Instant, u64)> = None;
+        loop {
+            let committed: i64 = c
+                .committed_offsets(tpl.clone(), Duration::from_secs(10))?
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .sum();
+            let done = committed as usize;
+            if at_tenth.is_none() && done >= tenth {
+                at_tenth = Some((Instant::now(), cpu_micros(pid)?));
+            }
+            if done >= events {
+                let (t0, cpu0) = at_tenth.expect("set at 10 %");
+                let n = (events - tenth) as f64;
+                return Ok(Measured {
+                    rate: n / t0.elapsed().as_secs_f64(),
+                    cpu_us_per_event: (cpu_micros(pid)? - cpu0) as f64 / n,
+                });
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "{group}: only {done} of {events} committed after 10 min"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await?
+}
+
+/// The value of an unlabelled (or the sum of a labelled) metric in Prometheus text.
+pub(crate) fn scrape(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
