@@ -5,6 +5,7 @@
 //! - `ledger`: the Parquet files on disk (atomic writes, scan, recovery);
 //! - `stage`: the consume → flush loop.
 
+pub mod budget;
 pub mod config;
 pub mod files;
 pub mod ledger;

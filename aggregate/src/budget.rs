@@ -1,0 +1,443 @@
+//! Budgets: which budgets a priced event counts against, the period it falls in, running spend
+//! per (budget, period), and threshold crossings — each emitted once per (budget, period,
+//! threshold). Pure: no Kafka, no files; the stage feeds it rows and restores what it already
+//! emitted from the compacted signals topic.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use meterline_schemas::{
+    BudgetChange, BudgetSignal, BudgetState, Money, PeriodKind, PricedUsage, Scope, ScopeKind,
+};
+
+use crate::Error;
+
+/// `[start, end)` of the period containing `at`, in the budget's time zone; `None` when `at`
+/// is outside a custom range.
+pub fn period_at(
+    b: &BudgetChange,
+    at: DateTime<Utc>,
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, Error> {
+    if b.period == PeriodKind::Custom {
+        let (Some(from), Some(to)) = (b.custom_from, b.custom_to) else {
+            return Err(Error::Config(format!(
+                "budget {}: custom period without from/to",
+                b.budget_id
+            )));
+        };
+        return Ok((at >= from && at < to).then_some((from, to)));
+    }
+    let tz: Tz = b.timezone.parse().map_err(|_| {
+        Error::Config(format!(
+            "budget {}: unknown time zone {:?}",
+            b.budget_id, b.timezone
+        ))
+    })?;
+    let local = at.with_timezone(&tz).date_naive();
+    let (start, end) = match b.period {
+        PeriodKind::Day => (local, local + Duration::days(1)),
+        // ISO weeks: Monday to Monday
+        PeriodKind::Week => {
+            let monday = local - Duration::days(local.weekday().num_days_from_monday() as i64);
+            (monday, monday + Duration::days(7))
+        }
+        PeriodKind::Month => {
+            let first = NaiveDate::from_ymd_opt(local.year(), local.month(), 1).expect("valid");
+            let next = if local.month() == 12 {
+                NaiveDate::from_ymd_opt(local.year() + 1, 1, 1)
+            } else {
+                NaiveDate::from_ymd_opt(local.year(), local.month() + 1, 1)
+            }
+            .expect("valid");
+            (first, next)
+        }
+        PeriodKind::Custom => unreachable!("handled above"),
+    };
+    Ok(Some((midnight(&tz, start), midnight(&tz, end))))
+}
+
+/// Local midnight of `d` in `tz` as UTC. Where midnight does not exist (a DST jump at 00:00),
+/// the first instant of the day.
+fn midnight(tz: &Tz, d: NaiveDate) -> DateTime<Utc> {
+    let naive = d.and_hms_opt(0, 0, 0).expect("midnight");
+    match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+        chrono::LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        chrono::LocalResult::None => tz
+            .from_local_datetime(&(naive + Duration::hours(1)))
+            .earliest()
+            .expect("an hour after a DST gap exists")
+            .with_timezone(&Utc),
+    }
+}
+
+/// Whether `row` counts against a budget of `scope`.
+pub fn in_scope(scope: &Scope, row: &PricedUsage) -> bool {
+    let t = &row.tenant;
+    let e = &row.event;
+    let v = scope.value.as_str();
+    match scope.kind {
+        ScopeKind::Org => t.org == v,
+        ScopeKind::CostCenter => t.cost_center.as_deref() == Some(v),
+        ScopeKind::Team => t.team.as_deref() == Some(v),
+        ScopeKind::Project => t.project.as_deref() == Some(v),
+        ScopeKind::ApiKey => e.api_key_id.as_deref() == Some(v),
+        ScopeKind::User => e.user_id.as_deref() == Some(v),
+        // `key=value`
+        ScopeKind::Tag => v
+            .split_once('=')
+            .is_some_and(|(k, val)| e.tags.get(k).is_some_and(|x| x == val)),
+        // `provider/model` or just `model`
+        ScopeKind::Model => match v.split_once('/') {
+            Some((p, m)) => e.provider == p && e.model == m,
+            None => e.model == v,
+        },
+    }
+}
+
+#[derive(Debug, Default)]
+struct PeriodSpend {
+    spend: Money,
+    /// Highest threshold percent already signalled in this period.
+    signalled: Option<i32>,
+}
+
+/// Running spend of every budget in every period seen, and what has been signalled.
+#[derive(Debug, Default)]
+pub struct BudgetBook {
+    budgets: HashMap<String, BudgetChange>,
+    periods: HashMap<(String, DateTime<Utc>), PeriodSpend>,
+}
+
+impl BudgetBook {
+    /// The newest version of a budget replaces the previous one; `deleted` removes it.
+    pub fn apply(&mut self, change: BudgetChange) {
+        let newer = self
+            .budgets
+            .get(&change.budget_id)
+            .is_none_or(|b| change.version >= b.version);
+        if !newer {
+            return;
+        }
+        if change.deleted {
+            self.budgets.remove(&change.budget_id);
+        } else {
+            self.budgets.insert(change.budget_id.clone(), change);
+        }
+    }
+
+    pub fn budgets(&self) -> impl Iterator<Item = &BudgetChange> {
+        self.budgets.values()
+    }
+
+    /// A signal already on the topic: its threshold is not emitted again in its period.
+    pub fn restore(&mut self, s: &BudgetSignal) {
+        let p = self
+            .periods
+            .entry((s.budget_id.clone(), s.period_start))
+            .or_default();
+        p.signalled = p.signalled.max(s.threshold_percent);
+    }
+
+    /// Spend so far of `budget_id` in the period starting at `start`.
+    pub fn spend(&self, budget_id: &str, start: DateTime<Utc>) -> Money {
+        self.periods
+            .get(&(budget_id.to_string(), start))
+            .map(|p| p.spend)
+            .unwrap_or_default()
+    }
+
+    /// Counts `row` against every budget it falls under; returns the crossings it causes, in
+    /// threshold order (one event may cross several thresholds at once: each is signalled).
+    pub fn add(
+        &mut self,
+        row: &PricedUsage,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<BudgetSignal>, Error> {
+        let mut out = vec![];
+        for b in self.budgets.values() {
+            if b.currency != row.currency
+                || !in_scope(&b.scope, row)
+                || row.event.occurred_at < b.effective_from
+            {
+                continue;
+            }
+            let Some((start, end)) = period_at(b, row.event.occurred_at)? else {
+                continue;
+            };
+            let p = self
+                .periods
+                .entry((b.budget_id.clone(), start))
+                .or_default();
+            p.spend = p
+                .spend
+                .checked_add(row.cost.total)
+                .ok_or_else(|| Error::Fatal(format!("budget {} spend overflows", b.budget_id)))?;
+            let mut thresholds: Vec<_> = b.thresholds.iter().collect();
+            thresholds.sort_by_key(|t| t.percent);
+            for t in thresholds {
+                if p.signalled.is_some_and(|s| s >= t.percent) {
+                    continue;
+                }
+                // spend ≥ limit × percent / 100, compared exactly
+                let reached = p.spend.decimal() * rust_decimal::Decimal::from(100)
+                    >= b.limit.decimal() * rust_decimal::Decimal::from(t.percent);
+                if !reached {
+                    break;
+                }
+                p.signalled = Some(t.percent);
+                out.push(BudgetSignal {
+                    budget_id: b.budget_id.clone(),
+                    scope: b.scope.clone(),
+                    period_start: start,
+                    period_end: end,
+                    state: if t.percent >= 100 {
+                        BudgetState::Exceeded
+                    } else {
+                        BudgetState::Warning
+                    },
+                    spend: p.spend,
+                    limit: b.limit,
+                    currency: b.currency.clone(),
+                    threshold_percent: Some(t.percent),
+                    action: t.action,
+                    at: now,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterline_schemas::{BudgetAction, CostLines, TenantPath, Threshold, UsageEvent};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn budget(period: PeriodKind, tz: &str) -> BudgetChange {
+        BudgetChange {
+            budget_id: "b1".into(),
+            version: 1,
+            name: "search monthly".into(),
+            scope: Scope {
+                kind: ScopeKind::Team,
+                value: "search".into(),
+            },
+            limit: "100".parse().unwrap(),
+            currency: "USD".into(),
+            period,
+            timezone: tz.into(),
+            custom_from: None,
+            custom_to: None,
+            thresholds: vec![
+                Threshold {
+                    percent: 100,
+                    action: BudgetAction::Block,
+                },
+                Threshold {
+                    percent: 50,
+                    action: BudgetAction::Notify,
+                },
+                Threshold {
+                    percent: 80,
+                    action: BudgetAction::Throttle,
+                },
+            ],
+            webhooks: vec![],
+            effective_from: t("2026-01-01T00:00:00Z"),
+            effective_to: None,
+            deleted: false,
+            author: "t".into(),
+            reason: "t".into(),
+            changed_at: t("2026-01-01T00:00:00Z"),
+        }
+    }
+
+    fn row(team: &str, at: &str, cost: &str) -> PricedUsage {
+        let mut event = UsageEvent::example();
+        event.occurred_at = t(at);
+        let c: Money = cost.parse().unwrap();
+        PricedUsage {
+            event,
+            tenant: TenantPath {
+                org: "acme".into(),
+                team: Some(team.into()),
+                ..Default::default()
+            },
+            tenant_rule_id: None,
+            price_id: "p".into(),
+            price_version: 1,
+            currency: "USD".into(),
+            cost: CostLines {
+                total: c,
+                output: c,
+                ..Default::default()
+            },
+            priced_at: t(at),
+        }
+    }
+
+    #[test]
+    fn periods_follow_the_budget_time_zone() {
+        let m = budget(PeriodKind::Month, "Europe/Berlin");
+        // 23:30 UTC on Jan 31 is already February in Berlin (UTC+1)
+        let (s, e) = period_at(&m, t("2026-01-31T23:30:00Z")).unwrap().unwrap();
+        assert_eq!(
+            (s, e),
+            (t("2026-01-31T23:00:00Z"), t("2026-02-28T23:00:00Z"))
+        );
+        // March has the DST switch: the period is 31 days minus one hour long
+        let (s, e) = period_at(&m, t("2026-03-15T12:00:00Z")).unwrap().unwrap();
+        assert_eq!(
+            (s, e),
+            (t("2026-02-28T23:00:00Z"), t("2026-03-31T22:00:00Z"))
+        );
+        let w = budget(PeriodKind::Week, "UTC");
+        // 2026-11-25 is a Wednesday
+        let (s, e) = period_at(&w, t("2026-11-25T08:00:00Z")).unwrap().unwrap();
+        assert_eq!(
+            (s, e),
+            (t("2026-11-23T00:00:00Z"), t("2026-11-30T00:00:00Z"))
+        );
+        let d = budget(PeriodKind::Day, "America/New_York");
+        let (s, _) = period_at(&d, t("2026-07-01T03:00:00Z")).unwrap().unwrap();
+        assert_eq!(s, t("2026-06-30T04:00:00Z"));
+        let mut c = budget(PeriodKind::Custom, "UTC");
+        assert!(
+            period_at(&c, t("2026-01-01T00:00:00Z")).is_err(),
+            "custom needs a range"
+        );
+        c.custom_from = Some(t("2026-05-01T00:00:00Z"));
+        c.custom_to = Some(t("2026-05-10T00:00:00Z"));
+        assert_eq!(
+            period_at(&c, t("2026-05-10T00:00:00Z")).unwrap(),
+            None,
+            "end is exclusive"
+        );
+        assert!(period_at(&budget(PeriodKind::Day, "Mars/Olympus"), Utc::now()).is_err());
+    }
+
+    #[test]
+    fn each_threshold_is_signalled_once_per_period_and_a_new_period_starts_clean() {
+        let mut book = BudgetBook::default();
+        book.apply(budget(PeriodKind::Month, "UTC"));
+        let now = t("2026-03-20T00:00:00Z");
+        assert!(book
+            .add(
+                &row("search", "2026-03-01T10:00:00Z", "49.999999999999999999"),
+                now
+            )
+            .unwrap()
+            .is_empty());
+        let s = book
+            .add(
+                &row("search", "2026-03-02T10:00:00Z", "0.000000000000000001"),
+                now,
+            )
+            .unwrap();
+        assert_eq!(s.len(), 1, "exactly at 50 %");
+        assert_eq!(
+            (s[0].threshold_percent, s[0].state),
+            (Some(50), BudgetState::Warning)
+        );
+        assert!(
+            book.add(&row("ads", "2026-03-02T10:00:00Z", "1000"), now)
+                .unwrap()
+                .is_empty(),
+            "other team"
+        );
+        // one event crossing 80 and 100 at once: both, in order
+        let s = book
+            .add(&row("search", "2026-03-03T10:00:00Z", "60"), now)
+            .unwrap();
+        let got: Vec<_> = s
+            .iter()
+            .map(|s| (s.threshold_percent, s.action, s.state))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(80), BudgetAction::Throttle, BudgetState::Warning),
+                (Some(100), BudgetAction::Block, BudgetState::Exceeded)
+            ]
+        );
+        assert_eq!(s[1].spend, "110".parse().unwrap());
+        assert!(
+            book.add(&row("search", "2026-03-04T10:00:00Z", "500"), now)
+                .unwrap()
+                .is_empty(),
+            "no repeats"
+        );
+        // April: a new period
+        let s = book
+            .add(&row("search", "2026-04-01T00:00:00Z", "50"), now)
+            .unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].period_start, t("2026-04-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn restored_signals_are_not_emitted_again_after_a_restart() {
+        let mut before = BudgetBook::default();
+        before.apply(budget(PeriodKind::Month, "UTC"));
+        let now = t("2026-03-20T00:00:00Z");
+        let emitted = before
+            .add(&row("search", "2026-03-01T10:00:00Z", "85"), now)
+            .unwrap();
+        assert_eq!(emitted.len(), 2);
+        // restart: the spend is rebuilt from the ledger, the signals from their topic
+        let mut after = BudgetBook::default();
+        after.apply(budget(PeriodKind::Month, "UTC"));
+        for s in &emitted {
+            after.restore(s);
+        }
+        assert!(after
+            .add(&row("search", "2026-03-01T10:00:00Z", "85"), now)
+            .unwrap()
+            .is_empty());
+        let s = after
+            .add(&row("search", "2026-03-02T10:00:00Z", "15"), now)
+            .unwrap();
+        assert_eq!(
+            s.iter().map(|s| s.threshold_percent).collect::<Vec<_>>(),
+            vec![Some(100)]
+        );
+    }
+
+    #[test]
+    fn scopes_versions_and_deletion() {
+        let r = row("search", "2026-03-01T10:00:00Z", "1");
+        let sc = |kind, value: &str| Scope {
+            kind,
+            value: value.into(),
+        };
+        assert!(in_scope(&sc(ScopeKind::Org, "acme"), &r));
+        assert!(in_scope(&sc(ScopeKind::ApiKey, "key-1"), &r));
+        assert!(in_scope(&sc(ScopeKind::Model, "openai/gpt-4o"), &r));
+        assert!(in_scope(&sc(ScopeKind::Model, "gpt-4o"), &r));
+        assert!(!in_scope(&sc(ScopeKind::Model, "anthropic/gpt-4o"), &r));
+        assert!(!in_scope(&sc(ScopeKind::Tag, "env"), &r));
+        let mut tagged = r.clone();
+        tagged.event.tags.insert("env".into(), "prod".into());
+        assert!(in_scope(&sc(ScopeKind::Tag, "env=prod"), &tagged));
+        assert!(!in_scope(&sc(ScopeKind::CostCenter, "cc"), &r));
+
+        let mut book = BudgetBook::default();
+        let mut v2 = budget(PeriodKind::Month, "UTC");
+        v2.version = 2;
+        v2.limit = "10".parse().unwrap();
+        book.apply(v2.clone());
+        book.apply(budget(PeriodKind::Month, "UTC")); // an older version arriving late
+        assert_eq!(book.budgets().next().unwrap().limit, "10".parse().unwrap());
+        let mut del = v2;
+        del.version = 3;
+        del.deleted = true;
+        book.apply(del);
+        assert_eq!(book.budgets().count(), 0);
+    }
+}
