@@ -8,12 +8,12 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
 use arrow::datatypes::{Decimal128Type, Int32Type, Int64Type};
-use common::Harness;
+use common::{spawn_stage, Harness};
 use meterline_schemas::{
     topics, AvroRecord, CostLines, Money, PricedUsage, TenantPath, UsageEvent,
 };
@@ -138,28 +138,19 @@ fn read_ledger(data: &Path) -> Ledger {
 }
 
 fn spawn_aggregate(h: &Harness, data: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_meterline"))
-        .arg("aggregate")
-        .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
-        .env(
-            "METERLINE_KAFKA__USAGE_PARTITIONS",
-            h.kafka.usage_partitions.to_string(),
-        )
-        .env("METERLINE_AGGREGATE__LISTEN", "127.0.0.1:0")
-        .env("METERLINE_AGGREGATE__DATA_DIR", data)
-        .env("METERLINE_AGGREGATE__FLUSH_ROWS", "150")
-        .env("METERLINE_AGGREGATE__FLUSH_MS", "100")
-        .env("METERLINE_AGGREGATE__SESSION_TIMEOUT_MS", "2000")
-        .env("RUST_LOG", "info,rdkafka=warn")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap()
+    let s = |k, v: &str| (k, v.to_string());
+    spawn_stage(
+        h,
+        "aggregate",
+        &[
+            s("METERLINE_AGGREGATE__LISTEN", "127.0.0.1:0"),
+            s("METERLINE_AGGREGATE__DATA_DIR", &data.display().to_string()),
+            s("METERLINE_AGGREGATE__FLUSH_ROWS", "150"),
+            s("METERLINE_AGGREGATE__FLUSH_MS", "100"),
+            s("METERLINE_AGGREGATE__SESSION_TIMEOUT_MS", "2000"),
+        ],
+        log,
+    )
 }
 
 fn file_count(data: &Path) -> usize {

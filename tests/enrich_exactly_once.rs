@@ -6,10 +6,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{drain_topic, eventually, Harness};
+use common::{drain_topic, eventually, spawn_stage, Harness};
 use meterline_enrich::{admin, native};
 use meterline_schemas::{topics, AvroRecord, PricedUsage, UsageEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -124,28 +124,19 @@ fn assert_exactly_once(all: &[PricedUsage], distinct: usize) {
 }
 
 fn spawn_enrich(h: &Harness, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_meterline"))
-        .arg("enrich")
-        .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
-        .env(
-            "METERLINE_KAFKA__USAGE_PARTITIONS",
-            h.kafka.usage_partitions.to_string(),
-        )
-        .env("METERLINE_ENRICH__LISTEN", "127.0.0.1:0")
-        .env("METERLINE_ENRICH__TXN_MAX_RECORDS", "100")
-        .env("METERLINE_ENRICH__TXN_MAX_MS", "50")
-        .env("METERLINE_ENRICH__SESSION_TIMEOUT_MS", "2000")
-        .env("METERLINE_ENRICH__MAX_POLL_INTERVAL_MS", "20000")
-        .env("RUST_LOG", "info,rdkafka=warn")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap()
+    let s = |k, v: &str| (k, v.to_string());
+    spawn_stage(
+        h,
+        "enrich",
+        &[
+            s("METERLINE_ENRICH__LISTEN", "127.0.0.1:0"),
+            s("METERLINE_ENRICH__TXN_MAX_RECORDS", "100"),
+            s("METERLINE_ENRICH__TXN_MAX_MS", "50"),
+            s("METERLINE_ENRICH__SESSION_TIMEOUT_MS", "2000"),
+            s("METERLINE_ENRICH__MAX_POLL_INTERVAL_MS", "20000"),
+        ],
+        log,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,18 +107,12 @@ impl Stage {
             info!(removed, "removed temp files left by a crash");
         }
         let consumer: BaseConsumer<Callbacks> = kafka
-            .client("aggregate")
-            .set("group.id", &cfg.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (cfg.session_timeout_ms / 4).max(250).to_string(),
+            .stage_consumer(
+                "aggregate",
+                &cfg.group_id,
+                cfg.session_timeout_ms,
+                cfg.max_poll_interval_ms,
             )
-            .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
-            .set("statistics.interval.ms", "5000")
             .create_with_context(Callbacks::default())
             .map_err(Error::kafka)?;
         consumer
@@ -137,12 +131,18 @@ impl Stage {
     /// error that retrying cannot fix.
     pub fn run(mut self) -> Result<(), Error> {
         while !self.stop.is_cancelled() {
+            // Decoded while the message is borrowed (the loop then needs `self` mutably), so
+            // the payload is never copied.
             let polled = match self.consumer.poll(Duration::from_millis(50)) {
-                Some(Ok(msg)) => Some((
-                    msg.partition(),
-                    msg.offset(),
-                    msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                )),
+                Some(Ok(msg)) => {
+                    let payload = msg.payload().unwrap_or_default();
+                    Some((
+                        msg.partition(),
+                        msg.offset(),
+                        payload.len(),
+                        PricedUsage::from_avro(payload),
+                    ))
+                }
                 Some(Err(e)) => {
                     warn!(error = %e, "consumer");
                     None
@@ -150,8 +150,8 @@ impl Stage {
                 None => None,
             };
             self.apply_revocations();
-            if let Some((p, offset, payload)) = polled {
-                self.handle(p, offset, &payload)?;
+            if let Some((p, offset, bytes, decoded)) = polled {
+                self.handle(p, offset, bytes, decoded)?;
             }
             self.flush_due(false)?;
         }
@@ -198,7 +198,13 @@ impl Stage {
         Ok(start)
     }
 
-    fn handle(&mut self, p: i32, offset: i64, payload: &[u8]) -> Result<(), Error> {
+    fn handle(
+        &mut self,
+        p: i32,
+        offset: i64,
+        bytes: usize,
+        decoded: Result<PricedUsage, meterline_schemas::Error>,
+    ) -> Result<(), Error> {
         if !self.owned.contains_key(&p) {
             let start = self.take_over(p)?;
             if offset != start {
@@ -214,8 +220,8 @@ impl Stage {
             b.opened = Instant::now();
         }
         b.next = offset + 1;
-        b.bytes += payload.len();
-        match PricedUsage::from_avro(payload) {
+        b.bytes += bytes;
+        match decoded {
             Ok(priced) => b.rows.push(Row {
                 priced,
                 partition: p,

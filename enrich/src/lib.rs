@@ -26,7 +26,6 @@ pub mod txn;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::routing::get;
 use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
@@ -84,22 +83,10 @@ impl App {
                 .map_err(Error::kafka)?;
         }
         let stop = CancellationToken::new();
-        let handle = meterline_schemas::telemetry::prometheus();
-        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        let metrics = meterline_schemas::telemetry::serve_metrics(&cfg.listen, stop.clone())
             .await
-            .map_err(|e| Error::Io(format!("bind {}: {e}", cfg.listen)))?;
-        let local_addr = listener
-            .local_addr()
             .map_err(|e| Error::Io(e.to_string()))?;
-        let router = axum::Router::new()
-            .route("/metrics", get(move || async move { handle.render() }))
-            .route("/healthz", get(|| async { "ok" }));
-        let server_stop = stop.clone();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(server_stop.cancelled_owned())
-                .await;
-        });
+        let (local_addr, server) = (metrics.local_addr, metrics.task);
         let (kafka2, cfg2, stop2) = (kafka.clone(), cfg.clone(), stop.clone());
         let stage = tokio::task::spawn_blocking(move || {
             let reference = reference::load_and_follow(

@@ -134,7 +134,7 @@ fn txn_timeout(cfg: &EnrichConfig) -> Duration {
 }
 
 /// Sends `record`, waiting while librdkafka's queue is full.
-fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), Error> {
+pub fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), Error> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -164,18 +164,12 @@ impl Stage {
         stop: CancellationToken,
     ) -> Result<Stage, Error> {
         let consumer: BaseConsumer<RebalanceLog> = kafka
-            .client("enrich")
-            .set("group.id", &cfg.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (cfg.session_timeout_ms / 4).max(250).to_string(),
+            .stage_consumer(
+                "enrich",
+                &cfg.group_id,
+                cfg.session_timeout_ms,
+                cfg.max_poll_interval_ms,
             )
-            .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
-            .set("statistics.interval.ms", "5000")
             .create_with_context(RebalanceLog::default())
             .map_err(Error::kafka)?;
         let tail_reader: BaseConsumer = kafka

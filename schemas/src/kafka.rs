@@ -69,6 +69,32 @@ impl KafkaConfig {
         }
         c
     }
+
+    /// A stage's group consumer: offsets committed only by the stage (in a transaction, or to
+    /// inform lag tooling), `read_committed`, a new group starting at the earliest offset,
+    /// heartbeats at a quarter of the session timeout, and librdkafka statistics every 5 s
+    /// (consumer lag, see `lag.rs`).
+    pub fn stage_consumer(
+        &self,
+        role: &str,
+        group_id: &str,
+        session_timeout_ms: u64,
+        max_poll_interval_ms: u64,
+    ) -> ClientConfig {
+        let mut c = self.client(role);
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (session_timeout_ms / 4).max(250).to_string(),
+            )
+            .set("max.poll.interval.ms", max_poll_interval_ms.to_string())
+            .set("statistics.interval.ms", "5000");
+        c
+    }
 }
 
 /// Creates the topics that do not exist yet (existing ones are left alone).

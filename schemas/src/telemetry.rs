@@ -1,7 +1,10 @@
 //! One Prometheus recorder per process (stages run in-process together in `meterline dev` and
 //! in tests, so it is installed once and shared).
 
+use std::net::SocketAddr;
 use std::sync::OnceLock;
+
+use tokio_util::sync::CancellationToken;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -24,4 +27,35 @@ pub fn prometheus() -> PrometheusHandle {
         handle
     })
     .clone()
+}
+
+/// The `/metrics` and `/healthz` server of a stage without its own HTTP API.
+pub struct MetricsServer {
+    pub local_addr: SocketAddr,
+    /// Ends once `stop` is cancelled and open requests are answered.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds `listen` (`host:0` picks a free port) and serves until `stop` is cancelled.
+pub async fn serve_metrics(
+    listen: &str,
+    stop: CancellationToken,
+) -> std::io::Result<MetricsServer> {
+    let handle = prometheus();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {listen}: {e}")))?;
+    let local_addr = listener.local_addr()?;
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { handle.render() }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    Ok(MetricsServer { local_addr, task })
 }

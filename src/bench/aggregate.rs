@@ -10,12 +10,10 @@
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::{topics, AvroRecord, CostLines, Money, PricedUsage, TenantPath};
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::{peak_rss_kib, watch};
@@ -40,22 +38,7 @@ pub(super) async fn run(
 
     let records = priced_records(events)?;
     let avg_bytes = records.iter().map(|r| r.1.len()).sum::<usize>() / events;
-    let producer: FutureProducer = kafka
-        .client("bench-priced")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
-    let sends: Vec<_> = records
-        .iter()
-        .map(|(k, v)| {
-            producer.send(
-                FutureRecord::to(topics::USAGE_PRICED).key(k).payload(v),
-                Duration::from_secs(30),
-            )
-        })
-        .collect();
-    let failed = join_all(sends).await.iter().filter(|r| r.is_err()).count();
-    anyhow::ensure!(failed == 0, "{failed} priced records not produced");
+    super::produce_all(&kafka, topics::USAGE_PRICED, &records).await?;
     drop(records);
 
     // 1. bare consumer

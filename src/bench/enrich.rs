@@ -14,7 +14,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::future::join_all;
 use meterline_enrich::dedup::DedupWindow;
 use meterline_enrich::txn::BatchPolicy;
 use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
@@ -23,7 +22,7 @@ use meterline_schemas::topics::{self, TopicSpec};
 use meterline_schemas::AvroRecord;
 use rand::SeedableRng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::{peak_rss_kib, scrape, watch};
@@ -63,22 +62,7 @@ pub(super) async fn run(
 
     // The raw records, produced once; both sides read the same ones.
     let (records, avg_bytes) = raw_records(events)?;
-    let producer: FutureProducer = kafka
-        .client("bench-raw")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
-    let sends: Vec<_> = records
-        .iter()
-        .map(|(k, v)| {
-            producer.send(
-                FutureRecord::to(topics::USAGE_RAW).key(k).payload(v),
-                Duration::from_secs(30),
-            )
-        })
-        .collect();
-    let failed = join_all(sends).await.iter().filter(|r| r.is_err()).count();
-    anyhow::ensure!(failed == 0, "{failed} raw records not produced");
+    super::produce_all(&kafka, topics::USAGE_RAW, &records).await?;
     drop(records);
 
     // 1. baseline, in a thread of this process
@@ -221,22 +205,7 @@ fn passthrough(kafka: &KafkaConfig, events: usize, policy: BatchPolicy) -> anyho
             if let Some(k) = msg.key() {
                 rec = rec.key(k);
             }
-            let mut rec = rec;
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        r,
-                    )) => {
-                        producer.poll(Duration::from_millis(5));
-                        rec = r;
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
+            meterline_enrich::stage::send(&producer, rec)?;
             next.insert(msg.partition(), msg.offset() + 1);
             in_txn += 1;
             done += 1;

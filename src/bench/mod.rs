@@ -257,3 +257,37 @@ pub(crate) fn scrape(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Sends every (key, value) to `topic` with an idempotent producer and waits for all acks.
+pub(crate) async fn produce_all(
+    kafka: &KafkaConfig,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka
+        .client("bench-input")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let sends: Vec<_> = records
+        .iter()
+        .map(|(k, v)| {
+            producer.send(
+                FutureRecord::to(topic).key(k).payload(v),
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    let failed = futures::future::join_all(sends)
+        .await
+        .iter()
+        .filter(|r| r.is_err())
+        .count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} records not produced to {topic}",
+        records.len()
+    );
+    Ok(())
+}

@@ -233,3 +233,32 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `meterline <stage>` as a child process on the harness's broker, with `settings`
+/// (`METERLINE_<SECTION>__<KEY>` pairs) and its output appended to `log` — for tests that kill
+/// it with SIGKILL.
+pub fn spawn_stage(
+    h: &Harness,
+    stage: &str,
+    settings: &[(&str, String)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+        .arg(stage)
+        .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
+        .env(
+            "METERLINE_KAFKA__USAGE_PARTITIONS",
+            h.kafka.usage_partitions.to_string(),
+        )
+        .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
