@@ -18,6 +18,31 @@ use serde::Serialize;
 use crate::events::*;
 use crate::Error;
 
+thread_local! {
+    static AVRO_FAST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as encoding Avro through serde_avro_fast while alive.
+struct AvroFastScope(bool);
+
+impl AvroFastScope {
+    fn enter() -> Self {
+        AvroFastScope(AVRO_FAST.with(|f| f.replace(true)))
+    }
+}
+
+impl Drop for AvroFastScope {
+    fn drop(&mut self) {
+        AVRO_FAST.with(|f| f.set(self.0));
+    }
+}
+
+/// Whether a serializer that claims to be human-readable is really writing Avro binary
+/// (serde_avro_fast), so timestamps must go out as µs.
+pub(crate) fn writing_avro() -> bool {
+    AVRO_FAST.with(|f| f.get())
+}
+
 /// Single-object encoding marker.
 pub const MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -46,10 +71,11 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Sized + 'static {
 /// Encoder/decoder of one record type.
 pub struct Codec<T> {
     schema: &'static Schema,
-    /// The current schema for serde_avro_fast, which decodes straight into `T` (apache-avro
-    /// builds a `Value` tree first, most of the CPU of a decode). apache-avro still encodes
-    /// (our serde impls write timestamps as µs only for non-human-readable serializers, which
-    /// serde_avro_fast's is not), parses, fingerprints, and resolves older writer schemas.
+    /// The current schema for serde_avro_fast, which encodes and decodes straight between `T`
+    /// and bytes (apache-avro goes through a `Value` tree, most of the CPU of a record).
+    /// apache-avro still parses, fingerprints, resolves older writer schemas, and encodes the
+    /// rare record serde_avro_fast refuses (money above rust_decimal's 96-bit mantissa at
+    /// scale 18, i.e. ≥ ~7.9e10).
     fast: serde_avro_fast::Schema,
     fingerprint: [u8; 8],
     /// Per accepted fingerprint: a reader with the writer schema's names resolved once (plain
@@ -110,13 +136,39 @@ impl<T: AvroRecord> Codec<T> {
     pub fn encode_into(&self, value: &T, buf: &mut Vec<u8>) -> Result<(), Error> {
         buf.extend_from_slice(&MAGIC);
         buf.extend_from_slice(&self.fingerprint);
-        // Serialises straight from serde into the buffer (no intermediate `Value`). Our schemas
-        // define every named type inline exactly once, so no name table is needed.
+        let body = buf.len();
+        // 1. The fast path. serde_avro_fast's serializer calls itself human-readable, so the
+        //    timestamp impls are told through `AvroFastScope` to write µs, not text.
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.fast);
+        let fast = {
+            let _scope = AvroFastScope::enter();
+            serde_avro_fast::to_datum(value, &mut *buf, &mut config)
+        };
+        if fast.is_ok() {
+            return Ok(());
+        }
+        // 2. Anything it refuses goes through apache-avro, which writes the same bytes
+        //    (`schemas/tests/contract.rs` checks both encoders agree byte for byte).
+        buf.truncate(body);
         apache_avro::write_avro_datum_ref(self.schema, value, buf).map_err(|e| Error::Encode {
             record: T::NAME,
             reason: e.to_string(),
         })?;
         Ok(())
+    }
+
+    /// Encodes with apache-avro only: the reference the fast path is tested against.
+    pub fn encode_reference(&self, value: &T) -> Result<Vec<u8>, Error> {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&MAGIC);
+        buf.extend_from_slice(&self.fingerprint);
+        apache_avro::write_avro_datum_ref(self.schema, value, &mut buf).map_err(|e| {
+            Error::Encode {
+                record: T::NAME,
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(buf)
     }
 
     pub fn encode(&self, value: &T) -> Result<Vec<u8>, Error> {
@@ -140,12 +192,11 @@ impl<T: AvroRecord> Codec<T> {
                 fingerprint: hex::encode(fp),
             })?;
         if fp == self.fingerprint {
-            return serde_avro_fast::from_datum_slice(&bytes[HEADER_LEN..], &self.fast).map_err(
-                |e| Error::Decode {
-                    record: T::NAME,
-                    reason: e.to_string(),
-                },
-            );
+            // The fast path; what it refuses (money beyond rust_decimal's mantissa at scale
+            // 18, or a bad record) goes the general way below, which has the final word.
+            if let Ok(v) = serde_avro_fast::from_datum_slice(&bytes[HEADER_LEN..], &self.fast) {
+                return Ok(v);
+            }
         }
         let decode_err = |e: apache_avro::Error| Error::Decode {
             record: T::NAME,
@@ -153,11 +204,11 @@ impl<T: AvroRecord> Codec<T> {
         };
         // The reader checks the same header again and decodes the body after it.
         let mut body = bytes;
-        // An older writer schema: decode with it, then resolve to the current one.
-        let value = writer
-            .read_value(&mut body)
-            .and_then(|v| v.resolve(self.schema))
-            .map_err(decode_err)?;
+        // Decode with the writer's schema, then resolve to the current one.
+        let mut value = writer.read_value(&mut body).map_err(decode_err)?;
+        if fp != self.fingerprint {
+            value = value.resolve(self.schema).map_err(decode_err)?;
+        }
         if !body.is_empty() {
             return Err(Error::Decode {
                 record: T::NAME,

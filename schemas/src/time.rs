@@ -16,7 +16,7 @@ pub mod micros {
     use super::*;
 
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
+        if s.is_human_readable() && !crate::codec::writing_avro() {
             s.collect_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         } else {
             s.serialize_i64(to_micros(t))
@@ -83,7 +83,7 @@ pub mod micros_opt {
     pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
         match t {
             None => s.serialize_none(),
-            Some(t) if s.is_human_readable() => {
+            Some(t) if s.is_human_readable() && !crate::codec::writing_avro() => {
                 s.serialize_some(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
             }
             Some(t) => s.serialize_some(&to_micros(t)),

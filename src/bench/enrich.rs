@@ -135,7 +135,9 @@ pub(super) async fn run(
         100.0 * commit_secs * stage.rate / events as f64
     );
     println!("  ratio enrich/bare        {ratio:>10.2}   (target ≥ 0.6)");
-    println!("  enrich output            {priced:>10.0} priced, {rejected} rejected");
+    // `+ 0.0` turns a scraped -0 into 0.
+    let rejected = rejected + 0.0;
+    println!("  enrich output            {priced:>10.0} priced, {rejected:.0} rejected");
     println!(
         "  enrich peak RSS          {rss_mib:>10.1} MiB with {dedup_ids:.0} ids in the dedup window"
     );
