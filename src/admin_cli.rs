@@ -290,3 +290,208 @@ pub async fn rejected(kafka: KafkaConfig, cmd: RejectedCmd) -> anyhow::Result<()
     })
     .await
 }
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BudgetsCmd {
+    /// Creates a budget, or publishes a new version of an existing one (same id).
+    Create(BudgetArgs),
+    /// The current budgets (`--all`: deleted ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Deletes a budget (a new version marked deleted; the history stays on the topic).
+    Delete {
+        budget_id: String,
+        #[arg(long, default_value = "deleted")]
+        reason: String,
+        #[arg(long, env = "USER", default_value = "meterline")]
+        author: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BudgetArgs {
+    /// Stable id (the compaction key); a second `create` with it publishes a new version.
+    pub budget_id: String,
+    /// What it counts: `org=…`, `cost_center=…`, `team=…`, `project=…`, `api_key=…`,
+    /// `user=…`, `tag=key=value`, `model=provider/model`.
+    #[arg(long)]
+    pub scope: String,
+    /// Limit in `currency`, exact decimal text.
+    #[arg(long)]
+    pub limit: meterline_schemas::Money,
+    #[arg(long, default_value = "USD")]
+    pub currency: String,
+    /// `day`, `week` (ISO, Monday), `month` (calendar) or `custom` (with --from/--to).
+    #[arg(long, default_value = "month")]
+    pub period: String,
+    /// IANA time zone the periods follow.
+    #[arg(long, default_value = "UTC")]
+    pub timezone: String,
+    #[arg(long)]
+    pub from: Option<DateTime<Utc>>,
+    #[arg(long)]
+    pub to: Option<DateTime<Utc>>,
+    /// `percent:action,…` with action notify | throttle | block.
+    #[arg(long, default_value = "50:notify,80:notify,100:block")]
+    pub thresholds: String,
+    /// Receivers of this budget's crossings (repeatable); prefix `slack+` for Slack's shape.
+    #[arg(long = "webhook")]
+    pub webhooks: Vec<String>,
+    /// Display name (default: the id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// From when it applies; default: the start of the current period, so the period's
+    /// spend so far counts.
+    #[arg(long)]
+    pub effective_from: Option<DateTime<Utc>>,
+    #[arg(long, default_value = "budget change")]
+    pub reason: String,
+    #[arg(long, env = "USER", default_value = "meterline")]
+    pub author: String,
+}
+
+/// `team=search` → Scope; `tag=env=prod` keeps the tag's own `=`.
+pub fn parse_scope(s: &str) -> anyhow::Result<meterline_schemas::Scope> {
+    use meterline_schemas::ScopeKind::*;
+    let (kind, value) = s
+        .split_once('=')
+        .context("scope is kind=value, e.g. team=search")?;
+    let kind = match kind {
+        "org" => Org,
+        "cost_center" => CostCenter,
+        "team" => Team,
+        "project" => Project,
+        "api_key" => ApiKey,
+        "user" => User,
+        "tag" => Tag,
+        "model" => Model,
+        other => anyhow::bail!(
+            "unknown scope kind {other:?} (org, cost_center, team, project, api_key, user, tag, model)"
+        ),
+    };
+    Ok(meterline_schemas::Scope {
+        kind,
+        value: value.to_string(),
+    })
+}
+
+/// `50:notify,100:block` → thresholds.
+pub fn parse_thresholds(s: &str) -> anyhow::Result<Vec<meterline_schemas::Threshold>> {
+    use meterline_schemas::BudgetAction;
+    s.split(',')
+        .map(|t| {
+            let (p, a) = t
+                .trim()
+                .split_once(':')
+                .with_context(|| format!("threshold {t:?} is percent:action"))?;
+            let action = match a {
+                "notify" => BudgetAction::Notify,
+                "throttle" => BudgetAction::Throttle,
+                "block" => BudgetAction::Block,
+                other => anyhow::bail!("unknown action {other:?} (notify, throttle, block)"),
+            };
+            Ok(meterline_schemas::Threshold {
+                percent: p.parse().with_context(|| format!("threshold percent {p:?}"))?,
+                action,
+            })
+        })
+        .collect()
+}
+
+fn budget_of(a: BudgetArgs) -> anyhow::Result<meterline_schemas::BudgetChange> {
+    use meterline_schemas::PeriodKind;
+    let period = match a.period.as_str() {
+        "day" => PeriodKind::Day,
+        "week" => PeriodKind::Week,
+        "month" => PeriodKind::Month,
+        "custom" => PeriodKind::Custom,
+        other => anyhow::bail!("unknown period {other:?} (day, week, month, custom)"),
+    };
+    let now = Utc::now();
+    let mut b = meterline_schemas::BudgetChange {
+        name: a.name.unwrap_or_else(|| a.budget_id.clone()),
+        budget_id: a.budget_id,
+        version: 0,
+        scope: parse_scope(&a.scope)?,
+        limit: a.limit,
+        currency: a.currency,
+        period,
+        timezone: a.timezone,
+        custom_from: a.from,
+        custom_to: a.to,
+        thresholds: parse_thresholds(&a.thresholds)?,
+        webhooks: a.webhooks,
+        effective_from: now,
+        effective_to: None,
+        deleted: false,
+        author: a.author,
+        reason: a.reason,
+        changed_at: now,
+    };
+    b.effective_from = match a.effective_from {
+        Some(t) => t,
+        None => meterline_aggregate::budget_admin::current_period_start(&b, now)?,
+    };
+    Ok(b)
+}
+
+fn print_budget(b: &meterline_schemas::BudgetChange) {
+    let th: Vec<String> = b
+        .thresholds
+        .iter()
+        .map(|t| format!("{}:{:?}", t.percent, t.action).to_lowercase())
+        .collect();
+    println!(
+        "{} v{}{}  {}  {} {} per {:?} ({})  thresholds {}  from {}  webhooks {}",
+        b.budget_id,
+        b.version,
+        if b.deleted { " (deleted)" } else { "" },
+        b.scope.label(),
+        b.limit,
+        b.currency,
+        b.period,
+        b.timezone,
+        th.join(","),
+        b.effective_from.to_rfc3339(),
+        b.webhooks.len()
+    );
+}
+
+pub async fn budgets(kafka: KafkaConfig, cmd: BudgetsCmd) -> anyhow::Result<()> {
+    use meterline_aggregate::budget_admin;
+    topics_ready(&kafka).await?;
+    blocking(move || {
+        match cmd {
+            BudgetsCmd::Create(a) => {
+                let b = budget_admin::publish(&kafka, budget_of(a)?)?;
+                print!("published ");
+                print_budget(&b);
+            }
+            BudgetsCmd::List { all } => {
+                for b in budget_admin::load(&kafka)?.values() {
+                    if all || !b.deleted {
+                        print_budget(b);
+                    }
+                }
+            }
+            BudgetsCmd::Delete {
+                budget_id,
+                reason,
+                author,
+            } => {
+                let mut b = budget_admin::load(&kafka)?
+                    .remove(&budget_id)
+                    .with_context(|| format!("no budget {budget_id:?}"))?;
+                b.deleted = true;
+                b.reason = reason;
+                b.author = author;
+                let b = budget_admin::publish(&kafka, b)?;
+                println!("deleted {} (v{})", b.budget_id, b.version);
+            }
+        }
+        Ok(())
+    })
+    .await
+}

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use meterline::admin_cli::{self, PricesCmd, RejectedCmd, TenantsCmd};
+use meterline::admin_cli::{self, BudgetsCmd, PricesCmd, RejectedCmd, TenantsCmd};
 use meterline::{bench, config::Config, dev};
 
 #[derive(Parser)]
@@ -36,6 +36,9 @@ enum Cmd {
     /// The tenant directory: import, list.
     #[command(subcommand)]
     Tenants(TenantsCmd),
+    /// Budgets: create (or change), list, delete.
+    #[command(subcommand)]
+    Budgets(BudgetsCmd),
     /// Events that could not be priced: list, replay.
     #[command(subcommand)]
     Rejected(RejectedCmd),
@@ -58,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Prices(c) => admin_cli::prices(cfg()?.kafka, c).await,
         Cmd::Tenants(c) => admin_cli::tenants(cfg()?.kafka, c).await,
+        Cmd::Budgets(c) => admin_cli::budgets(cfg()?.kafka, c).await,
         Cmd::Rejected(c) => admin_cli::rejected(cfg()?.kafka, c).await,
         Cmd::Enrich => {
             let cfg = cfg()?;

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
+use meterline_schemas::scope::Attribution;
 use meterline_schemas::{
-    BudgetChange, BudgetSignal, BudgetState, Money, PeriodKind, PricedUsage, Scope, ScopeKind,
+    BudgetAction, BudgetChange, BudgetSignal, BudgetState, Money, PeriodKind, PricedUsage,
 };
 
 use crate::Error;
@@ -72,38 +73,39 @@ fn midnight(tz: &Tz, d: NaiveDate) -> DateTime<Utc> {
     }
 }
 
-/// Whether `row` counts against a budget of `scope`.
-pub fn in_scope(scope: &Scope, row: &PricedUsage) -> bool {
-    let t = &row.tenant;
-    let e = &row.event;
-    let v = scope.value.as_str();
-    match scope.kind {
-        ScopeKind::Org => t.org == v,
-        ScopeKind::CostCenter => t.cost_center.as_deref() == Some(v),
-        ScopeKind::Team => t.team.as_deref() == Some(v),
-        ScopeKind::Project => t.project.as_deref() == Some(v),
-        ScopeKind::ApiKey => e.api_key_id.as_deref() == Some(v),
-        ScopeKind::User => e.user_id.as_deref() == Some(v),
-        // `key=value`
-        ScopeKind::Tag => v
-            .split_once('=')
-            .is_some_and(|(k, val)| e.tags.get(k).is_some_and(|x| x == val)),
-        // `provider/model` or just `model`
-        ScopeKind::Model => match v.split_once('/') {
-            Some((p, m)) => e.provider == p && e.model == m,
-            None => e.model == v,
-        },
+/// How long after its end a period still takes late events (and is kept in memory). Events
+/// later than this still reach the ledger; they no longer move a budget nobody enforces.
+pub const LATE_GRACE: Duration = Duration::hours(1);
+
+/// What the budget ledger needs of a priced row (from the stream or from a Parquet file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpendRow {
+    pub who: Attribution,
+    pub occurred_at: DateTime<Utc>,
+    pub cost: Money,
+    pub currency: String,
+}
+
+impl SpendRow {
+    pub fn of_priced(row: &PricedUsage) -> SpendRow {
+        SpendRow {
+            who: Attribution::of_priced(row),
+            occurred_at: row.event.occurred_at,
+            cost: row.cost.total,
+            currency: row.currency.clone(),
+        }
     }
 }
 
 #[derive(Debug, Default)]
 struct PeriodSpend {
+    end: Option<DateTime<Utc>>,
     spend: Money,
     /// Highest threshold percent already signalled in this period.
     signalled: Option<i32>,
 }
 
-/// Running spend of every budget in every period seen, and what has been signalled.
+/// Running spend of every budget in every open period, and what has been signalled.
 #[derive(Debug, Default)]
 pub struct BudgetBook {
     budgets: HashMap<String, BudgetChange>,
@@ -112,32 +114,55 @@ pub struct BudgetBook {
 
 impl BudgetBook {
     /// The newest version of a budget replaces the previous one; `deleted` removes it.
-    pub fn apply(&mut self, change: BudgetChange) {
+    /// Returns whether anything changed.
+    pub fn apply(&mut self, change: BudgetChange) -> bool {
         let newer = self
             .budgets
             .get(&change.budget_id)
-            .is_none_or(|b| change.version >= b.version);
+            .is_none_or(|b| change.version > b.version);
         if !newer {
-            return;
+            return false;
         }
         if change.deleted {
             self.budgets.remove(&change.budget_id);
+            self.periods.retain(|(id, _), _| *id != change.budget_id);
         } else {
             self.budgets.insert(change.budget_id.clone(), change);
         }
+        true
     }
 
     pub fn budgets(&self) -> impl Iterator<Item = &BudgetChange> {
         self.budgets.values()
     }
 
-    /// A signal already on the topic: its threshold is not emitted again in its period.
+    pub fn budget(&self, id: &str) -> Option<&BudgetChange> {
+        self.budgets.get(id)
+    }
+
+    /// A signal already on the topic: its threshold is not emitted again in its period — as
+    /// long as it was emitted under the budget's current terms (limit and currency). A signal
+    /// from before the limit changed does not hold back crossings of the new limit.
     pub fn restore(&mut self, s: &BudgetSignal) {
+        let Some(b) = self.budgets.get(&s.budget_id) else {
+            return;
+        };
+        if b.limit != s.limit || b.currency != s.currency {
+            return;
+        }
         let p = self
             .periods
             .entry((s.budget_id.clone(), s.period_start))
             .or_default();
+        p.end = Some(s.period_end);
         p.signalled = p.signalled.max(s.threshold_percent);
+    }
+
+    /// Forgets all spend, keeps the budgets and what was signalled (a rebuild follows).
+    pub fn clear_spend(&mut self) {
+        for p in self.periods.values_mut() {
+            p.spend = Money::ZERO;
+        }
     }
 
     /// Spend so far of `budget_id` in the period starting at `start`.
@@ -148,72 +173,140 @@ impl BudgetBook {
             .unwrap_or_default()
     }
 
+    /// The earliest instant an open period of any budget starts: a rebuild reads the ledger
+    /// from there.
+    pub fn open_since(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, Error> {
+        let mut min: Option<DateTime<Utc>> = None;
+        for b in self.budgets.values() {
+            if let Some((start, _)) = period_at(b, now - LATE_GRACE)?.or(period_at(b, now)?) {
+                min = Some(min.map_or(start, |m| m.min(start)));
+            }
+        }
+        Ok(min)
+    }
+
+    /// Drops periods that ended more than [`LATE_GRACE`] ago.
+    pub fn prune(&mut self, now: DateTime<Utc>) {
+        self.periods
+            .retain(|_, p| p.end.is_none_or(|end| end + LATE_GRACE > now));
+    }
+
     /// Counts `row` against every budget it falls under; returns the crossings it causes, in
     /// threshold order (one event may cross several thresholds at once: each is signalled).
-    pub fn add(
-        &mut self,
-        row: &PricedUsage,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<BudgetSignal>, Error> {
+    pub fn add(&mut self, row: &SpendRow, now: DateTime<Utc>) -> Result<Vec<BudgetSignal>, Error> {
         let mut out = vec![];
         for b in self.budgets.values() {
             if b.currency != row.currency
-                || !in_scope(&b.scope, row)
-                || row.event.occurred_at < b.effective_from
+                || !b.scope.matches(&row.who)
+                || row.occurred_at < b.effective_from
+                || b.effective_to.is_some_and(|to| row.occurred_at >= to)
             {
                 continue;
             }
-            let Some((start, end)) = period_at(b, row.event.occurred_at)? else {
+            let Some((start, end)) = period_at(b, row.occurred_at)? else {
                 continue;
             };
+            if end + LATE_GRACE <= now {
+                continue; // a closed period
+            }
             let p = self
                 .periods
                 .entry((b.budget_id.clone(), start))
                 .or_default();
+            p.end = Some(end);
             p.spend = p
                 .spend
-                .checked_add(row.cost.total)
+                .checked_add(row.cost)
                 .ok_or_else(|| Error::Fatal(format!("budget {} spend overflows", b.budget_id)))?;
-            let mut thresholds: Vec<_> = b.thresholds.iter().collect();
-            thresholds.sort_by_key(|t| t.percent);
-            for t in thresholds {
-                if p.signalled.is_some_and(|s| s >= t.percent) {
-                    continue;
-                }
-                // spend ≥ limit × percent / 100, compared exactly
-                let reached = p.spend.decimal() * rust_decimal::Decimal::from(100)
-                    >= b.limit.decimal() * rust_decimal::Decimal::from(t.percent);
-                if !reached {
-                    break;
-                }
-                p.signalled = Some(t.percent);
-                out.push(BudgetSignal {
-                    budget_id: b.budget_id.clone(),
-                    scope: b.scope.clone(),
-                    period_start: start,
-                    period_end: end,
-                    state: if t.percent >= 100 {
-                        BudgetState::Exceeded
-                    } else {
-                        BudgetState::Warning
-                    },
-                    spend: p.spend,
-                    limit: b.limit,
-                    currency: b.currency.clone(),
-                    threshold_percent: Some(t.percent),
-                    action: t.action,
-                    at: now,
-                });
-            }
+            out.extend(crossings(b, p, start, end, now));
         }
         Ok(out)
     }
+
+    /// After a budget's terms changed: its state in the current period under the new terms,
+    /// as one signal (state `ok` when below every threshold), and the thresholds reached
+    /// count as signalled from now on. `None` when the budget is gone or has no open period.
+    pub fn reevaluate(
+        &mut self,
+        budget_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<BudgetSignal>, Error> {
+        let Some(b) = self.budgets.get(budget_id) else {
+            return Ok(None);
+        };
+        let Some((start, end)) = period_at(b, now)? else {
+            return Ok(None);
+        };
+        let p = self
+            .periods
+            .entry((b.budget_id.clone(), start))
+            .or_default();
+        p.end = Some(end);
+        p.signalled = None;
+        let reached = crossings(b, p, start, end, now);
+        Ok(Some(reached.into_iter().last().unwrap_or_else(|| BudgetSignal {
+            budget_id: b.budget_id.clone(),
+            scope: b.scope.clone(),
+            period_start: start,
+            period_end: end,
+            state: BudgetState::Ok,
+            spend: p.spend,
+            limit: b.limit,
+            currency: b.currency.clone(),
+            threshold_percent: None,
+            action: BudgetAction::Notify,
+            at: now,
+        })))
+    }
+}
+
+/// The thresholds `p`'s spend has reached and not yet signalled, lowest first; marks them.
+fn crossings(
+    b: &BudgetChange,
+    p: &mut PeriodSpend,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Vec<BudgetSignal> {
+    let mut thresholds: Vec<_> = b.thresholds.iter().collect();
+    thresholds.sort_by_key(|t| t.percent);
+    let mut out = vec![];
+    for t in thresholds {
+        if p.signalled.is_some_and(|s| s >= t.percent) {
+            continue;
+        }
+        // spend ≥ limit × percent / 100, compared exactly
+        let reached = p.spend.decimal() * rust_decimal::Decimal::from(100)
+            >= b.limit.decimal() * rust_decimal::Decimal::from(t.percent);
+        if !reached {
+            break;
+        }
+        p.signalled = Some(t.percent);
+        out.push(BudgetSignal {
+            budget_id: b.budget_id.clone(),
+            scope: b.scope.clone(),
+            period_start: start,
+            period_end: end,
+            state: if t.percent >= 100 {
+                BudgetState::Exceeded
+            } else {
+                BudgetState::Warning
+            },
+            spend: p.spend,
+            limit: b.limit,
+            currency: b.currency.clone(),
+            threshold_percent: Some(t.percent),
+            action: t.action,
+            at: now,
+        });
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meterline_schemas::{BudgetAction, CostLines, TenantPath, Threshold, UsageEvent};
+    use meterline_schemas::{CostLines, Scope, ScopeKind, TenantPath, Threshold, UsageEvent};
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -258,7 +351,11 @@ mod tests {
         }
     }
 
-    fn row(team: &str, at: &str, cost: &str) -> PricedUsage {
+    fn row(team: &str, at: &str, cost: &str) -> SpendRow {
+        SpendRow::of_priced(&priced(team, at, cost))
+    }
+
+    fn priced(team: &str, at: &str, cost: &str) -> PricedUsage {
         let mut event = UsageEvent::example();
         event.occurred_at = t(at);
         let c: Money = cost.parse().unwrap();
@@ -411,11 +508,12 @@ mod tests {
 
     #[test]
     fn scopes_versions_and_deletion() {
-        let r = row("search", "2026-03-01T10:00:00Z", "1");
+        let r = priced("search", "2026-03-01T10:00:00Z", "1");
         let sc = |kind, value: &str| Scope {
             kind,
             value: value.into(),
         };
+        let in_scope = |s: &Scope, r: &PricedUsage| s.matches(&Attribution::of_priced(r));
         assert!(in_scope(&sc(ScopeKind::Org, "acme"), &r));
         assert!(in_scope(&sc(ScopeKind::ApiKey, "key-1"), &r));
         assert!(in_scope(&sc(ScopeKind::Model, "openai/gpt-4o"), &r));
@@ -439,5 +537,71 @@ mod tests {
         del.deleted = true;
         book.apply(del);
         assert_eq!(book.budgets().count(), 0);
+    }
+
+    #[test]
+    fn a_changed_limit_reevaluates_and_old_signals_do_not_hold_back_new_crossings() {
+        let now = t("2026-03-20T00:00:00Z");
+        let mut book = BudgetBook::default();
+        book.apply(budget(PeriodKind::Month, "UTC"));
+        let emitted = book
+            .add(&row("search", "2026-03-01T10:00:00Z", "120"), now)
+            .unwrap();
+        assert_eq!(emitted.len(), 3);
+        // the limit is raised to 200: at 120 the budget is at 60 % → warning, not blocked
+        let mut v2 = budget(PeriodKind::Month, "UTC");
+        v2.version = 2;
+        v2.limit = "200".parse().unwrap();
+        assert!(book.apply(v2.clone()));
+        assert!(!book.apply(v2.clone()), "a replayed version changes nothing");
+        let s = book.reevaluate("b1", now).unwrap().unwrap();
+        assert_eq!(
+            (s.threshold_percent, s.action, s.state),
+            (Some(50), BudgetAction::Notify, BudgetState::Warning)
+        );
+        let s = book
+            .add(&row("search", "2026-03-02T10:00:00Z", "40"), now)
+            .unwrap();
+        assert_eq!(s.iter().map(|s| s.threshold_percent).collect::<Vec<_>>(), vec![Some(80)]);
+        // after a restart, the signals emitted under limit 100 are not restored against 200
+        let mut after = BudgetBook::default();
+        after.apply(v2);
+        for s in &emitted {
+            after.restore(s);
+        }
+        let s = after
+            .add(&row("search", "2026-03-01T10:00:00Z", "100"), now)
+            .unwrap();
+        assert_eq!(s.iter().map(|s| s.threshold_percent).collect::<Vec<_>>(), vec![Some(50)]);
+        // raised so far that nothing is reached: an explicit `ok`
+        let mut v3 = budget(PeriodKind::Month, "UTC");
+        v3.version = 3;
+        v3.limit = "1000".parse().unwrap();
+        book.apply(v3);
+        let s = book.reevaluate("b1", now).unwrap().unwrap();
+        assert_eq!((s.state, s.threshold_percent), (BudgetState::Ok, None));
+    }
+
+    #[test]
+    fn closed_periods_take_no_spend_and_are_pruned() {
+        let mut book = BudgetBook::default();
+        book.apply(budget(PeriodKind::Day, "UTC"));
+        let now = t("2026-03-20T12:00:00Z");
+        // yesterday's period ended 12 h ago: beyond the grace
+        assert!(book
+            .add(&row("search", "2026-03-19T10:00:00Z", "500"), now)
+            .unwrap()
+            .is_empty());
+        assert_eq!(book.spend("b1", t("2026-03-19T00:00:00Z")), Money::ZERO);
+        // within the grace: 30 min after midnight, a late event of the previous day counts
+        let just_after = t("2026-03-20T00:30:00Z");
+        let s = book
+            .add(&row("search", "2026-03-19T23:59:59Z", "60"), just_after)
+            .unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(book.open_since(just_after).unwrap(), Some(t("2026-03-19T00:00:00Z")));
+        book.prune(now);
+        assert_eq!(book.spend("b1", t("2026-03-19T00:00:00Z")), Money::ZERO);
+        assert_eq!(book.open_since(now).unwrap(), Some(t("2026-03-20T00:00:00Z")));
     }
 }

@@ -28,6 +28,92 @@ pub struct AggregateConfig {
     /// Longest time between polls before the consumer leaves the group, in milliseconds
     /// (a flush happens between polls, so this bounds a flush too).
     pub max_poll_interval_ms: u64,
+    /// Track budgets in this instance: running spend rebuilt from the ledger and the stream,
+    /// crossings published to `meterline.budget.signals`. Exactly one instance of a
+    /// deployment should have it on (every tracker reads every partition).
+    pub budgets: bool,
+    /// Alert delivery (webhooks for budget crossings and anomalies).
+    pub alerts: AlertsConfig,
+}
+
+/// Webhook delivery of `meterline.budget.signals` and `meterline.anomalies`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Deliver alerts from this instance (a consumer group, so several instances share it).
+    pub enabled: bool,
+    /// Consumer group of the deliverer; its committed offsets mark what was delivered.
+    pub group_id: String,
+    /// Receivers of every alert, in addition to each budget's own `webhooks`.
+    pub webhooks: Vec<WebhookTarget>,
+    /// Attempts per receiver before giving up (counted as `failed`).
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubled per attempt up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Timeout of one HTTP attempt in milliseconds.
+    pub timeout_ms: u64,
+    /// Alerts older than this many seconds when first read are not delivered (a new group
+    /// reading the topics' history would otherwise replay every past alert).
+    pub max_age_secs: u64,
+    /// Deliveries in flight at once; one slow receiver never holds up the others.
+    pub max_in_flight: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            enabled: true,
+            group_id: "meterline-alerts".into(),
+            webhooks: vec![],
+            max_attempts: 8,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+            timeout_ms: 5_000,
+            max_age_secs: 24 * 3600,
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// One webhook receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    /// `http://` or `https://` URL the alert is POSTed to.
+    pub url: String,
+    /// Payload shape: `json` (the alert record) or `slack` (`{"text": …}`, for Slack and
+    /// Slack-compatible incoming webhooks such as Mattermost's).
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
+impl WebhookTarget {
+    /// A budget's `webhooks` entry: a URL, prefixed `slack+` for the Slack shape.
+    pub fn parse(entry: &str) -> Result<WebhookTarget, Error> {
+        let (format, url) = match entry.strip_prefix("slack+") {
+            Some(url) => (WebhookFormat::Slack, url),
+            None => (WebhookFormat::Json, entry),
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "webhook {entry:?} is not an http(s) URL (optionally prefixed slack+)"
+            )));
+        }
+        Ok(WebhookTarget {
+            url: url.to_string(),
+            format,
+        })
+    }
 }
 
 impl Default for AggregateConfig {
@@ -41,6 +127,8 @@ impl Default for AggregateConfig {
             flush_ms: 10_000,
             session_timeout_ms: 6_000,
             max_poll_interval_ms: 300_000,
+            budgets: true,
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -59,6 +147,16 @@ impl AggregateConfig {
         }
         if self.session_timeout_ms < 1_000 {
             return bad("aggregate.session_timeout_ms must be at least 1000");
+        }
+        let a = &self.alerts;
+        for w in &a.webhooks {
+            WebhookTarget::parse(&w.url)?;
+        }
+        if a.max_attempts == 0 || a.max_in_flight == 0 || a.timeout_ms == 0 {
+            return bad("aggregate.alerts.max_attempts, max_in_flight and timeout_ms must be > 0");
+        }
+        if a.backoff_initial_ms == 0 || a.backoff_max_ms < a.backoff_initial_ms {
+            return bad("aggregate.alerts: 0 < backoff_initial_ms ≤ backoff_max_ms");
         }
         Ok(())
     }

@@ -137,6 +137,31 @@ pub fn recover(partition: i32, files: &[FoundFile]) -> Recovery {
     out
 }
 
+/// The ledger as a reader may use it while the stage writes: only files all of whose flushes
+/// are complete, and per partition the offset those files end before. Read-only (recovery
+/// deletes; this only looks).
+pub fn complete_view(files: &[FoundFile]) -> (BTreeMap<i32, i64>, Vec<&FoundFile>) {
+    let mut count: BTreeMap<(i32, Flush), u32> = BTreeMap::new();
+    for f in files {
+        for fl in &f.flushes {
+            *count.entry((f.partition, *fl)).or_default() += 1;
+        }
+    }
+    let done = |p: i32, fl: &Flush| count.get(&(p, *fl)).is_some_and(|c| *c >= fl.files);
+    let mut resume: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut usable = vec![];
+    for f in files {
+        if f.flushes.iter().all(|fl| done(f.partition, fl)) {
+            for fl in &f.flushes {
+                let r = resume.entry(f.partition).or_insert(i64::MIN);
+                *r = (*r).max(fl.last + 1);
+            }
+            usable.push(f);
+        }
+    }
+    (resume, usable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

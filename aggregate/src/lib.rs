@@ -5,11 +5,14 @@
 //! - `ledger`: the Parquet files on disk (atomic writes, scan, recovery);
 //! - `stage`: the consume → flush loop.
 
+pub mod alerts;
 pub mod budget;
+pub mod budget_admin;
 pub mod config;
 pub mod files;
 pub mod ledger;
 pub mod rows;
+pub mod spend;
 pub mod stage;
 
 use std::net::SocketAddr;
@@ -50,6 +53,9 @@ impl Error {
 /// The aggregate stage: ledger recovered, consumer subscribed, metrics served.
 pub struct App {
     stage: stage::Stage,
+    tracker: Option<spend::SpendTracker>,
+    kafka: KafkaConfig,
+    alerts: Option<config::AlertsConfig>,
     local_addr: SocketAddr,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
@@ -70,6 +76,19 @@ impl App {
             .map_err(|e| Error::io(e))?;
         let (local_addr, server) = (metrics.local_addr, metrics.task);
         let ledger = Arc::new(ledger::Ledger::open(&cfg.data_dir)?);
+        let alerts = cfg.alerts.enabled.then(|| cfg.alerts.clone());
+        let tracker = if cfg.budgets {
+            let (kafka2, ledger2, stop2) = (kafka.clone(), ledger.clone(), stop.clone());
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    spend::SpendTracker::new(&kafka2, ledger2, stop2)
+                })
+                .await
+                .map_err(Error::io)??,
+            )
+        } else {
+            None
+        };
         let (kafka2, stop2) = (kafka.clone(), stop.clone());
         let stage =
             tokio::task::spawn_blocking(move || stage::Stage::new(&kafka2, cfg, ledger, stop2))
@@ -77,6 +96,9 @@ impl App {
                 .map_err(Error::io)??;
         Ok(App {
             stage,
+            tracker,
+            kafka: kafka.clone(),
+            alerts,
             local_addr,
             stop,
             server,
@@ -93,13 +115,44 @@ impl App {
         self.stop.clone()
     }
 
+    /// Runs the Parquet writer, the budget tracker and alert delivery until `stop` (or until
+    /// one of them fails, which stops the others).
     pub async fn run_until_stopped(self) -> Result<(), Error> {
         let stop = self.stop.clone();
-        let result = tokio::task::spawn_blocking(move || self.stage.run())
+        let tracker = self.tracker.map(|t| {
+            let stop = stop.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = t.run();
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "budget tracker stopped");
+                    stop.cancel();
+                }
+                r
+            })
+        });
+        let alerts = self.alerts.map(|cfg| {
+            let (kafka, stop) = (self.kafka.clone(), stop.clone());
+            tokio::spawn(async move {
+                let r = alerts::run(kafka, cfg, stop.clone()).await;
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "alert delivery stopped");
+                }
+                r
+            })
+        });
+        let stage = self.stage;
+        let result = tokio::task::spawn_blocking(move || stage.run())
             .await
             .map_err(Error::io)?;
         stop.cancel();
+        let tracked = match tracker {
+            Some(t) => t.await.map_err(Error::io)?,
+            None => Ok(()),
+        };
+        if let Some(a) = alerts {
+            let _ = a.await;
+        }
         let _ = self.server.await;
-        result
+        result.and(tracked)
     }
 }

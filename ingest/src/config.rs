@@ -30,6 +30,9 @@ pub struct IngestConfig {
     pub spool: SpoolConfig,
     /// Bearer tokens allowed to post events (role `edge` or `admin`).
     pub tokens: Vec<TokenConfig>,
+    /// Follow budget signals, budgets and tenants, and answer `/v1/enforcement/*`. Off:
+    /// every check answers allow with `ready: false`.
+    pub enforcement: bool,
 }
 
 /// Where events wait while the broker is unreachable.
@@ -69,6 +72,7 @@ impl Default for IngestConfig {
             compression: "lz4".into(),
             spool: SpoolConfig::default(),
             tokens: Vec::new(),
+            enforcement: true,
         }
     }
 }

@@ -17,7 +17,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use meterline_schemas::auth::{AuthFailure, Role, TokenTable};
@@ -34,11 +34,14 @@ use utoipa::OpenApi;
 
 use crate::adapters::{self, Ctx, FieldError, ItemError};
 use crate::config::IngestConfig;
+use crate::enforcement::{CheckRequest, CheckResponse, Decision, ResponsibleBudget};
 use crate::forwarder::Forwarder;
 use crate::spool::{Record, SpoolError};
 
 pub struct Shared {
     pub cfg: IngestConfig,
+    /// Budgets, signals and tenants followed from Kafka (the enforcement read path).
+    pub enforcement: crate::enforcement::Shared,
     pub tokens: TokenTable,
     pub forwarder: Arc<Forwarder>,
     pub metrics: PrometheusHandle,
@@ -77,8 +80,8 @@ fn error(status: StatusCode, msg: impl Into<String>, rejected: Vec<ItemError>) -
 #[derive(OpenApi)]
 #[openapi(
     info(title = "meterline ingest", description = "Edge forwarder: usage events in, Kafka out."),
-    paths(post_native, post_cloudevents, post_litellm, post_traces, healthz, readyz),
-    components(schemas(IngestResponse, ErrorResponse, ItemError, FieldError, adapters::native::NativeEvent, adapters::native::NativeUsage)),
+    paths(post_native, post_cloudevents, post_litellm, post_traces, enforcement_check, enforcement_ext_authz, healthz, readyz),
+    components(schemas(IngestResponse, ErrorResponse, ItemError, FieldError, adapters::native::NativeEvent, adapters::native::NativeUsage, CheckRequest, CheckResponse, ResponsibleBudget, Decision)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -102,6 +105,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/events/cloudevents", post(post_cloudevents))
         .route("/v1/events/litellm", post(post_litellm))
         .route("/v1/traces", post(post_traces))
+        .route("/v1/enforcement/check", post(enforcement_check))
+        .route("/v1/enforcement/ext_authz", any(enforcement_ext_authz))
+        .route("/v1/enforcement/ext_authz/{*path}", any(enforcement_ext_authz))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
@@ -437,6 +443,122 @@ fn otlp_answer(protobuf: bool, rejected: i64, message: String) -> Response {
     } else {
         Json(resp).into_response()
     }
+}
+
+fn decide(s: &Shared, r: &CheckRequest) -> CheckResponse {
+    let answer = s
+        .enforcement
+        .read()
+        .expect("enforcement state")
+        .check(r, Utc::now());
+    let decision = match answer.decision {
+        Decision::Allow => "allow",
+        Decision::Throttle => "throttle",
+        Decision::Block => "block",
+    };
+    metrics::counter!(m::ENFORCEMENT_CHECKS, m::LABEL_DECISION => decision).increment(1);
+    answer
+}
+
+/// May a call with this attribution spend? Always 200 with the decision and the budgets
+/// responsible (for gateways that call it from a hook, e.g. LiteLLM's custom auth).
+#[utoipa::path(post, path = "/v1/enforcement/check", request_body = CheckRequest,
+    responses((status = 200, body = CheckResponse), (status = 400), (status = 401), (status = 403)),
+    security(("bearer" = [])))]
+async fn enforcement_check(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let req: CheckRequest = match serde_path_to_error::deserialize(
+        &mut serde_json::Deserializer::from_slice(&body),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("field {}: {}", e.path(), e.inner()),
+                vec![],
+            )
+        }
+    };
+    Json(decide(&s, &req)).into_response()
+}
+
+/// Header names of the ext_authz variant (Envoy forwards them from the original request or
+/// adds them with `headers_to_add`).
+pub mod authz_headers {
+    pub const TOKEN: &str = "x-meterline-authorization";
+    pub const API_KEY_ID: &str = "x-meterline-api-key-id";
+    pub const USER_ID: &str = "x-meterline-user-id";
+    pub const TEAM_ID: &str = "x-meterline-team-id";
+    pub const ORG_ID: &str = "x-meterline-org-id";
+    pub const PROJECT_ID: &str = "x-meterline-project-id";
+    pub const PROVIDER: &str = "x-meterline-provider";
+    pub const MODEL: &str = "x-meterline-model";
+    /// `x-meterline-tag-<key>: <value>`, one header per tag.
+    pub const TAG_PREFIX: &str = "x-meterline-tag-";
+    pub const DECISION: &str = "x-meterline-decision";
+    pub const BUDGETS: &str = "x-meterline-budgets";
+}
+
+/// Envoy ext_authz (HTTP service): 200 to allow; 429 with `x-meterline-decision`,
+/// `x-meterline-budgets` and `Retry-After` to throttle or block. Attribution comes from
+/// `x-meterline-*` headers; the edge token from `x-meterline-authorization` (the original
+/// request's `Authorization` belongs to the client) or `Authorization`.
+#[utoipa::path(post, path = "/v1/enforcement/ext_authz",
+    responses((status = 200, description = "allow"), (status = 429, description = "throttle or block"), (status = 401), (status = 403)),
+    security(("bearer" = [])))]
+async fn enforcement_ext_authz(State(s): S, headers: HeaderMap) -> Response {
+    use authz_headers as h;
+    let mut auth = headers.clone();
+    if let Some(t) = headers.get(h::TOKEN) {
+        auth.insert(header::AUTHORIZATION, t.clone());
+    }
+    if let Err(r) = authorize(&s, &auth) {
+        return r;
+    }
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let tags = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.as_str().strip_prefix(h::TAG_PREFIX)?;
+            Some((key.to_string(), v.to_str().ok()?.to_string()))
+        })
+        .collect();
+    let req = CheckRequest {
+        api_key_id: get(h::API_KEY_ID),
+        user_id: get(h::USER_ID),
+        team_id: get(h::TEAM_ID),
+        org_id: get(h::ORG_ID),
+        project_id: get(h::PROJECT_ID),
+        tags,
+        provider: get(h::PROVIDER),
+        model: get(h::MODEL),
+    };
+    let answer = decide(&s, &req);
+    let (status, decision) = match answer.decision {
+        Decision::Allow => (StatusCode::OK, "allow"),
+        Decision::Throttle => (StatusCode::TOO_MANY_REQUESTS, "throttle"),
+        Decision::Block => (StatusCode::TOO_MANY_REQUESTS, "block"),
+    };
+    let mut r = status.into_response();
+    let hs = r.headers_mut();
+    hs.insert(h::DECISION, HeaderValue::from_static(decision));
+    let ids: Vec<&str> = answer.budgets.iter().map(|b| b.budget_id.as_str()).collect();
+    if let Ok(v) = HeaderValue::from_str(&ids.join(",")) {
+        if !ids.is_empty() {
+            hs.insert(h::BUDGETS, v);
+        }
+    }
+    if let Some(secs) = answer.retry_after_secs {
+        hs.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
 }
 
 async fn metrics_text(State(s): S) -> Response {

@@ -5,6 +5,7 @@
 
 pub mod adapters;
 pub mod config;
+pub mod enforcement;
 pub mod forwarder;
 pub mod http;
 pub mod spool;
@@ -99,7 +100,14 @@ impl App {
             cfg.spool.dir.join("dead-letter"),
         );
         let listener = TcpListener::bind(&cfg.listen).await?;
+        let stop = CancellationToken::new();
+        let enforcement = if cfg.enforcement {
+            enforcement::follow(kafka, stop.clone())?
+        } else {
+            Default::default()
+        };
         let shared = Arc::new(http::Shared {
+            enforcement,
             tokens: TokenTable::new(&cfg.tokens),
             cfg,
             forwarder,
@@ -108,7 +116,7 @@ impl App {
         Ok(App {
             listener,
             shared,
-            stop: CancellationToken::new(),
+            stop,
         })
     }
 

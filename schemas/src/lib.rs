@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod lag;
 pub mod metric_names;
 pub mod money;
+pub mod scope;
 pub mod telemetry;
 pub mod time;
 pub mod topics;

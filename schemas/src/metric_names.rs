@@ -42,8 +42,25 @@ pub const AGGREGATE_POISON: &str = "meterline_aggregate_poison_records_total";
 pub const AGGREGATE_BUFFERED_ROWS: &str = "meterline_aggregate_buffered_rows";
 pub const AGGREGATE_CONSUMER_LAG: &str = "meterline_aggregate_consumer_lag";
 pub const AGGREGATE_BACKLOG_DRAIN_SECONDS: &str = "meterline_aggregate_backlog_drain_seconds";
+pub const AGGREGATE_BUDGET_SIGNALS: &str = "meterline_aggregate_budget_signals_total";
+/// From ingest accepting an event (`received_at`) to the budget state including it.
+pub const AGGREGATE_BUDGET_LAG_SECONDS: &str = "meterline_aggregate_budget_lag_seconds";
+pub const AGGREGATE_BUDGET_REBUILD_SECONDS: &str = "meterline_aggregate_budget_rebuild_seconds";
+pub const AGGREGATE_ANOMALIES: &str = "meterline_aggregate_anomalies_total";
+
+// alerts (webhook delivery, in the aggregate process)
+/// Deliveries by `outcome`: `delivered`, `failed` (gave up after the last retry), `retried`.
+pub const ALERT_DELIVERIES: &str = "meterline_alert_deliveries_total";
+pub const ALERT_DELIVERY_SECONDS: &str = "meterline_alert_delivery_seconds";
+
+// enforcement (at the edge)
+pub const ENFORCEMENT_CHECKS: &str = "meterline_enforcement_checks_total";
+pub const ENFORCEMENT_BUDGETS: &str = "meterline_enforcement_budgets";
 
 // label keys
+pub const LABEL_STATE: &str = "state";
+pub const LABEL_OUTCOME: &str = "outcome";
+pub const LABEL_DECISION: &str = "decision";
 pub const LABEL_FORMAT: &str = "format";
 pub const LABEL_REASON: &str = "reason";
 pub const LABEL_STATUS: &str = "status";

@@ -17,8 +17,20 @@ pub fn prometheus() -> PrometheusHandle {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             30.0,
         ];
+        // Budget lag has a target (p99 ≤ 2 s): fine buckets around it.
+        let lag_buckets = [
+            0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 1.75, 2.0,
+            2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
+        ];
         let recorder = PrometheusBuilder::new()
             .set_buckets(&buckets)
+            .expect("non-empty buckets")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    crate::metric_names::AGGREGATE_BUDGET_LAG_SECONDS.into(),
+                ),
+                &lag_buckets,
+            )
             .expect("non-empty buckets")
             .build_recorder();
         let handle = recorder.handle();

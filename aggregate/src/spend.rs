@@ -1,0 +1,431 @@
+//! The budget ledger's I/O: running spend per budget and period, rebuilt from the Parquet
+//! files and kept current from the priced stream; crossings published to the compacted
+//! `meterline.budget.signals` topic. The arithmetic and the once-per-threshold rule live in
+//! `budget.rs`; this file only feeds it.
+//!
+//! Consistency with the ledger: a rebuild takes a snapshot of the complete flushes on disk
+//! (per partition, the offset they end before), reads the rows of the open periods from those
+//! files, then reads the topic from exactly those offsets. Every row is counted once whether
+//! it is already in a file or still only in the topic, so spend equals what the ledger holds
+//! or will hold.
+//!
+//! Once across restarts: at start the signals topic is read to its end and every signal
+//! already there is restored into the book before the first row is counted. A crash between
+//! a crossing and its publication loses nothing: the rebuild reaches the same crossing again.
+//!
+//! One instance tracks budgets (`[aggregate] budgets = true`); the Parquet writer itself may
+//! run in several instances, since the tracker reads every partition of the topic.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Decimal128Type, TimestampMicrosecondType};
+use chrono::{DateTime, Utc};
+use meterline_schemas::kafka::KafkaConfig;
+use meterline_schemas::metric_names as m;
+use meterline_schemas::scope::Attribution;
+use meterline_schemas::{topics, AvroRecord, BudgetChange, BudgetSignal, Money, PricedUsage};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::budget::{BudgetBook, SpendRow};
+use crate::files;
+use crate::ledger::Ledger;
+use crate::Error;
+
+/// Key of a signal on the compacted topic: one live state per budget and scope.
+pub fn signal_key(s: &BudgetSignal) -> String {
+    format!("{}|{}", s.budget_id, s.scope.label())
+}
+
+pub struct SpendTracker {
+    ledger: Arc<Ledger>,
+    book: BudgetBook,
+    consumer: BaseConsumer,
+    producer: BaseProducer,
+    /// Offset of the next budget change to read (the budgets topic has one partition).
+    budgets_next: i64,
+    stop: CancellationToken,
+}
+
+fn partitions(c: &BaseConsumer, topic: &str) -> Result<i32, Error> {
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(Error::kafka)?;
+    Ok(md
+        .topics()
+        .first()
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0))
+}
+
+/// Every record of `topic` up to its end at the time of the call, with the offset after the
+/// last one of partition 0.
+pub fn read_to_end(c: &BaseConsumer, topic: &str) -> Result<(Vec<Vec<u8>>, i64), Error> {
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = vec![];
+    for p in 0..partitions(c, topic)? {
+        let (lo, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(Error::kafka)?;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(Error::kafka)?;
+        if hi > lo {
+            ends.push((p, hi));
+        }
+    }
+    c.assign(&tpl).map_err(Error::kafka)?;
+    let mut out = vec![];
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends
+        .iter()
+        .all(|(p, hi)| next.get(p).is_some_and(|n| n >= hi))
+    {
+        if Instant::now() > deadline {
+            return Err(Error::Kafka(format!("{topic} not read to its end in 60 s")));
+        }
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                next.insert(msg.partition(), msg.offset() + 1);
+                if let Some(v) = msg.payload() {
+                    out.push(v.to_vec());
+                }
+            }
+            Some(Err(e)) => return Err(Error::kafka(e)),
+            None => {
+                // Compaction or aborted transactions can leave the last offsets without a
+                // record: the position says how far the reader really is.
+                if let Ok(pos) = c.position() {
+                    for e in pos.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            let n = next.entry(e.partition()).or_insert(o);
+                            *n = (*n).max(o);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((out, next.get(&0).copied().unwrap_or(0)))
+}
+
+/// The rows of one ledger file that occurred at or after `since`.
+pub fn read_spend_rows(path: &Path, since: DateTime<Utc>) -> Result<Vec<SpendRow>, Error> {
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{}: {e}", path.display()));
+    let file = File::open(path).map_err(Error::io)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(&e))?;
+    const COLUMNS: [&str; 12] = [
+        "occurred_at",
+        "org",
+        "cost_center",
+        "team",
+        "project",
+        "api_key_id",
+        "user_id",
+        "tags",
+        "provider",
+        "model",
+        "currency",
+        "cost_total",
+    ];
+    let schema = builder.parquet_schema();
+    let indices: Vec<usize> = COLUMNS
+        .iter()
+        .map(|c| {
+            (0..schema.num_columns())
+                .find(|i| schema.column(*i).name() == *c)
+                .ok_or_else(|| corrupt(&format!("no column {c}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mask = ProjectionMask::leaves(schema, indices);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| corrupt(&e))?;
+    let mut out = vec![];
+    for batch in reader {
+        let batch = batch.map_err(|e| corrupt(&e))?;
+        rows_of(&batch, since, &mut out).map_err(|e| corrupt(&e))?;
+    }
+    Ok(out)
+}
+
+fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Result<(), Error> {
+    let text = |name: &str| -> Result<Vec<Option<String>>, Error> {
+        let col = b
+            .column_by_name(name)
+            .ok_or_else(|| Error::Corrupt(format!("no column {name}")))?;
+        let col = arrow::compute::cast(col, &DataType::Utf8).map_err(Error::io)?;
+        let s = col.as_string::<i32>();
+        Ok((0..s.len())
+            .map(|i| s.is_valid(i).then(|| s.value(i).to_string()))
+            .collect())
+    };
+    let at = b
+        .column_by_name("occurred_at")
+        .ok_or_else(|| Error::Corrupt("no occurred_at".into()))?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| Error::Corrupt("occurred_at type".into()))?
+        .clone();
+    let cost = b
+        .column_by_name("cost_total")
+        .ok_or_else(|| Error::Corrupt("no cost_total".into()))?
+        .as_primitive_opt::<Decimal128Type>()
+        .ok_or_else(|| Error::Corrupt("cost_total type".into()))?
+        .clone();
+    let (org, cc, team, project) = (text("org")?, text("cost_center")?, text("team")?, text("project")?);
+    let (key, user, tags) = (text("api_key_id")?, text("user_id")?, text("tags")?);
+    let (provider, model, currency) = (text("provider")?, text("model")?, text("currency")?);
+    for i in 0..b.num_rows() {
+        let occurred_at = meterline_schemas::time::from_micros(at.value(i))
+            .ok_or_else(|| Error::Corrupt("occurred_at out of range".into()))?;
+        if occurred_at < since {
+            continue;
+        }
+        let tags = match &tags[i] {
+            Some(t) => serde_json::from_str(t).map_err(|e| Error::Corrupt(format!("tags: {e}")))?,
+            None => Default::default(),
+        };
+        out.push(SpendRow {
+            who: Attribution {
+                org: org[i].clone(),
+                cost_center: cc[i].clone(),
+                team: team[i].clone(),
+                project: project[i].clone(),
+                api_key_id: key[i].clone(),
+                user_id: user[i].clone(),
+                tags,
+                provider: provider[i].clone(),
+                model: model[i].clone(),
+            },
+            occurred_at,
+            cost: Money::from_unscaled(cost.value(i)).map_err(Error::io)?,
+            currency: currency[i].clone().unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
+impl SpendTracker {
+    /// Reads the budgets and the signals already emitted; the first rebuild happens in `run`.
+    pub fn new(
+        kafka: &KafkaConfig,
+        ledger: Arc<Ledger>,
+        stop: CancellationToken,
+    ) -> Result<SpendTracker, Error> {
+        let consumer: BaseConsumer = kafka
+            .client("aggregate-budgets")
+            // Assigned, never subscribed: every partition, no group membership.
+            .set("group.id", "meterline-budget-tracker")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(Error::kafka)?;
+        let producer: BaseProducer = kafka
+            .client("aggregate-signals")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .create()
+            .map_err(Error::kafka)?;
+        let mut book = BudgetBook::default();
+        // 1. the budgets, so signals can be checked against their current terms
+        let (changes, budgets_next) = read_to_end(&consumer, topics::BUDGETS)?;
+        for bytes in changes {
+            match BudgetChange::from_avro(&bytes) {
+                Ok(c) => {
+                    book.apply(c);
+                }
+                Err(e) => warn!(error = %e, "skipping unreadable budget change"),
+            }
+        }
+        // 2. what was already signalled is not signalled again
+        let (signals, _) = read_to_end(&consumer, topics::BUDGET_SIGNALS)?;
+        for bytes in &signals {
+            if let Ok(s) = BudgetSignal::from_avro(bytes) {
+                book.restore(&s);
+            }
+        }
+        info!(
+            budgets = book.budgets().count(),
+            signals = signals.len(),
+            "budget tracker loaded"
+        );
+        Ok(SpendTracker {
+            ledger,
+            book,
+            consumer,
+            producer,
+            budgets_next,
+            stop,
+        })
+    }
+
+    /// Rebuilds spend from the ledger's complete files and repositions the stream after them.
+    fn rebuild(&mut self) -> Result<(), Error> {
+        let t0 = Instant::now();
+        let now = Utc::now();
+        self.book.clear_spend();
+        // 1. snapshot of the complete flushes: the files, and where each partition's end
+        let found = self.ledger.scan()?;
+        let (resume, usable) = files::complete_view(&found);
+        // 2. the rows of the open periods in those files (a period in a time zone can start up
+        //    to a day before its UTC date directory)
+        let mut rows = 0usize;
+        if let Some(since) = self.book.open_since(now)? {
+            let first_dir = files::date_dir((since - chrono::Duration::days(1)).date_naive());
+            for f in usable {
+                let in_range = f
+                    .path
+                    .parent()
+                    .and_then(|d| d.file_name())
+                    .is_some_and(|d| d.to_string_lossy().as_ref() >= first_dir.as_str());
+                if !in_range {
+                    continue;
+                }
+                for row in read_spend_rows(&f.path, since)? {
+                    rows += 1;
+                    let signals = self.book.add(&row, now)?;
+                    self.publish(&signals)?;
+                }
+            }
+        }
+        // 3. the stream from where those files end (the beginning where there is no file)
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions(&self.consumer, topics::USAGE_PRICED)? {
+            let at = resume.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            tpl.add_partition_offset(topics::USAGE_PRICED, p, at)
+                .map_err(Error::kafka)?;
+        }
+        tpl.add_partition_offset(topics::BUDGETS, 0, Offset::Offset(self.budgets_next))
+            .map_err(Error::kafka)?;
+        self.consumer.assign(&tpl).map_err(Error::kafka)?;
+        metrics::histogram!(m::AGGREGATE_BUDGET_REBUILD_SECONDS).record(t0.elapsed().as_secs_f64());
+        info!(rows, secs = t0.elapsed().as_secs_f64(), "budget spend rebuilt from the ledger");
+        Ok(())
+    }
+
+    /// Publishes crossings and waits for the broker's ack: a crossing is only done once it is
+    /// on the topic (a crash before that re-derives it on restart).
+    fn publish(&self, signals: &[BudgetSignal]) -> Result<(), Error> {
+        if signals.is_empty() {
+            return Ok(());
+        }
+        for s in signals {
+            let bytes = s.to_avro().map_err(Error::io)?;
+            let key = signal_key(s);
+            self.producer
+                .send(BaseRecord::to(topics::BUDGET_SIGNALS).key(&key).payload(&bytes))
+                .map_err(|(e, _)| Error::kafka(e))?;
+            metrics::counter!(m::AGGREGATE_BUDGET_SIGNALS, m::LABEL_STATE => format!("{:?}", s.state).to_lowercase())
+                .increment(1);
+            info!(budget = %s.budget_id, threshold = ?s.threshold_percent, state = ?s.state, spend = %s.spend, "budget signal");
+        }
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(Error::kafka)
+    }
+
+    fn on_budget_change(&mut self, bytes: &[u8], offset: i64) -> Result<(), Error> {
+        self.budgets_next = offset + 1;
+        let change = match BudgetChange::from_avro(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!(m::AGGREGATE_POISON).increment(1);
+                warn!(offset, error = %e, "skipping unreadable budget change");
+                return Ok(());
+            }
+        };
+        let id = change.budget_id.clone();
+        if !self.book.apply(change) {
+            return Ok(());
+        }
+        // New terms: spend of a new budget's open period comes from the ledger, and the state
+        // under the new terms is published once.
+        self.rebuild()?;
+        if let Some(s) = self.book.reevaluate(&id, Utc::now())? {
+            self.publish(&[s])?;
+        }
+        Ok(())
+    }
+
+    fn on_priced(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let row = match PricedUsage::from_avro(bytes) {
+            Ok(r) => r,
+            Err(_) => return Ok(()), // counted and logged by the Parquet writer
+        };
+        let now = Utc::now();
+        let signals = self.book.add(&SpendRow::of_priced(&row), now)?;
+        let lag = (now - row.event.received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        metrics::histogram!(m::AGGREGATE_BUDGET_LAG_SECONDS).record(lag.max(0.0));
+        self.publish(&signals)
+    }
+
+    /// The loop: priced rows and budget changes until `stop`. Kafka and file errors are
+    /// retried after a pause with a fresh rebuild; only a corrupt ledger file stops it.
+    pub fn run(mut self) -> Result<(), Error> {
+        let mut pruned = Instant::now();
+        let mut healthy = false;
+        while !self.stop.is_cancelled() {
+            if !healthy {
+                match self.rebuild() {
+                    Ok(()) => healthy = true,
+                    Err(e @ Error::Corrupt(_)) => return Err(e),
+                    Err(e) => {
+                        warn!(error = %e, "budget rebuild failed; retrying in 5 s");
+                        self.pause(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let result = match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(msg)) => {
+                    let (topic, offset) = (msg.topic().to_string(), msg.offset());
+                    let bytes = msg.payload().unwrap_or_default().to_vec();
+                    drop(msg);
+                    if topic == topics::BUDGETS {
+                        self.on_budget_change(&bytes, offset)
+                    } else {
+                        self.on_priced(&bytes)
+                    }
+                }
+                Some(Err(e)) => Err(Error::kafka(e)),
+                None => Ok(()),
+            };
+            match result {
+                Ok(()) => {}
+                Err(e @ (Error::Corrupt(_) | Error::Fatal(_))) => return Err(e),
+                // Retryable (broker away, a file unreadable for a moment): start over from
+                // the ledger, which is always correct.
+                Err(e) => {
+                    warn!(error = %e, "budget tracking interrupted; rebuilding in 5 s");
+                    healthy = false;
+                    self.pause(Duration::from_secs(5));
+                }
+            }
+            if pruned.elapsed() > Duration::from_secs(60) {
+                self.book.prune(Utc::now());
+                pruned = Instant::now();
+            }
+        }
+        let _ = self.producer.flush(Duration::from_secs(5));
+        Ok(())
+    }
+
+    fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !self.stop.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
