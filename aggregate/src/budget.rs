@@ -224,8 +224,10 @@ impl BudgetBook {
     }
 
     /// After a budget's terms changed: its state in the current period under the new terms,
-    /// as one signal (state `ok` when below every threshold), and the thresholds reached
-    /// count as signalled from now on. `None` when the budget is gone or has no open period.
+    /// as one signal (state `ok` when below every threshold, so an edge blocking under the old
+    /// terms lets go), and the thresholds reached count as signalled from now on. `None` when
+    /// the budget is gone, has no open period, or neither was nor is over a threshold (a new
+    /// budget starts silently).
     pub fn reevaluate(
         &mut self,
         budget_id: &str,
@@ -242,8 +244,11 @@ impl BudgetBook {
             .entry((b.budget_id.clone(), start))
             .or_default();
         p.end = Some(end);
-        p.signalled = None;
+        let before = p.signalled.take();
         let reached = crossings(b, p, start, end, now);
+        if before.is_none() && reached.is_empty() {
+            return Ok(None); // nothing was signalled and nothing is: no news
+        }
         Ok(Some(reached.into_iter().last().unwrap_or_else(|| BudgetSignal {
             budget_id: b.budget_id.clone(),
             scope: b.scope.clone(),
@@ -580,6 +585,8 @@ mod tests {
         book.apply(v3);
         let s = book.reevaluate("b1", now).unwrap().unwrap();
         assert_eq!((s.state, s.threshold_percent), (BudgetState::Ok, None));
+        // and again: nothing was over, nothing is — no news
+        assert_eq!(book.reevaluate("b1", now).unwrap(), None);
     }
 
     #[test]

@@ -366,9 +366,12 @@ impl SpendTracker {
         };
         let now = Utc::now();
         let signals = self.book.add(&SpendRow::of_priced(&row), now)?;
+        self.publish(&signals)?;
+        // Recorded once the row's crossings are on the topic: the lag is to a state the edge
+        // can see, and a count that moved means the row has been fully handled.
         let lag = (now - row.event.received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
         metrics::histogram!(m::AGGREGATE_BUDGET_LAG_SECONDS).record(lag.max(0.0));
-        self.publish(&signals)
+        Ok(())
     }
 
     /// The loop: priced rows and budget changes until `stop`. Kafka and file errors are
