@@ -229,6 +229,9 @@ impl SpendTracker {
             .set("group.id", "meterline-budget-tracker")
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
+            // Latency matters more than fetch efficiency here (librdkafka's default waits up
+            // to 500 ms for data).
+            .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(Error::kafka)?;
         let producer: BaseProducer = kafka

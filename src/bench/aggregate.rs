@@ -2,7 +2,9 @@
 //! 1. a bare `read_committed` consumer that touches each payload and commits its position every
 //!    5,000 records (the floor any sink pays), in a thread of this process, and
 //! 2. `meterline aggregate` as its own process, writing the Parquet ledger with its defaults
-//!    except a 2 s age limit (so the last partial flush does not wait 10 s and skew the rate).
+//!    except a 2 s age limit (so the last partial flush does not wait 10 s and skew the rate),
+//!    and without the budget tracker and alert delivery (consumers of their own, measured by
+//!    the latency half of the bench, `budget.rs`).
 //!
 //! Both are timed from outside by their group's committed offsets (aggregate commits after each
 //! flush), from 10 % to 100 %. Also printed: the sink's CPU µs per row, peak RSS and the
@@ -54,7 +56,7 @@ pub(super) async fn run(
     std::fs::write(
         &cfg_path,
         format!(
-            "[kafka]\nbrokers = \"{bootstrap}\"\n[aggregate]\ngroup_id = \"{SINK_GROUP}\"\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nflush_ms = 2000\n",
+            "[kafka]\nbrokers = \"{bootstrap}\"\n[aggregate]\ngroup_id = \"{SINK_GROUP}\"\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nflush_ms = 2000\nbudgets = false\n[aggregate.alerts]\nenabled = false\n",
             free_port(),
             data.display()
         ),

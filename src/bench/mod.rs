@@ -3,6 +3,7 @@
 //! and peak RSS. Ratios, not absolute numbers, are what compare across (noisy, 2-core) machines.
 
 mod aggregate;
+mod budget;
 mod enrich;
 mod ingest;
 
@@ -42,11 +43,18 @@ pub enum BenchWhat {
         #[arg(long, default_value = "memory")]
         storage: String,
     },
-    /// The Parquet sink vs. a bare consumer of the priced topic.
+    /// The Parquet sink vs. a bare consumer of the priced topic; then the latency from ingest
+    /// to the budget state at a steady rate through the whole pipeline.
     Aggregate {
         /// Priced events.
         #[arg(long, default_value_t = 200_000)]
         events: usize,
+        /// Events per second of the latency run (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        latency_rate: u32,
+        /// Seconds of the latency run.
+        #[arg(long, default_value_t = 20)]
+        latency_secs: u64,
         /// Use this cluster instead of a local tansu.
         #[arg(long)]
         brokers: Option<String>,
@@ -104,9 +112,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         } => ingest::run(events, batch, concurrency, brokers, &storage).await,
         BenchWhat::Aggregate {
             events,
+            latency_rate,
+            latency_secs,
             brokers,
             storage,
-        } => aggregate::run(events, brokers, &storage).await,
+        } => {
+            aggregate::run(events, brokers, &storage).await?;
+            if latency_rate > 0 {
+                budget::run(latency_rate, latency_secs, &storage).await?;
+            }
+            Ok(())
+        }
         BenchWhat::Enrich {
             events,
             brokers,
