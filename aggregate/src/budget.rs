@@ -84,6 +84,12 @@ pub struct SpendRow {
     pub occurred_at: DateTime<Utc>,
     pub cost: Money,
     pub currency: String,
+    /// The usage mix, for anomaly detection: uncached input, cache reads, output.
+    pub input_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub output_tokens: i64,
+    /// The call failed (its cost still counts).
+    pub failed: bool,
 }
 
 impl SpendRow {
@@ -93,6 +99,10 @@ impl SpendRow {
             occurred_at: row.event.occurred_at,
             cost: row.cost.total,
             currency: row.currency.clone(),
+            input_tokens: row.event.usage.input_tokens,
+            cache_read_tokens: row.event.usage.cache_read_tokens,
+            output_tokens: row.event.usage.output_tokens,
+            failed: row.event.status == meterline_schemas::CallStatus::Error,
         }
     }
 }

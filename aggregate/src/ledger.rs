@@ -189,18 +189,27 @@ pub fn write_atomically(
         files::TEMP_PREFIX,
         rand::random::<u64>()
     ));
-    let file = File::create(&tmp).map_err(Error::io)?;
-    let mut w = ArrowWriter::try_new(
-        file,
-        batch.schema(),
-        Some(writer_properties(partition, flushes)),
-    )
-    .map_err(Error::io)?;
+    write_parquet_atomically(&tmp, path, batch, writer_properties(partition, flushes))
+}
+
+/// Writes `batch` to `tmp`, fsyncs it, renames it to `path` and fsyncs the directory: a
+/// reader sees the whole file or none of it.
+pub fn write_parquet_atomically(
+    tmp: &Path,
+    path: &Path,
+    batch: &arrow::array::RecordBatch,
+    props: WriterProperties,
+) -> Result<(), Error> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Io(format!("{} has no directory", path.display())))?;
+    let file = File::create(tmp).map_err(Error::io)?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(Error::io)?;
     w.write(batch).map_err(Error::io)?;
     let file = w.into_inner().map_err(Error::io)?;
     file.sync_all().map_err(Error::io)?;
     drop(file);
-    fs::rename(&tmp, path).map_err(Error::io)?;
+    fs::rename(tmp, path).map_err(Error::io)?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::io)?;

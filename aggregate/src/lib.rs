@@ -6,6 +6,8 @@
 //! - `stage`: the consume → flush loop.
 
 pub mod alerts;
+pub mod anomaly;
+pub mod anomaly_watch;
 pub mod budget;
 pub mod budget_admin;
 pub mod config;
@@ -79,9 +81,10 @@ impl App {
         let alerts = cfg.alerts.enabled.then(|| cfg.alerts.clone());
         let tracker = if cfg.budgets {
             let (kafka2, ledger2, stop2) = (kafka.clone(), ledger.clone(), stop.clone());
+            let data_dir = cfg.data_dir.clone();
             Some(
                 tokio::task::spawn_blocking(move || {
-                    spend::SpendTracker::new(&kafka2, ledger2, stop2)
+                    spend::SpendTracker::new(&kafka2, ledger2, data_dir, stop2)
                 })
                 .await
                 .map_err(Error::io)??,

@@ -37,6 +37,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::anomaly::DetectorConfig;
+use crate::anomaly_watch::AnomalyWatch;
 use crate::budget::{BudgetBook, SpendRow};
 use crate::files;
 use crate::ledger::Ledger;
@@ -54,6 +56,13 @@ pub struct SpendTracker {
     producer: BaseProducer,
     /// Offset of the next budget change to read (the budgets topic has one partition).
     budgets_next: i64,
+    /// Hourly series and the anomaly detector.
+    watch: AnomalyWatch,
+    /// Per priced partition, the next offset the watch has not yet counted (a budget rebuild
+    /// re-reads the stream from where the files end; the watch must not count rows twice).
+    watch_next: HashMap<i32, i64>,
+    /// The detector's history has been rebuilt from the ledger (once per start).
+    history_loaded: bool,
     stop: CancellationToken,
 }
 
@@ -124,8 +133,12 @@ pub fn read_spend_rows(path: &Path, since: DateTime<Utc>) -> Result<Vec<SpendRow
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{}: {e}", path.display()));
     let file = File::open(path).map_err(Error::io)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(&e))?;
-    const COLUMNS: [&str; 12] = [
+    const COLUMNS: [&str; 16] = [
         "occurred_at",
+        "input_tokens",
+        "cache_read_tokens",
+        "output_tokens",
+        "status",
         "org",
         "cost_center",
         "team",
@@ -186,6 +199,14 @@ fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Re
     let (org, cc, team, project) = (text("org")?, text("cost_center")?, text("team")?, text("project")?);
     let (key, user, tags) = (text("api_key_id")?, text("user_id")?, text("tags")?);
     let (provider, model, currency) = (text("provider")?, text("model")?, text("currency")?);
+    let status = text("status")?;
+    let int = |name: &str| -> Result<arrow::array::Int64Array, Error> {
+        b.column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
+            .cloned()
+            .ok_or_else(|| Error::Corrupt(format!("column {name}")))
+    };
+    let (input, cache_read, output) = (int("input_tokens")?, int("cache_read_tokens")?, int("output_tokens")?);
     for i in 0..b.num_rows() {
         let occurred_at = meterline_schemas::time::from_micros(at.value(i))
             .ok_or_else(|| Error::Corrupt("occurred_at out of range".into()))?;
@@ -211,6 +232,10 @@ fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Re
             occurred_at,
             cost: Money::from_unscaled(cost.value(i)).map_err(Error::io)?,
             currency: currency[i].clone().unwrap_or_default(),
+            input_tokens: input.value(i),
+            cache_read_tokens: cache_read.value(i),
+            output_tokens: output.value(i),
+            failed: status[i].as_deref() == Some("error"),
         });
     }
     Ok(())
@@ -221,6 +246,7 @@ impl SpendTracker {
     pub fn new(
         kafka: &KafkaConfig,
         ledger: Arc<Ledger>,
+        data_dir: std::path::PathBuf,
         stop: CancellationToken,
     ) -> Result<SpendTracker, Error> {
         let consumer: BaseConsumer = kafka
@@ -259,12 +285,29 @@ impl SpendTracker {
                 book.restore(&s);
             }
         }
+        // 3. anomalies already published are recognised when recomputed
+        let (anomalies, _) = read_to_end(&consumer, topics::ANOMALIES)?;
+        let published = anomalies
+            .iter()
+            .filter_map(|b| meterline_schemas::Anomaly::from_avro(b).ok())
+            .map(|a| a.anomaly_id)
+            .collect();
+        let watch = AnomalyWatch::new(
+            DetectorConfig::default(),
+            data_dir,
+            published,
+            Utc::now() - chrono::Duration::hours(2),
+        )?;
         info!(
             budgets = book.budgets().count(),
             signals = signals.len(),
+            anomalies = anomalies.len(),
             "budget tracker loaded"
         );
         Ok(SpendTracker {
+            watch,
+            watch_next: HashMap::new(),
+            history_loaded: false,
             ledger,
             book,
             consumer,
@@ -283,9 +326,19 @@ impl SpendTracker {
         let found = self.ledger.scan()?;
         let (resume, usable) = files::complete_view(&found);
         // 2. the rows of the open periods in those files (a period in a time zone can start up
-        //    to a day before its UTC date directory)
+        //    to a day before its UTC date directory); at start also the anomaly detector's
+        //    weeks of history
         let mut rows = 0usize;
-        if let Some(since) = self.book.open_since(now)? {
+        let budget_since = self.book.open_since(now)?;
+        let history_since = (!self.history_loaded).then(|| self.watch.history_since(now));
+        if history_since.is_some() {
+            self.watch.reset()?; // a retried first rebuild starts the history afresh
+        }
+        let since = match (budget_since, history_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(since) = since {
             let first_dir = files::date_dir((since - chrono::Duration::days(1)).date_naive());
             for f in usable {
                 let in_range = f
@@ -298,10 +351,21 @@ impl SpendTracker {
                 }
                 for row in read_spend_rows(&f.path, since)? {
                     rows += 1;
-                    let signals = self.book.add(&row, now)?;
-                    self.publish(&signals)?;
+                    if history_since.is_some() {
+                        self.watch.add(&row);
+                    }
+                    if budget_since.is_some_and(|b| row.occurred_at >= b) {
+                        let signals = self.book.add(&row, now)?;
+                        self.publish(&signals)?;
+                    }
                 }
             }
+        }
+        if !self.history_loaded {
+            self.history_loaded = true;
+            self.watch_next = resume.clone().into_iter().collect();
+            let found = self.watch.close_due(now)?;
+            self.publish_anomalies(&found)?;
         }
         // 3. the stream from where those files end (the beginning where there is no file)
         let mut tpl = TopicPartitionList::new();
@@ -339,6 +403,23 @@ impl SpendTracker {
             .map_err(Error::kafka)
     }
 
+    fn publish_anomalies(&self, found: &[meterline_schemas::Anomaly]) -> Result<(), Error> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        for a in found {
+            let bytes = a.to_avro().map_err(Error::io)?;
+            self.producer
+                .send(BaseRecord::to(topics::ANOMALIES).key(&a.anomaly_id).payload(&bytes))
+                .map_err(|(e, _)| Error::kafka(e))?;
+            metrics::counter!(m::AGGREGATE_ANOMALIES, m::LABEL_KIND => a.kind.clone()).increment(1);
+            info!(id = %a.anomaly_id, observed = %a.observed, expected = %a.expected, score = a.score, "anomaly");
+        }
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(Error::kafka)
+    }
+
     fn on_budget_change(&mut self, bytes: &[u8], offset: i64) -> Result<(), Error> {
         self.budgets_next = offset + 1;
         let change = match BudgetChange::from_avro(bytes) {
@@ -362,13 +443,19 @@ impl SpendTracker {
         Ok(())
     }
 
-    fn on_priced(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    fn on_priced(&mut self, bytes: &[u8], partition: i32, offset: i64) -> Result<(), Error> {
         let row = match PricedUsage::from_avro(bytes) {
             Ok(r) => r,
             Err(_) => return Ok(()), // counted and logged by the Parquet writer
         };
         let now = Utc::now();
-        let signals = self.book.add(&SpendRow::of_priced(&row), now)?;
+        let spend = SpendRow::of_priced(&row);
+        let next = self.watch_next.entry(partition).or_insert(0);
+        if offset >= *next {
+            *next = offset + 1;
+            self.watch.add(&spend);
+        }
+        let signals = self.book.add(&spend, now)?;
         self.publish(&signals)?;
         // Recorded once the row's crossings are on the topic: the lag is to a state the edge
         // can see, and a count that moved means the row has been fully handled.
@@ -396,18 +483,22 @@ impl SpendTracker {
             }
             let result = match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(msg)) => {
-                    let (topic, offset) = (msg.topic().to_string(), msg.offset());
+                    let (topic, p, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
                     let bytes = msg.payload().unwrap_or_default().to_vec();
                     drop(msg);
                     if topic == topics::BUDGETS {
                         self.on_budget_change(&bytes, offset)
                     } else {
-                        self.on_priced(&bytes)
+                        self.on_priced(&bytes, p, offset)
                     }
                 }
                 Some(Err(e)) => Err(Error::kafka(e)),
                 None => Ok(()),
-            };
+            }
+            .and_then(|()| {
+                let found = self.watch.close_due(Utc::now())?;
+                self.publish_anomalies(&found)
+            });
             match result {
                 Ok(()) => {}
                 Err(e @ (Error::Corrupt(_) | Error::Fatal(_))) => return Err(e),

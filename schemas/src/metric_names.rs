@@ -61,6 +61,7 @@ pub const ENFORCEMENT_BUDGETS: &str = "meterline_enforcement_budgets";
 pub const LABEL_STATE: &str = "state";
 pub const LABEL_OUTCOME: &str = "outcome";
 pub const LABEL_DECISION: &str = "decision";
+pub const LABEL_KIND: &str = "kind";
 pub const LABEL_FORMAT: &str = "format";
 pub const LABEL_REASON: &str = "reason";
 pub const LABEL_STATUS: &str = "status";
