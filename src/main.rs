@@ -42,6 +42,12 @@ enum Cmd {
     /// Events that could not be priced: list, replay.
     #[command(subcommand)]
     Rejected(RejectedCmd),
+    /// Merges each partition's ledger files of one date into one (safe while aggregate runs).
+    Compact {
+        /// The event date (UTC) whose directory is compacted, e.g. 2026-11-22.
+        #[arg(long)]
+        date: chrono::NaiveDate,
+    },
     /// Prints the SHA-256 digest of a bearer token, for the `tokens` config.
     HashToken { token: String },
     /// Benchmarks against a raw baseline measured in the same run.
@@ -74,6 +80,24 @@ async fn main() -> anyhow::Result<()> {
             let app = meterline_aggregate::App::build(&cfg.kafka, cfg.aggregate).await?;
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)
+        }
+        Cmd::Compact { date } => {
+            let dir = cfg()?.aggregate.data_dir;
+            let done = tokio::task::spawn_blocking(move || {
+                meterline_aggregate::compact::compact_date(&dir, date)
+            })
+            .await??;
+            for c in &done {
+                println!(
+                    "partition {}: {} files → {} ({} rows)",
+                    c.partition,
+                    c.merged_files,
+                    c.into.display(),
+                    c.rows
+                );
+            }
+            println!("{date}: {} partitions compacted", done.len());
+            Ok(())
         }
         Cmd::HashToken { token } => Ok(println!("{}", meterline_schemas::auth::hash_token(&token))),
         Cmd::Dev(args) => dev::run(cfg()?, args).await,

@@ -137,12 +137,34 @@ pub fn recover(partition: i32, files: &[FoundFile]) -> Recovery {
     out
 }
 
+/// Originals a compaction crashed before deleting: files whose flushes are all listed by a
+/// larger file of the same partition in the same date directory (the merged file, written
+/// and renamed before any original is deleted). They hold the same rows again; delete them.
+pub fn superseded(files: &[FoundFile]) -> Vec<PathBuf> {
+    let dir = |f: &FoundFile| f.path.parent().map(Path::to_path_buf);
+    files
+        .iter()
+        .filter(|f| {
+            files.iter().any(|g| {
+                g.path != f.path
+                    && g.partition == f.partition
+                    && dir(g) == dir(f)
+                    && g.flushes.len() > f.flushes.len()
+                    && f.flushes.iter().all(|fl| g.flushes.contains(fl))
+            })
+        })
+        .map(|f| f.path.clone())
+        .collect()
+}
+
 /// The ledger as a reader may use it while the stage writes: only files all of whose flushes
 /// are complete, and per partition the offset those files end before. Read-only (recovery
 /// deletes; this only looks).
 pub fn complete_view(files: &[FoundFile]) -> (BTreeMap<i32, i64>, Vec<&FoundFile>) {
+    let gone = superseded(files);
+    let files: Vec<&FoundFile> = files.iter().filter(|f| !gone.contains(&f.path)).collect();
     let mut count: BTreeMap<(i32, Flush), u32> = BTreeMap::new();
-    for f in files {
+    for f in &files {
         for fl in &f.flushes {
             *count.entry((f.partition, *fl)).or_default() += 1;
         }

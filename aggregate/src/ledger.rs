@@ -75,7 +75,12 @@ impl Ledger {
                 let Some((partition, _, _)) = files::parse_file_name(&name) else {
                     continue;
                 };
-                let flushes = read_flushes(&e.path())?;
+                let flushes = match read_flushes(&e.path()) {
+                    Ok(f) => f,
+                    // deleted meanwhile by a compaction running beside the stage
+                    Err(_) if !e.path().exists() => continue,
+                    Err(err) => return Err(err),
+                };
                 out.push(FoundFile {
                     path: e.path(),
                     partition,
@@ -89,6 +94,7 @@ impl Ledger {
     /// Recovery of one partition: deletes the files of a flush cut short and returns where to
     /// resume.
     pub fn recover(&self, partition: i32) -> Result<Option<i64>, Error> {
+        self.remove_superseded()?;
         let found = self.scan()?;
         let Recovery { resume_at, delete } = files::recover(partition, &found);
         for p in &delete {
@@ -96,6 +102,21 @@ impl Ledger {
             fs::remove_file(p).map_err(Error::io)?;
         }
         Ok(resume_at)
+    }
+
+    /// Deletes originals a crashed compaction left next to their merged file.
+    pub fn remove_superseded(&self) -> Result<usize, Error> {
+        let gone = files::superseded(&self.scan()?);
+        for p in &gone {
+            tracing::warn!(file = %p.display(), "deleting a file already merged by compaction");
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                // a concurrent compaction or recovery got there first
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(e)),
+            }
+        }
+        Ok(gone.len())
     }
 
     /// Writes one flush of `partition` (input offsets `first..=last`): one file per event date.
@@ -315,5 +336,63 @@ mod tests {
             "its renamed file is gone, so no row is written twice"
         );
         assert_eq!(l.scan().unwrap().len(), 1);
+    }
+
+    fn date_files(dir: &Path, day: u32) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir.join(format!("usage/date=2026-03-{day:02}")))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn compaction_merges_a_date_keeps_recovery_and_survives_a_crash_before_deleting() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        // three flushes of partition 0; the second also writes day 2
+        l.write_flush(0, 0, 1, &[row(0, 1, "1"), row(1, 1, "2")]).unwrap();
+        l.write_flush(0, 2, 4, &[row(2, 1, "3"), row(3, 2, "4"), row(4, 1, "5")]).unwrap();
+        l.write_flush(0, 5, 5, &[row(5, 1, "6")]).unwrap();
+        let before = date_files(dir.path(), 1);
+        assert_eq!(before.len(), 3);
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let done = crate::compact::compact_date(dir.path(), date).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].merged_files, done[0].rows), (3, 5));
+        let after = date_files(dir.path(), 1);
+        assert_eq!(after, vec![done[0].into.clone()]);
+        assert!(after[0].ends_with("part-0-0-5.parquet"));
+        assert_eq!(read_rows(&after[0]), 5);
+        assert_eq!(read_flushes(&after[0]).unwrap().len(), 3);
+        // the day-2 file of the second flush still completes it: recovery resumes after 5
+        assert_eq!(l.recover(0).unwrap(), Some(6));
+        assert_eq!(date_files(dir.path(), 2).len(), 1, "other dates untouched");
+        // a second run has nothing to do
+        assert!(crate::compact::compact_date(dir.path(), date).unwrap().is_empty());
+
+        // a crash between writing the merged file and deleting the originals: put an original
+        // back next to it; recovery deletes it, and nothing is counted twice meanwhile
+        l.write_flush(0, 6, 6, &[row(6, 1, "7")]).unwrap();
+        let orig6 = date_files(dir.path(), 1)
+            .into_iter()
+            .find(|p| p.ends_with("part-0-6-6.parquet"))
+            .unwrap();
+        let saved = fs::read(&orig6).unwrap();
+        let done = crate::compact::compact_date(dir.path(), date).unwrap();
+        assert_eq!(done[0].rows, 6);
+        fs::write(&orig6, saved).unwrap(); // "not yet deleted"
+        let found = l.scan().unwrap();
+        let (resume, usable) = files::complete_view(&found);
+        assert_eq!(resume.get(&0), Some(&7));
+        let rows: usize = usable
+            .iter()
+            .filter(|f| f.path.parent() == orig6.parent())
+            .map(|f| read_rows(&f.path))
+            .sum();
+        assert_eq!(rows, 6, "the superseded original is not read");
+        assert_eq!(l.recover(0).unwrap(), Some(7));
+        assert!(!orig6.exists(), "recovery deleted the merged original");
     }
 }

@@ -10,6 +10,7 @@ pub mod anomaly;
 pub mod anomaly_watch;
 pub mod budget;
 pub mod budget_admin;
+pub mod compact;
 pub mod config;
 pub mod files;
 pub mod ledger;

@@ -1,0 +1,109 @@
+//! `meterline compact --date D`: merges each partition's files of one date into one file.
+//!
+//! Safe beside a running stage: only files whose flushes are all complete are merged, the
+//! merged file lists every flush it took in (so recovery counts them as before), and
+//!   1. the merged file is written to a temp name, fsynced and renamed,
+//!   2. only then are the originals deleted.
+//! A crash between 1 and 2 leaves originals that the merged file supersedes; recovery (and
+//! the next compaction) deletes them (`files::superseded`), and readers of the ledger skip
+//! them meanwhile.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use arrow::array::RecordBatch;
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::files::{self, Flush};
+use crate::ledger::{self, Ledger};
+use crate::Error;
+
+/// What one partition's compaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compacted {
+    pub partition: i32,
+    pub merged_files: usize,
+    pub rows: usize,
+    pub into: PathBuf,
+}
+
+/// The ledger's sort order (see `rows::sort`), applied to a merged batch.
+const SORT: [&str; 6] = ["org", "cost_center", "team", "project", "model", "occurred_at"];
+
+fn read_all(path: &std::path::Path) -> Result<Vec<RecordBatch>, Error> {
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{}: {e}", path.display()));
+    ParquetRecordBatchReaderBuilder::try_new(File::open(path).map_err(Error::io)?)
+        .map_err(|e| corrupt(&e))?
+        .build()
+        .map_err(|e| corrupt(&e))?
+        .map(|b| b.map_err(|e| corrupt(&e)))
+        .collect()
+}
+
+/// Compacts `date` of the ledger under `data_dir`; partitions with fewer than two files are
+/// left alone.
+pub fn compact_date(data_dir: &std::path::Path, date: chrono::NaiveDate) -> Result<Vec<Compacted>, Error> {
+    let ledger = Ledger::open(data_dir)?;
+    ledger.remove_superseded()?;
+    let dir = ledger.usage_dir().join(files::date_dir(date));
+    let found = ledger.scan()?;
+    let (_, usable) = files::complete_view(&found);
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<&files::FoundFile>> = Default::default();
+    for f in usable {
+        if f.path.parent() == Some(dir.as_path()) {
+            by_partition.entry(f.partition).or_default().push(f);
+        }
+    }
+    let mut out = vec![];
+    for (partition, group) in by_partition {
+        if group.len() < 2 {
+            continue;
+        }
+        let mut batches = vec![];
+        let mut flushes: Vec<Flush> = vec![];
+        for f in &group {
+            batches.extend(read_all(&f.path)?);
+            flushes.extend(f.flushes.iter().copied());
+        }
+        flushes.sort();
+        flushes.dedup();
+        let schema = meterline_schemas::arrow_schema::usage_ledger_schema();
+        let merged = concat_batches(&schema, &batches).map_err(Error::io)?;
+        let columns: Vec<SortColumn> = SORT
+            .iter()
+            .map(|c| SortColumn {
+                values: merged.column_by_name(c).expect("ledger column").clone(),
+                options: None,
+            })
+            .collect();
+        let order = lexsort_to_indices(&columns, None).map_err(Error::io)?;
+        let merged = take_record_batch(&merged, &order).map_err(Error::io)?;
+        let (first, last) = (
+            flushes.iter().map(|f| f.first).min().unwrap_or(0),
+            flushes.iter().map(|f| f.last).max().unwrap_or(0),
+        );
+        let into = dir.join(files::file_name(partition, first, last));
+        // 1. the merged file, atomically (its name may equal an original's only if that
+        //    original already covered the whole range, i.e. there is nothing to merge)
+        if group.iter().any(|f| f.path == into) {
+            continue;
+        }
+        ledger::write_atomically(&dir, &into, &merged, partition, &flushes)?;
+        // 2. the originals
+        for f in &group {
+            match std::fs::remove_file(&f.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(e)),
+            }
+        }
+        out.push(Compacted {
+            partition,
+            merged_files: group.len(),
+            rows: merged.num_rows(),
+            into,
+        });
+    }
+    Ok(out)
+}
