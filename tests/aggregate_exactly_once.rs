@@ -2,7 +2,8 @@
 //! as a subprocess is killed with SIGKILL at random moments while priced records keep arriving
 //! (events over three dates, so flushes write several files). Afterwards the Parquet files hold
 //! every priced record exactly once — same count, same (partition, offset) set, same Decimal
-//! sum — and no temp file is left.
+//! sum — and no temp file is left. `meterline compact` runs beside the stage in half of the
+//! rounds (and is SIGKILLed itself in half of those).
 
 mod common;
 
@@ -190,7 +191,24 @@ async fn killed_at_random_moments_the_ledger_equals_the_topic_exactly() {
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
+            // Every other round a compaction runs beside the stage, and is itself killed at
+            // a random moment half of those times.
+            let compactor = (round % 2 == 1).then(|| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+                    .args(["compact", "--date", &format!("2026-04-0{}", 1 + round % 3)])
+                    .env("METERLINE_AGGREGATE__DATA_DIR", data.display().to_string())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            });
             std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
+            if let Some(mut c) = compactor {
+                if round % 4 == 1 {
+                    let _ = c.kill();
+                }
+                c.wait().unwrap();
+            }
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
             // more input arrives while it is down, every other round
@@ -204,7 +222,7 @@ async fn killed_at_random_moments_the_ledger_equals_the_topic_exactly() {
         let t0 = Instant::now();
         loop {
             let l = read_ledger(&data);
-            if l.rows + l.duplicates >= produced && l.temp_files == 0 {
+            if l.positions.len() >= produced && l.duplicates == 0 && l.temp_files == 0 {
                 break;
             }
             assert!(

@@ -52,6 +52,9 @@ impl ConsumerContext for Callbacks {
     }
 }
 
+/// While writes fail, a partition buffers up to this many flushes' worth, then is paused.
+const PAUSE_AT_FLUSHES: usize = 4;
+
 /// Rows of one owned partition not yet in a file.
 struct Buffer {
     rows: Vec<Row>,
@@ -63,6 +66,8 @@ struct Buffer {
     opened: Instant,
     /// A failed write is retried no sooner than this.
     retry_at: Option<Instant>,
+    /// Fetching paused: writes keep failing and the buffer is full.
+    paused: bool,
 }
 
 impl Buffer {
@@ -74,6 +79,7 @@ impl Buffer {
             bytes: 0,
             opened: Instant::now(),
             retry_at: None,
+            paused: false,
         }
     }
 
@@ -221,6 +227,23 @@ impl Stage {
         }
         b.next = offset + 1;
         b.bytes += bytes;
+        // The disk is refusing writes: stop fetching this partition once a bounded backlog is
+        // buffered, instead of growing without limit; resumed after the next good write.
+        if b.retry_at.is_some()
+            && !b.paused
+            && (b.rows.len() >= PAUSE_AT_FLUSHES * self.cfg.flush_rows
+                || b.bytes >= PAUSE_AT_FLUSHES * self.cfg.flush_bytes)
+        {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topics::USAGE_PRICED, p);
+            match self.consumer.pause(&tpl) {
+                Ok(()) => {
+                    b.paused = true;
+                    warn!(partition = p, rows = b.rows.len(), "ledger writes failing: partition paused");
+                }
+                Err(e) => warn!(partition = p, error = %e, "pausing the partition failed"),
+            }
+        }
         match decoded {
             Ok(priced) => b.rows.push(Row {
                 priced,
@@ -274,6 +297,14 @@ impl Stage {
                 b.first = None;
                 b.bytes = 0;
                 b.retry_at = None;
+                if b.paused {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(topics::USAGE_PRICED, p);
+                    if self.consumer.resume(&tpl).is_ok() {
+                        b.paused = false;
+                        info!(partition = p, "ledger writes succeed again: partition resumed");
+                    }
+                }
                 metrics::counter!(m::AGGREGATE_ROWS_WRITTEN).increment(n as u64);
                 metrics::counter!(m::AGGREGATE_FILES_WRITTEN).increment(files.len() as u64);
                 metrics::counter!(m::AGGREGATE_BYTES_WRITTEN).increment(bytes);
