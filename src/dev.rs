@@ -65,6 +65,7 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     stop_on_signal(stop.clone());
     // Demo reference data, as events (re-publishing unchanged entries is a no-op).
     let (prices, tenants) = publish_demo_reference(cfg.kafka.clone()).await?;
+    let budget = publish_demo_budget(cfg.kafka.clone()).await?;
     cfg.enrich.listen = "127.0.0.1:0".into();
     let enrich = meterline_enrich::App::build(&cfg.kafka, cfg.enrich.clone()).await?;
     let enrich_addr = enrich.local_addr();
@@ -95,6 +96,9 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
         args.data_dir.join("usage").display(),
         cfg.aggregate.flush_ms / 1000
     );
+    println!(
+        "  budgets  {budget}   check: curl -H 'Authorization: Bearer {DEV_EDGE_TOKEN}' http://{addr}/v1/enforcement/check -d '{{\"team_id\":\"search\"}}'"
+    );
     if args.demo_rate > 0 {
         tokio::spawn(demo_traffic(
             format!("http://{addr}"),
@@ -112,6 +116,42 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
 }
 
 /// Publishes the demo price book and tenant rules (unchanged entries publish nothing).
+/// A demo budget (team search, $25 a day, notify at 50 %, throttle at 80 %, block at 100 %),
+/// published once; returns what `budgets list` would print for it.
+async fn publish_demo_budget(kafka: meterline_schemas::kafka::KafkaConfig) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        use meterline_aggregate::budget_admin;
+        if budget_admin::load(&kafka)?.contains_key("demo-search-daily") {
+            return Ok("demo-search-daily (exists)".into());
+        }
+        let now = Utc::now();
+        let mut b = meterline_schemas::BudgetChange {
+            budget_id: "demo-search-daily".into(),
+            version: 0,
+            name: "Search team, daily".into(),
+            scope: crate::admin_cli::parse_scope("team=search")?,
+            limit: "25".parse()?,
+            currency: "USD".into(),
+            period: meterline_schemas::PeriodKind::Day,
+            timezone: "UTC".into(),
+            custom_from: None,
+            custom_to: None,
+            thresholds: crate::admin_cli::parse_thresholds("50:notify,80:throttle,100:block")?,
+            webhooks: vec![],
+            effective_from: now,
+            effective_to: None,
+            deleted: false,
+            author: "meterline dev".into(),
+            reason: "demo budget".into(),
+            changed_at: now,
+        };
+        b.effective_from = budget_admin::current_period_start(&b, now)?;
+        let b = budget_admin::publish(&kafka, b)?;
+        Ok(format!("{} v{}: {} {} per day, team search", b.budget_id, b.version, b.limit, b.currency))
+    })
+    .await?
+}
+
 pub async fn publish_demo_reference(
     kafka: meterline_schemas::kafka::KafkaConfig,
 ) -> anyhow::Result<(
