@@ -393,7 +393,9 @@ pub fn parse_thresholds(s: &str) -> anyhow::Result<Vec<meterline_schemas::Thresh
                 other => anyhow::bail!("unknown action {other:?} (notify, throttle, block)"),
             };
             Ok(meterline_schemas::Threshold {
-                percent: p.parse().with_context(|| format!("threshold percent {p:?}"))?,
+                percent: p
+                    .parse()
+                    .with_context(|| format!("threshold percent {p:?}"))?,
                 action,
             })
         })

@@ -118,7 +118,9 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
 /// Publishes the demo price book and tenant rules (unchanged entries publish nothing).
 /// A demo budget (team search, $25 a day, notify at 50 %, throttle at 80 %, block at 100 %),
 /// published once; returns what `budgets list` would print for it.
-async fn publish_demo_budget(kafka: meterline_schemas::kafka::KafkaConfig) -> anyhow::Result<String> {
+async fn publish_demo_budget(
+    kafka: meterline_schemas::kafka::KafkaConfig,
+) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         use meterline_aggregate::budget_admin;
         if budget_admin::load(&kafka)?.contains_key("demo-search-daily") {
@@ -147,7 +149,10 @@ async fn publish_demo_budget(kafka: meterline_schemas::kafka::KafkaConfig) -> an
         };
         b.effective_from = budget_admin::current_period_start(&b, now)?;
         let b = budget_admin::publish(&kafka, b)?;
-        Ok(format!("{} v{}: {} {} per day, team search", b.budget_id, b.version, b.limit, b.currency))
+        Ok(format!(
+            "{} v{}: {} {} per day, team search",
+            b.budget_id, b.version, b.limit, b.currency
+        ))
     })
     .await?
 }

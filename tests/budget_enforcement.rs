@@ -144,7 +144,10 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
         ("METERLINE_AGGREGATE__LISTEN", format!("127.0.0.1:{port}")),
         ("METERLINE_AGGREGATE__DATA_DIR", data.display().to_string()),
         ("METERLINE_AGGREGATE__FLUSH_MS", "500".into()),
-        ("METERLINE_AGGREGATE__ALERTS__BACKOFF_INITIAL_MS", "100".into()),
+        (
+            "METERLINE_AGGREGATE__ALERTS__BACKOFF_INITIAL_MS",
+            "100".into(),
+        ),
     ];
     let mut aggregate = spawn_stage(&h, "aggregate", &aggregate_settings, &log);
 
@@ -167,20 +170,36 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
         .env("METERLINE_KAFKA__USAGE_PARTITIONS", "2")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // 4. below the limit: 1000 input tokens = 0.0025 (25 %) → still allowed
-    eventually(Duration::from_secs(30), "edge enforcement ready", || async {
-        check(&h).await["ready"] == true
-    })
+    eventually(
+        Duration::from_secs(30),
+        "edge enforcement ready",
+        || async { check(&h).await["ready"] == true },
+    )
     .await;
     let (s, b) = h
-        .post("/v1/events", "application/json", event("e-1", 1000, 0).to_string())
+        .post(
+            "/v1/events",
+            "application/json",
+            event("e-1", 1000, 0).to_string(),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(60), "first row counted", || async {
-        metric(&client, port, "meterline_aggregate_budget_lag_seconds_count").await >= 1.0
+        metric(
+            &client,
+            port,
+            "meterline_aggregate_budget_lag_seconds_count",
+        )
+        .await
+            >= 1.0
     })
     .await;
     assert_eq!(check(&h).await["decision"], "allow");
@@ -188,7 +207,11 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
 
     // 5. over it: + 1000 output tokens = 0.01 → 0.0125 in total (125 %)
     let (s, b) = h
-        .post("/v1/events", "application/json", event("e-2", 0, 1000).to_string())
+        .post(
+            "/v1/events",
+            "application/json",
+            event("e-2", 0, 1000).to_string(),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
     eventually(Duration::from_secs(30), "the edge blocks", || async {
@@ -201,7 +224,10 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
     assert_eq!(answer["budgets"][0]["limit"], "0.01");
     // ext_authz: 429 with the decision and the budget in headers
     let r = client
-        .post(format!("{}/v1/enforcement/ext_authz/v1/chat/completions", h.base))
+        .post(format!(
+            "{}/v1/enforcement/ext_authz/v1/chat/completions",
+            h.base
+        ))
         .header("x-meterline-authorization", format!("Bearer {EDGE_TOKEN}"))
         .header("x-meterline-api-key-id", "key-7")
         .send()
@@ -210,7 +236,14 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["x-meterline-decision"], "block");
     assert_eq!(r.headers()["x-meterline-budgets"], "search-monthly");
-    assert!(r.headers()["retry-after"].to_str().unwrap().parse::<i64>().unwrap() > 0);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
     let other = client
         .post(format!("{}/v1/enforcement/ext_authz", h.base))
         .header("x-meterline-authorization", format!("Bearer {EDGE_TOKEN}"))
@@ -249,20 +282,36 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
 
     // 6. SIGKILL and restart: rebuilt from the ledger + stream, nothing signalled again. Both
     //    rows are in files first, so what the restarted tracker reads live is only e-3.
-    eventually(Duration::from_secs(30), "both rows in the ledger", || async {
-        metric(&client, port, "meterline_aggregate_rows_written_total").await >= 2.0
-    })
+    eventually(
+        Duration::from_secs(30),
+        "both rows in the ledger",
+        || async { metric(&client, port, "meterline_aggregate_rows_written_total").await >= 2.0 },
+    )
     .await;
     aggregate.kill().unwrap();
     aggregate.wait().unwrap();
     let mut aggregate = spawn_stage(&h, "aggregate", &aggregate_settings, &log);
     let (s, b) = h
-        .post("/v1/events", "application/json", event("e-3", 1000, 0).to_string())
+        .post(
+            "/v1/events",
+            "application/json",
+            event("e-3", 1000, 0).to_string(),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
-    eventually(Duration::from_secs(60), "the restarted tracker counts e-3", || async {
-        metric(&client, port, "meterline_aggregate_budget_lag_seconds_count").await >= 1.0
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the restarted tracker counts e-3",
+        || async {
+            metric(
+                &client,
+                port,
+                "meterline_aggregate_budget_lag_seconds_count",
+            )
+            .await
+                >= 1.0
+        },
+    )
     .await;
     assert_eq!(signals(&h).len(), 1, "no second signal after the restart");
     assert_eq!(calls.lock().unwrap().len(), 1, "no second webhook call");

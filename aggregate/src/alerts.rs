@@ -179,18 +179,22 @@ async fn deliver(
         metrics::histogram!(m::ALERT_DELIVERY_SECONDS).record(t0.elapsed().as_secs_f64());
         match result {
             Ok(r) if r.status().is_success() => {
-                metrics::counter!(m::ALERT_DELIVERIES, m::LABEL_OUTCOME => "delivered").increment(1);
+                metrics::counter!(m::ALERT_DELIVERIES, m::LABEL_OUTCOME => "delivered")
+                    .increment(1);
                 return;
             }
             // A 4xx other than 408/429 will not change by asking again.
-            Ok(r) if r.status().is_client_error()
-                && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT
-                && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+            Ok(r)
+                if r.status().is_client_error()
+                    && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT
+                    && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
             {
                 warn!(url = %target.url, status = %r.status(), "webhook refused the alert; not retrying");
                 break;
             }
-            Ok(r) => warn!(url = %target.url, status = %r.status(), attempt, "webhook delivery failed"),
+            Ok(r) => {
+                warn!(url = %target.url, status = %r.status(), attempt, "webhook delivery failed")
+            }
             Err(e) => warn!(url = %target.url, error = %e, attempt, "webhook delivery failed"),
         }
     }
@@ -199,10 +203,12 @@ async fn deliver(
 
 fn decode(topic: &str, bytes: &[u8], budgets: &HashMap<String, BudgetChange>) -> Option<Alert> {
     match topic {
-        topics::BUDGET_SIGNALS => BudgetSignal::from_avro(bytes).ok().map(|signal| Alert::Budget {
-            name: budgets.get(&signal.budget_id).map(|b| b.name.clone()),
-            signal,
-        }),
+        topics::BUDGET_SIGNALS => BudgetSignal::from_avro(bytes)
+            .ok()
+            .map(|signal| Alert::Budget {
+                name: budgets.get(&signal.budget_id).map(|b| b.name.clone()),
+                signal,
+            }),
         topics::ANOMALIES => Anomaly::from_avro(bytes).ok().map(Alert::Anomaly),
         _ => None,
     }
@@ -230,7 +236,11 @@ fn targets(
 }
 
 /// Runs until `stop`.
-pub async fn run(kafka: KafkaConfig, cfg: AlertsConfig, stop: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    kafka: KafkaConfig,
+    cfg: AlertsConfig,
+    stop: CancellationToken,
+) -> Result<(), Error> {
     let cfg = Arc::new(cfg);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(cfg.timeout_ms))
@@ -360,7 +370,10 @@ mod tests {
         assert_eq!(j["signal"]["scope"]["kind"], "team");
         let s = payload(WebhookFormat::Slack, &a);
         let text = s["text"].as_str().unwrap();
-        assert!(text.contains("*search monthly* (team:search) exceeded"), "{text}");
+        assert!(
+            text.contains("*search monthly* (team:search) exceeded"),
+            "{text}"
+        );
         assert!(text.contains("100.000000000000000001 of 100 USD"), "{text}");
         assert!(text.ends_with("action: block."), "{text}");
         let an = Alert::Anomaly(Anomaly {
@@ -388,9 +401,15 @@ mod tests {
             .as_str()
             .unwrap()
             .to_string();
-        assert!(text.contains("team:search / gpt-4o: observed 52.5 vs expected 10 (score 9.2"), "{text}");
+        assert!(
+            text.contains("team:search / gpt-4o: observed 52.5 vs expected 10 (score 9.2"),
+            "{text}"
+        );
         assert!(text.contains("api_key:k-7 (40)"), "{text}");
-        assert_eq!(payload(WebhookFormat::Json, &an)["anomaly"]["observed"], "52.5");
+        assert_eq!(
+            payload(WebhookFormat::Json, &an)["anomaly"]["observed"],
+            "52.5"
+        );
     }
 
     #[test]
@@ -402,7 +421,11 @@ mod tests {
         };
         let ms: Vec<u128> = (1..=6).map(|a| backoff(&cfg, a).as_millis()).collect();
         assert_eq!(ms, vec![0, 500, 1000, 2000, 3000, 3000]);
-        assert_eq!(backoff(&cfg, 200), Duration::from_millis(3000), "no overflow");
+        assert_eq!(
+            backoff(&cfg, 200),
+            Duration::from_millis(3000),
+            "no overflow"
+        );
     }
 
     #[test]
@@ -447,7 +470,9 @@ mod tests {
         };
         let t = targets(&cfg, &a, &budgets);
         assert_eq!(
-            t.iter().map(|t| (t.url.as_str(), t.format)).collect::<Vec<_>>(),
+            t.iter()
+                .map(|t| (t.url.as_str(), t.format))
+                .collect::<Vec<_>>(),
             vec![
                 ("http://ops/hook", WebhookFormat::Json),
                 ("https://hooks.example/T1", WebhookFormat::Slack)

@@ -30,11 +30,14 @@ use crate::Error;
 /// An hour is evaluated this long after it ends, so late events of the hour are in it.
 pub const CLOSE_DELAY: Duration = Duration::minutes(5);
 
+/// One hour's series: bucket and spend per contributor.
+type OpenHour = BTreeMap<SeriesKey, (HourBucket, HashMap<String, Decimal>)>;
+
 /// Buckets of the hours not yet evaluated, and the detector.
 pub struct AnomalyWatch {
     detector: AnomalyDetector,
     /// hour → series → (bucket, contributor spend)
-    open: BTreeMap<DateTime<Utc>, BTreeMap<SeriesKey, (HourBucket, HashMap<String, Decimal>)>>,
+    open: BTreeMap<DateTime<Utc>, OpenHour>,
     /// Hours before this are evaluated; their late rows are ignored here (the ledger has them).
     closed_before: Option<DateTime<Utc>>,
     /// Ids already on the topic.
@@ -90,7 +93,11 @@ impl AnomalyWatch {
         let model = who.model.clone().unwrap_or_default();
         let mut series = vec![];
         if let Some(org) = &who.org {
-            series.push((SeriesKey::new("org", org, None), "api_key", who.api_key_id.clone()));
+            series.push((
+                SeriesKey::new("org", org, None),
+                "api_key",
+                who.api_key_id.clone(),
+            ));
         }
         if let Some(team) = &who.team {
             series.push((
@@ -146,13 +153,18 @@ impl AnomalyWatch {
                 bucket.contributors = contributors.into_iter().collect();
                 match self.detector.observe(&key, &bucket) {
                     Ok(f) => findings.extend(f),
-                    Err(e) => tracing::warn!(series = %key, error = %e, "anomaly detector refused an hour"),
+                    Err(e) => {
+                        tracing::warn!(series = %key, error = %e, "anomaly detector refused an hour")
+                    }
                 }
             }
             if findings.is_empty() {
                 continue;
             }
-            let records: Vec<Anomaly> = findings.iter().map(|f| record(f, now)).collect::<Result<_, _>>()?;
+            let records: Vec<Anomaly> = findings
+                .iter()
+                .map(|f| record(f, now))
+                .collect::<Result<_, _>>()?;
             self.write_hour(hour, &records)?;
             for r in records {
                 let fresh = r.window_end >= self.publish_from;
@@ -257,8 +269,12 @@ fn to_batch(rs: &[Anomaly]) -> Result<RecordBatch, Error> {
     };
     let ts = |f: &dyn Fn(&Anomaly) -> DateTime<Utc>| -> ArrayRef {
         Arc::new(
-            TimestampMicrosecondArray::from(rs.iter().map(|r| f(r).timestamp_micros()).collect::<Vec<_>>())
-                .with_timezone("UTC"),
+            TimestampMicrosecondArray::from(
+                rs.iter()
+                    .map(|r| f(r).timestamp_micros())
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
         )
     };
     let m = |f: &dyn Fn(&Anomaly) -> Money| -> Result<ArrayRef, Error> {
@@ -269,15 +285,25 @@ fn to_batch(rs: &[Anomaly]) -> Result<RecordBatch, Error> {
     };
     let columns: Vec<ArrayRef> = vec![
         s(&|r| r.anomaly_id.clone()),
-        s(&|r| r.scope.label().split_once(':').map(|x| x.0.to_string()).unwrap_or_default()),
+        s(&|r| {
+            r.scope
+                .label()
+                .split_once(':')
+                .map(|x| x.0.to_string())
+                .unwrap_or_default()
+        }),
         s(&|r| r.scope.value.clone()),
-        Arc::new(StringArray::from(rs.iter().map(|r| r.model.clone()).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(
+            rs.iter().map(|r| r.model.clone()).collect::<Vec<_>>(),
+        )),
         s(&|r| r.kind.clone()),
         ts(&|r| r.window_start),
         ts(&|r| r.window_end),
         m(&|r| r.observed)?,
         m(&|r| r.expected)?,
-        Arc::new(Float64Array::from(rs.iter().map(|r| r.score).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(
+            rs.iter().map(|r| r.score).collect::<Vec<_>>(),
+        )),
         s(&|r| r.method.clone()),
         s(&|r| serde_json::to_string(&r.top_contributors).unwrap_or_default()),
         ts(&|r| r.at),
@@ -327,12 +353,14 @@ mod tests {
             let t = start + Duration::hours(h);
             let n = if h == hours - 1 { 300 } else { 30 };
             for i in 0..n {
-                let key = if h == hours - 1 && i >= 30 { "k-rogue" } else { "k-1" };
+                let key = if h == hours - 1 && i >= 30 {
+                    "k-rogue"
+                } else {
+                    "k-1"
+                };
                 w.add(&row(t + Duration::seconds(i), key, "0.1"));
             }
-            let mut found = w
-                .close_due(t + Duration::hours(1) + CLOSE_DELAY)
-                .unwrap();
+            let mut found = w.close_due(t + Duration::hours(1) + CLOSE_DELAY).unwrap();
             if h < hours - 1 {
                 assert!(found.is_empty(), "hour {h}: {found:?}");
                 continue;
@@ -350,14 +378,15 @@ mod tests {
                 t.format("%Y-%m-%d"),
                 t.hour()
             ));
-            let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                std::fs::File::open(&file).unwrap(),
-            )
-            .unwrap()
-            .build()
-            .unwrap()
-            .map(|b| b.unwrap().num_rows())
-            .sum();
+            let rows: usize =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    std::fs::File::open(&file).unwrap(),
+                )
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap().num_rows())
+                .sum();
             assert_eq!(rows, 2);
         }
         // a late row of a closed hour is ignored; nothing is published twice
@@ -371,8 +400,13 @@ mod tests {
         let start: DateTime<Utc> = "2026-11-02T00:00:00Z".parse().unwrap();
         let spike_hour = start + Duration::hours(24 * 15 - 1);
         let build = |published: HashSet<String>, from| {
-            let mut w = AnomalyWatch::new(DetectorConfig::default(), dir.path().to_path_buf(), published, from)
-                .unwrap();
+            let mut w = AnomalyWatch::new(
+                DetectorConfig::default(),
+                dir.path().to_path_buf(),
+                published,
+                from,
+            )
+            .unwrap();
             for h in 0..24 * 15 {
                 let t = start + Duration::hours(h);
                 let n = if t == spike_hour { 300 } else { 30 };
@@ -380,7 +414,8 @@ mod tests {
                     w.add(&row(t + Duration::seconds(i), "k-1", "0.1"));
                 }
             }
-            w.close_due(spike_hour + Duration::hours(1) + CLOSE_DELAY).unwrap()
+            w.close_due(spike_hour + Duration::hours(1) + CLOSE_DELAY)
+                .unwrap()
         };
         // replaying history at a restart: the spike hour is older than `publish_from`
         assert!(build(HashSet::new(), spike_hour + Duration::hours(3)).is_empty());

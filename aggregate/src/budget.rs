@@ -14,12 +14,12 @@ use meterline_schemas::{
 
 use crate::Error;
 
+/// `[start, end)` of a budget period.
+pub type Period = (DateTime<Utc>, DateTime<Utc>);
+
 /// `[start, end)` of the period containing `at`, in the budget's time zone; `None` when `at`
 /// is outside a custom range.
-pub fn period_at(
-    b: &BudgetChange,
-    at: DateTime<Utc>,
-) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, Error> {
+pub fn period_at(b: &BudgetChange, at: DateTime<Utc>) -> Result<Option<Period>, Error> {
     if b.period == PeriodKind::Custom {
         let (Some(from), Some(to)) = (b.custom_from, b.custom_to) else {
             return Err(Error::Config(format!(
@@ -259,18 +259,20 @@ impl BudgetBook {
         if before.is_none() && reached.is_empty() {
             return Ok(None); // nothing was signalled and nothing is: no news
         }
-        Ok(Some(reached.into_iter().last().unwrap_or_else(|| BudgetSignal {
-            budget_id: b.budget_id.clone(),
-            scope: b.scope.clone(),
-            period_start: start,
-            period_end: end,
-            state: BudgetState::Ok,
-            spend: p.spend,
-            limit: b.limit,
-            currency: b.currency.clone(),
-            threshold_percent: None,
-            action: BudgetAction::Notify,
-            at: now,
+        Ok(Some(reached.into_iter().last().unwrap_or_else(|| {
+            BudgetSignal {
+                budget_id: b.budget_id.clone(),
+                scope: b.scope.clone(),
+                period_start: start,
+                period_end: end,
+                state: BudgetState::Ok,
+                spend: p.spend,
+                limit: b.limit,
+                currency: b.currency.clone(),
+                threshold_percent: None,
+                action: BudgetAction::Notify,
+                at: now,
+            }
         })))
     }
 }
@@ -568,7 +570,10 @@ mod tests {
         v2.version = 2;
         v2.limit = "200".parse().unwrap();
         assert!(book.apply(v2.clone()));
-        assert!(!book.apply(v2.clone()), "a replayed version changes nothing");
+        assert!(
+            !book.apply(v2.clone()),
+            "a replayed version changes nothing"
+        );
         let s = book.reevaluate("b1", now).unwrap().unwrap();
         assert_eq!(
             (s.threshold_percent, s.action, s.state),
@@ -577,7 +582,10 @@ mod tests {
         let s = book
             .add(&row("search", "2026-03-02T10:00:00Z", "40"), now)
             .unwrap();
-        assert_eq!(s.iter().map(|s| s.threshold_percent).collect::<Vec<_>>(), vec![Some(80)]);
+        assert_eq!(
+            s.iter().map(|s| s.threshold_percent).collect::<Vec<_>>(),
+            vec![Some(80)]
+        );
         // after a restart, the signals emitted under limit 100 are not restored against 200
         let mut after = BudgetBook::default();
         after.apply(v2);
@@ -587,7 +595,10 @@ mod tests {
         let s = after
             .add(&row("search", "2026-03-01T10:00:00Z", "100"), now)
             .unwrap();
-        assert_eq!(s.iter().map(|s| s.threshold_percent).collect::<Vec<_>>(), vec![Some(50)]);
+        assert_eq!(
+            s.iter().map(|s| s.threshold_percent).collect::<Vec<_>>(),
+            vec![Some(50)]
+        );
         // raised so far that nothing is reached: an explicit `ok`
         let mut v3 = budget(PeriodKind::Month, "UTC");
         v3.version = 3;
@@ -616,9 +627,15 @@ mod tests {
             .add(&row("search", "2026-03-19T23:59:59Z", "60"), just_after)
             .unwrap();
         assert_eq!(s.len(), 1);
-        assert_eq!(book.open_since(just_after).unwrap(), Some(t("2026-03-19T00:00:00Z")));
+        assert_eq!(
+            book.open_since(just_after).unwrap(),
+            Some(t("2026-03-19T00:00:00Z"))
+        );
         book.prune(now);
         assert_eq!(book.spend("b1", t("2026-03-19T00:00:00Z")), Money::ZERO);
-        assert_eq!(book.open_since(now).unwrap(), Some(t("2026-03-20T00:00:00Z")));
+        assert_eq!(
+            book.open_since(now).unwrap(),
+            Some(t("2026-03-20T00:00:00Z"))
+        );
     }
 }

@@ -27,7 +27,10 @@ pub fn validate(b: &BudgetChange) -> Result<(), Error> {
         return bad(format!("limit must be positive, got {}", b.limit));
     }
     if b.currency.len() != 3 || !b.currency.chars().all(|c| c.is_ascii_uppercase()) {
-        return bad(format!("currency must be an ISO 4217 code, got {:?}", b.currency));
+        return bad(format!(
+            "currency must be an ISO 4217 code, got {:?}",
+            b.currency
+        ));
     }
     if b.thresholds.is_empty() {
         return bad("at least one threshold is needed".into());
@@ -35,7 +38,10 @@ pub fn validate(b: &BudgetChange) -> Result<(), Error> {
     let mut seen = HashSet::new();
     for t in &b.thresholds {
         if !(1..=1000).contains(&t.percent) || !seen.insert(t.percent) {
-            return bad(format!("threshold {} % is out of 1..=1000 or repeated", t.percent));
+            return bad(format!(
+                "threshold {} % is out of 1..=1000 or repeated",
+                t.percent
+            ));
         }
     }
     if b.period == PeriodKind::Custom {
@@ -84,7 +90,10 @@ pub fn publish(kafka: &KafkaConfig, mut b: BudgetChange) -> Result<BudgetChange,
     let current = load(kafka)?;
     let previous = current.get(&b.budget_id);
     if b.deleted && previous.is_none_or(|p| p.deleted) {
-        return Err(Error::Config(format!("no budget {:?} to delete", b.budget_id)));
+        return Err(Error::Config(format!(
+            "no budget {:?} to delete",
+            b.budget_id
+        )));
     }
     b.version = previous.map_or(1, |p| p.version + 1);
     b.changed_at = Utc::now();
@@ -95,8 +104,12 @@ pub fn publish(kafka: &KafkaConfig, mut b: BudgetChange) -> Result<BudgetChange,
         .create()
         .map_err(Error::kafka)?;
     let bytes = b.to_avro().map_err(Error::io)?;
-    p.send(BaseRecord::to(topics::BUDGETS).key(&b.budget_id).payload(&bytes))
-        .map_err(|(e, _)| Error::kafka(e))?;
+    p.send(
+        BaseRecord::to(topics::BUDGETS)
+            .key(&b.budget_id)
+            .payload(&bytes),
+    )
+    .map_err(|(e, _)| Error::kafka(e))?;
     p.flush(Duration::from_secs(30)).map_err(Error::kafka)?;
     Ok(b)
 }
@@ -143,9 +156,15 @@ mod tests {
             (Box::new(|b| b.currency = "usd".into()), "currency"),
             (Box::new(|b| b.thresholds.clear()), "threshold"),
             (Box::new(|b| b.thresholds[0].percent = 0), "threshold"),
-            (Box::new(|b| b.timezone = "Nowhere/Else".into()), "time zone"),
+            (
+                Box::new(|b| b.timezone = "Nowhere/Else".into()),
+                "time zone",
+            ),
             (Box::new(|b| b.period = PeriodKind::Custom), "custom"),
-            (Box::new(|b| b.webhooks = vec!["mailto:x".into()]), "webhook"),
+            (
+                Box::new(|b| b.webhooks = vec!["mailto:x".into()]),
+                "webhook",
+            ),
             (Box::new(|b| b.budget_id = "a|b".into()), "budget_id"),
         ];
         for (mutate, word) in cases {

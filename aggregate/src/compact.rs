@@ -1,9 +1,11 @@
 //! `meterline compact --date D`: merges each partition's files of one date into one file.
 //!
 //! Safe beside a running stage: only files whose flushes are all complete are merged, the
-//! merged file lists every flush it took in (so recovery counts them as before), and
-//!   1. the merged file is written to a temp name, fsynced and renamed,
-//!   2. only then are the originals deleted.
+//! merged file lists every flush it took in (so recovery counts them as before), and:
+//!
+//! 1. the merged file is written to a temp name, fsynced and renamed,
+//! 2. only then are the originals deleted.
+//!
 //! A crash between 1 and 2 leaves originals that the merged file supersedes; recovery (and
 //! the next compaction) deletes them (`files::superseded`), and readers of the ledger skip
 //! them meanwhile.
@@ -29,7 +31,14 @@ pub struct Compacted {
 }
 
 /// The ledger's sort order (see `rows::sort`), applied to a merged batch.
-const SORT: [&str; 6] = ["org", "cost_center", "team", "project", "model", "occurred_at"];
+const SORT: [&str; 6] = [
+    "org",
+    "cost_center",
+    "team",
+    "project",
+    "model",
+    "occurred_at",
+];
 
 fn read_all(path: &std::path::Path) -> Result<Vec<RecordBatch>, Error> {
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{}: {e}", path.display()));
@@ -43,13 +52,17 @@ fn read_all(path: &std::path::Path) -> Result<Vec<RecordBatch>, Error> {
 
 /// Compacts `date` of the ledger under `data_dir`; partitions with fewer than two files are
 /// left alone.
-pub fn compact_date(data_dir: &std::path::Path, date: chrono::NaiveDate) -> Result<Vec<Compacted>, Error> {
+pub fn compact_date(
+    data_dir: &std::path::Path,
+    date: chrono::NaiveDate,
+) -> Result<Vec<Compacted>, Error> {
     let ledger = Ledger::open(data_dir)?;
     ledger.remove_superseded()?;
     let dir = ledger.usage_dir().join(files::date_dir(date));
     let found = ledger.scan()?;
     let (_, usable) = files::complete_view(&found);
-    let mut by_partition: std::collections::BTreeMap<i32, Vec<&files::FoundFile>> = Default::default();
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<&files::FoundFile>> =
+        Default::default();
     for f in usable {
         if f.path.parent() == Some(dir.as_path()) {
             by_partition.entry(f.partition).or_default().push(f);

@@ -196,8 +196,8 @@ pub fn writer_properties(partition: i32, flushes: &[Flush]) -> WriterProperties 
         .build()
 }
 
-/// 1. write to a temp name in the same directory, 2. fsync the file, 3. rename over the final
-/// name, 4. fsync the directory so the rename itself survives a power cut.
+/// Writes a ledger file: write to a temp name in the same directory, fsync the file, rename
+/// over the final name, fsync the directory so the rename itself survives a power cut.
 pub fn write_atomically(
     dir: &Path,
     path: &Path,
@@ -352,8 +352,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::open(dir.path()).unwrap();
         // three flushes of partition 0; the second also writes day 2
-        l.write_flush(0, 0, 1, &[row(0, 1, "1"), row(1, 1, "2")]).unwrap();
-        l.write_flush(0, 2, 4, &[row(2, 1, "3"), row(3, 2, "4"), row(4, 1, "5")]).unwrap();
+        l.write_flush(0, 0, 1, &[row(0, 1, "1"), row(1, 1, "2")])
+            .unwrap();
+        l.write_flush(0, 2, 4, &[row(2, 1, "3"), row(3, 2, "4"), row(4, 1, "5")])
+            .unwrap();
         l.write_flush(0, 5, 5, &[row(5, 1, "6")]).unwrap();
         let before = date_files(dir.path(), 1);
         assert_eq!(before.len(), 3);
@@ -370,7 +372,9 @@ mod tests {
         assert_eq!(l.recover(0).unwrap(), Some(6));
         assert_eq!(date_files(dir.path(), 2).len(), 1, "other dates untouched");
         // a second run has nothing to do
-        assert!(crate::compact::compact_date(dir.path(), date).unwrap().is_empty());
+        assert!(crate::compact::compact_date(dir.path(), date)
+            .unwrap()
+            .is_empty());
 
         // a crash between writing the merged file and deleting the originals: put an original
         // back next to it; recovery deletes it, and nothing is counted twice meanwhile

@@ -76,7 +76,7 @@ impl App {
         let stop = CancellationToken::new();
         let metrics = meterline_schemas::telemetry::serve_metrics(&cfg.listen, stop.clone())
             .await
-            .map_err(|e| Error::io(e))?;
+            .map_err(Error::io)?;
         let (local_addr, server) = (metrics.local_addr, metrics.task);
         let ledger = Arc::new(ledger::Ledger::open(&cfg.data_dir)?);
         let alerts = cfg.alerts.enabled.then(|| cfg.alerts.clone());

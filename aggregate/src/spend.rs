@@ -196,7 +196,12 @@ fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Re
         .as_primitive_opt::<Decimal128Type>()
         .ok_or_else(|| Error::Corrupt("cost_total type".into()))?
         .clone();
-    let (org, cc, team, project) = (text("org")?, text("cost_center")?, text("team")?, text("project")?);
+    let (org, cc, team, project) = (
+        text("org")?,
+        text("cost_center")?,
+        text("team")?,
+        text("project")?,
+    );
     let (key, user, tags) = (text("api_key_id")?, text("user_id")?, text("tags")?);
     let (provider, model, currency) = (text("provider")?, text("model")?, text("currency")?);
     let status = text("status")?;
@@ -206,7 +211,11 @@ fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Re
             .cloned()
             .ok_or_else(|| Error::Corrupt(format!("column {name}")))
     };
-    let (input, cache_read, output) = (int("input_tokens")?, int("cache_read_tokens")?, int("output_tokens")?);
+    let (input, cache_read, output) = (
+        int("input_tokens")?,
+        int("cache_read_tokens")?,
+        int("output_tokens")?,
+    );
     for i in 0..b.num_rows() {
         let occurred_at = meterline_schemas::time::from_micros(at.value(i))
             .ok_or_else(|| Error::Corrupt("occurred_at out of range".into()))?;
@@ -370,7 +379,9 @@ impl SpendTracker {
         // 3. the stream from where those files end (the beginning where there is no file)
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions(&self.consumer, topics::USAGE_PRICED)? {
-            let at = resume.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            let at = resume
+                .get(&p)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
             tpl.add_partition_offset(topics::USAGE_PRICED, p, at)
                 .map_err(Error::kafka)?;
         }
@@ -378,7 +389,11 @@ impl SpendTracker {
             .map_err(Error::kafka)?;
         self.consumer.assign(&tpl).map_err(Error::kafka)?;
         metrics::histogram!(m::AGGREGATE_BUDGET_REBUILD_SECONDS).record(t0.elapsed().as_secs_f64());
-        info!(rows, secs = t0.elapsed().as_secs_f64(), "budget spend rebuilt from the ledger");
+        info!(
+            rows,
+            secs = t0.elapsed().as_secs_f64(),
+            "budget spend rebuilt from the ledger"
+        );
         Ok(())
     }
 
@@ -392,7 +407,11 @@ impl SpendTracker {
             let bytes = s.to_avro().map_err(Error::io)?;
             let key = signal_key(s);
             self.producer
-                .send(BaseRecord::to(topics::BUDGET_SIGNALS).key(&key).payload(&bytes))
+                .send(
+                    BaseRecord::to(topics::BUDGET_SIGNALS)
+                        .key(&key)
+                        .payload(&bytes),
+                )
                 .map_err(|(e, _)| Error::kafka(e))?;
             metrics::counter!(m::AGGREGATE_BUDGET_SIGNALS, m::LABEL_STATE => format!("{:?}", s.state).to_lowercase())
                 .increment(1);
@@ -410,7 +429,11 @@ impl SpendTracker {
         for a in found {
             let bytes = a.to_avro().map_err(Error::io)?;
             self.producer
-                .send(BaseRecord::to(topics::ANOMALIES).key(&a.anomaly_id).payload(&bytes))
+                .send(
+                    BaseRecord::to(topics::ANOMALIES)
+                        .key(&a.anomaly_id)
+                        .payload(&bytes),
+                )
                 .map_err(|(e, _)| Error::kafka(e))?;
             metrics::counter!(m::AGGREGATE_ANOMALIES, m::LABEL_KIND => a.kind.clone()).increment(1);
             info!(id = %a.anomaly_id, observed = %a.observed, expected = %a.expected, score = a.score, "anomaly");
@@ -459,7 +482,10 @@ impl SpendTracker {
         self.publish(&signals)?;
         // Recorded once the row's crossings are on the topic: the lag is to a state the edge
         // can see, and a count that moved means the row has been fully handled.
-        let lag = (now - row.event.received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        let lag = (now - row.event.received_at)
+            .num_microseconds()
+            .unwrap_or(0) as f64
+            / 1e6;
         metrics::histogram!(m::AGGREGATE_BUDGET_LAG_SECONDS).record(lag.max(0.0));
         Ok(())
     }
@@ -483,7 +509,8 @@ impl SpendTracker {
             }
             let result = match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(msg)) => {
-                    let (topic, p, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+                    let (topic, p, offset) =
+                        (msg.topic().to_string(), msg.partition(), msg.offset());
                     let bytes = msg.payload().unwrap_or_default().to_vec();
                     drop(msg);
                     if topic == topics::BUDGETS {

@@ -112,6 +112,9 @@ impl Stage {
         if removed > 0 {
             info!(removed, "removed temp files left by a crash");
         }
+        // Also at start, not only when a partition is taken over: a partition with nothing new
+        // to read is never taken over, and its merged originals would stay next to the merge.
+        ledger.remove_superseded()?;
         let consumer: BaseConsumer<Callbacks> = kafka
             .stage_consumer(
                 "aggregate",
@@ -239,7 +242,11 @@ impl Stage {
             match self.consumer.pause(&tpl) {
                 Ok(()) => {
                     b.paused = true;
-                    warn!(partition = p, rows = b.rows.len(), "ledger writes failing: partition paused");
+                    warn!(
+                        partition = p,
+                        rows = b.rows.len(),
+                        "ledger writes failing: partition paused"
+                    );
                 }
                 Err(e) => warn!(partition = p, error = %e, "pausing the partition failed"),
             }
@@ -302,7 +309,10 @@ impl Stage {
                     tpl.add_partition(topics::USAGE_PRICED, p);
                     if self.consumer.resume(&tpl).is_ok() {
                         b.paused = false;
-                        info!(partition = p, "ledger writes succeed again: partition resumed");
+                        info!(
+                            partition = p,
+                            "ledger writes succeed again: partition resumed"
+                        );
                     }
                 }
                 metrics::counter!(m::AGGREGATE_ROWS_WRITTEN).increment(n as u64);

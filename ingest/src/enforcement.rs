@@ -111,7 +111,8 @@ impl EnforcementState {
 
     pub fn apply_signal(&mut self, s: BudgetSignal) {
         let newer = self.signals.get(&s.budget_id).is_none_or(|o| {
-            (s.period_start, s.at, s.threshold_percent) >= (o.period_start, o.at, o.threshold_percent)
+            (s.period_start, s.at, s.threshold_percent)
+                >= (o.period_start, o.at, o.threshold_percent)
         });
         if newer {
             self.signals.insert(s.budget_id.clone(), s);
@@ -147,7 +148,11 @@ impl EnforcementState {
             }
         };
         Attribution {
-            org: if resolved { Some(t.org) } else { r.org_id.clone() },
+            org: if resolved {
+                Some(t.org)
+            } else {
+                r.org_id.clone()
+            },
             cost_center: pick(t.cost_center, &None),
             team: pick(t.team, &r.team_id),
             project: pick(t.project, &r.project_id),
@@ -250,7 +255,10 @@ fn ends(c: &BaseConsumer) -> Result<Vec<(&'static str, i32, i64)>, rdkafka::erro
     let mut out = vec![];
     for topic in FOLLOWED {
         let md = c.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let parts = md.topics().first().map_or(0, |t| t.partitions().len() as i32);
+        let parts = md
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len() as i32);
         for p in 0..parts {
             let (lo, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(5))?;
             if hi > lo {
@@ -263,7 +271,10 @@ fn ends(c: &BaseConsumer) -> Result<Vec<(&'static str, i32, i64)>, rdkafka::erro
 
 /// Follows the topics on a thread until `stop`. The edge serves meanwhile (`ready: false`
 /// answers allow): a broker outage must not stop gateways.
-pub fn follow(kafka: &KafkaConfig, stop: CancellationToken) -> Result<Shared, rdkafka::error::KafkaError> {
+pub fn follow(
+    kafka: &KafkaConfig,
+    stop: CancellationToken,
+) -> Result<Shared, rdkafka::error::KafkaError> {
     let state: Shared = Arc::default();
     let c: BaseConsumer = kafka
         .client("ingest-enforcement")
@@ -315,7 +326,9 @@ pub fn follow(kafka: &KafkaConfig, stop: CancellationToken) -> Result<Shared, rd
                         if let Ok(pos) = c.position() {
                             for e in pos.elements() {
                                 if let Offset::Offset(o) = e.offset() {
-                                    let n = next.entry((e.topic().to_string(), e.partition())).or_insert(o);
+                                    let n = next
+                                        .entry((e.topic().to_string(), e.partition()))
+                                        .or_insert(o);
                                     *n = (*n).max(o);
                                 }
                             }
@@ -323,9 +336,9 @@ pub fn follow(kafka: &KafkaConfig, stop: CancellationToken) -> Result<Shared, rd
                     }
                 }
                 if !ready
-                    && ends.iter().all(|(t, p, hi)| {
-                        next.get(&(t.to_string(), *p)).is_some_and(|n| n >= hi)
-                    })
+                    && ends
+                        .iter()
+                        .all(|(t, p, hi)| next.get(&(t.to_string(), *p)).is_some_and(|n| n >= hi))
                 {
                     ready = true;
                     st.write().expect("enforcement state").set_ready();
@@ -445,11 +458,17 @@ mod tests {
         let r = s.check(&key("key-7"), now);
         assert_eq!(r.decision, Decision::Block);
         assert_eq!(
-            r.budgets.iter().map(|b| b.budget_id.as_str()).collect::<Vec<_>>(),
+            r.budgets
+                .iter()
+                .map(|b| b.budget_id.as_str())
+                .collect::<Vec<_>>(),
             vec!["team-search", "cc-1"],
             "strongest first"
         );
-        assert_eq!(r.retry_after_secs, Some((t("2026-12-01T00:00:00Z") - now).num_seconds()));
+        assert_eq!(
+            r.retry_after_secs,
+            Some((t("2026-12-01T00:00:00Z") - now).num_seconds())
+        );
         // another key of no rule, another team: allowed
         assert_eq!(s.check(&key("key-8"), now).decision, Decision::Allow);
         // unattributed key, but the gateway says which team: the gateway's word is used

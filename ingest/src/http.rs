@@ -107,7 +107,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/traces", post(post_traces))
         .route("/v1/enforcement/check", post(enforcement_check))
         .route("/v1/enforcement/ext_authz", any(enforcement_ext_authz))
-        .route("/v1/enforcement/ext_authz/{*path}", any(enforcement_ext_authz))
+        .route(
+            "/v1/enforcement/ext_authz/{*path}",
+            any(enforcement_ext_authz),
+        )
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
@@ -469,18 +472,17 @@ async fn enforcement_check(State(s): S, headers: HeaderMap, body: Bytes) -> Resp
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
-    let req: CheckRequest = match serde_path_to_error::deserialize(
-        &mut serde_json::Deserializer::from_slice(&body),
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("field {}: {}", e.path(), e.inner()),
-                vec![],
-            )
-        }
-    };
+    let req: CheckRequest =
+        match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("field {}: {}", e.path(), e.inner()),
+                    vec![],
+                )
+            }
+        };
     Json(decide(&s, &req)).into_response()
 }
 
@@ -549,7 +551,11 @@ async fn enforcement_ext_authz(State(s): S, headers: HeaderMap) -> Response {
     let mut r = status.into_response();
     let hs = r.headers_mut();
     hs.insert(h::DECISION, HeaderValue::from_static(decision));
-    let ids: Vec<&str> = answer.budgets.iter().map(|b| b.budget_id.as_str()).collect();
+    let ids: Vec<&str> = answer
+        .budgets
+        .iter()
+        .map(|b| b.budget_id.as_str())
+        .collect();
     if let Ok(v) = HeaderValue::from_str(&ids.join(",")) {
         if !ids.is_empty() {
             hs.insert(h::BUDGETS, v);

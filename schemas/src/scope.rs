@@ -92,13 +92,19 @@ mod tests {
         a.tags.insert("env".into(), "prod".into());
         assert!(sc(ScopeKind::Team, "search").matches(&a));
         assert!(!sc(ScopeKind::Org, "acme").matches(&a), "org unknown");
-        assert!(!sc(ScopeKind::ApiKey, "").matches(&a), "empty never matches None");
+        assert!(
+            !sc(ScopeKind::ApiKey, "").matches(&a),
+            "empty never matches None"
+        );
         assert!(sc(ScopeKind::Tag, "env=prod").matches(&a));
         assert!(!sc(ScopeKind::Tag, "env").matches(&a));
         assert!(!sc(ScopeKind::Tag, "env=dev").matches(&a));
         assert!(sc(ScopeKind::Model, "gpt-4o").matches(&a));
         assert!(sc(ScopeKind::Model, "openai/gpt-4o").matches(&a));
         assert!(!sc(ScopeKind::Model, "azure/gpt-4o").matches(&a));
-        assert_eq!(sc(ScopeKind::CostCenter, "cc-1").label(), "cost_center:cc-1");
+        assert_eq!(
+            sc(ScopeKind::CostCenter, "cc-1").label(),
+            "cost_center:cc-1"
+        );
     }
 }

@@ -33,7 +33,11 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
                 return Some(prev.0);
             }
             let span = count - prev.1;
-            let frac = if span > 0.0 { (rank - prev.1) / span } else { 1.0 };
+            let frac = if span > 0.0 {
+                (rank - prev.1) / span
+            } else {
+                1.0
+            };
             return Some(prev.0 + (le - prev.0) * frac);
         }
         prev = (le, count);
@@ -49,7 +53,11 @@ pub fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
         .filter_map(|l| {
             let rest = l.strip_prefix(&prefix)?;
             let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, count.trim().parse().ok()?))
         })
         .collect();
