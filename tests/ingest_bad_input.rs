@@ -300,7 +300,7 @@ async fn every_documented_route_refuses_missing_and_wrong_tokens() {
         checked += 1;
     }
     assert_eq!(
-        checked, 4,
-        "the four event endpoints are documented with bearer auth"
+        checked, 6,
+        "the four event endpoints and the two enforcement endpoints are documented with bearer auth"
     );
 }
