@@ -24,6 +24,8 @@ pub struct Config {
     pub enrich: EnrichConfig,
     /// The Parquet ledger.
     pub aggregate: AggregateConfig,
+    /// The query API.
+    pub api: meterline_api::ApiConfig,
 }
 
 impl Config {
@@ -38,6 +40,7 @@ impl Config {
         cfg.ingest.validate()?;
         cfg.enrich.validate()?;
         cfg.aggregate.validate()?;
+        cfg.api.validate()?;
         Ok(cfg)
     }
 }

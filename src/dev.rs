@@ -27,6 +27,8 @@ pub struct DevArgs {
 
 /// The bearer token `meterline dev` accepts from edges.
 pub const DEV_EDGE_TOKEN: &str = "dev-edge-token";
+pub const DEV_FINANCE_TOKEN: &str = "dev-finance-token";
+pub const DEV_LEAD_TOKEN: &str = "dev-lead-search-token";
 const DEV_PRICES: &str = include_str!("dev_prices.toml");
 const DEV_TENANTS: &str = include_str!("dev_tenants.yaml");
 
@@ -78,6 +80,27 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     let aggregate_addr = aggregate.local_addr();
     let aggregate_stop = aggregate.stop_token();
     let aggregate_task = tokio::spawn(aggregate.run_until_stopped());
+    cfg.api.data_dir = args.data_dir.clone();
+    for (principal, token, role, teams) in [
+        ("dev-finance", DEV_FINANCE_TOKEN, Role::Finance, vec![]),
+        (
+            "dev-lead-search",
+            DEV_LEAD_TOKEN,
+            Role::TeamLead,
+            vec!["search".to_string()],
+        ),
+    ] {
+        cfg.api.tokens.push(TokenConfig {
+            principal: principal.into(),
+            sha256: hash_token(token),
+            role,
+            teams,
+        });
+    }
+    let api = meterline_api::App::build(cfg.api.clone()).await?;
+    let api_addr = api.local_addr();
+    let api_stop = api.stop_token();
+    let api_task = tokio::spawn(api.run_until_stopped());
     println!("meterline dev");
     println!(
         "  broker   {} (tansu, {})",
@@ -97,6 +120,9 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
         cfg.aggregate.flush_ms / 1000
     );
     println!(
+        "  api      http://{api_addr}/v1/sql  (finance: {DEV_FINANCE_TOKEN}, team lead of search: {DEV_LEAD_TOKEN})   try: curl -H 'Authorization: Bearer {DEV_LEAD_TOKEN}' http://{api_addr}/v1/sql -d '{{\"sql\":\"SELECT * FROM daily_spend\"}}'"
+    );
+    println!(
         "  budgets  {budget}   check: curl -H 'Authorization: Bearer {DEV_EDGE_TOKEN}' http://{addr}/v1/enforcement/check -d '{{\"team_id\":\"search\"}}'"
     );
     if args.demo_rate > 0 {
@@ -111,6 +137,8 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     enrich_task.await??;
     aggregate_stop.cancel();
     aggregate_task.await??;
+    api_stop.cancel();
+    api_task.await??;
     drop(broker);
     Ok(())
 }

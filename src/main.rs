@@ -30,6 +30,8 @@ enum Cmd {
     Enrich,
     /// The Parquet ledger (priced → data/usage, exactly once).
     Aggregate,
+    /// The query API (SQL over the ledger, scoped per principal).
+    Api,
     /// The price book: import, diff, list, show.
     #[command(subcommand)]
     Prices(PricesCmd),
@@ -98,6 +100,12 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("{date}: {} partitions compacted", done.len());
             Ok(())
+        }
+        Cmd::Api => {
+            let app = meterline_api::App::build(cfg()?.api).await?;
+            tracing::info!(addr = %app.local_addr(), "api listening");
+            dev::stop_on_signal(app.stop_token());
+            Ok(app.run_until_stopped().await?)
         }
         Cmd::HashToken { token } => Ok(println!("{}", meterline_schemas::auth::hash_token(&token))),
         Cmd::Dev(args) => dev::run(cfg()?, args).await,

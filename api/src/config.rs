@@ -1,0 +1,59 @@
+//! `[api]` configuration.
+
+use std::path::PathBuf;
+
+use meterline_schemas::auth::TokenConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The query API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the HTTP server binds (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Root of the data tree written by `meterline aggregate` (`<data_dir>/usage/…`).
+    pub data_dir: PathBuf,
+    /// Most rows one `/v1/sql` answer carries; more are cut off and `truncated` is set.
+    pub max_rows: usize,
+    /// Memory one query may use, in bytes; beyond it the query fails (the server stays up).
+    pub query_memory_bytes: usize,
+    /// Longest a query may run, in milliseconds.
+    pub query_timeout_ms: u64,
+    /// Bearer tokens (stored as SHA-256 digests) and their roles.
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8090".into(),
+            data_dir: PathBuf::from("data"),
+            max_rows: 100_000,
+            query_memory_bytes: 512 << 20,
+            query_timeout_ms: 30_000,
+            tokens: vec![],
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("api.listen must be host:port");
+        }
+        if self.max_rows == 0 || self.query_memory_bytes < (1 << 20) || self.query_timeout_ms == 0 {
+            return bad(
+                "api.max_rows and query_timeout_ms must be > 0, query_memory_bytes ≥ 1 MiB",
+            );
+        }
+        for t in &self.tokens {
+            if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return bad("api.tokens: sha256 must be 64 hex digits (meterline hash-token)");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,248 @@
+//! `POST /v1/sql` in-process on port 0, over ledger files written by the real writer
+//! (`meterline_aggregate::ledger`). A team lead of `search` tries to escape its scope in
+//! every way the issue lists and more; nothing of the other teams reaches the answer. Finance
+//! sees everything (the control that shows the leak check can fail).
+
+use std::path::Path;
+
+use meterline_aggregate::ledger::Ledger;
+use meterline_aggregate::rows::Row;
+use meterline_api::{ApiConfig, App};
+use meterline_schemas::auth::{hash_token, Role, TokenConfig};
+use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
+use serde_json::{json, Value};
+
+const LEAD: &str = "lead-token";
+const FINANCE: &str = "finance-token";
+const EDGE: &str = "edge-token";
+
+fn row(offset: i64, team: Option<&str>, model: &str, cost: &str, day: u32) -> Row {
+    let mut event = UsageEvent::example();
+    event.event_id = format!("e-{offset}");
+    event.model = model.into();
+    event.occurred_at = format!("2026-11-{day:02}T10:00:00Z").parse().unwrap();
+    let c: Money = cost.parse().unwrap();
+    Row {
+        priced: PricedUsage {
+            event,
+            tenant: TenantPath {
+                org: "acme".into(),
+                cost_center: team.map(|t| format!("cc-{t}")),
+                team: team.map(str::to_string),
+                ..Default::default()
+            },
+            tenant_rule_id: None,
+            price_id: "p".into(),
+            price_version: 1,
+            currency: "USD".into(),
+            cost: CostLines {
+                output: c,
+                total: c,
+                ..Default::default()
+            },
+            priced_at: chrono::Utc::now(),
+        },
+        partition: 0,
+        offset,
+    }
+}
+
+/// search: 3 rows (1.25 + 2.5 + 0.000000000000000001); others carry "secret" and 999.
+fn write_fixture(dir: &Path) {
+    let l = Ledger::open(dir).unwrap();
+    l.write_flush(
+        0,
+        0,
+        5,
+        &[
+            row(0, Some("search"), "gpt-4o", "1.25", 20),
+            row(1, Some("search"), "gpt-4o-mini", "2.5", 21),
+            row(2, Some("secret-team"), "secret-model", "999.999", 20),
+            row(3, None, "secret-unattributed", "999.5", 21),
+            row(4, Some("ads-secret"), "gpt-4o", "999.25", 21),
+            row(5, Some("search"), "gpt-4o", "0.000000000000000001", 22),
+        ],
+    )
+    .unwrap();
+}
+
+async fn start(cfg_edit: impl FnOnce(&mut ApiConfig)) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture(dir.path());
+    let token = |p: &str, t: &str, role, teams: Vec<String>| TokenConfig {
+        principal: p.into(),
+        sha256: hash_token(t),
+        role,
+        teams,
+    };
+    let mut cfg = ApiConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_path_buf(),
+        tokens: vec![
+            token("lead", LEAD, Role::TeamLead, vec!["search".into()]),
+            token("fin", FINANCE, Role::Finance, vec![]),
+            token("edge", EDGE, Role::Edge, vec![]),
+        ],
+        ..Default::default()
+    };
+    cfg_edit(&mut cfg);
+    let app = App::build(cfg).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped());
+    (base, dir)
+}
+
+async fn sql(base: &str, token: &str, q: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/sql"))
+        .bearer_auth(token)
+        .json(&json!({ "sql": q }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_team_lead_sees_only_its_team_whatever_the_sql() {
+    let (base, dir) = start(|_| {}).await;
+    let path = dir.path().join("usage").display().to_string();
+    // reads: answered, nothing of other teams inside
+    let reads = [
+        "SELECT * FROM usage",
+        "SELECT team, sum(cost_total) AS c FROM usage GROUP BY team",
+        "SELECT * FROM usage WHERE team = 'secret-team'",
+        "SELECT * FROM usage WHERE team <> 'search' OR team IS NULL",
+        "SELECT * FROM daily_spend",
+        "SELECT * FROM daily_spend WHERE team IS NULL",
+        "WITH t AS (SELECT * FROM usage) SELECT * FROM t",
+        "SELECT * FROM (SELECT * FROM usage) s",
+        "SELECT model FROM usage UNION SELECT model FROM usage",
+        "SELECT * FROM usage WHERE team IN ('search') UNION ALL SELECT * FROM usage WHERE team NOT IN ('search')",
+        "SELECT a.model, b.model FROM usage a JOIN usage b ON a.event_id <> b.event_id",
+        "SELECT a.model FROM usage a FULL OUTER JOIN usage b ON a.team = b.team",
+        "SELECT (SELECT max(cost_total) FROM usage) AS m",
+        "SELECT model FROM usage u WHERE EXISTS (SELECT 1 FROM usage v WHERE v.team = 'secret-team')",
+        "SELECT string_agg(model, ',') FROM usage",
+        "SELECT * FROM usage ORDER BY cost_total DESC LIMIT 1",
+        "SELECT max(cost_total), max(model), min(model) FROM usage",
+        "SELECT * FROM datafusion.public.usage",
+        "SELECT * FROM usage WHERE cost_total > 100",
+        "SELECT count(*) AS n FROM usage WHERE model LIKE 'secret%'",
+        "EXPLAIN SELECT * FROM usage WHERE model = 'x'",
+        "DESCRIBE usage",
+    ];
+    for q in reads {
+        let (status, body) = sql(&base, LEAD, q).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        assert!(!body.contains("secret"), "{q} leaked: {body}");
+        assert!(!body.contains("999"), "{q} leaked a cost: {body}");
+    }
+    // the scoped answers are right, not just empty
+    let (_, body) = sql(
+        &base,
+        LEAD,
+        "SELECT count(*) AS n, sum(cost_total) AS c FROM usage",
+    )
+    .await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["rows"][0]["n"], 3, "{body}");
+    let (_, body) = sql(
+        &base,
+        LEAD,
+        "SELECT * FROM usage ORDER BY cost_total DESC LIMIT 1",
+    )
+    .await;
+    assert!(
+        body.contains("gpt-4o-mini"),
+        "the lead's own top row: {body}"
+    );
+    // refused: not a query, or reaching outside the catalog
+    let refused = [
+        "SELECT * FROM information_schema.tables".to_string(),
+        "SELECT * FROM information_schema.columns".to_string(),
+        "SHOW TABLES".to_string(),
+        format!("CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '{path}'"),
+        "COPY (SELECT * FROM usage) TO '/tmp/meterline-escape.csv'".to_string(),
+        "SET datafusion.execution.target_partitions = 1".to_string(),
+        "CREATE VIEW v AS SELECT * FROM usage".to_string(),
+        "DROP VIEW daily_spend".to_string(),
+        "INSERT INTO usage SELECT * FROM usage".to_string(),
+        format!("SELECT * FROM read_parquet('{path}')"),
+        format!("SELECT * FROM '{path}/date=2026-11-20/part-0-0-5.parquet'"),
+        "SELECT 1; SELECT * FROM usage".to_string(),
+    ];
+    for q in &refused {
+        let (status, body) = sql(&base, LEAD, q).await;
+        assert!(
+            status == 400 || status == 422,
+            "{q} should be refused, got {status}: {body}"
+        );
+        assert!(!body.contains("999"), "{q}: {body}");
+    }
+    assert!(
+        !Path::new("/tmp/meterline-escape.csv").exists(),
+        "COPY wrote nothing"
+    );
+    assert!(reads.len() + refused.len() >= 25);
+
+    // finance: everything (the leak check above can fail)
+    let (status, body) = sql(&base, FINANCE, "SELECT * FROM usage").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("secret-model") && body.contains("999.999"),
+        "{body}"
+    );
+    let (status, _) = sql(&base, FINANCE, "SELECT * FROM information_schema.tables").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn decimals_are_exact_rows_capped_roles_checked_and_limits_contained() {
+    let (base, _dir) = start(|c| c.max_rows = 2).await;
+    let (status, body) = sql(
+        &base,
+        FINANCE,
+        "SELECT sum(cost_total) AS c FROM usage WHERE team = 'search'",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("3.750000000000000001"),
+        "exact Decimal sum: {body}"
+    );
+    let (_, body) = sql(&base, FINANCE, "SELECT * FROM usage").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["row_count"].as_u64(), v["truncated"].as_bool()),
+        (Some(2), Some(true))
+    );
+    // CSV by Accept
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/sql"))
+        .bearer_auth(FINANCE)
+        .header("accept", "text/csv")
+        .json(&json!({"sql": "SELECT team, count(*) AS n FROM usage WHERE team = 'search' GROUP BY team"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/csv");
+    assert_eq!(r.text().await.unwrap(), "team,n\nsearch,3\n");
+    // auth
+    let (status, _) = sql(&base, "nope", "SELECT 1").await;
+    assert_eq!(status, 401);
+    let (status, _) = sql(&base, EDGE, "SELECT 1").await;
+    assert_eq!(status, 403);
+    // a runaway query under a tiny limit fails clearly; the server stays up
+    let (base2, _dir2) = start(|c| c.query_timeout_ms = 50).await;
+    let (status, body) = sql(
+        &base2,
+        FINANCE,
+        "SELECT count(*) FROM generate_series(1, 1000000000) a, generate_series(1, 1000000000) b",
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("time limit"), "{body}");
+    let (status, _) = sql(&base2, FINANCE, "SELECT 1 AS one").await;
+    assert_eq!(status, 200, "still serving");
+}
