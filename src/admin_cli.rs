@@ -352,91 +352,26 @@ pub struct BudgetArgs {
     pub author: String,
 }
 
-/// `team=search` → Scope; `tag=env=prod` keeps the tag's own `=`.
-pub fn parse_scope(s: &str) -> anyhow::Result<meterline_schemas::Scope> {
-    use meterline_schemas::ScopeKind::*;
-    let (kind, value) = s
-        .split_once('=')
-        .context("scope is kind=value, e.g. team=search")?;
-    let kind = match kind {
-        "org" => Org,
-        "cost_center" => CostCenter,
-        "team" => Team,
-        "project" => Project,
-        "api_key" => ApiKey,
-        "user" => User,
-        "tag" => Tag,
-        "model" => Model,
-        other => anyhow::bail!(
-            "unknown scope kind {other:?} (org, cost_center, team, project, api_key, user, tag, model)"
-        ),
-    };
-    Ok(meterline_schemas::Scope {
-        kind,
-        value: value.to_string(),
-    })
-}
-
-/// `50:notify,100:block` → thresholds.
-pub fn parse_thresholds(s: &str) -> anyhow::Result<Vec<meterline_schemas::Threshold>> {
-    use meterline_schemas::BudgetAction;
-    s.split(',')
-        .map(|t| {
-            let (p, a) = t
-                .trim()
-                .split_once(':')
-                .with_context(|| format!("threshold {t:?} is percent:action"))?;
-            let action = match a {
-                "notify" => BudgetAction::Notify,
-                "throttle" => BudgetAction::Throttle,
-                "block" => BudgetAction::Block,
-                other => anyhow::bail!("unknown action {other:?} (notify, throttle, block)"),
-            };
-            Ok(meterline_schemas::Threshold {
-                percent: p
-                    .parse()
-                    .with_context(|| format!("threshold percent {p:?}"))?,
-                action,
-            })
-        })
-        .collect()
-}
-
 fn budget_of(a: BudgetArgs) -> anyhow::Result<meterline_schemas::BudgetChange> {
-    use meterline_schemas::PeriodKind;
-    let period = match a.period.as_str() {
-        "day" => PeriodKind::Day,
-        "week" => PeriodKind::Week,
-        "month" => PeriodKind::Month,
-        "custom" => PeriodKind::Custom,
-        other => anyhow::bail!("unknown period {other:?} (day, week, month, custom)"),
-    };
-    let now = Utc::now();
-    let mut b = meterline_schemas::BudgetChange {
-        name: a.name.unwrap_or_else(|| a.budget_id.clone()),
-        budget_id: a.budget_id,
-        version: 0,
-        scope: parse_scope(&a.scope)?,
-        limit: a.limit,
-        currency: a.currency,
-        period,
-        timezone: a.timezone,
-        custom_from: a.from,
-        custom_to: a.to,
-        thresholds: parse_thresholds(&a.thresholds)?,
-        webhooks: a.webhooks,
-        effective_from: now,
-        effective_to: None,
-        deleted: false,
-        author: a.author,
-        reason: a.reason,
-        changed_at: now,
-    };
-    b.effective_from = match a.effective_from {
-        Some(t) => t,
-        None => meterline_aggregate::budget_admin::current_period_start(&b, now)?,
-    };
-    Ok(b)
+    Ok(meterline_aggregate::budget_admin::draft(
+        meterline_aggregate::budget_admin::BudgetDraft {
+            budget_id: a.budget_id,
+            name: a.name,
+            scope: a.scope,
+            limit: a.limit,
+            currency: a.currency,
+            period: a.period,
+            timezone: a.timezone,
+            from: a.from,
+            to: a.to,
+            thresholds: a.thresholds,
+            webhooks: a.webhooks,
+            effective_from: a.effective_from,
+            reason: a.reason,
+        },
+        &a.author,
+        Utc::now(),
+    )?)
 }
 
 fn print_budget(b: &meterline_schemas::BudgetChange) {

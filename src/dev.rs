@@ -97,7 +97,7 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
             teams,
         });
     }
-    let api = meterline_api::App::build(cfg.api.clone()).await?;
+    let api = meterline_api::App::build(Some(&cfg.kafka), cfg.api.clone()).await?;
     let api_addr = api.local_addr();
     let api_stop = api.stop_token();
     let api_task = tokio::spawn(api.run_until_stopped());
@@ -121,6 +121,10 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     );
     println!(
         "  api      http://{api_addr}/v1/sql  (finance: {DEV_FINANCE_TOKEN}, team lead of search: {DEV_LEAD_TOKEN})   try: curl -H 'Authorization: Bearer {DEV_LEAD_TOKEN}' http://{api_addr}/v1/sql -d '{{\"sql\":\"SELECT * FROM daily_spend\"}}'"
+    );
+    println!(
+        "  reports  curl -H 'Authorization: Bearer {DEV_FINANCE_TOKEN}' 'http://{api_addr}/v1/reports/chargeback?period={}&by=team&format=focus'   spec http://{api_addr}/openapi.json",
+        chrono::Utc::now().format("%Y-%m")
     );
     println!(
         "  budgets  {budget}   check: curl -H 'Authorization: Bearer {DEV_EDGE_TOKEN}' http://{addr}/v1/enforcement/check -d '{{\"team_id\":\"search\"}}'"
@@ -159,14 +163,14 @@ async fn publish_demo_budget(
             budget_id: "demo-search-daily".into(),
             version: 0,
             name: "Search team, daily".into(),
-            scope: crate::admin_cli::parse_scope("team=search")?,
+            scope: meterline_aggregate::budget_admin::parse_scope("team=search")?,
             limit: "25".parse()?,
             currency: "USD".into(),
             period: meterline_schemas::PeriodKind::Day,
             timezone: "UTC".into(),
             custom_from: None,
             custom_to: None,
-            thresholds: crate::admin_cli::parse_thresholds("50:notify,80:throttle,100:block")?,
+            thresholds: meterline_aggregate::budget_admin::parse_thresholds("50:notify,80:throttle,100:block")?,
             webhooks: vec![],
             effective_from: now,
             effective_to: None,

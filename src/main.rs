@@ -102,7 +102,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Api => {
-            let app = meterline_api::App::build(cfg()?.api).await?;
+            let cfg = cfg()?;
+            let app = meterline_api::App::build(Some(&cfg.kafka), cfg.api).await?;
             tracing::info!(addr = %app.local_addr(), "api listening");
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)

@@ -177,16 +177,24 @@ impl AnomalyWatch {
     }
 
     fn write_hour(&self, hour: DateTime<Utc>, records: &[Anomaly]) -> Result<(), Error> {
-        let dir = self
-            .data_dir
-            .join("anomalies")
-            .join(format!("date={}", hour.format("%Y-%m-%d")));
-        std::fs::create_dir_all(&dir).map_err(Error::io)?;
-        let path = dir.join(format!("hour-{:02}.parquet", hour.hour()));
-        let tmp = dir.join(format!(".tmp-hour-{:02}.parquet", hour.hour()));
-        let batch = to_batch(records)?;
-        crate::ledger::write_parquet_atomically(&tmp, &path, &batch, WriterProperties::default())
+        write_hour_file(&self.data_dir, hour, records)
     }
+}
+
+/// Writes (replaces) `<data_dir>/anomalies/date=…/hour-HH.parquet` with `records`.
+pub fn write_hour_file(
+    data_dir: &std::path::Path,
+    hour: DateTime<Utc>,
+    records: &[Anomaly],
+) -> Result<(), Error> {
+    let dir = data_dir
+        .join("anomalies")
+        .join(format!("date={}", hour.format("%Y-%m-%d")));
+    std::fs::create_dir_all(&dir).map_err(Error::io)?;
+    let path = dir.join(format!("hour-{:02}.parquet", hour.hour()));
+    let tmp = dir.join(format!(".tmp-hour-{:02}.parquet.part", hour.hour()));
+    let batch = to_batch(records)?;
+    crate::ledger::write_parquet_atomically(&tmp, &path, &batch, WriterProperties::default())
 }
 
 fn anomaly_id(f: &Finding) -> String {

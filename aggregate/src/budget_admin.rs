@@ -63,6 +63,158 @@ pub fn current_period_start(b: &BudgetChange, now: DateTime<Utc>) -> Result<Date
     Ok(period_at(b, now)?.map_or(now, |(start, _)| start))
 }
 
+/// `team=search` → Scope; `tag=env=prod` keeps the tag's own `=`.
+pub fn parse_scope(s: &str) -> Result<meterline_schemas::Scope, Error> {
+    use meterline_schemas::ScopeKind::*;
+    let (kind, value) = s
+        .split_once('=')
+        .ok_or_else(|| Error::Config(format!("scope {s:?} is kind=value, e.g. team=search")))?;
+    let kind = match kind {
+        "org" => Org,
+        "cost_center" => CostCenter,
+        "team" => Team,
+        "project" => Project,
+        "api_key" => ApiKey,
+        "user" => User,
+        "tag" => Tag,
+        "model" => Model,
+        other => {
+            return Err(Error::Config(format!(
+                "unknown scope kind {other:?} (org, cost_center, team, project, api_key, user, tag, model)"
+            )))
+        }
+    };
+    Ok(meterline_schemas::Scope {
+        kind,
+        value: value.to_string(),
+    })
+}
+
+/// `50:notify,100:block` → thresholds.
+pub fn parse_thresholds(s: &str) -> Result<Vec<meterline_schemas::Threshold>, Error> {
+    use meterline_schemas::BudgetAction;
+    s.split(',')
+        .map(|t| {
+            let (p, a) = t
+                .trim()
+                .split_once(':')
+                .ok_or_else(|| Error::Config(format!("threshold {t:?} is percent:action")))?;
+            let action = match a {
+                "notify" => BudgetAction::Notify,
+                "throttle" => BudgetAction::Throttle,
+                "block" => BudgetAction::Block,
+                other => {
+                    return Err(Error::Config(format!(
+                        "unknown action {other:?} (notify, throttle, block)"
+                    )))
+                }
+            };
+            Ok(meterline_schemas::Threshold {
+                percent: p
+                    .parse()
+                    .map_err(|_| Error::Config(format!("threshold percent {p:?}")))?,
+                action,
+            })
+        })
+        .collect()
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+fn default_period() -> String {
+    "month".into()
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_thresholds() -> String {
+    "50:notify,80:notify,100:block".into()
+}
+fn default_reason() -> String {
+    "budget change".into()
+}
+
+/// A budget as a person writes it (CLI flags, API body); [`draft`] makes it a change.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetDraft {
+    /// Stable id (the compaction key); publishing it again makes a new version.
+    pub budget_id: String,
+    /// Display name (default: the id).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `org=…`, `cost_center=…`, `team=…`, `project=…`, `api_key=…`, `user=…`,
+    /// `tag=key=value`, `model=provider/model`.
+    pub scope: String,
+    /// Limit in `currency`, exact decimal text.
+    pub limit: Money,
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// `day`, `week` (ISO, Monday), `month` (calendar) or `custom` (with from/to).
+    #[serde(default = "default_period")]
+    pub period: String,
+    /// IANA time zone the periods follow.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default)]
+    pub from: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub to: Option<DateTime<Utc>>,
+    /// `percent:action,…` with action notify | throttle | block.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: String,
+    /// Receivers of this budget's crossings; prefix `slack+` for Slack's shape.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// From when it applies; default: the start of the current period.
+    #[serde(default)]
+    pub effective_from: Option<DateTime<Utc>>,
+    #[serde(default = "default_reason")]
+    pub reason: String,
+}
+
+/// The change `d` describes, authored by `author` at `now` (version 0: `publish` numbers it).
+pub fn draft(d: BudgetDraft, author: &str, now: DateTime<Utc>) -> Result<BudgetChange, Error> {
+    let period = match d.period.as_str() {
+        "day" => PeriodKind::Day,
+        "week" => PeriodKind::Week,
+        "month" => PeriodKind::Month,
+        "custom" => PeriodKind::Custom,
+        other => {
+            return Err(Error::Config(format!(
+                "unknown period {other:?} (day, week, month, custom)"
+            )))
+        }
+    };
+    let mut b = BudgetChange {
+        name: d.name.unwrap_or_else(|| d.budget_id.clone()),
+        budget_id: d.budget_id,
+        version: 0,
+        scope: parse_scope(&d.scope)?,
+        limit: d.limit,
+        currency: d.currency,
+        period,
+        timezone: d.timezone,
+        custom_from: d.from,
+        custom_to: d.to,
+        thresholds: parse_thresholds(&d.thresholds)?,
+        webhooks: d.webhooks,
+        effective_from: now,
+        effective_to: None,
+        deleted: false,
+        author: author.to_string(),
+        reason: d.reason,
+        changed_at: now,
+    };
+    b.effective_from = match d.effective_from {
+        Some(t) => t,
+        None => current_period_start(&b, now)?,
+    };
+    validate(&b)?;
+    Ok(b)
+}
+
 /// The latest version of every budget ever published, deleted ones included.
 pub fn load(kafka: &KafkaConfig) -> Result<BTreeMap<String, BudgetChange>, Error> {
     let c: BaseConsumer = kafka

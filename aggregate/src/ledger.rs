@@ -205,8 +205,9 @@ pub fn write_atomically(
     partition: i32,
     flushes: &[Flush],
 ) -> Result<(), Error> {
+    // not `*.parquet`: readers listing the directory (the API) must never pick it up
     let tmp = dir.join(format!(
-        "{}{:016x}.parquet",
+        "{}{:016x}.parquet.part",
         files::TEMP_PREFIX,
         rand::random::<u64>()
     ));

@@ -1,37 +1,72 @@
-//! The tables and views a principal's query sees. A session is built per query: the ledger as
-//! a listing table over `<data_dir>/usage` (Hive partitions `date=…`), wrapped in the
-//! principal's scope, and the views defined over it — so the views are scoped too.
+//! The tables and views a principal's query sees. A session is built per query:
+//! - `usage`: the ledger as a listing table over `<data_dir>/usage` (Hive partitions `date=…`),
+//!   without rows of a flush still being written, wrapped in the principal's scope;
+//! - `anomalies`: `<data_dir>/anomalies`, scoped to the principal's teams' anomalies;
+//! - `budgets`: live budgets with their latest signal, scoped to team budgets of its teams;
+//! - the views in [`VIEWS`], defined over those tables — so they are scoped too.
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::datasource::MemTable;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{col, lit};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use meterline_schemas::auth::{Principal, Role};
 
 use crate::config::ApiConfig;
-use crate::scope::TeamScopedTable;
+use crate::ledger_view::LedgerState;
+use crate::scope::{team_predicate, FilteredTable};
 use crate::Error;
 
-/// Views over `usage`, documented in the README (name, SQL).
-pub const VIEWS: [(&str, &str); 1] = [(
-    "daily_spend",
-    "SELECT date, org, cost_center, team, project, provider, model, currency, \
-     count(*) AS events, sum(input_tokens) AS input_tokens, \
-     sum(cache_read_tokens) AS cache_read_tokens, sum(output_tokens) AS output_tokens, \
-     sum(cost_total) AS cost \
-     FROM usage GROUP BY date, org, cost_center, team, project, provider, model, currency",
-)];
+/// Whose rows a session shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every row (admin, finance, viewer).
+    All,
+    /// Rows of these teams only (team_lead).
+    Teams(Vec<String>),
+}
 
-/// The ledger schema plus the `date` partition column.
-fn ledger_table(cfg: &ApiConfig) -> Result<Arc<dyn TableProvider>, Error> {
-    let dir = cfg.data_dir.join("usage");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+impl Scope {
+    pub fn of(p: &Principal) -> Scope {
+        match p.role {
+            Role::TeamLead => Scope::Teams(p.teams.clone()),
+            _ => Scope::All,
+        }
+    }
+}
+
+/// Views, documented in the README (name, SQL).
+pub const VIEWS: [(&str, &str); 2] = [
+    (
+        "daily_spend",
+        "SELECT date, org, cost_center, team, project, provider, model, currency, \
+         count(*) AS events, sum(input_tokens) AS input_tokens, \
+         sum(cache_read_tokens) AS cache_read_tokens, sum(output_tokens) AS output_tokens, \
+         sum(cost_total) AS cost \
+         FROM usage GROUP BY date, org, cost_center, team, project, provider, model, currency",
+    ),
+    (
+        "monthly_spend",
+        "SELECT substr(date, 1, 7) AS month, org, cost_center, team, project, provider, model, \
+         currency, count(*) AS events, sum(input_tokens) AS input_tokens, \
+         sum(cache_read_tokens) AS cache_read_tokens, sum(output_tokens) AS output_tokens, \
+         sum(cost_total) AS cost \
+         FROM usage GROUP BY substr(date, 1, 7), org, cost_center, team, project, provider, \
+         model, currency",
+    ),
+];
+
+fn listing(dir: &std::path::Path, schema: SchemaRef) -> Result<Arc<dyn TableProvider>, Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
     let url = ListingTableUrl::parse(format!(
         "{}/",
         dir.canonicalize().map_err(Error::io)?.display()
@@ -40,7 +75,6 @@ fn ledger_table(cfg: &ApiConfig) -> Result<Arc<dyn TableProvider>, Error> {
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
         .with_table_partition_cols(vec![("date".to_string(), DataType::Utf8)]);
-    let schema = meterline_schemas::arrow_schema::usage_ledger_schema();
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);
@@ -49,25 +83,71 @@ fn ledger_table(cfg: &ApiConfig) -> Result<Arc<dyn TableProvider>, Error> {
     ))
 }
 
-/// A fresh session for one query of `who`, with its memory limit.
-pub async fn session(cfg: &ApiConfig, who: &Principal) -> Result<SessionContext, Error> {
+/// The ledger table as every reader gets it: only rows of complete flushes.
+pub fn ledger_table(
+    cfg: &ApiConfig,
+    ledger: &LedgerState,
+) -> Result<Arc<dyn TableProvider>, Error> {
+    let raw = listing(
+        &cfg.data_dir.join("usage"),
+        meterline_schemas::arrow_schema::usage_ledger_schema(),
+    )?;
+    Ok(if ledger.all_complete {
+        raw
+    } else {
+        Arc::new(FilteredTable::new(raw, ledger.watermark.before()))
+    })
+}
+
+/// A fresh session for one query under `scope`, with its memory limit.
+pub async fn session(
+    cfg: &ApiConfig,
+    scope: &Scope,
+    ledger: &LedgerState,
+    budgets: RecordBatch,
+) -> Result<SessionContext, Error> {
+    // No spilling: a query past its memory limit fails (422) instead of filling the disk.
     let runtime = RuntimeEnvBuilder::new()
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
         .with_memory_limit(cfg.query_memory_bytes, 1.0)
         .build_arc()
         .map_err(Error::query)?;
-    let scoped = who.role == Role::TeamLead;
+    let scoped = matches!(scope, Scope::Teams(_));
     // information_schema lists every table of the catalog: not for scoped principals.
     let config = SessionConfig::new()
         .with_information_schema(!scoped)
         .with_target_partitions(2);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    let usage = ledger_table(cfg)?;
-    let usage: Arc<dyn TableProvider> = if scoped {
-        Arc::new(TeamScopedTable::new(usage, "team", &who.teams))
-    } else {
-        usage
+    let usage = ledger_table(cfg, ledger)?;
+    let anomalies = listing(
+        &cfg.data_dir.join("anomalies"),
+        meterline_aggregate::anomaly_watch::anomalies_schema(),
+    )?;
+    let budgets: Arc<dyn TableProvider> = Arc::new(
+        MemTable::try_new(budgets.schema(), vec![vec![budgets]]).map_err(Error::query)?,
+    );
+    let (usage, anomalies, budgets): (
+        Arc<dyn TableProvider>,
+        Arc<dyn TableProvider>,
+        Arc<dyn TableProvider>,
+    ) = match scope {
+        Scope::All => (usage, anomalies, budgets),
+        Scope::Teams(teams) => (
+            Arc::new(FilteredTable::team_scope(usage, "team", teams)),
+            Arc::new(FilteredTable::new(
+                anomalies,
+                col("scope_kind")
+                    .eq(lit("team"))
+                    .and(team_predicate("scope_value", teams)),
+            )),
+            Arc::new(FilteredTable::team_scope(budgets, "team", teams)),
+        ),
     };
     ctx.register_table("usage", usage).map_err(Error::query)?;
+    ctx.register_table("anomalies", anomalies)
+        .map_err(Error::query)?;
+    ctx.register_table("budgets", budgets)
+        .map_err(Error::query)?;
     for (name, sql) in VIEWS {
         ctx.sql(&format!("CREATE VIEW {name} AS {sql}"))
             .await

@@ -23,6 +23,10 @@ pub struct ApiConfig {
     pub query_timeout_ms: u64,
     /// Bearer tokens (stored as SHA-256 digests) and their roles.
     pub tokens: Vec<TokenConfig>,
+    /// FOCUS `InvoiceIssuerName` of chargeback rows: who issues the internal invoice.
+    pub invoice_issuer: String,
+    /// How often the `budgets` table re-reads the budget topics, in milliseconds.
+    pub budget_refresh_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -34,6 +38,8 @@ impl Default for ApiConfig {
             query_memory_bytes: 512 << 20,
             query_timeout_ms: 30_000,
             tokens: vec![],
+            invoice_issuer: "meterline".into(),
+            budget_refresh_ms: 5_000,
         }
     }
 }
@@ -48,6 +54,9 @@ impl ApiConfig {
             return bad(
                 "api.max_rows and query_timeout_ms must be > 0, query_memory_bytes ≥ 1 MiB",
             );
+        }
+        if self.invoice_issuer.trim().is_empty() || self.budget_refresh_ms == 0 {
+            return bad("api.invoice_issuer must not be empty, budget_refresh_ms must be > 0");
         }
         for t in &self.tokens {
             if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {

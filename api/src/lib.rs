@@ -1,24 +1,42 @@
-//! `meterline api`: SQL over the Parquet ledger for finance and team leads.
+//! `meterline api`: SQL, reports, period close and admin for finance and team leads.
 //!
-//! - `catalog`: the tables and views of a query's session;
-//! - `scope`: the row-level scope of a `team_lead`, in the physical plan;
-//! - `sql`: `POST /v1/sql`.
+//! - `catalog`: the tables and views of a query's session; `scope`: row filters in the plan;
+//!   `ledger_view`: only rows of complete flushes; `budgets`: the `budgets` table's cache;
+//! - `answer`: running a query and writing JSON / CSV / Arrow IPC; `sql`: `POST /v1/sql`;
+//! - `reports`: chargeback (+ FOCUS), showback, anomalies, budget status;
+//! - `close`: period close snapshots; `period`: months;
+//! - `admin`: prices, tenants and budgets over HTTP, published as reference events.
+//!
+//! Every route and the roles it admits are in [`ROUTES`]; handlers authorize through it and
+//! the OpenAPI spec states it (`x-roles`), so the two cannot drift apart.
 
+pub mod admin;
+pub mod answer;
+pub mod budgets;
 pub mod catalog;
+pub mod close;
 pub mod config;
+pub mod ledger_view;
+pub mod period;
+pub mod reports;
 pub mod scope;
 pub mod sql;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::SessionContext;
 use meterline_schemas::auth::{AuthFailure, Principal, Role, TokenTable};
+use meterline_schemas::kafka::KafkaConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
 
 pub use config::ApiConfig;
 
@@ -31,6 +49,11 @@ pub enum Error {
     Io(String),
     #[error("query: {0}")]
     Query(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// The ledger is mid-change (a compaction); retry shortly.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 impl Error {
@@ -42,20 +65,82 @@ impl Error {
     }
 }
 
+use Role::{Admin, Finance, TeamLead, Viewer};
+
+const QUERY: &[Role] = &[Admin, Finance, Viewer, TeamLead];
+const FINANCE_READ: &[Role] = &[Admin, Finance, Viewer];
+const FINANCE_WRITE: &[Role] = &[Admin, Finance];
+const ADMIN: &[Role] = &[Admin];
+
+/// Every authenticated route: method, path (as in the spec), roles admitted.
+pub const ROUTES: &[(&str, &str, &[Role])] = &[
+    ("POST", "/v1/sql", QUERY),
+    ("GET", "/v1/reports/showback", QUERY),
+    ("GET", "/v1/reports/anomalies", QUERY),
+    ("GET", "/v1/reports/budgets", QUERY),
+    ("GET", "/v1/reports/chargeback", FINANCE_READ),
+    ("GET", "/v1/periods", FINANCE_READ),
+    ("POST", "/v1/periods/{period}/close", FINANCE_WRITE),
+    ("GET", "/v1/admin/prices", ADMIN),
+    ("POST", "/v1/admin/prices", ADMIN),
+    ("GET", "/v1/admin/tenants", ADMIN),
+    ("POST", "/v1/admin/tenants", ADMIN),
+    ("GET", "/v1/admin/budgets", ADMIN),
+    ("POST", "/v1/admin/budgets", ADMIN),
+    ("DELETE", "/v1/admin/budgets/{budget_id}", ADMIN),
+];
+
+pub fn roles_of(method: &str, path: &str) -> &'static [Role] {
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|r| r.2)
+        .unwrap_or(&[])
+}
+
 pub struct Shared {
     pub cfg: ApiConfig,
+    /// `None`: run without a broker (admin routes answer 503, `budgets` is empty).
+    pub kafka: Option<KafkaConfig>,
     pub tokens: TokenTable,
+    pub ledger: ledger_view::LedgerView,
+    pub budgets: Arc<budgets::BudgetCache>,
+    /// Closes run one at a time.
+    pub close_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn budget_batch(&self) -> RecordBatch {
+        budgets::to_batch(&self.budgets.get(), chrono::Utc::now())
+            .unwrap_or_else(|_| RecordBatch::new_empty(budgets::schema()))
+    }
+
+    /// A query session of `scope` over the ledger as it is now.
+    pub async fn session(&self, scope: &catalog::Scope) -> Result<SessionContext, Response> {
+        let state = self
+            .ledger
+            .settled_state(&self.cfg.data_dir)
+            .await
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        catalog::session(&self.cfg, scope, &state, self.budget_batch())
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
 }
 
 pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({"error": msg.into()}))).into_response()
 }
 
-pub(crate) fn authorize(
+/// The caller of `method path`, if its token is known and its role admitted there.
+pub(crate) fn authorize_route(
     s: &Shared,
     headers: &HeaderMap,
-    roles: &[Role],
+    method: &str,
+    path: &str,
 ) -> Result<Principal, Response> {
+    let roles = roles_of(method, path);
+    debug_assert!(!roles.is_empty(), "{method} {path} is not in ROUTES");
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -68,14 +153,79 @@ pub(crate) fn authorize(
         }
         AuthFailure::Forbidden => error(
             StatusCode::FORBIDDEN,
-            "this token's role may not use this route",
+            format!("this token's role may not use {method} {path}"),
         ),
     })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "meterline api", description = "SQL, chargeback, showback, period close and admin over the usage ledger."),
+    paths(sql::post_sql, reports::chargeback::get_chargeback, reports::showback::get_showback,
+          reports::status::get_anomalies, reports::status::get_budgets, close::post_close, close::get_periods,
+          admin::get_prices, admin::post_prices, admin::get_tenants, admin::post_tenants,
+          admin::get_budgets, admin::post_budget, admin::delete_budget),
+    components(schemas(sql::SqlRequest, reports::chargeback::Chargeback, reports::chargeback::Line,
+          reports::chargeback::Total, reports::chargeback::GroupBy, reports::chargeback::Category,
+          close::CloseRecord, close::SnapshotFile, admin::PublicationReport, admin::BudgetRequest)),
+    modifiers(&SecurityAndRoles)
+)]
+pub struct ApiDoc;
+
+/// Adds the bearer scheme and each operation's roles (`x-roles`, from [`ROUTES`]).
+struct SecurityAndRoles;
+impl utoipa::Modify for SecurityAndRoles {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::extensions::ExtensionsBuilder;
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                ("GET", item.get.as_mut()),
+                ("POST", item.post.as_mut()),
+                ("DELETE", item.delete.as_mut()),
+            ];
+            for (method, op) in ops {
+                if let Some(op) = op {
+                    let roles: Vec<serde_json::Value> = roles_of(method, path)
+                        .iter()
+                        .map(|r| serde_json::to_value(r).expect("role"))
+                        .collect();
+                    let ext = ExtensionsBuilder::new()
+                        .add("x-roles", serde_json::Value::Array(roles))
+                        .build();
+                    match op.extensions.as_mut() {
+                        Some(e) => e.merge(ext),
+                        None => op.extensions = Some(ext),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn openapi_json() -> Response {
+    Json(ApiDoc::openapi()).into_response()
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/sql", post(sql::post_sql))
+        .route("/v1/reports/chargeback", get(reports::chargeback::get_chargeback))
+        .route("/v1/reports/showback", get(reports::showback::get_showback))
+        .route("/v1/reports/anomalies", get(reports::status::get_anomalies))
+        .route("/v1/reports/budgets", get(reports::status::get_budgets))
+        .route("/v1/periods", get(close::get_periods))
+        .route("/v1/periods/{period}/close", post(close::post_close))
+        .route("/v1/admin/prices", get(admin::get_prices).post(admin::post_prices))
+        .route("/v1/admin/tenants", get(admin::get_tenants).post(admin::post_tenants))
+        .route("/v1/admin/budgets", get(admin::get_budgets).post(admin::post_budget))
+        .route("/v1/admin/budgets/{budget_id}", delete(admin::delete_budget))
+        .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared)
 }
@@ -88,11 +238,21 @@ pub struct App {
 }
 
 impl App {
-    pub async fn build(cfg: ApiConfig) -> Result<App, Error> {
+    /// Binds. With a broker, the budget topics are read in the background once serving and
+    /// the admin routes publish to it; without one (`None`, e.g. over a copied data
+    /// directory) reports and SQL work, admin routes answer 503 and `budgets` is empty.
+    pub async fn build(kafka: Option<&KafkaConfig>, cfg: ApiConfig) -> Result<App, Error> {
         cfg.validate()?;
+        if let Some(k) = kafka {
+            k.validate().map_err(|e| Error::Config(e.to_string()))?;
+        }
         let listener = TcpListener::bind(&cfg.listen).await.map_err(Error::io)?;
         let shared = Arc::new(Shared {
             tokens: TokenTable::new(&cfg.tokens),
+            kafka: kafka.cloned(),
+            ledger: Default::default(),
+            budgets: Default::default(),
+            close_lock: Default::default(),
             cfg,
         });
         Ok(App {
@@ -112,9 +272,20 @@ impl App {
 
     pub async fn run_until_stopped(self) -> Result<(), Error> {
         let stop = self.stop.clone();
-        axum::serve(self.listener, router(self.shared))
+        let refresh = self.shared.kafka.clone().map(|k| {
+            tokio::spawn(self.shared.budgets.clone().run(
+                k,
+                Duration::from_millis(self.shared.cfg.budget_refresh_ms),
+                stop.clone(),
+            ))
+        });
+        let served = axum::serve(self.listener, router(self.shared))
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
-            .map_err(Error::io)
+            .map_err(Error::io);
+        if let Some(r) = refresh {
+            r.abort();
+        }
+        served
     }
 }

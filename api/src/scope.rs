@@ -1,7 +1,8 @@
-//! Row-level scoping in the plan: a `team_lead` never gets the ledger table itself, only a
-//! [`TeamScopedTable`] wrapping it, whose scan is the inner scan under a filter on `team`. Every
+//! Row filters in the plan. A `team_lead` never gets the ledger table itself, only a
+//! [`FilteredTable`] wrapping it, whose scan is the inner scan under a filter on `team`. Every
 //! query, view, join, subquery, CTE or UNION over `usage` therefore reads through the filter:
-//! it is part of the physical plan, not of the SQL text.
+//! it is part of the physical plan, not of the SQL text. The same wrapper keeps rows of a
+//! flush still being written out of every query (`ledger_view`).
 
 use std::sync::Arc;
 
@@ -16,35 +17,40 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
-/// `inner` restricted to rows whose `column` is one of `allowed` (NULL never matches).
+/// `inner` restricted to the rows passing `predicate`.
 #[derive(Debug)]
-pub struct TeamScopedTable {
+pub struct FilteredTable {
     inner: Arc<dyn TableProvider>,
-    column: String,
-    allowed: Vec<String>,
+    predicate: Expr,
 }
 
-impl TeamScopedTable {
-    pub fn new(inner: Arc<dyn TableProvider>, column: &str, allowed: &[String]) -> Self {
-        TeamScopedTable {
-            inner,
-            column: column.to_string(),
-            allowed: allowed.to_vec(),
-        }
+/// Rows whose `column` is one of `allowed` (NULL never matches; no teams: no rows).
+pub fn team_predicate(column: &str, allowed: &[String]) -> Expr {
+    if allowed.is_empty() {
+        return lit(false);
+    }
+    cast(col(column), DataType::Utf8)
+        .in_list(allowed.iter().map(|t| lit(t.clone())).collect(), false)
+}
+
+impl FilteredTable {
+    pub fn new(inner: Arc<dyn TableProvider>, predicate: Expr) -> Self {
+        FilteredTable { inner, predicate }
+    }
+
+    /// `inner` as a lead of `teams` may see it.
+    pub fn team_scope(inner: Arc<dyn TableProvider>, column: &str, teams: &[String]) -> Self {
+        FilteredTable::new(inner, team_predicate(column, teams))
     }
 
     /// The predicate every row must pass.
-    pub fn predicate(&self) -> Expr {
-        if self.allowed.is_empty() {
-            return lit(false);
-        }
-        cast(col(self.column.as_str()), DataType::Utf8)
-            .in_list(self.allowed.iter().map(|t| lit(t.clone())).collect(), false)
+    pub fn predicate(&self) -> &Expr {
+        &self.predicate
     }
 }
 
 #[async_trait]
-impl TableProvider for TeamScopedTable {
+impl TableProvider for FilteredTable {
     fn schema(&self) -> SchemaRef {
         self.inner.schema()
     }
@@ -79,12 +85,17 @@ impl TableProvider for TeamScopedTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let full = self.inner.schema();
-        let scope_idx = full.index_of(&self.column)?;
-        // 2. read the scope column too, whatever the query projects
+        // 2. read the predicate's columns too, whatever the query projects
+        let mut needed = vec![];
+        for c in self.predicate.column_refs() {
+            needed.push(full.index_of(&c.name)?);
+        }
         let inner_projection = projection.map(|p| {
             let mut v = p.clone();
-            if !v.contains(&scope_idx) {
-                v.push(scope_idx);
+            for i in &needed {
+                if !v.contains(i) {
+                    v.push(*i);
+                }
             }
             v
         });
@@ -95,7 +106,7 @@ impl TableProvider for TeamScopedTable {
         // 3. the filter, in the physical plan
         let scanned = plan.schema();
         let df_schema = DFSchema::try_from(scanned.as_ref().clone())?;
-        let predicate = state.create_physical_expr(self.predicate(), &df_schema)?;
+        let predicate = state.create_physical_expr(self.predicate.clone(), &df_schema)?;
         let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, plan)?);
         // 4. back to the columns asked for
         let wanted: Vec<usize> = match projection {

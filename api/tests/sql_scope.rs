@@ -9,7 +9,7 @@ use meterline_aggregate::ledger::Ledger;
 use meterline_aggregate::rows::Row;
 use meterline_api::{ApiConfig, App};
 use meterline_schemas::auth::{hash_token, Role, TokenConfig};
-use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
+use meterline_schemas::{Anomaly, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent};
 use serde_json::{json, Value};
 
 const LEAD: &str = "lead-token";
@@ -64,6 +64,34 @@ fn write_fixture(dir: &Path) {
         ],
     )
     .unwrap();
+    // anomalies, by the stage's own writer: one of search's, one of another team, one org-wide
+    let anomaly = |kind: ScopeKind, value: &str, model: &str, observed: &str| Anomaly {
+        anomaly_id: format!("spend_spike/{value}/{model}"),
+        scope: Scope {
+            kind,
+            value: value.into(),
+        },
+        model: Some(model.into()),
+        kind: "spend_spike".into(),
+        window_start: "2026-11-20T10:00:00Z".parse().unwrap(),
+        window_end: "2026-11-20T11:00:00Z".parse().unwrap(),
+        observed: observed.parse().unwrap(),
+        expected: "1".parse().unwrap(),
+        score: 9.0,
+        method: "robust_z".into(),
+        top_contributors: vec![],
+        at: "2026-11-20T11:00:05Z".parse().unwrap(),
+    };
+    meterline_aggregate::anomaly_watch::write_hour_file(
+        dir,
+        "2026-11-20T10:00:00Z".parse().unwrap(),
+        &[
+            anomaly(ScopeKind::Team, "search", "gpt-4o", "5"),
+            anomaly(ScopeKind::Team, "secret-team", "gpt-4o", "999"),
+            anomaly(ScopeKind::Org, "secret-org", "gpt-4o", "999"),
+        ],
+    )
+    .unwrap();
 }
 
 async fn start(cfg_edit: impl FnOnce(&mut ApiConfig)) -> (String, tempfile::TempDir) {
@@ -86,7 +114,7 @@ async fn start(cfg_edit: impl FnOnce(&mut ApiConfig)) -> (String, tempfile::Temp
         ..Default::default()
     };
     cfg_edit(&mut cfg);
-    let app = App::build(cfg).await.unwrap();
+    let app = App::build(None, cfg).await.unwrap();
     let base = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped());
     (base, dir)
@@ -131,6 +159,11 @@ async fn a_team_lead_sees_only_its_team_whatever_the_sql() {
         "SELECT count(*) AS n FROM usage WHERE model LIKE 'secret%'",
         "EXPLAIN SELECT * FROM usage WHERE model = 'x'",
         "DESCRIBE usage",
+        "SELECT * FROM monthly_spend",
+        "SELECT * FROM anomalies",
+        "SELECT scope_value, observed FROM anomalies WHERE scope_kind <> 'team'",
+        "SELECT * FROM budgets",
+        "SELECT a.scope_value, u.model FROM anomalies a JOIN usage u ON a.model = u.model",
     ];
     for q in reads {
         let (status, body) = sql(&base, LEAD, q).await;
@@ -139,6 +172,8 @@ async fn a_team_lead_sees_only_its_team_whatever_the_sql() {
         assert!(!body.contains("999"), "{q} leaked a cost: {body}");
     }
     // the scoped answers are right, not just empty
+    let (_, body) = sql(&base, LEAD, "SELECT scope_value FROM anomalies").await;
+    assert!(body.contains("\"search\""), "the lead's own anomaly: {body}");
     let (_, body) = sql(
         &base,
         LEAD,
@@ -193,6 +228,8 @@ async fn a_team_lead_sees_only_its_team_whatever_the_sql() {
         body.contains("secret-model") && body.contains("999.999"),
         "{body}"
     );
+    let (_, body) = sql(&base, FINANCE, "SELECT * FROM anomalies").await;
+    assert!(body.contains("secret-team") && body.contains("secret-org"), "{body}");
     let (status, _) = sql(&base, FINANCE, "SELECT * FROM information_schema.tables").await;
     assert_eq!(status, 200);
 }
@@ -245,4 +282,16 @@ async fn decimals_are_exact_rows_capped_roles_checked_and_limits_contained() {
     assert!(body.contains("time limit"), "{body}");
     let (status, _) = sql(&base2, FINANCE, "SELECT 1 AS one").await;
     assert_eq!(status, 200, "still serving");
+    // and one past its memory limit (1 MiB): a hash aggregation of 2M groups
+    let (base3, _dir3) = start(|c| c.query_memory_bytes = 1 << 20).await;
+    let (status, body) = sql(
+        &base3,
+        FINANCE,
+        "SELECT v % 2000000 AS k, count(*) AS n FROM generate_series(1, 4000000) t(v) GROUP BY v % 2000000 ORDER BY n DESC LIMIT 1",
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("memory limit"), "{body}");
+    let (status, body) = sql(&base3, FINANCE, "SELECT count(*) AS n FROM usage").await;
+    assert_eq!(status, 200, "still serving: {body}");
 }

@@ -3,6 +3,7 @@
 //! and peak RSS. Ratios, not absolute numbers, are what compare across (noisy, 2-core) machines.
 
 mod aggregate;
+mod api;
 mod budget;
 mod enrich;
 mod ingest;
@@ -61,6 +62,16 @@ pub enum BenchWhat {
         /// Storage of the local tansu: memory or sqlite.
         #[arg(long, default_value = "memory")]
         storage: String,
+    },
+    /// The monthly chargeback through the API vs. the same hand-written DataFusion SQL on the
+    /// same Parquet files (no broker involved).
+    Api {
+        /// Priced rows written for the month.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+        /// Keep (or reuse, if it holds a ledger) the data directory here.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
     /// The enrich stage vs. a bare transactional consume→produce passthrough.
     Enrich {
@@ -123,6 +134,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        BenchWhat::Api { events, data_dir } => api::run(events, data_dir).await,
         BenchWhat::Enrich {
             events,
             brokers,

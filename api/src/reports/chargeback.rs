@@ -1,0 +1,558 @@
+//! The monthly chargeback: per group (cost center, team or project) and model, what each
+//! owes, rounded to cents so the lines sum exactly to the total.
+//!
+//! Which rows a month's chargeback holds (`Cut`):
+//! - usage: rows that occurred in the month; for a close, only those below the close's
+//!   watermark (what the ledger held completely at that moment);
+//! - adjustments, in the first month after the last closed one only: rows that occurred
+//!   before it and arrived after the last close (at or past its watermark) — late usage of a
+//!   closed month is billed here, never by rewriting the closed month.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::{cents, collect, ints, money, strings, Shared};
+use crate::catalog::Scope;
+use crate::close::{CloseRecord, Closes};
+use crate::ledger_view::Watermark;
+use crate::period::Month;
+use crate::{error, Error};
+
+/// What chargeback lines are grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    CostCenter,
+    Team,
+    Project,
+}
+
+impl GroupBy {
+    pub const ALL: [GroupBy; 3] = [GroupBy::CostCenter, GroupBy::Team, GroupBy::Project];
+
+    /// The ledger column (also the name used in URLs and files).
+    pub fn column(&self) -> &'static str {
+        match self {
+            GroupBy::CostCenter => "cost_center",
+            GroupBy::Team => "team",
+            GroupBy::Project => "project",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<GroupBy, String> {
+        GroupBy::ALL
+            .into_iter()
+            .find(|g| g.column() == s)
+            .ok_or_else(|| format!("by: {s:?} is not one of cost_center, team, project"))
+    }
+}
+
+/// FOCUS ChargeCategory of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum Category {
+    Usage,
+    Adjustment,
+}
+
+/// One line: a group's use of one model in one currency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Line {
+    pub category: Category,
+    /// Month the usage occurred in (`YYYY-MM`): the report's month for usage, an earlier
+    /// (closed) month for adjustments.
+    pub charge_period: String,
+    pub org: String,
+    /// Cost center / team / project; null for usage no rule attributed to one.
+    pub group: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub currency: String,
+    pub events: i64,
+    pub input_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// Exact cost at list prices (sum of the events' costs, full precision).
+    #[schema(value_type = String)]
+    pub list_cost: Decimal,
+    /// What is charged: cents, allocated so that the lines sum to the total.
+    #[schema(value_type = String)]
+    pub billed_cost: Decimal,
+}
+
+/// Per currency: the exact and the billed total.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Total {
+    pub currency: String,
+    #[schema(value_type = String)]
+    pub list_cost: Decimal,
+    /// `list_cost` rounded half away from zero to cents; the lines' `billed_cost` sum to it.
+    #[schema(value_type = String)]
+    pub billed_cost: Decimal,
+    #[schema(value_type = String)]
+    pub adjustments_billed_cost: Decimal,
+    pub lines: usize,
+}
+
+/// A month's chargeback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Chargeback {
+    /// `YYYY-MM`.
+    pub period: String,
+    pub by: GroupBy,
+    /// `open` (computed now; may still change) or `closed` (a snapshot; never changes).
+    pub status: String,
+    pub closed_at: Option<String>,
+    pub closed_by: Option<String>,
+    pub totals: Vec<Total>,
+    pub lines: Vec<Line>,
+}
+
+/// Which rows go in (see the module doc).
+#[derive(Debug, Clone, Default)]
+pub struct Cut {
+    /// Only rows below this watermark (a close); `None`: every complete row.
+    pub upto: Option<Watermark>,
+    /// Bill late rows of earlier months as adjustments: those at or past this watermark.
+    pub adjustments_after: Option<Watermark>,
+}
+
+fn lines_sql(period: Month, by: GroupBy, cut: &Cut, category: Category) -> Option<String> {
+    let (from, to) = period.date_bounds();
+    let mut filter = match category {
+        Category::Usage => format!("date >= '{from}' AND date < '{to}'"),
+        Category::Adjustment => {
+            let after = cut.adjustments_after.as_ref()?;
+            format!("date < '{from}' AND ({})", after.sql(true))
+        }
+    };
+    if let Some(upto) = &cut.upto {
+        filter.push_str(&format!(" AND ({})", upto.sql(false)));
+    }
+    let g = by.column();
+    Some(format!(
+        "SELECT substr(date, 1, 7) AS charge_period, org, {g} AS grp, provider, model, currency, \
+         count(*) AS events, sum(input_tokens) AS input_tokens, \
+         sum(cache_read_tokens) AS cache_read_tokens, \
+         sum(cache_write_5m_tokens + cache_write_1h_tokens) AS cache_write_tokens, \
+         sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens, \
+         sum(cost_total) AS list_cost \
+         FROM usage WHERE {filter} \
+         GROUP BY substr(date, 1, 7), org, {g}, provider, model, currency"
+    ))
+}
+
+/// Computes a chargeback (status `open`; a close sets its own).
+pub async fn compute(
+    ctx: &datafusion::prelude::SessionContext,
+    period: Month,
+    by: GroupBy,
+    cut: &Cut,
+) -> Result<Chargeback, Error> {
+    let mut lines = vec![];
+    for category in [Category::Usage, Category::Adjustment] {
+        let Some(sql) = lines_sql(period, by, cut, category) else {
+            continue;
+        };
+        for b in collect(ctx, &sql).await? {
+            let (cp, org, grp) = (
+                strings(&b, "charge_period")?,
+                strings(&b, "org")?,
+                strings(&b, "grp")?,
+            );
+            let (prov, model, cur) = (
+                strings(&b, "provider")?,
+                strings(&b, "model")?,
+                strings(&b, "currency")?,
+            );
+            let (ev, inp, cr, cw, out, rs) = (
+                ints(&b, "events")?,
+                ints(&b, "input_tokens")?,
+                ints(&b, "cache_read_tokens")?,
+                ints(&b, "cache_write_tokens")?,
+                ints(&b, "output_tokens")?,
+                ints(&b, "reasoning_tokens")?,
+            );
+            let cost = money(&b, "list_cost")?;
+            for i in 0..b.num_rows() {
+                lines.push(Line {
+                    category,
+                    charge_period: cp[i].clone().unwrap_or_default(),
+                    org: org[i].clone().unwrap_or_default(),
+                    group: grp[i].clone(),
+                    provider: prov[i].clone().unwrap_or_default(),
+                    model: model[i].clone().unwrap_or_default(),
+                    currency: cur[i].clone().unwrap_or_default(),
+                    events: ev[i],
+                    input_tokens: inp[i],
+                    cache_read_tokens: cr[i],
+                    cache_write_tokens: cw[i],
+                    output_tokens: out[i],
+                    reasoning_tokens: rs[i],
+                    list_cost: cost[i].normalize(),
+                    billed_cost: Decimal::ZERO,
+                });
+            }
+        }
+    }
+    Ok(assemble(period, by, lines))
+}
+
+/// Orders the lines, allocates cents per currency and totals them. Pure.
+pub fn assemble(period: Month, by: GroupBy, mut lines: Vec<Line>) -> Chargeback {
+    lines.sort_by(|a, b| {
+        (
+            &a.currency,
+            a.category,
+            &a.charge_period,
+            &a.org,
+            &a.group,
+            &a.provider,
+            &a.model,
+        )
+            .cmp(&(
+                &b.currency,
+                b.category,
+                &b.charge_period,
+                &b.org,
+                &b.group,
+                &b.provider,
+                &b.model,
+            ))
+    });
+    let mut by_currency: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        by_currency.entry(l.currency.clone()).or_default().push(i);
+    }
+    let mut totals = vec![];
+    for (currency, idx) in by_currency {
+        let exact: Vec<Decimal> = idx.iter().map(|&i| lines[i].list_cost).collect();
+        let billed = cents::allocate(&exact);
+        for (&i, c) in idx.iter().zip(&billed) {
+            lines[i].billed_cost = *c;
+        }
+        let list_cost: Decimal = exact.iter().copied().sum();
+        totals.push(Total {
+            currency,
+            list_cost: list_cost.normalize(),
+            billed_cost: cents::round_total(list_cost),
+            adjustments_billed_cost: cents::round_total(
+                idx.iter()
+                    .filter(|&&i| lines[i].category == Category::Adjustment)
+                    .map(|&i| lines[i].billed_cost)
+                    .sum::<Decimal>(),
+            ),
+            lines: idx.len(),
+        });
+    }
+    Chargeback {
+        period: period.to_string(),
+        by,
+        status: "open".into(),
+        closed_at: None,
+        closed_by: None,
+        totals,
+        lines,
+    }
+}
+
+/// Report formats: the JSON document, flat CSV, FOCUS 1.2 CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Json,
+    Csv,
+    Focus,
+}
+
+impl ReportFormat {
+    pub const ALL: [ReportFormat; 3] = [ReportFormat::Json, ReportFormat::Csv, ReportFormat::Focus];
+
+    pub fn negotiate(param: Option<&str>, headers: &HeaderMap) -> Result<ReportFormat, String> {
+        match param {
+            Some("json") => Ok(ReportFormat::Json),
+            Some("csv") => Ok(ReportFormat::Csv),
+            Some("focus") => Ok(ReportFormat::Focus),
+            Some(o) => Err(format!("format: {o:?} is not one of json, csv, focus")),
+            None => {
+                let accept = headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                Ok(if accept.contains("text/csv") {
+                    ReportFormat::Csv
+                } else {
+                    ReportFormat::Json
+                })
+            }
+        }
+    }
+
+    /// Name of this format's file in a close snapshot.
+    pub fn file_name(&self, by: GroupBy) -> String {
+        let ext = match self {
+            ReportFormat::Json => "json",
+            ReportFormat::Csv => "csv",
+            ReportFormat::Focus => "focus.csv",
+        };
+        format!("chargeback-{}.{ext}", by.column())
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            ReportFormat::Json => "application/json",
+            ReportFormat::Csv | ReportFormat::Focus => "text/csv",
+        }
+    }
+}
+
+/// The bytes of `c` in `format`.
+pub fn render(c: &Chargeback, format: ReportFormat, issuer: &str) -> Result<Vec<u8>, Error> {
+    match format {
+        ReportFormat::Json => serde_json::to_vec_pretty(c).map_err(Error::query),
+        ReportFormat::Csv => to_csv(c),
+        ReportFormat::Focus => super::focus::to_csv(c, issuer),
+    }
+}
+
+fn to_csv(c: &Chargeback) -> Result<Vec<u8>, Error> {
+    let mut w = csv::Writer::from_writer(vec![]);
+    w.write_record([
+        "period",
+        "category",
+        "charge_period",
+        "org",
+        c.by.column(),
+        "provider",
+        "model",
+        "currency",
+        "events",
+        "input_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "list_cost",
+        "billed_cost",
+    ])
+    .map_err(Error::io)?;
+    for l in &c.lines {
+        w.write_record([
+            c.period.clone(),
+            format!("{:?}", l.category),
+            l.charge_period.clone(),
+            l.org.clone(),
+            l.group.clone().unwrap_or_default(),
+            l.provider.clone(),
+            l.model.clone(),
+            l.currency.clone(),
+            l.events.to_string(),
+            l.input_tokens.to_string(),
+            l.cache_read_tokens.to_string(),
+            l.cache_write_tokens.to_string(),
+            l.output_tokens.to_string(),
+            l.reasoning_tokens.to_string(),
+            l.list_cost.to_string(),
+            l.billed_cost.to_string(),
+        ])
+        .map_err(Error::io)?;
+    }
+    w.into_inner().map_err(Error::io)
+}
+
+/// Query of `GET /v1/reports/chargeback`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ChargebackQuery {
+    /// `YYYY-MM` (UTC calendar month of `occurred_at`).
+    pub period: String,
+    /// `cost_center` (default), `team` or `project`.
+    pub by: Option<String>,
+    /// `json` (default), `csv` or `focus` (FOCUS 1.2 CSV); `Accept: text/csv` means `csv`.
+    pub format: Option<String>,
+}
+
+/// What a month's chargeback is made of, given the closes so far.
+pub enum Source {
+    /// Closed: served from its snapshot.
+    Closed(CloseRecord),
+    /// Open: computed now with this cut.
+    Open(Cut),
+}
+
+/// Decides how `period` is answered: closed months from their snapshot; the first month after
+/// the last close carries the adjustments; a month before the first close has none of its own
+/// (its late usage is billed as adjustments), so it is refused.
+pub fn source(closes: &Closes, period: Month) -> Result<Source, (StatusCode, String)> {
+    if let Some(rec) = closes.record(period).map_err(internal)? {
+        return Ok(Source::Closed(rec));
+    }
+    match closes.last().map_err(internal)? {
+        None => Ok(Source::Open(Cut::default())),
+        Some(last) if period < last.period => Err((
+            StatusCode::CONFLICT,
+            format!(
+                "{period} precedes the first closed month {}; its usage is billed as adjustments in {}",
+                last.period,
+                last.period.next()
+            ),
+        )),
+        Some(last) => Ok(Source::Open(Cut {
+            upto: None,
+            adjustments_after: (period == last.period.next()).then_some(last.watermark),
+        })),
+    }
+}
+
+fn internal(e: Error) -> (StatusCode, String) {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// The chargeback of a month.
+#[utoipa::path(get, path = "/v1/reports/chargeback", params(ChargebackQuery),
+    description = "Roles: admin, finance, viewer. A closed month answers its snapshot's bytes.",
+    responses((status = 200, body = Chargeback), (status = 400), (status = 401), (status = 403), (status = 409)),
+    security(("bearer" = [])))]
+pub async fn get_chargeback(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    q: Result<Query<ChargebackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/reports/chargeback") {
+        return r;
+    }
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let period: Month = match q.period.parse() {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("period: {e}")),
+    };
+    let by = match GroupBy::parse(q.by.as_deref().unwrap_or("cost_center")) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let format = match ReportFormat::negotiate(q.format.as_deref(), &headers) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let closes = Closes::new(&s.cfg.data_dir);
+    let bytes = match source(&closes, period) {
+        Err((status, msg)) => return error(status, msg),
+        Ok(Source::Closed(rec)) => match closes.read(&rec, &format.file_name(by)) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Ok(Source::Open(cut)) => {
+            let ctx = match s.session(&Scope::All).await {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            let c = match compute(&ctx, period, by, &cut).await {
+                Ok(c) => c,
+                Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            };
+            match render(&c, format, &s.cfg.invoice_issuer) {
+                Ok(b) => b,
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+    };
+    let mut r = (StatusCode::OK, bytes).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn line(cat: Category, group: &str, model: &str, cur: &str, cost: &str) -> Line {
+        Line {
+            category: cat,
+            charge_period: "2026-10".into(),
+            org: "acme".into(),
+            group: Some(group.into()),
+            provider: "openai".into(),
+            model: model.into(),
+            currency: cur.into(),
+            events: 1,
+            input_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            output_tokens: 0,
+            reasoning_tokens: 0,
+            list_cost: Decimal::from_str(cost).unwrap(),
+            billed_cost: Decimal::ZERO,
+        }
+    }
+
+    #[test]
+    fn totals_per_currency_and_lines_sum_to_them() {
+        let m: Month = "2026-11".parse().unwrap();
+        let c = assemble(
+            m,
+            GroupBy::Team,
+            vec![
+                line(Category::Usage, "b", "gpt-4o", "USD", "0.335"),
+                line(Category::Adjustment, "a", "gpt-4o", "USD", "0.335"),
+                line(Category::Usage, "a", "gpt-4o", "USD", "0.335"),
+                line(Category::Usage, "a", "claude", "EUR", "10.004"),
+            ],
+        );
+        // EUR before USD; within USD usage before adjustment, then by group
+        let order: Vec<(&str, Category, &str)> = c
+            .lines
+            .iter()
+            .map(|l| (l.currency.as_str(), l.category, l.group.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("EUR", Category::Usage, "a"),
+                ("USD", Category::Usage, "a"),
+                ("USD", Category::Usage, "b"),
+                ("USD", Category::Adjustment, "a"),
+            ]
+        );
+        for t in &c.totals {
+            let sum: Decimal = c
+                .lines
+                .iter()
+                .filter(|l| l.currency == t.currency)
+                .map(|l| l.billed_cost)
+                .sum();
+            assert_eq!(sum, t.billed_cost, "{}", t.currency);
+        }
+        let usd = c.totals.iter().find(|t| t.currency == "USD").unwrap();
+        assert_eq!(usd.list_cost, Decimal::from_str("1.005").unwrap());
+        assert_eq!(usd.billed_cost, Decimal::from_str("1.01").unwrap());
+        // ties go to the earlier lines: both usage lines get the extra cent
+        assert_eq!(usd.adjustments_billed_cost, Decimal::from_str("0.33").unwrap());
+    }
+
+    #[test]
+    fn report_sql_is_built_from_validated_parts_only() {
+        let m: Month = "2026-11".parse().unwrap();
+        let cut = Cut {
+            upto: Some(Watermark([(0, 10)].into_iter().collect())),
+            adjustments_after: Some(Watermark([(0, 4)].into_iter().collect())),
+        };
+        let usage = lines_sql(m, GroupBy::Project, &cut, Category::Usage).unwrap();
+        assert!(usage.contains("date >= '2026-11-01' AND date < '2026-12-01'"));
+        assert!(usage.contains("kafka_offset < 10"));
+        let adj = lines_sql(m, GroupBy::Project, &cut, Category::Adjustment).unwrap();
+        assert!(adj.contains("date < '2026-11-01'") && adj.contains("kafka_offset >= 4"));
+        assert!(lines_sql(m, GroupBy::Team, &Cut::default(), Category::Adjustment).is_none());
+    }
+}

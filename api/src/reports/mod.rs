@@ -1,0 +1,75 @@
+//! Reports: stable HTTP endpoints with SQL inside.
+//! - `chargeback`: a month's cost per cost center / team / project and model, in cents that
+//!   sum exactly (`cents`), as JSON, CSV or FOCUS 1.2 (`focus`); closed months from their
+//!   snapshot (`crate::close`);
+//! - `showback`: spend over any range by any dimensions and time bucket;
+//! - `status`: anomalies and budget status.
+
+pub mod cents;
+pub mod chargeback;
+pub mod focus;
+pub mod showback;
+pub mod status;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type};
+use rust_decimal::Decimal;
+
+use crate::Error;
+
+fn column(b: &RecordBatch, name: &str) -> Result<ArrayRef, Error> {
+    b.column_by_name(name)
+        .cloned()
+        .ok_or_else(|| Error::Query(format!("report query has no column {name}")))
+}
+
+/// A text column (any string or dictionary type), NULL as `None`.
+pub(crate) fn strings(b: &RecordBatch, name: &str) -> Result<Vec<Option<String>>, Error> {
+    let a = cast(&column(b, name)?, &DataType::Utf8).map_err(Error::query)?;
+    let a = a.as_string::<i32>();
+    Ok((0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
+        .collect())
+}
+
+pub(crate) fn ints(b: &RecordBatch, name: &str) -> Result<Vec<i64>, Error> {
+    let a = cast(&column(b, name)?, &DataType::Int64).map_err(Error::query)?;
+    let a = a.as_primitive::<Int64Type>();
+    Ok((0..a.len())
+        .map(|i| if a.is_valid(i) { a.value(i) } else { 0 })
+        .collect())
+}
+
+/// A `Decimal128(38, 18)` money column as exact decimals (NULL as zero: sums of no rows).
+pub(crate) fn money(b: &RecordBatch, name: &str) -> Result<Vec<Decimal>, Error> {
+    let a = column(b, name)?;
+    let a = a.as_primitive::<Decimal128Type>();
+    (0..a.len())
+        .map(|i| {
+            if a.is_null(i) {
+                return Ok(Decimal::ZERO);
+            }
+            meterline_schemas::Money::from_unscaled(a.value(i))
+                .map(|m| m.decimal())
+                .map_err(|e| Error::Query(format!("{name}: {e}")))
+        })
+        .collect()
+}
+
+/// Every row of `sql` (a report query built from validated parameters only).
+pub(crate) async fn collect(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, Error> {
+    ctx.sql_with_options(sql, crate::answer::read_only())
+        .await
+        .map_err(Error::query)?
+        .collect()
+        .await
+        .map_err(Error::query)
+}
+
+pub(crate) type Shared = Arc<crate::Shared>;

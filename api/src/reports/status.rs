@@ -1,0 +1,127 @@
+//! Anomaly and budget-status reports: SQL over the `anomalies` and `budgets` tables in the
+//! caller's scope.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::showback::parse_instant;
+use super::Shared;
+use crate::answer::{self, Format};
+use crate::catalog::Scope;
+use crate::error;
+
+/// Query of `GET /v1/reports/anomalies`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AnomaliesQuery {
+    /// Windows starting at or after (`YYYY-MM-DD` or RFC 3339; default 7 days ago).
+    pub from: Option<String>,
+    /// Windows starting before (default now).
+    pub to: Option<String>,
+    /// `json` (default), `csv` or `arrow`.
+    pub format: Option<String>,
+}
+
+/// Anomalies detected in a range, highest score first.
+#[utoipa::path(get, path = "/v1/reports/anomalies", params(AnomaliesQuery),
+    description = "Roles: admin, finance, viewer, team_lead (its teams' anomalies only).",
+    responses((status = 200), (status = 400), (status = 401), (status = 403)),
+    security(("bearer" = [])))]
+pub async fn get_anomalies(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    q: Result<Query<AnomaliesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let who = match crate::authorize_route(&s, &headers, "GET", "/v1/reports/anomalies") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let format = match Format::negotiate(q.format.as_deref(), &headers) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let now = chrono::Utc::now();
+    let from = match q.from.as_deref().map(|f| parse_instant("from", f)) {
+        None => now - chrono::Duration::days(7),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let to = match q.to.as_deref().map(|t| parse_instant("to", t)) {
+        None => now,
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let ts = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let sql = format!(
+        "SELECT window_start, window_end, scope_kind, scope_value, model, kind, observed, \
+         expected, score, method, top_contributors, detected_at, anomaly_id FROM anomalies \
+         WHERE window_start >= TIMESTAMP '{}' AND window_start < TIMESTAMP '{}' \
+         ORDER BY score DESC, window_start, anomaly_id",
+        ts(from),
+        ts(to)
+    );
+    let ctx = match s.session(&Scope::of(&who)).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match answer::run(&ctx, &sql, s.cfg.max_rows, s.cfg.query_timeout_ms).await {
+        Ok(rows) => answer::render(rows, format),
+        Err(r) => r,
+    }
+}
+
+/// Query of `GET /v1/reports/budgets`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsQuery {
+    /// `json` (default), `csv` or `arrow`.
+    pub format: Option<String>,
+}
+
+/// Every live budget with its state in the current period (from the latest signal).
+#[utoipa::path(get, path = "/v1/reports/budgets", params(BudgetsQuery),
+    description = "Roles: admin, finance, viewer, team_lead (its teams' budgets only). Header x-meterline-budgets-as-of: when the budget topics were last read.",
+    responses((status = 200), (status = 400), (status = 401), (status = 403)),
+    security(("bearer" = [])))]
+pub async fn get_budgets(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    q: Result<Query<BudgetsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let who = match crate::authorize_route(&s, &headers, "GET", "/v1/reports/budgets") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let format = match Format::negotiate(q.format.as_deref(), &headers) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let ctx = match s.session(&Scope::of(&who)).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let sql = "SELECT * FROM budgets ORDER BY CASE state WHEN 'exceeded' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, budget_id";
+    let mut r = match answer::run(&ctx, sql, s.cfg.max_rows, s.cfg.query_timeout_ms).await {
+        Ok(rows) => answer::render(rows, format),
+        Err(r) => return r,
+    };
+    let as_of = s
+        .budgets
+        .get()
+        .refreshed_at
+        .map_or("never".to_string(), |t| t.to_rfc3339());
+    if let Ok(v) = HeaderValue::from_str(&as_of) {
+        r.headers_mut().insert("x-meterline-budgets-as-of", v);
+    }
+    r
+}
