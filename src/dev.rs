@@ -170,7 +170,9 @@ async fn publish_demo_budget(
             timezone: "UTC".into(),
             custom_from: None,
             custom_to: None,
-            thresholds: meterline_aggregate::budget_admin::parse_thresholds("50:notify,80:throttle,100:block")?,
+            thresholds: meterline_aggregate::budget_admin::parse_thresholds(
+                "50:notify,80:throttle,100:block",
+            )?,
             webhooks: vec![],
             effective_from: now,
             effective_to: None,

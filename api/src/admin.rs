@@ -50,28 +50,28 @@ pub struct PublishQuery {
     pub dry_run: bool,
 }
 
-/// Runs a blocking Kafka call; an error is a 502 (the broker) or a 400 (the input).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, (StatusCode, String)> + Send + 'static,
-) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err((status, msg))) => Err(error(status, msg)),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+/// Runs `f` with the broker's config on a blocking thread and answers its value as JSON with
+/// `status`. No broker configured → 503; a refusal from `f` → its own status (Kafka: 502).
+async fn with_kafka<T: Serialize + Send + 'static>(
+    s: &Shared,
+    status: StatusCode,
+    f: impl FnOnce(&KafkaConfig) -> Result<T, (StatusCode, String)> + Send + 'static,
+) -> Response {
+    let Some(kafka) = s.kafka.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this API runs without a broker: configuration changes are not possible here",
+        );
+    };
+    match tokio::task::spawn_blocking(move || f(&kafka)).await {
+        Ok(Ok(v)) => (status, Json(v)).into_response(),
+        Ok(Err((status, msg))) => error(status, msg),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 fn kafka_error(e: impl std::fmt::Display) -> (StatusCode, String) {
     (StatusCode::BAD_GATEWAY, format!("kafka: {e}"))
-}
-
-fn kafka_of(s: &Shared) -> Result<KafkaConfig, Response> {
-    s.kafka.clone().ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this API runs without a broker: configuration changes are not possible here",
-        )
-    })
 }
 
 /// Current prices (latest version of each).
@@ -81,22 +81,14 @@ pub async fn get_prices(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Res
     if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/admin/prices") {
         return r;
     }
-    let kafka = match kafka_of(&s) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match blocking(move || {
-        let r = enrich_admin::load(&kafka).map_err(kafka_error)?;
+    with_kafka(&s, StatusCode::OK, |kafka| {
+        let r = enrich_admin::load(kafka).map_err(kafka_error)?;
         let book = r.prices.read().expect("price book");
         let mut latest: Vec<_> = book.latest().cloned().collect();
         latest.sort_by(|a, b| a.price_id.cmp(&b.price_id));
         Ok(latest)
     })
     .await
-    {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
 }
 
 /// Publishes prices from meterline's native price document (JSON: `{"price": [...]}`).
@@ -125,19 +117,13 @@ pub async fn post_prices(
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("price document: {e}")),
     };
-    let kafka = match kafka_of(&s) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
     let reason = q.reason.unwrap_or_else(|| "changed over the API".into());
-    match blocking(move || {
-        enrich_admin::publish_prices(&kafka, drafts, &reason, q.dry_run).map_err(kafka_error)
+    with_kafka(&s, StatusCode::OK, move |kafka| {
+        enrich_admin::publish_prices(kafka, drafts, &reason, q.dry_run)
+            .map(|p| PublicationReport::of(p, q.dry_run))
+            .map_err(kafka_error)
     })
     .await
-    {
-        Ok(p) => Json(PublicationReport::of(p, q.dry_run)).into_response(),
-        Err(r) => r,
-    }
 }
 
 /// Current tenant rules (latest version of each).
@@ -147,22 +133,14 @@ pub async fn get_tenants(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
     if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/admin/tenants") {
         return r;
     }
-    let kafka = match kafka_of(&s) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match blocking(move || {
-        let r = enrich_admin::load(&kafka).map_err(kafka_error)?;
+    with_kafka(&s, StatusCode::OK, |kafka| {
+        let r = enrich_admin::load(kafka).map_err(kafka_error)?;
         let dir = r.tenants.read().expect("tenants");
         let mut latest: Vec<_> = dir.latest().cloned().collect();
         latest.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
         Ok(latest)
     })
     .await
-    {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
 }
 
 /// Publishes tenant rules (the YAML rule list of `meterline tenants import`; JSON is YAML too).
@@ -185,19 +163,13 @@ pub async fn post_tenants(
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("tenant rules: {e}")),
     };
-    let kafka = match kafka_of(&s) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
     let reason = q.reason.unwrap_or_else(|| "changed over the API".into());
-    match blocking(move || {
-        enrich_admin::publish_tenants(&kafka, drafts, &reason, q.dry_run).map_err(kafka_error)
+    with_kafka(&s, StatusCode::OK, move |kafka| {
+        enrich_admin::publish_tenants(kafka, drafts, &reason, q.dry_run)
+            .map(|p| PublicationReport::of(p, q.dry_run))
+            .map_err(kafka_error)
     })
     .await
-    {
-        Ok(p) => Json(PublicationReport::of(p, q.dry_run)).into_response(),
-        Err(r) => r,
-    }
 }
 
 /// Every budget (latest version, deleted ones included).
@@ -207,25 +179,18 @@ pub async fn get_budgets(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
     if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/admin/budgets") {
         return r;
     }
-    let kafka = match kafka_of(&s) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match blocking(move || {
-        budget_admin::load(&kafka)
+    with_kafka(&s, StatusCode::OK, |kafka| {
+        budget_admin::load(kafka)
             .map(|m| m.into_values().collect::<Vec<_>>())
             .map_err(kafka_error)
     })
     .await
-    {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
 }
 
-/// A budget as the API takes it (the fields of `meterline budgets create`).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// A budget as the API takes it: the OpenAPI view of `budget_admin::BudgetDraft` (the type the
+/// body is parsed into; `meterline_aggregate` does not depend on utoipa).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
 pub struct BudgetRequest {
     pub budget_id: String,
     pub name: Option<String>,
@@ -244,7 +209,6 @@ pub struct BudgetRequest {
     pub to: Option<chrono::DateTime<Utc>>,
     /// `percent:action,…`, default `50:notify,80:notify,100:block`.
     pub thresholds: Option<String>,
-    #[serde(default)]
     pub webhooks: Vec<String>,
     pub effective_from: Option<chrono::DateTime<Utc>>,
     pub reason: Option<String>,
@@ -255,48 +219,28 @@ pub struct BudgetRequest {
     description = "Roles: admin.",
     responses((status = 201), (status = 400), (status = 401), (status = 403), (status = 502)),
     security(("bearer" = [])))]
-pub async fn post_budget(State(s): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn post_budget(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let who = match crate::authorize_route(&s, &headers, "POST", "/v1/admin/budgets") {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let req: BudgetRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
+    // parsed by the same type as the CLI's flags, with the same defaults
+    let d: BudgetDraft = match serde_json::from_slice(&body) {
+        Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("budget: {e}")),
-    };
-    let limit = match req.limit.parse() {
-        Ok(l) => l,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("budget.limit: {e}")),
-    };
-    let d = BudgetDraft {
-        budget_id: req.budget_id,
-        name: req.name,
-        scope: req.scope,
-        limit,
-        currency: req.currency.unwrap_or_else(|| "USD".into()),
-        period: req.period.unwrap_or_else(|| "month".into()),
-        timezone: req.timezone.unwrap_or_else(|| "UTC".into()),
-        from: req.from,
-        to: req.to,
-        thresholds: req
-            .thresholds
-            .unwrap_or_else(|| "50:notify,80:notify,100:block".into()),
-        webhooks: req.webhooks,
-        effective_from: req.effective_from,
-        reason: req.reason.unwrap_or_else(|| "changed over the API".into()),
     };
     let b = match budget_admin::draft(d, &who.name, Utc::now()) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let kafka = match kafka_of(&s) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match blocking(move || budget_admin::publish(&kafka, b).map_err(kafka_error)).await {
-        Ok(b) => (StatusCode::CREATED, Json(b)).into_response(),
-        Err(r) => r,
-    }
+    with_kafka(&s, StatusCode::CREATED, move |kafka| {
+        budget_admin::publish(kafka, b).map_err(kafka_error)
+    })
+    .await
 }
 
 /// Deletes a budget (publishes a deleted version).
@@ -314,12 +258,8 @@ pub async fn delete_budget(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let kafka = match kafka_of(&s) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match blocking(move || {
-        let current = budget_admin::load(&kafka).map_err(kafka_error)?;
+    with_kafka(&s, StatusCode::OK, move |kafka| {
+        let current = budget_admin::load(kafka).map_err(kafka_error)?;
         let mut b = current
             .get(&budget_id)
             .filter(|b| !b.deleted)
@@ -328,11 +268,7 @@ pub async fn delete_budget(
         b.deleted = true;
         b.author = who.name.clone();
         b.reason = "deleted over the API".into();
-        budget_admin::publish(&kafka, b).map_err(kafka_error)
+        budget_admin::publish(kafka, b).map_err(kafka_error)
     })
     .await
-    {
-        Ok(b) => Json(b).into_response(),
-        Err(r) => r,
-    }
 }

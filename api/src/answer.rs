@@ -86,7 +86,11 @@ pub struct Rows {
     pub truncated: bool,
 }
 
-async fn collect(ctx: &SessionContext, sql: &str, max_rows: usize) -> Result<Rows, DataFusionError> {
+async fn collect(
+    ctx: &SessionContext,
+    sql: &str,
+    max_rows: usize,
+) -> Result<Rows, DataFusionError> {
     let df = ctx.sql_with_options(sql, read_only()).await?;
     let mut stream = df.execute_stream().await?;
     let (mut batches, mut rows) = (vec![], 0usize);
@@ -116,7 +120,11 @@ pub async fn run(
     max_rows: usize,
     timeout_ms: u64,
 ) -> Result<Rows, Response> {
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), collect(ctx, sql, max_rows)).await
+    match tokio::time::timeout(
+        Duration::from_millis(timeout_ms),
+        collect(ctx, sql, max_rows),
+    )
+    .await
     {
         Err(_) => Err(error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -163,7 +171,10 @@ pub fn decimals_as_text(b: &RecordBatch) -> Result<RecordBatch, DataFusionError>
             }
         }
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -182,7 +193,8 @@ pub fn render(rows: Rows, format: Format) -> Response {
                 .unwrap_or_else(|| Arc::new(Schema::empty()));
             let mut buf = vec![];
             let written = (|| {
-                let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)?;
+                let mut w =
+                    datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)?;
                 for b in &rows.batches {
                     w.write(b)?;
                 }
@@ -252,4 +264,21 @@ pub fn render(rows: Rows, format: Format) -> Response {
             .insert("x-meterline-truncated", HeaderValue::from_static("true"));
     }
     r
+}
+
+/// Runs `sql` in `who`'s scope under the query limits and answers it in `format`.
+pub async fn scoped(
+    s: &crate::Shared,
+    who: &meterline_schemas::auth::Principal,
+    sql: &str,
+    format: Format,
+) -> axum::response::Response {
+    let ctx = match s.session(&crate::catalog::Scope::of(who)).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match run(&ctx, sql, s.cfg.max_rows, s.cfg.query_timeout_ms).await {
+        Ok(rows) => render(rows, format),
+        Err(r) => r,
+    }
 }

@@ -33,15 +33,8 @@ pub struct BudgetSnapshot {
 }
 
 impl BudgetSnapshot {
-    pub fn from_records(budget_records: &[Vec<u8>], signal_records: &[Vec<u8>]) -> Self {
-        let mut budgets: BTreeMap<String, BudgetChange> = BTreeMap::new();
-        for r in budget_records {
-            if let Ok(b) = BudgetChange::from_avro(r) {
-                if budgets.get(&b.budget_id).is_none_or(|o| b.version > o.version) {
-                    budgets.insert(b.budget_id.clone(), b);
-                }
-            }
-        }
+    /// `budgets`: the latest version of each (as `budget_admin::load` reads them).
+    pub fn new(mut budgets: BTreeMap<String, BudgetChange>, signal_records: &[Vec<u8>]) -> Self {
         budgets.retain(|_, b| !b.deleted);
         let mut signals: BTreeMap<String, BudgetSignal> = BTreeMap::new();
         for r in signal_records {
@@ -106,7 +99,9 @@ pub fn to_batch(s: &BudgetSnapshot, now: DateTime<Utc>) -> Result<RecordBatch, E
         })
         .collect();
     let text = |f: &dyn Fn(&BudgetChange) -> String| -> ArrayRef {
-        Arc::new(StringArray::from(bs.iter().map(|b| f(b)).collect::<Vec<_>>()))
+        Arc::new(StringArray::from(
+            bs.iter().map(|b| f(b)).collect::<Vec<_>>(),
+        ))
     };
     let ts = |f: &dyn Fn(&BudgetSignal) -> DateTime<Utc>| -> ArrayRef {
         Arc::new(
@@ -185,27 +180,28 @@ impl BudgetCache {
 
     /// Reads both topics to their end once (blocking).
     pub fn refresh(&self, kafka: &KafkaConfig) -> Result<(), Error> {
-        let read = |topic: &str| -> Result<Vec<Vec<u8>>, Error> {
-            let c: BaseConsumer = kafka
-                .client("api-budgets")
-                .set("group.id", "meterline-api-budgets")
-                .set("enable.auto.commit", "false")
-                .create()
-                .map_err(|e| Error::Kafka(e.to_string()))?;
-            meterline_aggregate::spend::read_to_end(&c, topic)
-                .map(|(r, _)| r)
-                .map_err(|e| Error::Kafka(e.to_string()))
-        };
-        let budgets = read(topics::BUDGETS)?;
-        let signals = read(topics::BUDGET_SIGNALS)?;
-        *self.snapshot.write().expect("budget cache") =
-            BudgetSnapshot::from_records(&budgets, &signals);
+        let kafka_err = |e: meterline_aggregate::Error| Error::Kafka(e.to_string());
+        let budgets = meterline_aggregate::budget_admin::load(kafka).map_err(kafka_err)?;
+        let c: BaseConsumer = kafka
+            .client("api-budgets")
+            .set("group.id", "meterline-api-budgets")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| Error::Kafka(e.to_string()))?;
+        let (signals, _) = meterline_aggregate::spend::read_to_end(&c, topics::BUDGET_SIGNALS)
+            .map_err(kafka_err)?;
+        *self.snapshot.write().expect("budget cache") = BudgetSnapshot::new(budgets, &signals);
         Ok(())
     }
 
     /// Refreshes every `every` until `stop`; a failure is kept (and logged) with the last
     /// good snapshot, which the budget report shows as stale.
-    pub async fn run(self: Arc<Self>, kafka: KafkaConfig, every: Duration, stop: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        kafka: KafkaConfig,
+        every: Duration,
+        stop: CancellationToken,
+    ) {
         loop {
             let me = self.clone();
             let k = kafka.clone();

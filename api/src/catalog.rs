@@ -108,7 +108,9 @@ pub async fn session(
 ) -> Result<SessionContext, Error> {
     // No spilling: a query past its memory limit fails (422) instead of filling the disk.
     let runtime = RuntimeEnvBuilder::new()
-        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
         .with_memory_limit(cfg.query_memory_bytes, 1.0)
         .build_arc()
         .map_err(Error::query)?;
@@ -123,9 +125,8 @@ pub async fn session(
         &cfg.data_dir.join("anomalies"),
         meterline_aggregate::anomaly_watch::anomalies_schema(),
     )?;
-    let budgets: Arc<dyn TableProvider> = Arc::new(
-        MemTable::try_new(budgets.schema(), vec![vec![budgets]]).map_err(Error::query)?,
-    );
+    let budgets: Arc<dyn TableProvider> =
+        Arc::new(MemTable::try_new(budgets.schema(), vec![vec![budgets]]).map_err(Error::query)?);
     let (usage, anomalies, budgets): (
         Arc<dyn TableProvider>,
         Arc<dyn TableProvider>,

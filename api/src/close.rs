@@ -167,7 +167,11 @@ impl Closes {
 
 /// Closes `period` for `author`: refuses what would break the order of closes, then writes
 /// the snapshot.
-pub async fn close(s: &Shared, period: Month, author: &str) -> Result<CloseRecord, (StatusCode, String)> {
+pub async fn close(
+    s: &Shared,
+    period: Month,
+    author: &str,
+) -> Result<CloseRecord, (StatusCode, String)> {
     let internal = |e: Error| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     // one close at a time: two would both pass the order check
     let _guard = s.close_lock.lock().await;
@@ -178,7 +182,10 @@ pub async fn close(s: &Shared, period: Month, author: &str) -> Result<CloseRecor
     if period.end() > Utc::now() {
         return Err((
             StatusCode::CONFLICT,
-            format!("{period} has not ended yet (it ends {})", period.end().to_rfc3339()),
+            format!(
+                "{period} has not ended yet (it ends {})",
+                period.end().to_rfc3339()
+            ),
         ));
     }
     let last = closes.last().map_err(internal)?;
@@ -223,7 +230,10 @@ pub async fn close(s: &Shared, period: Month, author: &str) -> Result<CloseRecor
             if let Some(first) = first {
                 return Err((
                     StatusCode::CONFLICT,
-                    format!("the ledger has usage from {first}: close {} first", &first[..7]),
+                    format!(
+                        "the ledger has usage from {first}: close {} first",
+                        &first[..7]
+                    ),
                 ));
             }
         }
@@ -294,10 +304,7 @@ pub async fn post_close(
     description = "Roles: admin, finance, viewer.",
     responses((status = 200, body = Vec<CloseRecord>), (status = 401), (status = 403)),
     security(("bearer" = [])))]
-pub async fn get_periods(
-    State(s): State<std::sync::Arc<Shared>>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn get_periods(State(s): State<std::sync::Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/periods") {
         return r;
     }

@@ -53,7 +53,11 @@ impl Watermark {
             let cmp = if after { ">=" } else { "<" };
             s.push_str(&format!(" WHEN {p} THEN kafka_offset {cmp} {e}"));
         }
-        s.push_str(if after { " ELSE true END" } else { " ELSE false END" });
+        s.push_str(if after {
+            " ELSE true END"
+        } else {
+            " ELSE false END"
+        });
         s
     }
 }

@@ -215,16 +215,31 @@ async fn openapi_json() -> Response {
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/sql", post(sql::post_sql))
-        .route("/v1/reports/chargeback", get(reports::chargeback::get_chargeback))
+        .route(
+            "/v1/reports/chargeback",
+            get(reports::chargeback::get_chargeback),
+        )
         .route("/v1/reports/showback", get(reports::showback::get_showback))
         .route("/v1/reports/anomalies", get(reports::status::get_anomalies))
         .route("/v1/reports/budgets", get(reports::status::get_budgets))
         .route("/v1/periods", get(close::get_periods))
         .route("/v1/periods/{period}/close", post(close::post_close))
-        .route("/v1/admin/prices", get(admin::get_prices).post(admin::post_prices))
-        .route("/v1/admin/tenants", get(admin::get_tenants).post(admin::post_tenants))
-        .route("/v1/admin/budgets", get(admin::get_budgets).post(admin::post_budget))
-        .route("/v1/admin/budgets/{budget_id}", delete(admin::delete_budget))
+        .route(
+            "/v1/admin/prices",
+            get(admin::get_prices).post(admin::post_prices),
+        )
+        .route(
+            "/v1/admin/tenants",
+            get(admin::get_tenants).post(admin::post_tenants),
+        )
+        .route(
+            "/v1/admin/budgets",
+            get(admin::get_budgets).post(admin::post_budget),
+        )
+        .route(
+            "/v1/admin/budgets/{budget_id}",
+            delete(admin::delete_budget),
+        )
         .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared)

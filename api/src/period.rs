@@ -59,7 +59,10 @@ impl Month {
     }
 
     pub fn start(&self) -> DateTime<Utc> {
-        self.first_day().and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+        self.first_day()
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
     }
 
     /// Exclusive.
@@ -120,7 +123,9 @@ mod tests {
         assert_eq!(m.next().prev(), m);
         assert_eq!(m.date_bounds(), ("2026-12-01".into(), "2027-01-01".into()));
         assert_eq!(m.end().to_rfc3339(), "2027-01-01T00:00:00+00:00");
-        for bad in ["2026-13", "2026-1", "26-01", "2026/01", "", "2026-00", "x-01"] {
+        for bad in [
+            "2026-13", "2026-1", "26-01", "2026/01", "", "2026-00", "x-01",
+        ] {
             assert!(bad.parse::<Month>().is_err(), "{bad}");
         }
     }

@@ -9,7 +9,6 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use crate::answer::{self, Format};
-use crate::catalog::Scope;
 use crate::{error, Shared};
 
 /// Body of `POST /v1/sql`.
@@ -47,12 +46,5 @@ pub async fn post_sql(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let ctx = match s.session(&Scope::of(&who)).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match answer::run(&ctx, &req.sql, s.cfg.max_rows, s.cfg.query_timeout_ms).await {
-        Ok(rows) => answer::render(rows, format),
-        Err(r) => r,
-    }
+    answer::scoped(&s, &who, &req.sql, format).await
 }

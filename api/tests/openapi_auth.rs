@@ -76,7 +76,9 @@ async fn every_route_in_the_spec_refuses_missing_tokens_and_wrong_roles() {
                 if let Some(t) = token {
                     rq = rq.bearer_auth(t);
                 }
-                rq.header("content-type", "application/json").body("{}").send()
+                rq.header("content-type", "application/json")
+                    .body("{}")
+                    .send()
             };
             let r = send(None).await.unwrap();
             assert_eq!(r.status(), 401, "{method} {path} without a token");
@@ -97,5 +99,9 @@ async fn every_route_in_the_spec_refuses_missing_tokens_and_wrong_roles() {
             operations += 1;
         }
     }
-    assert_eq!(operations, meterline_api::ROUTES.len(), "every route is in the spec");
+    assert_eq!(
+        operations,
+        meterline_api::ROUTES.len(),
+        "every route is in the spec"
+    );
 }

@@ -71,7 +71,14 @@ fn flush(dir: &Path, partition: i32, rows: &[R]) {
     l.write_flush(partition, first, last, &rows).unwrap();
 }
 
-fn r(offset: i64, team: Option<&'static str>, model: &'static str, currency: &'static str, cost: &'static str, at: &'static str) -> R {
+fn r(
+    offset: i64,
+    team: Option<&'static str>,
+    model: &'static str,
+    currency: &'static str,
+    cost: &'static str,
+    at: &'static str,
+) -> R {
     R {
         offset,
         team,
@@ -88,21 +95,77 @@ fn fixture(dir: &Path) {
         dir,
         0,
         &[
-            r(0, Some("search"), "gpt-4o", "USD", "0.10", "2026-09-15T10:00:00Z"),
-            r(1, Some("search"), "gpt-4o", "USD", "0.003333333333333333", "2026-10-01T00:00:00Z"),
-            r(2, Some("ads"), "gpt-4o", "USD", "0.003333333333333333", "2026-10-02T10:00:00Z"),
-            r(3, Some("ads"), "claude-sonnet", "USD", "0.003333333333333334", "2026-10-31T23:59:59Z"),
+            r(
+                0,
+                Some("search"),
+                "gpt-4o",
+                "USD",
+                "0.10",
+                "2026-09-15T10:00:00Z",
+            ),
+            r(
+                1,
+                Some("search"),
+                "gpt-4o",
+                "USD",
+                "0.003333333333333333",
+                "2026-10-01T00:00:00Z",
+            ),
+            r(
+                2,
+                Some("ads"),
+                "gpt-4o",
+                "USD",
+                "0.003333333333333333",
+                "2026-10-02T10:00:00Z",
+            ),
+            r(
+                3,
+                Some("ads"),
+                "claude-sonnet",
+                "USD",
+                "0.003333333333333334",
+                "2026-10-31T23:59:59Z",
+            ),
             r(4, None, "gpt-4o", "USD", "1.005", "2026-10-20T10:00:00Z"),
-            r(5, Some("search"), "gpt-4o", "EUR", "2.499999", "2026-10-21T10:00:00Z"),
-            r(6, Some("search"), "gpt-4o", "USD", "7.25", "2026-11-02T10:00:00Z"),
+            r(
+                5,
+                Some("search"),
+                "gpt-4o",
+                "EUR",
+                "2.499999",
+                "2026-10-21T10:00:00Z",
+            ),
+            r(
+                6,
+                Some("search"),
+                "gpt-4o",
+                "USD",
+                "7.25",
+                "2026-11-02T10:00:00Z",
+            ),
         ],
     );
     flush(
         dir,
         1,
         &[
-            r(0, Some("search"), "gpt-4o-mini", "USD", "12.3456789", "2026-10-05T10:00:00Z"),
-            r(1, Some("ads"), "gpt-4o-mini", "USD", "0.000000000000000001", "2026-10-06T10:00:00Z"),
+            r(
+                0,
+                Some("search"),
+                "gpt-4o-mini",
+                "USD",
+                "12.3456789",
+                "2026-10-05T10:00:00Z",
+            ),
+            r(
+                1,
+                Some("ads"),
+                "gpt-4o-mini",
+                "USD",
+                "0.000000000000000001",
+                "2026-10-06T10:00:00Z",
+            ),
         ],
     );
 }
@@ -166,7 +229,8 @@ fn d(v: &Value) -> Decimal {
 }
 
 fn chargeback_json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
 }
 
 /// Per currency, the raw-SQL sum over the same files for `[from, to)` dates.
@@ -195,11 +259,20 @@ fn check_sums(c: &Value) {
             .collect();
         let billed: Decimal = lines.iter().map(|l| d(&l["billed_cost"])).sum();
         let list: Decimal = lines.iter().map(|l| d(&l["list_cost"])).sum();
-        assert_eq!(billed, d(&t["billed_cost"]), "{cur}: cents sum to the total");
-        assert_eq!(list, d(&t["list_cost"]), "{cur}: exact lines sum to the exact total");
+        assert_eq!(
+            billed,
+            d(&t["billed_cost"]),
+            "{cur}: cents sum to the total"
+        );
+        assert_eq!(
+            list,
+            d(&t["list_cost"]),
+            "{cur}: exact lines sum to the exact total"
+        );
         assert_eq!(
             d(&t["billed_cost"]),
-            d(&t["list_cost"]).round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+            d(&t["list_cost"])
+                .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
         );
         for l in lines {
             assert!((d(&l["billed_cost"]) - d(&l["list_cost"])).abs() < Decimal::new(1, 2));
@@ -213,13 +286,27 @@ fn check_focus(csv_bytes: &[u8], c: &Value) {
     let mut rd = csv::Reader::from_reader(csv_bytes);
     let header: Vec<String> = rd.headers().unwrap().iter().map(str::to_string).collect();
     let mandatory = [
-        ("BilledCost", false), ("BillingAccountId", false), ("BillingAccountName", true),
-        ("BillingCurrency", false), ("BillingPeriodEnd", false), ("BillingPeriodStart", false),
-        ("ChargeCategory", false), ("ChargeClass", true), ("ChargeDescription", true),
-        ("ChargePeriodEnd", false), ("ChargePeriodStart", false), ("ContractedCost", false),
-        ("EffectiveCost", false), ("InvoiceIssuerName", false), ("ListCost", false),
-        ("PricingQuantity", true), ("PricingUnit", true), ("ProviderName", false),
-        ("PublisherName", false), ("ServiceCategory", false), ("ServiceName", false),
+        ("BilledCost", false),
+        ("BillingAccountId", false),
+        ("BillingAccountName", true),
+        ("BillingCurrency", false),
+        ("BillingPeriodEnd", false),
+        ("BillingPeriodStart", false),
+        ("ChargeCategory", false),
+        ("ChargeClass", true),
+        ("ChargeDescription", true),
+        ("ChargePeriodEnd", false),
+        ("ChargePeriodStart", false),
+        ("ContractedCost", false),
+        ("EffectiveCost", false),
+        ("InvoiceIssuerName", false),
+        ("ListCost", false),
+        ("PricingQuantity", true),
+        ("PricingUnit", true),
+        ("ProviderName", false),
+        ("PublisherName", false),
+        ("ServiceCategory", false),
+        ("ServiceName", false),
     ];
     for (m, _) in mandatory {
         assert!(header.iter().any(|h| h == m), "FOCUS column {m} missing");
@@ -254,22 +341,41 @@ fn check_focus(csv_bytes: &[u8], c: &Value) {
         if cat == "Usage" {
             assert!(!rec[col("PricingQuantity")].is_empty() && !rec[col("PricingUnit")].is_empty());
         }
-        for t in ["BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd"] {
+        for t in [
+            "BillingPeriodStart",
+            "BillingPeriodEnd",
+            "ChargePeriodStart",
+            "ChargePeriodEnd",
+        ] {
             assert!(iso(&rec[col(t)]), "{t}: {}", &rec[col(t)]);
         }
-        for m in ["BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "PricingQuantity", "ConsumedQuantity"] {
+        for m in [
+            "BilledCost",
+            "ContractedCost",
+            "EffectiveCost",
+            "ListCost",
+            "PricingQuantity",
+            "ConsumedQuantity",
+        ] {
             let v = &rec[col(m)];
-            assert!(!v.contains('e') && !v.contains('E'), "{m}: no exponent ({v})");
+            assert!(
+                !v.contains('e') && !v.contains('E'),
+                "{m}: no exponent ({v})"
+            );
             Decimal::from_str(v).unwrap_or_else(|_| panic!("{m} is a decimal: {v}"));
         }
         assert_eq!(rec[col("BilledCost")], rec[col("EffectiveCost")]);
         serde_json::from_str::<Value>(&rec[col("Tags")]).expect("Tags is JSON");
-        *billed.entry(rec[col("BillingCurrency")].to_string()).or_default() +=
-            Decimal::from_str(&rec[col("BilledCost")]).unwrap();
+        *billed
+            .entry(rec[col("BillingCurrency")].to_string())
+            .or_default() += Decimal::from_str(&rec[col("BilledCost")]).unwrap();
     }
     assert_eq!(rows, c["lines"].as_array().unwrap().len());
     for t in c["totals"].as_array().unwrap() {
-        assert_eq!(billed[t["currency"].as_str().unwrap()], d(&t["billed_cost"]));
+        assert_eq!(
+            billed[t["currency"].as_str().unwrap()],
+            d(&t["billed_cost"])
+        );
     }
 }
 
@@ -280,7 +386,12 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
     let base = start(dir.path()).await;
 
     // 1. October, open: exact reconciliation with raw SQL; cents sum to the totals
-    let (status, body) = get(&base, FINANCE, "/v1/reports/chargeback?period=2026-10&by=team").await;
+    let (status, body) = get(
+        &base,
+        FINANCE,
+        "/v1/reports/chargeback?period=2026-10&by=team",
+    )
+    .await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let oct = chargeback_json(&body);
     assert_eq!(oct["status"], "open");
@@ -289,28 +400,76 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["currency"].as_str().unwrap().to_string(), d(&t["list_cost"])))
+        .map(|t| {
+            (
+                t["currency"].as_str().unwrap().to_string(),
+                d(&t["list_cost"]),
+            )
+        })
         .collect();
-    assert_eq!(totals, raw, "report totals = raw SQL totals, to the last digit");
-    assert_eq!(raw["USD"], Decimal::from_str("13.360678900000000001").unwrap());
+    assert_eq!(
+        totals, raw,
+        "report totals = raw SQL totals, to the last digit"
+    );
+    assert_eq!(
+        raw["USD"],
+        Decimal::from_str("13.360678900000000001").unwrap()
+    );
     check_sums(&oct);
     // thirds of a cent do not vanish: three lines of 0.00333… bill one cent between them
-    let usd_total = oct["totals"].as_array().unwrap().iter().find(|t| t["currency"] == "USD").unwrap();
-    assert_eq!(d(&usd_total["billed_cost"]), Decimal::from_str("13.36").unwrap());
+    let usd_total = oct["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["currency"] == "USD")
+        .unwrap();
+    assert_eq!(
+        d(&usd_total["billed_cost"]),
+        Decimal::from_str("13.36").unwrap()
+    );
     // every grouping reconciles
     for by in ["cost_center", "project"] {
-        let (_, b) = get(&base, FINANCE, &format!("/v1/reports/chargeback?period=2026-10&by={by}")).await;
+        let (_, b) = get(
+            &base,
+            FINANCE,
+            &format!("/v1/reports/chargeback?period=2026-10&by={by}"),
+        )
+        .await;
         let c = chargeback_json(&b);
         check_sums(&c);
         let money = |c: &Value| -> Vec<(Value, Value, Value)> {
-            c["totals"].as_array().unwrap().iter().map(|t| (t["currency"].clone(), t["list_cost"].clone(), t["billed_cost"].clone())).collect()
+            c["totals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["currency"].clone(),
+                        t["list_cost"].clone(),
+                        t["billed_cost"].clone(),
+                    )
+                })
+                .collect()
         };
         assert_eq!(money(&c), money(&oct), "{by}: same totals");
     }
-    let (_, focus) = get(&base, FINANCE, "/v1/reports/chargeback?period=2026-10&by=team&format=focus").await;
+    let (_, focus) = get(
+        &base,
+        FINANCE,
+        "/v1/reports/chargeback?period=2026-10&by=team&format=focus",
+    )
+    .await;
     check_focus(&focus, &oct);
-    let (_, flat) = get(&base, FINANCE, "/v1/reports/chargeback?period=2026-10&by=team&format=csv").await;
-    assert_eq!(flat.iter().filter(|b| **b == b'\n').count(), oct["lines"].as_array().unwrap().len() + 1);
+    let (_, flat) = get(
+        &base,
+        FINANCE,
+        "/v1/reports/chargeback?period=2026-10&by=team&format=csv",
+    )
+    .await;
+    assert_eq!(
+        flat.iter().filter(|b| **b == b'\n').count(),
+        oct["lines"].as_array().unwrap().len() + 1
+    );
 
     // 2. bad input is precise; a team lead may not pull the chargeback
     for (q, needle) in [
@@ -321,9 +480,18 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
     ] {
         let (status, b) = get(&base, FINANCE, &format!("/v1/reports/chargeback?{q}")).await;
         assert_eq!(status, 400, "{q}");
-        assert!(String::from_utf8_lossy(&b).contains(needle), "{q}: {}", String::from_utf8_lossy(&b));
+        assert!(
+            String::from_utf8_lossy(&b).contains(needle),
+            "{q}: {}",
+            String::from_utf8_lossy(&b)
+        );
     }
-    assert_eq!(get(&base, LEAD, "/v1/reports/chargeback?period=2026-10").await.0, 403);
+    assert_eq!(
+        get(&base, LEAD, "/v1/reports/chargeback?period=2026-10")
+            .await
+            .0,
+        403
+    );
 
     // 3. months close in order, only once ended, only once
     let (status, v) = close(&base, FINANCE, "2026-10").await;
@@ -345,11 +513,19 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
     for f in rec["files"].as_array().unwrap() {
         let bytes = std::fs::read(snap.join(f["name"].as_str().unwrap())).unwrap();
         use sha2::Digest;
-        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), f["sha256"].as_str().unwrap());
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            f["sha256"].as_str().unwrap()
+        );
     }
 
     // 4. the closed month: same content as when open, marked closed; byte-stable
-    let (_, closed1) = get(&base, FINANCE, "/v1/reports/chargeback?period=2026-10&by=team").await;
+    let (_, closed1) = get(
+        &base,
+        FINANCE,
+        "/v1/reports/chargeback?period=2026-10&by=team",
+    )
+    .await;
     let c1 = chargeback_json(&closed1);
     assert_eq!(c1["status"], "closed");
     assert_eq!(c1["lines"], oct["lines"]);
@@ -367,32 +543,97 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
         dir.path(),
         0,
         &[
-            r(7, Some("search"), "gpt-4o", "USD", "0.50", "2026-10-30T12:00:00Z"),
-            r(8, Some("ads"), "gpt-4o", "USD", "0.255", "2026-09-30T12:00:00Z"),
-            r(9, Some("ads"), "gpt-4o", "USD", "1.00", "2026-11-03T12:00:00Z"),
+            r(
+                7,
+                Some("search"),
+                "gpt-4o",
+                "USD",
+                "0.50",
+                "2026-10-30T12:00:00Z",
+            ),
+            r(
+                8,
+                Some("ads"),
+                "gpt-4o",
+                "USD",
+                "0.255",
+                "2026-09-30T12:00:00Z",
+            ),
+            r(
+                9,
+                Some("ads"),
+                "gpt-4o",
+                "USD",
+                "1.00",
+                "2026-11-03T12:00:00Z",
+            ),
         ],
     );
     for (q, bytes) in &pulls {
-        assert_eq!(&get(&base, FINANCE, q).await.1, bytes, "{q}: closed month changed");
+        assert_eq!(
+            &get(&base, FINANCE, q).await.1,
+            bytes,
+            "{q}: closed month changed"
+        );
     }
-    let (_, nov) = get(&base, FINANCE, "/v1/reports/chargeback?period=2026-11&by=team").await;
+    let (_, nov) = get(
+        &base,
+        FINANCE,
+        "/v1/reports/chargeback?period=2026-11&by=team",
+    )
+    .await;
     let nov = chargeback_json(&nov);
     check_sums(&nov);
-    let adj: Vec<&Value> = nov["lines"].as_array().unwrap().iter().filter(|l| l["category"] == "Adjustment").collect();
+    let adj: Vec<&Value> = nov["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["category"] == "Adjustment")
+        .collect();
     assert_eq!(adj.len(), 2, "{nov}");
-    let by_period: BTreeMap<&str, Decimal> = adj.iter().map(|l| (l["charge_period"].as_str().unwrap(), d(&l["list_cost"]))).collect();
+    let by_period: BTreeMap<&str, Decimal> = adj
+        .iter()
+        .map(|l| (l["charge_period"].as_str().unwrap(), d(&l["list_cost"])))
+        .collect();
     assert_eq!(by_period["2026-10"], Decimal::from_str("0.5").unwrap());
     assert_eq!(by_period["2026-09"], Decimal::from_str("0.255").unwrap());
-    let usd = nov["totals"].as_array().unwrap().iter().find(|t| t["currency"] == "USD").unwrap();
-    assert_eq!(d(&usd["list_cost"]), Decimal::from_str("9.005").unwrap(), "7.25 + 1.00 + 0.50 + 0.255");
+    let usd = nov["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["currency"] == "USD")
+        .unwrap();
+    assert_eq!(
+        d(&usd["list_cost"]),
+        Decimal::from_str("9.005").unwrap(),
+        "7.25 + 1.00 + 0.50 + 0.255"
+    );
     assert_eq!(d(&usd["billed_cost"]), Decimal::from_str("9.01").unwrap());
-    let (_, nov_focus) = get(&base, FINANCE, "/v1/reports/chargeback?period=2026-11&by=team&format=focus").await;
+    let (_, nov_focus) = get(
+        &base,
+        FINANCE,
+        "/v1/reports/chargeback?period=2026-11&by=team&format=focus",
+    )
+    .await;
     check_focus(&nov_focus, &nov);
     // December is not the first open month: no adjustments there
-    let (_, dec) = get(&base, FINANCE, "/v1/reports/chargeback?period=2026-12&by=team").await;
-    assert!(chargeback_json(&dec)["lines"].as_array().unwrap().is_empty());
+    let (_, dec) = get(
+        &base,
+        FINANCE,
+        "/v1/reports/chargeback?period=2026-12&by=team",
+    )
+    .await;
+    assert!(chargeback_json(&dec)["lines"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     // before the first close: refused, its late usage is an adjustment
-    assert_eq!(get(&base, FINANCE, "/v1/reports/chargeback?period=2026-08").await.0, 409);
+    assert_eq!(
+        get(&base, FINANCE, "/v1/reports/chargeback?period=2026-08")
+            .await
+            .0,
+        409
+    );
 
     // 6. a restart answers the same bytes
     let base2 = start(dir.path()).await;
@@ -404,8 +645,7 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
     let periods: Value = serde_json::from_slice(&periods).unwrap();
     assert_eq!(periods.as_array().unwrap().len(), 2);
 
-    // 7. closing November bills the adjustments in its snapshot… (not ended: refused) and a
-    //    tampered snapshot is an error, never an answer
+    // 7. a tampered snapshot is an error, never an answer
     let f = snap.join("chargeback-team.json");
     let mut perm = std::fs::metadata(&f).unwrap().permissions();
     assert!(perm.readonly(), "snapshot files are read-only");
@@ -415,7 +655,12 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
     let mut text = std::fs::read_to_string(&f).unwrap();
     text = text.replacen("\"13.36\"", "\"1.36\"", 1);
     std::fs::write(&f, text).unwrap();
-    let (status, b) = get(&base2, FINANCE, "/v1/reports/chargeback?period=2026-10&by=team").await;
+    let (status, b) = get(
+        &base2,
+        FINANCE,
+        "/v1/reports/chargeback?period=2026-10&by=team",
+    )
+    .await;
     assert_eq!(status, 500);
     assert!(String::from_utf8_lossy(&b).contains("altered"));
 }
@@ -429,8 +674,17 @@ async fn showback_is_scoped_and_reconciles() {
     let (status, b) = get(&base, FINANCE, q).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
     let all: Value = serde_json::from_slice(&b).unwrap();
-    let usd: Decimal = all["rows"].as_array().unwrap().iter().filter(|r| r["currency"] == "USD").map(|r| d(&r["cost"])).sum();
-    assert_eq!(usd, raw_totals(&base, "2026-10-01", "2026-11-01").await["USD"]);
+    let usd: Decimal = all["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["currency"] == "USD")
+        .map(|r| d(&r["cost"]))
+        .sum();
+    assert_eq!(
+        usd,
+        raw_totals(&base, "2026-10-01", "2026-11-01").await["USD"]
+    );
     // a lead sees its team only
     let (status, b) = get(&base, LEAD, q).await;
     assert_eq!(status, 200);
@@ -445,23 +699,36 @@ async fn showback_is_scoped_and_reconciles() {
     let text = String::from_utf8(b).unwrap();
     assert!(text.starts_with("bucket,api_key,currency,events"), "{text}");
     let r = reqwest::Client::new()
-        .get(format!("{base}/v1/reports/showback?from=2026-10-01&to=2026-11-01&by=team&granularity=month"))
+        .get(format!(
+            "{base}/v1/reports/showback?from=2026-10-01&to=2026-11-01&by=team&granularity=month"
+        ))
         .bearer_auth(FINANCE)
         .header("accept", "application/vnd.apache.arrow.stream")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.apache.arrow.stream"
+    );
     let bytes = r.bytes().await.unwrap();
-    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    let reader =
+        datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .unwrap();
     let schema = reader.schema();
-    assert!(matches!(schema.field_with_name("cost").unwrap().data_type(), datafusion::arrow::datatypes::DataType::Decimal128(38, 18)));
+    assert!(matches!(
+        schema.field_with_name("cost").unwrap().data_type(),
+        datafusion::arrow::datatypes::DataType::Decimal128(38, 18)
+    ));
     let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(n, 3 + 1, "search, ads, unattributed (USD) + search (EUR)");
     // precise refusals
     for (q, needle) in [
         ("from=2026-10-01&to=2026-11-01&by=secret_column", "by"),
-        ("from=2026-10-01&to=2026-11-01&granularity=minute", "granularity"),
+        (
+            "from=2026-10-01&to=2026-11-01&granularity=minute",
+            "granularity",
+        ),
         ("from=2026-11-01&to=2026-10-01", "to"),
         ("from=yesterday&to=2026-10-01", "from"),
     ] {

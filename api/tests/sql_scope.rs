@@ -9,7 +9,9 @@ use meterline_aggregate::ledger::Ledger;
 use meterline_aggregate::rows::Row;
 use meterline_api::{ApiConfig, App};
 use meterline_schemas::auth::{hash_token, Role, TokenConfig};
-use meterline_schemas::{Anomaly, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent};
+use meterline_schemas::{
+    Anomaly, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
+};
 use serde_json::{json, Value};
 
 const LEAD: &str = "lead-token";
@@ -173,7 +175,10 @@ async fn a_team_lead_sees_only_its_team_whatever_the_sql() {
     }
     // the scoped answers are right, not just empty
     let (_, body) = sql(&base, LEAD, "SELECT scope_value FROM anomalies").await;
-    assert!(body.contains("\"search\""), "the lead's own anomaly: {body}");
+    assert!(
+        body.contains("\"search\""),
+        "the lead's own anomaly: {body}"
+    );
     let (_, body) = sql(
         &base,
         LEAD,
@@ -229,7 +234,10 @@ async fn a_team_lead_sees_only_its_team_whatever_the_sql() {
         "{body}"
     );
     let (_, body) = sql(&base, FINANCE, "SELECT * FROM anomalies").await;
-    assert!(body.contains("secret-team") && body.contains("secret-org"), "{body}");
+    assert!(
+        body.contains("secret-team") && body.contains("secret-org"),
+        "{body}"
+    );
     let (status, _) = sql(&base, FINANCE, "SELECT * FROM information_schema.tables").await;
     assert_eq!(status, 200);
 }

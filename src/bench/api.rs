@@ -66,9 +66,10 @@ fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
                 // time order within the partition, like a topic
                 let at_us = (span_us as i128 * (done + i) as i128 / per_part as i128) as i64;
                 let (provider, model, pin, pout) = MODELS[rng.random_range(0..MODELS.len())];
-                // prompt lengths heavy-tailed, outputs shorter (cf. the Azure traces)
-                let input = (rng.random_range(1.0f64..9.0).exp() as i64).max(1);
-                let output = (rng.random_range(0.5f64..7.0).exp() as i64).max(1);
+                // token counts heavy-tailed (uniform below a random power of two), outputs shorter
+                let (in_bits, out_bits) = (rng.random_range(1..13), rng.random_range(1..10));
+                let input = rng.random_range(1..=1i64 << in_bits);
+                let output = rng.random_range(1..=1i64 << out_bits);
                 let cached = if rng.random_bool(0.3) { input / 2 } else { 0 };
                 let team = rng.random_range(0..24);
                 let mut event = UsageEvent::example();
@@ -146,7 +147,9 @@ async fn raw_once(data: &std::path::Path) -> anyhow::Result<(Duration, usize)> {
 async fn api_once(client: &reqwest::Client, base: &str) -> anyhow::Result<(Duration, usize)> {
     let t = Instant::now();
     let r = client
-        .get(format!("{base}/v1/reports/chargeback?period={PERIOD}&by=cost_center"))
+        .get(format!(
+            "{base}/v1/reports/chargeback?period={PERIOD}&by=cost_center"
+        ))
         .bearer_auth(TOKEN)
         .send()
         .await?;
@@ -225,7 +228,10 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
     }
     let cpu = cpu_micros(me)? - cpu0;
     let api_rss = peak_rss_kib(me)?;
-    anyhow::ensure!(api_lines == raw_lines, "API {api_lines} lines, raw {raw_lines} groups");
+    anyhow::ensure!(
+        api_lines == raw_lines,
+        "API {api_lines} lines, raw {raw_lines} groups"
+    );
 
     // closed: from the snapshot
     let r = client
@@ -270,7 +276,11 @@ fn walk_bytes(p: &std::path::Path) -> anyhow::Result<u64> {
     for e in std::fs::read_dir(p)? {
         let e = e?;
         let m = e.metadata()?;
-        n += if m.is_dir() { walk_bytes(&e.path())? } else { m.len() };
+        n += if m.is_dir() {
+            walk_bytes(&e.path())?
+        } else {
+            m.len()
+        };
     }
     Ok(n)
 }

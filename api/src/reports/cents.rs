@@ -62,7 +62,11 @@ mod tests {
     #[test]
     fn lines_sum_to_the_rounded_total() {
         // three thirds of a dollar: 0.333… each, total 1.00
-        let lines = ds(&["0.333333333333333333", "0.333333333333333333", "0.333333333333333334"]);
+        let lines = ds(&[
+            "0.333333333333333333",
+            "0.333333333333333333",
+            "0.333333333333333334",
+        ]);
         let got = allocate(&lines);
         assert_eq!(got.iter().copied().sum::<Decimal>(), d("1.00"));
         // the largest remainder is the last line's

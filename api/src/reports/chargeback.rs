@@ -24,7 +24,9 @@ use crate::period::Month;
 use crate::{error, Error};
 
 /// What chargeback lines are grouped by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     CostCenter,
@@ -53,7 +55,9 @@ impl GroupBy {
 }
 
 /// FOCUS ChargeCategory of a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub enum Category {
     Usage,
     Adjustment,
@@ -321,8 +325,7 @@ pub fn render(c: &Chargeback, format: ReportFormat, issuer: &str) -> Result<Vec<
 }
 
 fn to_csv(c: &Chargeback) -> Result<Vec<u8>, Error> {
-    let mut w = csv::Writer::from_writer(vec![]);
-    w.write_record([
+    let header = [
         "period",
         "category",
         "charge_period",
@@ -339,10 +342,9 @@ fn to_csv(c: &Chargeback) -> Result<Vec<u8>, Error> {
         "reasoning_tokens",
         "list_cost",
         "billed_cost",
-    ])
-    .map_err(Error::io)?;
-    for l in &c.lines {
-        w.write_record([
+    ];
+    let rows = c.lines.iter().map(|l| {
+        Ok(vec![
             c.period.clone(),
             format!("{:?}", l.category),
             l.charge_period.clone(),
@@ -360,9 +362,8 @@ fn to_csv(c: &Chargeback) -> Result<Vec<u8>, Error> {
             l.list_cost.to_string(),
             l.billed_cost.to_string(),
         ])
-        .map_err(Error::io)?;
-    }
-    w.into_inner().map_err(Error::io)
+    });
+    super::csv_bytes(header, rows)
 }
 
 /// Query of `GET /v1/reports/chargeback`.
@@ -426,9 +427,9 @@ pub async fn get_chargeback(
     if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/reports/chargeback") {
         return r;
     }
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    let q = match super::params(q) {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     let period: Month = match q.period.parse() {
         Ok(p) => p,
@@ -538,7 +539,10 @@ mod tests {
         assert_eq!(usd.list_cost, Decimal::from_str("1.005").unwrap());
         assert_eq!(usd.billed_cost, Decimal::from_str("1.01").unwrap());
         // ties go to the earlier lines: both usage lines get the extra cent
-        assert_eq!(usd.adjustments_billed_cost, Decimal::from_str("0.33").unwrap());
+        assert_eq!(
+            usd.adjustments_billed_cost,
+            Decimal::from_str("0.33").unwrap()
+        );
     }
 
     #[test]

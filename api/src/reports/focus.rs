@@ -87,7 +87,10 @@ fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
             l.model, l.provider, l.charge_period, c.period
         )
     } else {
-        format!("{} usage of {} for {who}, {}", l.model, l.provider, c.period)
+        format!(
+            "{} usage of {} for {who}, {}",
+            l.model, l.provider, c.period
+        )
     };
     let tags = serde_json::json!({ by: l.group }).to_string();
     let cells = [
@@ -99,7 +102,11 @@ fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
         iso(billing.end()),
         iso(billing.start()),
         format!("{:?}", l.category),
-        if adjustment { "Correction".into() } else { String::new() },
+        if adjustment {
+            "Correction".into()
+        } else {
+            String::new()
+        },
         description,
         iso(charge.end()),
         iso(charge.start()),
@@ -136,11 +143,8 @@ fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
 
 /// FOCUS CSV: header, then one row per line (empty cell = null).
 pub fn to_csv(c: &Chargeback, issuer: &str) -> Result<Vec<u8>, Error> {
-    let mut w = csv::Writer::from_writer(vec![]);
-    w.write_record(MANDATORY.iter().chain(OTHER.iter()))
-        .map_err(Error::io)?;
-    for l in &c.lines {
-        w.write_record(row(c, l, issuer)?).map_err(Error::io)?;
-    }
-    w.into_inner().map_err(Error::io)
+    super::csv_bytes(
+        MANDATORY.iter().chain(OTHER.iter()),
+        c.lines.iter().map(|l| row(c, l, issuer)),
+    )
 }

@@ -73,3 +73,29 @@ pub(crate) async fn collect(
 }
 
 pub(crate) type Shared = Arc<crate::Shared>;
+
+/// A report's query string, or the 400 naming what is wrong with it.
+pub(crate) fn params<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, axum::response::Response> {
+    q.map(|axum::extract::Query(q)| q)
+        .map_err(|e| crate::error(axum::http::StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+/// A timestamp as a SQL `TIMESTAMP '…'` literal body (µs, UTC).
+pub(crate) fn sql_timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// A CSV document: `header`, then `rows` (empty cell = null).
+pub(crate) fn csv_bytes<H: AsRef<[u8]>>(
+    header: impl IntoIterator<Item = H>,
+    rows: impl IntoIterator<Item = Result<Vec<String>, Error>>,
+) -> Result<Vec<u8>, Error> {
+    let mut w = csv::Writer::from_writer(vec![]);
+    w.write_record(header).map_err(Error::io)?;
+    for r in rows {
+        w.write_record(r?).map_err(Error::io)?;
+    }
+    w.into_inner().map_err(Error::io)
+}

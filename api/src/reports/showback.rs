@@ -11,7 +11,6 @@ use serde::Deserialize;
 
 use super::Shared;
 use crate::answer::{self, Format};
-use crate::catalog::Scope;
 use crate::error;
 
 /// Dimensions showback groups by: (URL name, ledger column).
@@ -87,7 +86,6 @@ pub fn showback_sql(q: &ShowbackQuery) -> Result<String, String> {
     }
     let select: Vec<String> = dims.iter().map(|(n, c)| format!("{c} AS {n}")).collect();
     let group: Vec<&str> = dims.iter().map(|(_, c)| *c).collect();
-    let ts = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
     // date bounds prune partitions; the occurred_at bounds are exact
     let (d0, d1) = (
         from.date_naive().format("%Y-%m-%d"),
@@ -104,8 +102,8 @@ pub fn showback_sql(q: &ShowbackQuery) -> Result<String, String> {
          ORDER BY bucket, {grp}, currency",
         sel = select.join(", "),
         grp = group.join(", "),
-        f = ts(from),
-        t = ts(to),
+        f = super::sql_timestamp(from),
+        t = super::sql_timestamp(to),
     ))
 }
 
@@ -123,9 +121,9 @@ pub async fn get_showback(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    let q = match super::params(q) {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     let format = match Format::negotiate(q.format.as_deref(), &headers) {
         Ok(f) => f,
@@ -135,14 +133,7 @@ pub async fn get_showback(
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let ctx = match s.session(&Scope::of(&who)).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match answer::run(&ctx, &sql, s.cfg.max_rows, s.cfg.query_timeout_ms).await {
-        Ok(rows) => answer::render(rows, format),
-        Err(r) => r,
-    }
+    answer::scoped(&s, &who, &sql, format).await
 }
 
 #[cfg(test)]
@@ -161,17 +152,26 @@ mod tests {
 
     #[test]
     fn only_known_dimensions_and_granularities_reach_the_sql() {
-        let sql = showback_sql(&q("2026-11-01", "2026-11-08", "team,api_key,team", "week")).unwrap();
+        let sql =
+            showback_sql(&q("2026-11-01", "2026-11-08", "team,api_key,team", "week")).unwrap();
         assert!(sql.contains("date_trunc('week', occurred_at)"));
         assert!(sql.contains("team AS team, api_key_id AS api_key,"));
         assert!(sql.contains("occurred_at >= TIMESTAMP '2026-11-01T00:00:00.000000Z'"));
         for (by, g) in [("team; DROP", "day"), ("team", "minute"), ("secret", "day")] {
-            assert!(showback_sql(&q("2026-11-01", "2026-11-02", by, g)).is_err(), "{by} {g}");
+            assert!(
+                showback_sql(&q("2026-11-01", "2026-11-02", by, g)).is_err(),
+                "{by} {g}"
+            );
         }
         assert!(showback_sql(&q("2026-11-02", "2026-11-01", "team", "day")).is_err());
         assert!(showback_sql(&q("yesterday", "2026-11-01", "team", "day")).is_err());
-        let t = showback_sql(&q("2026-11-01T10:30:00+01:00", "2026-11-01T12:00:00Z", "model", "hour"))
-            .unwrap();
+        let t = showback_sql(&q(
+            "2026-11-01T10:30:00+01:00",
+            "2026-11-01T12:00:00Z",
+            "model",
+            "hour",
+        ))
+        .unwrap();
         assert!(t.contains("TIMESTAMP '2026-11-01T09:30:00.000000Z'"), "{t}");
     }
 }

@@ -9,7 +9,6 @@ use serde::Deserialize;
 use super::showback::parse_instant;
 use super::Shared;
 use crate::answer::{self, Format};
-use crate::catalog::Scope;
 use crate::error;
 
 /// Query of `GET /v1/reports/anomalies`.
@@ -38,9 +37,9 @@ pub async fn get_anomalies(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    let q = match super::params(q) {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     let format = match Format::negotiate(q.format.as_deref(), &headers) {
         Ok(f) => f,
@@ -57,23 +56,15 @@ pub async fn get_anomalies(
         Some(Ok(t)) => t,
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let ts = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
     let sql = format!(
         "SELECT window_start, window_end, scope_kind, scope_value, model, kind, observed, \
          expected, score, method, top_contributors, detected_at, anomaly_id FROM anomalies \
          WHERE window_start >= TIMESTAMP '{}' AND window_start < TIMESTAMP '{}' \
          ORDER BY score DESC, window_start, anomaly_id",
-        ts(from),
-        ts(to)
+        super::sql_timestamp(from),
+        super::sql_timestamp(to)
     );
-    let ctx = match s.session(&Scope::of(&who)).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match answer::run(&ctx, &sql, s.cfg.max_rows, s.cfg.query_timeout_ms).await {
-        Ok(rows) => answer::render(rows, format),
-        Err(r) => r,
-    }
+    answer::scoped(&s, &who, &sql, format).await
 }
 
 /// Query of `GET /v1/reports/budgets`.
@@ -98,23 +89,19 @@ pub async fn get_budgets(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    let q = match super::params(q) {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     let format = match Format::negotiate(q.format.as_deref(), &headers) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let ctx = match s.session(&Scope::of(&who)).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let sql = "SELECT * FROM budgets ORDER BY CASE state WHEN 'exceeded' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, budget_id";
-    let mut r = match answer::run(&ctx, sql, s.cfg.max_rows, s.cfg.query_timeout_ms).await {
-        Ok(rows) => answer::render(rows, format),
-        Err(r) => return r,
-    };
+    let mut r = answer::scoped(&s, &who, sql, format).await;
+    if !r.status().is_success() {
+        return r;
+    }
     let as_of = s
         .budgets
         .get()
