@@ -195,9 +195,6 @@ pub async fn close(
         .settled_state(&s.cfg.data_dir)
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let ctx = crate::catalog::session(&s.cfg, &Scope::All, &state, s.budget_batch())
-        .await
-        .map_err(internal)?;
     // 2. months close in order, with no gap and nothing earlier left open
     match &last {
         Some(l) if period < l.period => {
@@ -214,19 +211,14 @@ pub async fn close(
         }
         Some(_) => {}
         None => {
+            // nothing earlier may stay open: its usage would never be billed
             let (from, _) = period.date_bounds();
-            let earlier = super::reports::collect(
-                &ctx,
-                &format!("SELECT min(date) AS first FROM usage WHERE date < '{from}'"),
-            )
-            .await
-            .map_err(internal)?;
-            let first = earlier
-                .first()
-                .map(|b| super::reports::strings(b, "first"))
-                .transpose()
-                .map_err(internal)?
-                .and_then(|v| v.into_iter().next().flatten());
+            let first = state
+                .files
+                .iter()
+                .map(|f| &f.date)
+                .filter(|d| **d < from)
+                .min();
             if let Some(first) = first {
                 return Err((
                     StatusCode::CONFLICT,
@@ -246,9 +238,15 @@ pub async fn close(
     };
     let mut files = vec![];
     for by in GroupBy::ALL {
-        let mut c = chargeback::compute(&ctx, period, by, &cut)
-            .await
-            .map_err(internal)?;
+        let mut c = if s.cfg.rollups {
+            chargeback::compute(&s.rollups, &state, period, by, &cut).await
+        } else {
+            let ctx = crate::catalog::session(&s.cfg, &Scope::All, &state, s.budget_batch())
+                .await
+                .map_err(internal)?;
+            chargeback::compute_sql(&ctx, period, by, &cut).await
+        }
+        .map_err(internal)?;
         c.status = "closed".into();
         c.closed_at = Some(closed_at.clone());
         c.closed_by = Some(author.to_string());

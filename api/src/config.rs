@@ -27,6 +27,9 @@ pub struct ApiConfig {
     pub invoice_issuer: String,
     /// How often the `budgets` table re-reads the budget topics, in milliseconds.
     pub budget_refresh_ms: u64,
+    /// Chargebacks add up per-file daily rollups kept in memory (each ledger file is read
+    /// once); `false`: every chargeback scans the ledger with SQL.
+    pub rollups: bool,
 }
 
 impl Default for ApiConfig {
@@ -40,6 +43,7 @@ impl Default for ApiConfig {
             tokens: vec![],
             invoice_issuer: "meterline".into(),
             budget_refresh_ms: 5_000,
+            rollups: true,
         }
     }
 }

@@ -43,6 +43,11 @@ impl Watermark {
         b.otherwise(otherwise).expect("CASE with a branch")
     }
 
+    /// Where partition `p`'s rows end (exclusive); a partition without an entry has none.
+    pub fn end(&self, p: i32) -> i64 {
+        self.0.get(&p).copied().unwrap_or(i64::MIN)
+    }
+
     /// SQL text of [`Self::before`] / [`Self::at_or_after`], for report queries (integers only).
     pub fn sql(&self, after: bool) -> String {
         if self.0.is_empty() {
@@ -71,6 +76,23 @@ pub struct LedgerState {
     pub all_complete: bool,
     /// Compaction originals not yet deleted (their rows are also in the merged file).
     pub superseded: usize,
+    /// The files of complete flushes (what a reader may use), in path order.
+    pub files: Vec<LedgerFile>,
+}
+
+/// One ledger file a reader may use: all its rows are of one date, one input partition, and
+/// offsets `first..=last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerFile {
+    pub path: PathBuf,
+    /// `YYYY-MM-DD`, from the `date=` directory.
+    pub date: String,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+    /// Size in bytes: with the path, identifies the content (ledger files are never rewritten
+    /// in place; this guards against a path reused by a recovery).
+    pub bytes: u64,
 }
 
 /// Footers read so far, by path.
@@ -93,6 +115,7 @@ impl LedgerView {
                     watermark: Watermark::default(),
                     all_complete: true,
                     superseded: 0,
+                    files: vec![],
                 })
             }
             Err(e) => return Err(Error::io(e)),
@@ -133,10 +156,18 @@ impl LedgerView {
         drop(cache);
         let superseded = files::superseded(&found).len();
         let (resume, usable) = files::complete_view(&found);
+        let mut usable_files = vec![];
+        for f in &usable {
+            if let Some(lf) = ledger_file(&f.path) {
+                usable_files.push(lf);
+            }
+        }
+        usable_files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(LedgerState {
             all_complete: usable.len() + superseded == found.len(),
             watermark: Watermark(resume),
             superseded,
+            files: usable_files,
         })
     }
 
@@ -158,6 +189,24 @@ impl LedgerView {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A usable file's facts from its path (`…/date=YYYY-MM-DD/part-P-FIRST-LAST.parquet`) and
+/// size; `None` if it vanished meanwhile.
+fn ledger_file(path: &std::path::Path) -> Option<LedgerFile> {
+    let name = path.file_name()?.to_str()?;
+    let (partition, first, last) = files::parse_file_name(name)?;
+    let dir = path.parent()?.file_name()?.to_str()?;
+    let date = dir.strip_prefix("date=")?.to_string();
+    let bytes = std::fs::metadata(path).ok()?.len();
+    Some(LedgerFile {
+        path: path.to_path_buf(),
+        date,
+        partition,
+        first,
+        last,
+        bytes,
+    })
 }
 
 #[cfg(test)]

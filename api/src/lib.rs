@@ -19,6 +19,7 @@ pub mod config;
 pub mod ledger_view;
 pub mod period;
 pub mod reports;
+pub mod rollup;
 pub mod scope;
 pub mod sql;
 
@@ -104,6 +105,8 @@ pub struct Shared {
     pub kafka: Option<KafkaConfig>,
     pub tokens: TokenTable,
     pub ledger: ledger_view::LedgerView,
+    /// Per-file daily rollups the chargeback adds up.
+    pub rollups: Arc<rollup::Rollups>,
     pub budgets: Arc<budgets::BudgetCache>,
     /// Closes run one at a time.
     pub close_lock: tokio::sync::Mutex<()>,
@@ -266,6 +269,7 @@ impl App {
             tokens: TokenTable::new(&cfg.tokens),
             kafka: kafka.cloned(),
             ledger: Default::default(),
+            rollups: Default::default(),
             budgets: Default::default(),
             close_lock: Default::default(),
             cfg,

@@ -9,6 +9,7 @@
 //!   closed month is billed here, never by rewriting the closed month.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -19,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::{cents, collect, ints, money, strings, Shared};
 use crate::catalog::Scope;
 use crate::close::{CloseRecord, Closes};
-use crate::ledger_view::Watermark;
+use crate::ledger_view::{LedgerState, Watermark};
 use crate::period::Month;
+use crate::rollup::{self, OffsetRange, Rollups, Sums};
 use crate::{error, Error};
 
 /// What chargeback lines are grouped by.
@@ -152,8 +154,91 @@ fn lines_sql(period: Month, by: GroupBy, cut: &Cut, category: Category) -> Optio
     ))
 }
 
-/// Computes a chargeback (status `open`; a close sets its own).
+/// Computes a chargeback from the daily rollups (status `open`; a close sets its own). The
+/// same lines as [`compute_sql`], without scanning every event each time.
 pub async fn compute(
+    rollups: &std::sync::Arc<Rollups>,
+    ledger: &LedgerState,
+    period: Month,
+    by: GroupBy,
+    cut: &Cut,
+) -> Result<Chargeback, Error> {
+    let (from, to) = period.date_bounds();
+    let upto = |p: i32| cut.upto.as_ref().map(|w| w.end(p));
+    let grp = rollup::dimension(by.column());
+    let [org, provider, model, currency] =
+        ["org", "provider", "model", "currency"].map(rollup::dimension);
+    type LineKey = (Category, String, [Option<Arc<str>>; 5]);
+    let mut sums: BTreeMap<LineKey, Sums> = BTreeMap::new();
+    for category in [Category::Usage, Category::Adjustment] {
+        let groups = match (category, &cut.adjustments_after) {
+            (Category::Usage, _) => {
+                rollups
+                    .daily(&ledger.files, |f| {
+                        (f.date >= from && f.date < to).then_some(OffsetRange {
+                            lo: None,
+                            hi: upto(f.partition),
+                        })
+                    })
+                    .await?
+            }
+            (Category::Adjustment, Some(after)) => {
+                rollups
+                    .daily(&ledger.files, |f| {
+                        (f.date < from).then_some(OffsetRange {
+                            lo: after.0.get(&f.partition).copied(),
+                            hi: upto(f.partition),
+                        })
+                    })
+                    .await?
+            }
+            (Category::Adjustment, None) => continue,
+        };
+        for g in groups {
+            let d = &g.dims;
+            let key = (
+                category,
+                g.date[..7].to_string(),
+                [
+                    d[org].clone(),
+                    d[grp].clone(),
+                    d[provider].clone(),
+                    d[model].clone(),
+                    d[currency].clone(),
+                ],
+            );
+            sums.entry(key).or_default().add(&g.sums)?;
+        }
+    }
+    let text = |v: &Option<Arc<str>>| v.as_deref().unwrap_or_default().to_string();
+    let mut lines = vec![];
+    for ((category, charge_period, [org, group, provider, model, currency]), s) in sums {
+        let cost = meterline_schemas::Money::from_unscaled(s.cost)
+            .map_err(|e| Error::Query(format!("list_cost: {e}")))?;
+        lines.push(Line {
+            category,
+            charge_period,
+            org: text(&org),
+            group: group.as_deref().map(str::to_string),
+            provider: text(&provider),
+            model: text(&model),
+            currency: text(&currency),
+            events: s.events,
+            input_tokens: s.input_tokens,
+            cache_read_tokens: s.cache_read_tokens,
+            cache_write_tokens: s.cache_write_tokens,
+            output_tokens: s.output_tokens,
+            reasoning_tokens: s.reasoning_tokens,
+            list_cost: cost.decimal().normalize(),
+            billed_cost: Decimal::ZERO,
+        });
+    }
+    Ok(assemble(period, by, lines))
+}
+
+/// Computes a chargeback with one SQL scan of the ledger (`[api] rollups = false`; tests hold
+/// [`compute`] to the same answer).
+pub async fn compute_sql(
     ctx: &datafusion::prelude::SessionContext,
     period: Month,
     by: GroupBy,
@@ -451,13 +536,9 @@ pub async fn get_chargeback(
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         Ok(Source::Open(cut)) => {
-            let ctx = match s.session(&Scope::All).await {
+            let c = match open_chargeback(&s, period, by, &cut).await {
                 Ok(c) => c,
                 Err(r) => return r,
-            };
-            let c = match compute(&ctx, period, by, &cut).await {
-                Ok(c) => c,
-                Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
             };
             match render(&c, format, &s.cfg.invoice_issuer) {
                 Ok(b) => b,
@@ -471,6 +552,30 @@ pub async fn get_chargeback(
         HeaderValue::from_static(format.content_type()),
     );
     r
+}
+
+/// An open month's chargeback from the ledger as it is now: from the rollups, or by SQL if
+/// they are switched off.
+pub async fn open_chargeback(
+    s: &crate::Shared,
+    period: Month,
+    by: GroupBy,
+    cut: &Cut,
+) -> Result<Chargeback, Response> {
+    let failed = |e: Error| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+    if s.cfg.rollups {
+        let state = s
+            .ledger
+            .settled_state(&s.cfg.data_dir)
+            .await
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        compute(&s.rollups, &state, period, by, cut)
+            .await
+            .map_err(failed)
+    } else {
+        let ctx = s.session(&Scope::All).await?;
+        compute_sql(&ctx, period, by, cut).await.map_err(failed)
+    }
 }
 
 #[cfg(test)]
