@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
@@ -80,61 +81,326 @@ pub fn status_of(e: &DataFusionError) -> (StatusCode, String) {
     }
 }
 
-/// Rows of one query, at most `max_rows`, and whether more were cut off.
-pub struct Rows {
-    pub batches: Vec<RecordBatch>,
-    pub truncated: bool,
+/// Rows gathered before the response starts: errors until then (bad SQL, an early runtime
+/// failure) get a 4xx, and a row cap reached within them is announced in a header.
+const PREFETCH_ROWS: usize = 8192;
+
+/// A query's first rows, and the rest still to come.
+struct Started {
+    schema: SchemaRef,
+    head: Vec<RecordBatch>,
+    rest: Option<SendableRecordBatchStream>,
+    rows: usize,
+    truncated: bool,
 }
 
-async fn collect(
+/// Takes `b` into `head` within `max_rows`; `false` once the cap cut it.
+fn take(head: &mut Vec<RecordBatch>, rows: &mut usize, b: RecordBatch, max_rows: usize) -> bool {
+    if *rows + b.num_rows() > max_rows {
+        head.push(b.slice(0, max_rows - *rows));
+        *rows = max_rows;
+        return false;
+    }
+    *rows += b.num_rows();
+    head.push(b);
+    true
+}
+
+async fn start(
     ctx: &SessionContext,
     sql: &str,
     max_rows: usize,
-) -> Result<Rows, DataFusionError> {
+) -> Result<Started, DataFusionError> {
     let df = ctx.sql_with_options(sql, read_only()).await?;
     let mut stream = df.execute_stream().await?;
-    let (mut batches, mut rows) = (vec![], 0usize);
-    while let Some(b) = stream.next().await {
-        let b = b?;
-        if rows + b.num_rows() > max_rows {
-            batches.push(b.slice(0, max_rows - rows));
-            // dropping the stream stops the query
-            return Ok(Rows {
-                batches,
-                truncated: true,
-            });
+    let schema = stream.schema();
+    let (mut head, mut rows) = (vec![], 0usize);
+    while rows < PREFETCH_ROWS {
+        match stream.next().await {
+            None => {
+                return Ok(Started {
+                    schema,
+                    head,
+                    rest: None,
+                    rows,
+                    truncated: false,
+                })
+            }
+            Some(b) => {
+                if !take(&mut head, &mut rows, b?, max_rows) {
+                    // dropping the stream stops the query
+                    return Ok(Started {
+                        schema,
+                        head,
+                        rest: None,
+                        rows,
+                        truncated: true,
+                    });
+                }
+            }
         }
-        rows += b.num_rows();
-        batches.push(b);
     }
-    Ok(Rows {
-        batches,
+    Ok(Started {
+        schema,
+        head,
+        rest: Some(stream),
+        rows,
         truncated: false,
     })
 }
 
-/// Runs `sql` under the time limit; a failure is the error response to send.
+fn refuse(e: &DataFusionError) -> Response {
+    let (status, msg) = status_of(e);
+    error(status, msg)
+}
+
+fn too_slow(timeout_ms: u64) -> String {
+    format!("query exceeded its time limit of {timeout_ms} ms")
+}
+
+/// Runs `sql` under the limits and answers it in `format`, streamed: the first rows are
+/// gathered before the status is sent (so most failures are a 4xx), the rest are written as
+/// the query makes them. The time limit covers the whole answer; a query failing after the
+/// answer started ends a JSON answer with an `error` member and aborts a CSV or Arrow one
+/// (the client sees a broken transfer, never a short answer that looks whole).
 pub async fn run(
     ctx: &SessionContext,
     sql: &str,
+    format: Format,
     max_rows: usize,
     timeout_ms: u64,
-) -> Result<Rows, Response> {
-    match tokio::time::timeout(
-        Duration::from_millis(timeout_ms),
-        collect(ctx, sql, max_rows),
-    )
-    .await
-    {
-        Err(_) => Err(error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("query exceeded its time limit of {timeout_ms} ms"),
-        )),
-        Ok(Err(e)) => {
-            let (status, msg) = status_of(&e);
-            Err(error(status, msg))
+) -> Response {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let started = match tokio::time::timeout_at(deadline, start(ctx, sql, max_rows)).await {
+        Err(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, too_slow(timeout_ms)),
+        Ok(Err(e)) => return refuse(&e),
+        Ok(Ok(s)) => s,
+    };
+    let mut encoder = match Encoder::new(format, &started.schema) {
+        Ok(e) => e,
+        Err(e) => return internal(e),
+    };
+    let Started {
+        head,
+        rest,
+        mut rows,
+        mut truncated,
+        ..
+    } = started;
+    let cut_early = truncated;
+    let chunks = async_stream(move |tx| async move {
+        let send = |bytes: Vec<u8>| tx.send(Ok(axum::body::Bytes::from(bytes)));
+        let fail = |msg: String| tx.send(Err(std::io::Error::other(msg)));
+        let mut out = encoder.begin();
+        for b in &head {
+            match encoder.batch(b) {
+                Ok(bytes) => out.extend(bytes),
+                Err(e) => {
+                    let _ = fail(e.to_string()).await;
+                    return;
+                }
+            }
         }
-        Ok(Ok(r)) => Ok(r),
+        if send(out).await.is_err() {
+            return; // the client went away
+        }
+        let mut failure = None;
+        if let Some(mut stream) = rest {
+            let mut more = vec![];
+            loop {
+                // a stream that is always ready never lets a timer fire: check the clock too
+                if tokio::time::Instant::now() >= deadline {
+                    failure = Some(too_slow(timeout_ms));
+                    break;
+                }
+                let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => {
+                        failure = Some(too_slow(timeout_ms));
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        failure = Some(status_of(&e).1);
+                        break;
+                    }
+                    Ok(Some(Ok(b))) => b,
+                };
+                more.clear();
+                let open = take(&mut more, &mut rows, next, max_rows);
+                for b in &more {
+                    match encoder.batch(b) {
+                        Ok(bytes) => {
+                            if send(bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = fail(e.to_string()).await;
+                            return;
+                        }
+                    }
+                }
+                if !open {
+                    truncated = true;
+                    break;
+                }
+            }
+        }
+        if let Some(msg) = &failure {
+            tracing::warn!(error = %msg, "query failed after its answer started");
+            if format != Format::Json {
+                let _ = fail(msg.clone()).await;
+                return;
+            }
+        }
+        match encoder.finish(rows, truncated, failure.as_deref()) {
+            Ok(bytes) => {
+                let _ = send(bytes).await;
+            }
+            Err(e) => {
+                let _ = fail(e.to_string()).await;
+            }
+        }
+    });
+    let mut r = Response::new(axum::body::Body::from_stream(chunks));
+    let content_type = match format {
+        Format::Json => "application/json",
+        Format::Csv => "text/csv",
+        Format::Arrow => ARROW_STREAM,
+    };
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if cut_early {
+        r.headers_mut()
+            .insert("x-meterline-truncated", HeaderValue::from_static("true"));
+    }
+    r
+}
+
+/// A stream fed by `produce` through a small channel (back-pressure: a slow client slows the
+/// query down instead of piling up its answer in memory).
+fn async_stream<F, Fut>(
+    produce: F,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(produce(tx));
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+/// Writes batches of one answer in its format, chunk by chunk.
+enum Encoder {
+    /// `{"rows":[…],"row_count":n,"truncated":b}`; decimals as text.
+    Json {
+        wrote_row: bool,
+    },
+    Csv {
+        wrote_header: bool,
+        /// With decimals as text, for the header of an empty answer.
+        schema: SchemaRef,
+    },
+    Arrow(Box<datafusion::arrow::ipc::writer::StreamWriter<Vec<u8>>>),
+}
+
+impl Encoder {
+    fn new(format: Format, schema: &SchemaRef) -> Result<Encoder, DataFusionError> {
+        Ok(match format {
+            Format::Json => Encoder::Json { wrote_row: false },
+            Format::Csv => Encoder::Csv {
+                wrote_header: false,
+                schema: decimals_as_text(&RecordBatch::new_empty(schema.clone()))?.schema(),
+            },
+            Format::Arrow => Encoder::Arrow(Box::new(
+                datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?,
+            )),
+        })
+    }
+
+    fn begin(&mut self) -> Vec<u8> {
+        match self {
+            Encoder::Json { .. } => b"{\"rows\":[".to_vec(),
+            Encoder::Csv { .. } => vec![],
+            // the schema message, written by try_new
+            Encoder::Arrow(w) => std::mem::take(w.get_mut()),
+        }
+    }
+
+    fn batch(&mut self, b: &RecordBatch) -> Result<Vec<u8>, DataFusionError> {
+        match self {
+            Encoder::Json { wrote_row } => {
+                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+                w.write(&decimals_as_text(b)?)?;
+                w.finish()?;
+                let lines = w.into_inner();
+                // one object per line (newlines inside strings are escaped): join with commas
+                let mut out = Vec::with_capacity(lines.len());
+                for line in lines.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
+                    if *wrote_row {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(line);
+                    *wrote_row = true;
+                }
+                Ok(out)
+            }
+            Encoder::Csv { wrote_header, .. } => {
+                let mut out = vec![];
+                {
+                    let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                        .with_header(!*wrote_header)
+                        .build(&mut out);
+                    w.write(&decimals_as_text(b)?)?;
+                }
+                *wrote_header = true;
+                Ok(out)
+            }
+            Encoder::Arrow(w) => {
+                w.write(b)?;
+                Ok(std::mem::take(w.get_mut()))
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        rows: usize,
+        truncated: bool,
+        failure: Option<&str>,
+    ) -> Result<Vec<u8>, DataFusionError> {
+        match self {
+            Encoder::Json { .. } => {
+                let mut tail = format!("],\"row_count\":{rows},\"truncated\":{truncated}");
+                if let Some(msg) = failure {
+                    let msg = serde_json::to_string(msg)
+                        .map_err(|e| DataFusionError::External(e.into()))?;
+                    tail.push_str(&format!(",\"error\":{msg}"));
+                }
+                tail.push('}');
+                Ok(tail.into_bytes())
+            }
+            Encoder::Csv {
+                wrote_header: false,
+                schema,
+            } => {
+                // no rows: the header alone
+                let empty = RecordBatch::new_empty(schema.clone());
+                self.batch(&empty)
+            }
+            Encoder::Csv { .. } => Ok(vec![]),
+            Encoder::Arrow(w) => {
+                w.finish()?;
+                Ok(std::mem::take(w.get_mut()))
+            }
+        }
     }
 }
 
@@ -181,91 +447,6 @@ fn internal(e: impl std::fmt::Display) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-/// The answer in `format`. Arrow keeps the columns' types (decimals stay Decimal128).
-pub fn render(rows: Rows, format: Format) -> Response {
-    let truncated = rows.truncated;
-    let mut r = match format {
-        Format::Arrow => {
-            let schema = rows
-                .batches
-                .first()
-                .map(|b| b.schema())
-                .unwrap_or_else(|| Arc::new(Schema::empty()));
-            let mut buf = vec![];
-            let written = (|| {
-                let mut w =
-                    datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)?;
-                for b in &rows.batches {
-                    w.write(b)?;
-                }
-                w.finish()
-            })();
-            if let Err(e) = written {
-                return internal(e);
-            }
-            let mut r = (StatusCode::OK, buf).into_response();
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM));
-            r
-        }
-        Format::Csv => {
-            let batches: Result<Vec<_>, _> = rows.batches.iter().map(decimals_as_text).collect();
-            let batches = match batches {
-                Ok(b) => b,
-                Err(e) => return internal(e),
-            };
-            let mut buf = vec![];
-            {
-                let mut w = datafusion::arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(&mut buf);
-                for b in &batches {
-                    if let Err(e) = w.write(b) {
-                        return internal(e);
-                    }
-                }
-            }
-            let mut r = (StatusCode::OK, buf).into_response();
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
-            r
-        }
-        Format::Json => {
-            let batches: Result<Vec<_>, _> = rows.batches.iter().map(decimals_as_text).collect();
-            let batches = match batches {
-                Ok(b) => b,
-                Err(e) => return internal(e),
-            };
-            let n: usize = batches.iter().map(|b| b.num_rows()).sum();
-            let mut w = datafusion::arrow::json::ArrayWriter::new(Vec::new());
-            for b in &batches {
-                if let Err(e) = w.write(b) {
-                    return internal(e);
-                }
-            }
-            if let Err(e) = w.finish() {
-                return internal(e);
-            }
-            // The rows are spliced in as written: parsing them back would turn decimals into
-            // f64.
-            let mut rows_json = w.into_inner();
-            if rows_json.is_empty() {
-                rows_json = b"[]".to_vec();
-            }
-            let mut body =
-                format!("{{\"row_count\":{n},\"truncated\":{truncated},\"rows\":").into_bytes();
-            body.extend_from_slice(&rows_json);
-            body.push(b'}');
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
-    };
-    if truncated {
-        r.headers_mut()
-            .insert("x-meterline-truncated", HeaderValue::from_static("true"));
-    }
-    r
-}
-
 /// Runs `sql` in `who`'s scope under the query limits and answers it in `format`.
 pub async fn scoped(
     s: &crate::Shared,
@@ -277,8 +458,5 @@ pub async fn scoped(
         Ok(c) => c,
         Err(r) => return r,
     };
-    match run(&ctx, sql, s.cfg.max_rows, s.cfg.query_timeout_ms).await {
-        Ok(rows) => render(rows, format),
-        Err(r) => r,
-    }
+    run(&ctx, sql, format, s.cfg.max_rows, s.cfg.query_timeout_ms).await
 }

@@ -315,6 +315,8 @@ impl Rollups {
         })
     }
 
+    // one index walks ten parallel columns
+    #[allow(clippy::needless_range_loop)]
     fn add_batch(
         &self,
         b: &RecordBatch,

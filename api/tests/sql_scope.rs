@@ -303,3 +303,82 @@ async fn decimals_are_exact_rows_capped_roles_checked_and_limits_contained() {
     let (status, body) = sql(&base3, FINANCE, "SELECT count(*) AS n FROM usage").await;
     assert_eq!(status, 200, "still serving: {body}");
 }
+
+async fn post(base: &str, accept: &str, q: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/sql"))
+        .bearer_auth(FINANCE)
+        .header("accept", accept)
+        .json(&json!({ "sql": q }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn long_answers_stream_within_the_row_cap_and_the_time_limit() {
+    // a cap past the rows gathered before the answer starts (8192): the cut happens mid-stream
+    let (base, _dir) = start(|c| c.max_rows = 20_000).await;
+    let q = "SELECT v, CAST(v AS DECIMAL(38, 18)) / 3 AS third FROM generate_series(1, 50000) t(v)";
+    let r = post(&base, "application/json", q).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("x-meterline-truncated").is_none(),
+        "not known up front"
+    );
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).expect("one JSON document");
+    assert_eq!(
+        (v["row_count"].as_u64(), v["truncated"].as_bool()),
+        (Some(20_000), Some(true))
+    );
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 20_000);
+    assert_eq!(rows[19_999]["v"], 20_000);
+    assert!(v.get("error").is_none());
+
+    let csv = post(&base, "text/csv", q).await.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 20_001, "header + capped rows");
+    assert_eq!(lines[0], "v,third");
+    assert_eq!(lines[1], "1,0.3333333333333333333333", "exact decimal text");
+
+    let arrow = post(&base, "application/vnd.apache.arrow.stream", q)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow.to_vec()), None)
+            .unwrap();
+    let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(n, 20_000);
+
+    // an empty answer still has its shape
+    let csv = post(&base, "text/csv", "SELECT team FROM usage WHERE false")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv, "team\n");
+
+    // a query still running when its time is up, after its answer started: the JSON answer
+    // ends with an error member, a CSV answer is aborted (never a short answer looking whole)
+    let (base, _dir) = start(|c| {
+        c.max_rows = usize::MAX;
+        c.query_timeout_ms = 1500;
+    })
+    .await;
+    let endless = "SELECT v FROM generate_series(1, 100000000000) t(v)";
+    let r = post(&base, "application/json", endless).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).expect("one JSON document");
+    assert!(
+        v["error"].as_str().unwrap().contains("time limit"),
+        "{}",
+        v["error"]
+    );
+    assert!(v["row_count"].as_u64().unwrap() >= 8192);
+    assert!(post(&base, "text/csv", endless).await.text().await.is_err());
+    let (status, _) = sql(&base, FINANCE, "SELECT 1 AS one").await;
+    assert_eq!(status, 200, "still serving");
+}
