@@ -229,10 +229,18 @@ pub async fn post_budget(
         Err(r) => return r,
     };
     // parsed by the same type as the CLI's flags, with the same defaults
-    let d: BudgetDraft = match serde_json::from_slice(&body) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("budget: {e}")),
-    };
+    // the error names the field: `budget.limit: 'lots' is not a decimal number …`
+    let d: BudgetDraft =
+        match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
+            Ok(d) => d,
+            Err(e) => {
+                let at = match e.path().to_string() {
+                    p if p == "." => "budget".to_string(),
+                    p => format!("budget.{p}"),
+                };
+                return error(StatusCode::BAD_REQUEST, format!("{at}: {}", e.inner()));
+            }
+        };
     let b = match budget_admin::draft(d, &who.name, Utc::now()) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),

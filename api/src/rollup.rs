@@ -155,19 +155,12 @@ impl Interner {
 
 type Key = [u32; 7];
 
+/// Hashing for maps keyed by small integers (not exposed to untrusted keys).
+pub type FastHash = foldhash::fast::RandomState;
+
 /// One file's rows, summed per key.
 struct FileRollup {
     groups: Vec<(Key, Sums)>,
-}
-
-/// Rows of one date and key, summed over files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DailyGroup {
-    /// `YYYY-MM-DD`.
-    pub date: String,
-    /// Values of [`DIMENSIONS`] (NULL as `None`).
-    pub dims: [Option<Arc<str>>; 7],
-    pub sums: Sums,
 }
 
 /// The rollups of the ledger files seen so far.
@@ -189,14 +182,21 @@ impl Rollups {
         self.len() == 0
     }
 
+    /// The value of an interned dimension id (`None`: NULL).
+    pub fn name(&self, id: u32) -> Option<Arc<str>> {
+        self.interner.lock().expect("interner").names[id as usize].clone()
+    }
+
     /// The rows `wanted` picks (per file: `None` skips it, else the offsets to count), summed
-    /// per date and dimensions. `files` is the ledger as a reader may use it now; rollups of
-    /// files no longer in it are dropped.
-    pub async fn daily(
+    /// per `group(file, key)` — a key holds interned ids of [`DIMENSIONS`] (see
+    /// [`Self::name`]). `files` is the ledger as a reader may use it now; rollups of files no
+    /// longer in it are dropped.
+    pub async fn sum_by<'a, G: std::hash::Hash + Eq>(
         self: &Arc<Self>,
-        files: &[LedgerFile],
+        files: &'a [LedgerFile],
         wanted: impl Fn(&LedgerFile) -> Option<OffsetRange>,
-    ) -> Result<Vec<DailyGroup>, Error> {
+        group: impl Fn(&'a LedgerFile, &[u32; 7]) -> G,
+    ) -> Result<HashMap<G, Sums, FastHash>, Error> {
         let _one = self.building.lock().await;
         let mut whole = vec![];
         let mut part = vec![];
@@ -232,32 +232,23 @@ impl Rollups {
         for (f, r) in &part {
             partial.push((*f, self.build_one((*f).clone(), *r).await?));
         }
-        let mut sums: HashMap<(&str, Key), Sums> = HashMap::new();
-        let cache = self.files.lock().expect("rollups").clone();
-        for f in &whole {
+        // 4. add up
+        let mut sums: HashMap<G, Sums, FastHash> = HashMap::default();
+        let cache = self.files.lock().expect("rollups");
+        for f in whole {
             let r = cache
                 .get(&(f.path.clone(), f.bytes))
                 .ok_or_else(|| Error::Query(format!("no rollup of {}", f.path.display())))?;
             for (k, s) in &r.groups {
-                sums.entry((f.date.as_str(), *k)).or_default().add(s)?;
+                sums.entry(group(f, k)).or_default().add(s)?;
             }
         }
         for (f, r) in &partial {
             for (k, s) in &r.groups {
-                sums.entry((f.date.as_str(), *k)).or_default().add(s)?;
+                sums.entry(group(f, k)).or_default().add(s)?;
             }
         }
-        let interner = self.interner.lock().expect("interner");
-        let mut out: Vec<DailyGroup> = sums
-            .into_iter()
-            .map(|((date, k), sums)| DailyGroup {
-                date: date.to_string(),
-                dims: k.map(|id| interner.names[id as usize].clone()),
-                sums,
-            })
-            .collect();
-        out.sort_by(|a, b| (&a.date, &a.dims).cmp(&(&b.date, &b.dims)));
-        Ok(out)
+        Ok(sums)
     }
 
     async fn build_one(
@@ -305,7 +296,7 @@ impl Rollups {
             .with_batch_size(64 * 1024)
             .build()
             .map_err(|e| at(&e))?;
-        let mut groups: HashMap<Key, Sums> = HashMap::new();
+        let mut groups: HashMap<Key, Sums, FastHash> = HashMap::default();
         for batch in reader {
             let b = batch.map_err(|e| at(&e))?;
             self.add_batch(&b, range, &mut groups).map_err(|e| at(&e))?;
@@ -321,7 +312,7 @@ impl Rollups {
         &self,
         b: &RecordBatch,
         range: OffsetRange,
-        groups: &mut HashMap<Key, Sums>,
+        groups: &mut HashMap<Key, Sums, FastHash>,
     ) -> Result<(), Error> {
         let ids: Vec<Vec<u32>> = DIMENSIONS
             .iter()

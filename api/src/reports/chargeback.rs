@@ -9,7 +9,6 @@
 //!   closed month is billed here, never by rewriting the closed month.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -20,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{cents, collect, ints, money, strings, Shared};
 use crate::catalog::Scope;
 use crate::close::{CloseRecord, Closes};
-use crate::ledger_view::{LedgerState, Watermark};
+use crate::ledger_view::{LedgerFile, LedgerState, Watermark};
 use crate::period::Month;
 use crate::rollup::{self, OffsetRange, Rollups, Sums};
 use crate::{error, Error};
@@ -163,66 +162,56 @@ pub async fn compute(
     by: GroupBy,
     cut: &Cut,
 ) -> Result<Chargeback, Error> {
-    let (from, to) = period.date_bounds();
+    let bounds = period.date_bounds();
+    let (from, to) = (bounds.0.as_str(), bounds.1.as_str());
     let upto = |p: i32| cut.upto.as_ref().map(|w| w.end(p));
     let grp = rollup::dimension(by.column());
     let [org, provider, model, currency] =
         ["org", "provider", "model", "currency"].map(rollup::dimension);
-    type LineKey = (Category, String, [Option<Arc<str>>; 5]);
-    let mut sums: BTreeMap<LineKey, Sums> = BTreeMap::new();
+    // summed in interned ids, per month (`YYYY-MM` as bytes); names looked up once per line
+    let month_key = |f: &LedgerFile, k: &[u32; 7]| {
+        let mut month = [0u8; 7];
+        month.copy_from_slice(&f.date.as_bytes()[..7]);
+        (month, [k[org], k[grp], k[provider], k[model], k[currency]])
+    };
+    let mut sums: BTreeMap<(Category, String, [u32; 5]), Sums> = BTreeMap::new();
     for category in [Category::Usage, Category::Adjustment] {
-        let groups = match (category, &cut.adjustments_after) {
-            (Category::Usage, _) => {
-                rollups
-                    .daily(&ledger.files, |f| {
-                        (f.date >= from && f.date < to).then_some(OffsetRange {
-                            lo: None,
-                            hi: upto(f.partition),
-                        })
+        let wanted: Box<dyn Fn(&LedgerFile) -> Option<OffsetRange> + Send + Sync> =
+            match (category, &cut.adjustments_after) {
+                (Category::Usage, _) => Box::new(|f: &LedgerFile| {
+                    (f.date.as_str() >= from && f.date.as_str() < to).then_some(OffsetRange {
+                        lo: None,
+                        hi: upto(f.partition),
                     })
-                    .await?
-            }
-            (Category::Adjustment, Some(after)) => {
-                rollups
-                    .daily(&ledger.files, |f| {
-                        (f.date < from).then_some(OffsetRange {
-                            lo: after.0.get(&f.partition).copied(),
-                            hi: upto(f.partition),
-                        })
+                }),
+                (Category::Adjustment, Some(after)) => Box::new(move |f: &LedgerFile| {
+                    (f.date.as_str() < from).then_some(OffsetRange {
+                        lo: after.0.get(&f.partition).copied(),
+                        hi: upto(f.partition),
                     })
-                    .await?
-            }
-            (Category::Adjustment, None) => continue,
-        };
-        for g in groups {
-            let d = &g.dims;
-            let key = (
-                category,
-                g.date[..7].to_string(),
-                [
-                    d[org].clone(),
-                    d[grp].clone(),
-                    d[provider].clone(),
-                    d[model].clone(),
-                    d[currency].clone(),
-                ],
-            );
-            sums.entry(key).or_default().add(&g.sums)?;
+                }),
+                (Category::Adjustment, None) => continue,
+            };
+        let by_month = rollups.sum_by(&ledger.files, wanted, month_key).await?;
+        for ((month, ids), s) in by_month {
+            sums.entry((category, String::from_utf8_lossy(&month).into_owned(), ids))
+                .or_default()
+                .add(&s)?;
         }
     }
-    let text = |v: &Option<Arc<str>>| v.as_deref().unwrap_or_default().to_string();
+    let text = |id: u32| rollups.name(id).as_deref().unwrap_or_default().to_string();
     let mut lines = vec![];
-    for ((category, charge_period, [org, group, provider, model, currency]), s) in sums {
+    for ((category, charge_period, [o, g, p, m, c]), s) in sums {
         let cost = meterline_schemas::Money::from_unscaled(s.cost)
             .map_err(|e| Error::Query(format!("list_cost: {e}")))?;
         lines.push(Line {
             category,
             charge_period,
-            org: text(&org),
-            group: group.as_deref().map(str::to_string),
-            provider: text(&provider),
-            model: text(&model),
-            currency: text(&currency),
+            org: text(o),
+            group: rollups.name(g).as_deref().map(str::to_string),
+            provider: text(p),
+            model: text(m),
+            currency: text(c),
             events: s.events,
             input_tokens: s.input_tokens,
             cache_read_tokens: s.cache_read_tokens,
