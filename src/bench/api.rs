@@ -237,6 +237,13 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
         warm.push(api_once(&client, &base).await?.0);
     }
 
+    // what every open-month request pays before adding up: the ledger listing (footers cached)
+    let view = meterline_api::ledger_view::LedgerView::default();
+    let files = view.state(&data)?.files.len();
+    let t = Instant::now();
+    view.state(&data)?;
+    let listing = t.elapsed();
+
     // closed: from the snapshot
     let r = client
         .post(format!("{base}/v1/periods/{PERIOD}/close"))
@@ -277,6 +284,10 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
         "  API, from rollups         {:>9.1} ms (median of 9)                                       ratio {:.4} (target ≤ 50 ms)",
         warm_m.as_secs_f64() * 1000.0,
         ratio(warm_m)
+    );
+    println!(
+        "    of which listing the ledger {:>6.1} ms ({files} files)",
+        listing.as_secs_f64() * 1000.0
     );
     println!(
         "  API, closed month         {:>9.1} ms (median of 5, from the snapshot)",
