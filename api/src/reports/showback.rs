@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 
 use super::Shared;
-use crate::answer::{self, Format};
+use crate::answer;
 use crate::error;
 
 /// Dimensions showback groups by: (URL name, ledger column).
@@ -117,16 +117,10 @@ pub async fn get_showback(
     headers: HeaderMap,
     q: Result<Query<ShowbackQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let who = match crate::authorize_route(&s, &headers, "GET", "/v1/reports/showback") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let q = match super::params(q) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    let format = match Format::negotiate(q.format.as_deref(), &headers) {
-        Ok(f) => f,
+    let (who, q, format) = match super::begin(&s, &headers, "/v1/reports/showback", q, |q| {
+        q.format.as_deref()
+    }) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let sql = match showback_sql(&q) {

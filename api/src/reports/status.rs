@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::showback::parse_instant;
 use super::Shared;
-use crate::answer::{self, Format};
+use crate::answer;
 use crate::error;
 
 /// Query of `GET /v1/reports/anomalies`.
@@ -33,16 +33,10 @@ pub async fn get_anomalies(
     headers: HeaderMap,
     q: Result<Query<AnomaliesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let who = match crate::authorize_route(&s, &headers, "GET", "/v1/reports/anomalies") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let q = match super::params(q) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    let format = match Format::negotiate(q.format.as_deref(), &headers) {
-        Ok(f) => f,
+    let (who, q, format) = match super::begin(&s, &headers, "/v1/reports/anomalies", q, |q| {
+        q.format.as_deref()
+    }) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let now = chrono::Utc::now();
@@ -85,16 +79,10 @@ pub async fn get_budgets(
     headers: HeaderMap,
     q: Result<Query<BudgetsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let who = match crate::authorize_route(&s, &headers, "GET", "/v1/reports/budgets") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let q = match super::params(q) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    let format = match Format::negotiate(q.format.as_deref(), &headers) {
-        Ok(f) => f,
+    let (who, _, format) = match super::begin(&s, &headers, "/v1/reports/budgets", q, |q| {
+        q.format.as_deref()
+    }) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let sql = "SELECT * FROM budgets ORDER BY CASE state WHEN 'exceeded' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, budget_id";
