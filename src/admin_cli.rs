@@ -19,6 +19,15 @@ pub enum PricesCmd {
     List,
     /// Every version of one price, with its rates.
     Show { price_id: String },
+    /// Which price a call of MODEL from PROVIDER gets, and how the name found it (exact,
+    /// alias, prefix_stripped, snapshot_stripped); never another provider's price.
+    Resolve {
+        provider: String,
+        model: String,
+        /// The call's time (RFC 3339); default now.
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,6 +72,9 @@ pub enum RejectedCmd {
     List {
         #[arg(long)]
         all: bool,
+        /// One JSON array of the records (without their payload bytes).
+        #[arg(long)]
+        json: bool,
     },
     /// Re-submits pending rejections once (to be priced with the reference data of now).
     Replay,
@@ -174,6 +186,31 @@ pub async fn prices(kafka: KafkaConfig, cmd: PricesCmd) -> anyhow::Result<()> {
                     );
                 }
             }
+            PricesCmd::Resolve {
+                provider,
+                model,
+                at,
+            } => {
+                let r = admin::load(&kafka)?;
+                let book = r.prices.read().expect("price book");
+                let at = at.unwrap_or_else(Utc::now);
+                match book.price_at(&provider, &model, at) {
+                    Some((c, how)) => println!(
+                        "{provider}/{model} at {} → {} v{} (provider {}, model {}) by {}",
+                        at.to_rfc3339(),
+                        c.price_id,
+                        c.version,
+                        c.provider,
+                        c.model,
+                        how.as_str()
+                    ),
+                    None => anyhow::bail!(
+                        "no price for {provider}/{model} at {} (provider family {}): such events are rejected as no_price",
+                        at.to_rfc3339(),
+                        meterline_enrich::price_book::provider_family(&provider)
+                    ),
+                }
+            }
             PricesCmd::Show { price_id } => {
                 let r = admin::load(&kafka)?;
                 let book = r.prices.read().expect("price book");
@@ -261,11 +298,21 @@ pub async fn rejected(kafka: KafkaConfig, cmd: RejectedCmd) -> anyhow::Result<()
     topics_ready(&kafka).await?;
     blocking(move || {
         match cmd {
-            RejectedCmd::List { all } => {
+            RejectedCmd::List { all, json } => {
                 let rs = admin::rejected(&kafka, all)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rs)?);
+                    return Ok(());
+                }
                 for r in &rs {
+                    let state = match (r.replayed, r.replayable) {
+                        (true, true) => "replayed",
+                        (true, false) => "passed over",
+                        (false, true) => "pending",
+                        (false, false) => "not replayable",
+                    };
                     println!(
-                        "{}/{}  {}  {}  {}: {} (replayed {}×, from {})",
+                        "{}/{}  {}  {}  {}: {} [{state}; {} earlier replay(s); from {}]",
                         r.partition,
                         r.offset,
                         r.event_id.as_deref().unwrap_or("?"),
@@ -281,7 +328,7 @@ pub async fn rejected(kafka: KafkaConfig, cmd: RejectedCmd) -> anyhow::Result<()
             RejectedCmd::Replay => {
                 let r = admin::replay(&kafka)?;
                 println!(
-                    "replayed {}; {} duplicate id(s) sent once; {} not replayable (undecodable)",
+                    "replayed {}; {} duplicate id(s) sent once; {} not replayable (undecodable or no billable quantity)",
                     r.replayed, r.duplicates, r.not_replayable
                 );
             }

@@ -55,6 +55,8 @@ fn produce_priced(brokers: &str, from: usize, n: usize) -> i128 {
             tenant_rule_id: None,
             price_id: "openai/gpt-4o".into(),
             price_version: 1,
+            price_resolution: "exact".into(),
+            model: String::new(),
             currency: "USD".into(),
             cost: CostLines {
                 output: total,
@@ -169,7 +171,7 @@ fn file_count(data: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_random_moments_the_ledger_equals_the_topic_exactly() {
-    let h = Harness::start(true).await;
+    let h = Harness::start().await;
     tokio::task::spawn_blocking(move || {
         let data = h.dir.path().join("data");
         let log = h.dir.path().join("aggregate.log");

@@ -107,7 +107,7 @@ fn event(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prices_attributes_dedups_rejects_and_replays() {
-    let h = Harness::start(true).await;
+    let h = Harness::start().await;
     // 1. reference data as events: v1 prices, then a back-dated correction of input from
     //    2026-01-01 and a future cut from 2030; tenant rules.
     let p = publish_prices(&h, PRICES_V1).await;
@@ -237,7 +237,56 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     })
     .await;
 
-    // 4. a price for the mystery model appears; replay prices the rejected event once
+    // 3b. in this same run of the stage (no restart to rebuild dedup): another unknown model,
+    //     and "new-1" again with other billable content (a reused id, not a retry)
+    let later = json!([
+        event(
+            "mystery-2",
+            "2026-02-01T12:02:00Z",
+            "search",
+            "mystery-model",
+            30,
+            40
+        ),
+        event(
+            "new-1",
+            "2026-02-01T12:00:00Z",
+            "search",
+            "gpt-4o-2024-08-06",
+            1_000_000,
+            100_005
+        ),
+    ]);
+    assert_eq!(
+        h.post("/v1/events", "application/json", later.to_string())
+            .await
+            .0,
+        200
+    );
+    eventually(Duration::from_secs(60), "3 pending rejections", || async {
+        let k = h.kafka.clone();
+        tokio::task::spawn_blocking(move || admin::rejected(&k, false).unwrap())
+            .await
+            .unwrap()
+            .len()
+            >= 3
+    })
+    .await;
+    let k = h.kafka.clone();
+    let pending = tokio::task::spawn_blocking(move || admin::rejected(&k, false).unwrap())
+        .await
+        .unwrap();
+    let codes: Vec<(Option<&str>, &str)> = pending
+        .iter()
+        .map(|r| (r.event_id.as_deref(), r.code.as_str()))
+        .collect();
+    assert!(codes.contains(&(Some("new-1"), "id_conflict")), "{codes:?}");
+    assert!(
+        codes.contains(&(Some("mystery-2"), "no_price")),
+        "{codes:?}"
+    );
+
+    // 4. a price for the mystery model appears; replay prices the rejected events once
     publish_prices(
         &h,
         "[[price]]\nprovider = \"openai\"\nmodel = \"mystery-model\"\neffective_from = \"2026-01-01T00:00:00Z\"\n[[price.rate]]\nunit = \"input_token\"\nprice = \"0.001\"\n[[price.rate]]\nunit = \"output_token\"\nprice = \"0.002\"\n",
@@ -266,19 +315,35 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     let report = tokio::task::spawn_blocking(move || admin::replay(&k).unwrap())
         .await
         .unwrap();
-    assert_eq!(report.replayed, 1);
+    assert_eq!(report.replayed, 3);
     let k = h.kafka.clone();
     let again = tokio::task::spawn_blocking(move || admin::replay(&k).unwrap())
         .await
         .unwrap();
     assert_eq!(again.replayed, 0, "a replay re-submits each rejection once");
-    eventually(Duration::from_secs(60), "mystery priced", || async {
-        priced(&h)
-            .await
-            .iter()
-            .any(|p| p.event.event_id == "mystery-1")
-    })
+    eventually(
+        Duration::from_secs(60),
+        "replayed events priced",
+        || async {
+            let ids: Vec<String> = priced(&h)
+                .await
+                .into_iter()
+                .map(|p| p.event.event_id)
+                .collect();
+            ids.iter().any(|i| i == "mystery-1")
+                && ids.iter().any(|i| i == "mystery-2")
+                && ids.iter().any(|i| i.starts_with("new-1#"))
+        },
+    )
     .await;
+    let k = h.kafka.clone();
+    let listed = tokio::task::spawn_blocking(move || admin::rejected(&k, true).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        listed.iter().all(|r| r.replayed),
+        "every listed rejection shows as replayed: {listed:?}"
+    );
     enrich.stop().await;
 
     let all = priced(&h).await;
@@ -294,7 +359,16 @@ async fn prices_attributes_dedups_rejects_and_replays() {
             ("new-1", 1),
             ("stray-1", 1),
             ("marker-1", 1),
-            ("mystery-1", 1)
+            ("mystery-1", 1),
+            ("mystery-2", 1),
+            (
+                by_id
+                    .keys()
+                    .find(|k| k.starts_with("new-1#"))
+                    .copied()
+                    .unwrap_or("new-1#?"),
+                1
+            ),
         ]),
         "every id priced exactly once"
     );
@@ -306,6 +380,14 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     assert_eq!(one("new-1").cost.total.to_string(), "3");
     assert_eq!(one("new-1").cost.input.to_string(), "2");
     assert_eq!(one("new-1").price_version, 2);
+    assert_eq!(
+        (
+            one("new-1").model.as_str(),
+            one("new-1").price_resolution.as_str()
+        ),
+        ("gpt-4o", "snapshot_stripped"),
+        "the canonical model name, and how the dated name found it"
+    );
     assert_eq!(one("new-1").tenant.cost_center.as_deref(), Some("CC-42"));
     assert_eq!(one("new-1").tenant_rule_id.as_deref(), Some("search"));
     assert_eq!(one("stray-1").tenant.org, "unattributed");

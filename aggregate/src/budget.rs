@@ -386,6 +386,8 @@ mod tests {
             tenant_rule_id: None,
             price_id: "p".into(),
             price_version: 1,
+            price_resolution: "exact".into(),
+            model: String::new(),
             currency: "USD".into(),
             cost: CostLines {
                 total: c,

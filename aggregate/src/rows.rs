@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Decimal128Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    StringDictionaryBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Decimal128Builder, Int32Builder, Int64Builder, RecordBatch,
+    StringBuilder, StringDictionaryBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::Int32Type;
 use meterline_schemas::arrow_schema::{money_type, usage_ledger_schema};
@@ -30,7 +30,7 @@ fn sort_key(r: &Row) -> impl Ord + '_ {
         t.cost_center.as_deref(),
         t.team.as_deref(),
         t.project.as_deref(),
-        r.priced.event.model.as_str(),
+        r.priced.billed_model(),
         r.priced.event.occurred_at,
         r.offset,
     )
@@ -97,6 +97,8 @@ pub fn to_batch(rows: &[&Row]) -> Result<RecordBatch, Error> {
     let mut reported = dec();
     let mut partition = Int32Builder::with_capacity(n);
     let mut offset = int();
+    let (mut model_reported, mut resolution) = (dict(), dict());
+    let mut cache_hit = BooleanBuilder::with_capacity(n);
 
     for r in rows {
         let p = &r.priced;
@@ -126,7 +128,10 @@ pub fn to_batch(rows: &[&Row]) -> Result<RecordBatch, Error> {
             tags.append_value(serde_json::to_string(&e.tags).map_err(Error::io)?);
         }
         provider.append_value(&e.provider);
-        model.append_value(&e.model);
+        model.append_value(p.billed_model());
+        model_reported.append_value(&e.model);
+        resolution.append_value(&p.price_resolution);
+        cache_hit.append_value(e.cache_hit);
         operation.append_value(e.operation.as_str());
         tier.append_value(e.service_tier.as_str());
         status.append_value(e.status.as_str());
@@ -204,6 +209,9 @@ pub fn to_batch(rows: &[&Row]) -> Result<RecordBatch, Error> {
     cols.push(Arc::new(reported.finish()));
     cols.push(Arc::new(partition.finish()));
     cols.push(Arc::new(offset.finish()));
+    cols.push(Arc::new(model_reported.finish()));
+    cols.push(Arc::new(resolution.finish()));
+    cols.push(Arc::new(cache_hit.finish()));
     RecordBatch::try_new(usage_ledger_schema(), cols).map_err(Error::io)
 }
 
@@ -230,6 +238,8 @@ mod tests {
                 tenant_rule_id: None,
                 price_id: "openai/gpt-4o".into(),
                 price_version: 1,
+                price_resolution: "exact".into(),
+                model: String::new(),
                 currency: "USD".into(),
                 cost: CostLines {
                     input: total,

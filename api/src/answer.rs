@@ -337,7 +337,10 @@ impl Encoder {
     fn batch(&mut self, b: &RecordBatch) -> Result<Vec<u8>, DataFusionError> {
         match self {
             Encoder::Json { wrote_row } => {
-                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+                // Every column in every row, null included: clients expect a fixed shape.
+                let mut w = datafusion::arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, datafusion::arrow::json::writer::LineDelimited>(Vec::new());
                 w.write(&decimals_as_text(b)?)?;
                 w.finish()?;
                 let lines = w.into_inner();

@@ -49,6 +49,8 @@ fn row(partition: i32, r: &R) -> Row {
             tenant_rule_id: None,
             price_id: "p".into(),
             price_version: 1,
+            price_resolution: "exact".into(),
+            model: String::new(),
             currency: r.currency.into(),
             cost: CostLines {
                 input: c,
@@ -506,8 +508,14 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
     assert_eq!(rec["previous"], "2026-09");
     assert_eq!(rec["files"].as_array().unwrap().len(), 9);
     assert_eq!(close(&base, FINANCE, "2026-10").await.0, 409, "closed once");
-    let (status, v) = close(&base, FINANCE, "2026-11").await;
-    assert_eq!(status, 409, "November has not ended: {v}");
+    // the month we are in has not ended (whatever today is: a fixed month here went stale)
+    let this_month = chrono::Utc::now().format("%Y-%m").to_string();
+    let (status, v) = close(&base, FINANCE, &this_month).await;
+    assert_eq!(status, 409, "{this_month} has not ended: {v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("has not ended"),
+        "{v}"
+    );
     // the manifest's digests are those of the files
     let snap = dir.path().join("closes/2026-10");
     for f in rec["files"].as_array().unwrap() {

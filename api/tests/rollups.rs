@@ -70,6 +70,8 @@ fn row(rng: &mut Rng, partition: i32, offset: i64) -> Row {
             tenant_rule_id: None,
             price_id: "p".into(),
             price_version: 1,
+            price_resolution: "exact".into(),
+            model: String::new(),
             currency: if rng.next(4) == 0 { "EUR" } else { "USD" }.into(),
             cost: CostLines {
                 input: cost,

@@ -36,6 +36,8 @@ fn row(offset: i64, team: Option<&str>, model: &str, cost: &str, day: u32) -> Ro
             tenant_rule_id: None,
             price_id: "p".into(),
             price_version: 1,
+            price_resolution: "exact".into(),
+            model: String::new(),
             currency: "USD".into(),
             cost: CostLines {
                 output: c,
@@ -255,6 +257,20 @@ async fn decimals_are_exact_rows_capped_roles_checked_and_limits_contained() {
     assert!(
         body.contains("3.750000000000000001"),
         "exact Decimal sum: {body}"
+    );
+    // every column in every row, nulls included (clients expect a fixed shape)
+    let (status, body) = sql(
+        &base,
+        FINANCE,
+        "SELECT region, team FROM usage WHERE region IS NULL LIMIT 1",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let row = v["rows"][0].as_object().expect("a row");
+    assert!(
+        row.contains_key("region") && row["region"].is_null(),
+        "{body}"
     );
     let (_, body) = sql(&base, FINANCE, "SELECT * FROM usage").await;
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -171,10 +171,20 @@ fn send(p: &BaseProducer, topic: &str, key: &str, value: &[u8]) -> Result<(), Er
 pub const REPLAY_GROUP: &str = "meterline-rejected-replay";
 
 /// Codes whose events can price once reference data is fixed (and so are replayed).
-pub const REPLAYABLE: [&str; 3] = ["no_price", "no_rate", "overflow"];
+/// `no_price`, `no_rate`, `zero_cost`: a price (change) can fix them. `overflow`: a corrected
+/// price can. `id_conflict`: replaying says "this is a distinct call" and bills it under a
+/// derived id (see the enrich stage). Not replayable: `undecodable` (needs a newer meterline)
+/// and `no_quantity` (the event itself bills nothing).
+pub const REPLAYABLE: [&str; 5] = [
+    "no_price",
+    "no_rate",
+    "zero_cost",
+    "overflow",
+    "id_conflict",
+];
 
 /// One record of `meterline.usage.rejected`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct RejectedRecord {
     pub partition: i32,
     pub offset: i64,
@@ -183,8 +193,16 @@ pub struct RejectedRecord {
     pub field: String,
     pub reason: String,
     pub source: String,
+    /// How many times the event had been replayed before this rejection.
     pub replays: u32,
+    /// This record has been re-submitted by `rejected replay` (or passed over as not
+    /// replayable): it is no longer pending.
+    pub replayed: bool,
+    /// Whether `rejected replay` re-submits this kind of rejection.
+    pub replayable: bool,
+    #[serde(skip)]
     pub key: Option<Vec<u8>>,
+    #[serde(skip)]
     pub value: Vec<u8>,
 }
 
@@ -233,13 +251,14 @@ fn read_rejected(c: &BaseConsumer, all: bool) -> Result<Vec<RejectedRecord>, Err
         let (lo, hi) = c
             .fetch_watermarks(topics::USAGE_REJECTED, p, Duration::from_secs(10))
             .map_err(Error::kafka)?;
-        let from = match committed
+        let done_before = match committed
             .find_partition(topics::USAGE_REJECTED, p)
             .map(|e| e.offset())
         {
-            Some(Offset::Offset(o)) if !all => o.max(lo),
+            Some(Offset::Offset(o)) => o,
             _ => lo,
         };
+        let from = if all { lo } else { done_before.max(lo) };
         if from >= hi {
             continue;
         }
@@ -263,11 +282,14 @@ fn read_rejected(c: &BaseConsumer, all: bool) -> Result<Vec<RejectedRecord>, Err
                 continue;
             };
             let m = m.map_err(Error::kafka)?;
+            let code = header(&m, headers::REASON_CODE);
             out.push(RejectedRecord {
                 partition: p,
                 offset: m.offset(),
+                replayed: m.offset() < done_before,
+                replayable: REPLAYABLE.contains(&code.as_str()),
                 event_id: Some(header(&m, headers::EVENT_ID)).filter(|s| !s.is_empty()),
-                code: header(&m, headers::REASON_CODE),
+                code,
                 field: header(&m, headers::REASON_FIELD),
                 reason: header(&m, headers::REASON),
                 source: header(&m, headers::SOURCE),

@@ -9,6 +9,9 @@
 //!   request's total input applies (`_above_200k_tokens` applies from 200,001 tokens);
 //! - fallbacks where providers bill the same: cache read/write without a rate → input rate
 //!   (no discount), 1h cache write → 5m rate, reasoning → output rate, audio → text rates;
+//! - audio input is an input line, audio output an output line; `other` holds the non-token
+//!   units (images, seconds, characters, requests);
+//! - a positive quantity at a positive rate that rounds to a zero cost is an error, never $0;
 //! - a quantity > 0 whose unit has no rate at all is an error (the event is rejected), never $0;
 //! - seconds are metered at nanosecond precision (a quantity with more decimals is rounded
 //!   half-even to 9 first); the cost is then quantity × rate computed exactly and rounded once,
@@ -106,6 +109,14 @@ fn line(
         return Err(Error::Overflow { what: units[0] });
     }
     let cost = cost.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointNearestEven);
+    // The guard of "never $0 by accident": a positive quantity at a positive rate is never free.
+    if cost.is_zero() && rate > Decimal::ZERO {
+        return Err(Error::ZeroCost {
+            what: units[0],
+            qty: qty.to_string(),
+            rate: rate.to_string(),
+        });
+    }
     Money::new(cost).map_err(|_| Error::Overflow { what: units[0] })
 }
 
@@ -122,7 +133,20 @@ pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLi
     let n = usage.total_input_tokens().ok_or(Error::Overflow {
         what: "total input tokens",
     })?;
-    let input = line(usage.input_tokens, &[INPUT], card, tier, n)?;
+    // Audio input is input (as audio output is output): both land in their token line.
+    let input = add(
+        &[
+            line(usage.input_tokens, &[INPUT], card, tier, n)?,
+            line(
+                usage.audio_input_tokens,
+                &[AUDIO_INPUT, INPUT],
+                card,
+                tier,
+                n,
+            )?,
+        ],
+        "input",
+    )?;
     let cache_read = line(usage.cache_read_tokens, &[CACHE_READ, INPUT], card, tier, n)?;
     let cache_write = add(
         &[
@@ -160,13 +184,6 @@ pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLi
     let seconds = usage.seconds.map(|s| s.decimal()).unwrap_or_default();
     let other = add(
         &[
-            line(
-                usage.audio_input_tokens,
-                &[AUDIO_INPUT, INPUT],
-                card,
-                tier,
-                n,
-            )?,
             line(usage.images, &[IMAGE], card, tier, n)?,
             line(seconds, &[SECOND], card, tier, n)?,
             line(usage.characters, &[CHARACTER], card, tier, n)?,

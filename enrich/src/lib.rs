@@ -44,6 +44,14 @@ pub enum Error {
     },
     #[error("cost of {what} overflows")]
     Overflow { what: &'static str },
+    /// A positive quantity at a positive rate came to zero after rounding to 18 decimals:
+    /// billing it as free would be wrong, so the event is rejected with this reason.
+    #[error("{what}: {qty} at {rate} rounds to a zero cost")]
+    ZeroCost {
+        what: &'static str,
+        qty: String,
+        rate: String,
+    },
     #[error("kafka: {0}")]
     Kafka(String),
     #[error("codec: {0}")]

@@ -103,7 +103,7 @@ fn money(text: &str, key: &str, field: &str, rounded: &mut usize) -> Result<Mone
                 .or_else(|_| rust_decimal::Decimal::from_str(text))
                 .map_err(|_| err())?;
             *rounded += 1;
-            Ok(Money::rounded(d))
+            Money::rounded(d).map_err(|_| err())
         }
         Err(_) => Err(err()),
     }
@@ -364,7 +364,7 @@ mod tests {
         // LiteLLM recorded response_cost 0.00022500000000000002 (float) for this call
         assert_eq!(
             c.total,
-            Money::rounded("0.00022500000000000002".parse().unwrap())
+            Money::rounded("0.00022500000000000002".parse().unwrap()).unwrap()
         );
     }
 

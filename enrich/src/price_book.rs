@@ -4,13 +4,18 @@
 //! so a back-dated correction reprices events not yet priced, and a future price applies only
 //! once its time comes. A `deleted` version retires the entry from its start.
 //!
-//! Model names seen in traffic are resolved in this order (first hit wins):
-//! 1. the exact name, then a declared alias;
-//! 2. the name without a provider/region prefix (`bedrock/`, `azure/`, `us.`, `eu.`, `global.`);
+//! Model names seen in traffic are resolved in this order (first hit wins), and only ever to
+//! an entry of the event's own provider family (`provider_family`): a reseller's or another
+//! cloud's entry for the same model name (`gmi/openai/gpt-4o`, `vercel_ai_gateway/openai/o3-mini`)
+//! never prices an `openai` call, whatever the name says.
+//! 1. the exact name (an entry's model name or price id), then a declared alias;
+//! 2. the name without its provider/region prefix (`openai/`, `bedrock/`, `us.`, `eu.`, `global.`):
+//!    the prefix is understood as a route, not matched as text;
 //! 3. the name without a dated snapshot suffix (`-2024-08-06`, `-20250514`, `-v1:0`);
+//! 4. both removed.
 //!
-//! each first under the event's provider, then under any provider (catalog keys such as
-//! `anthropic.claude-…` carry the provider in the name).
+//! Which step found the price travels with the priced record (`PricedUsage::price_resolution`)
+//! and `meterline prices resolve PROVIDER MODEL` shows it.
 
 use std::collections::HashMap;
 
@@ -18,6 +23,52 @@ use chrono::{DateTime, Utc};
 use meterline_schemas::PriceChange;
 
 use crate::history::History;
+
+/// How a model name reached its price entry (`PricedUsage::price_resolution`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The entry's model name or price id.
+    Exact,
+    /// One of the entry's declared aliases.
+    Alias,
+    /// After removing a provider or region prefix (`openai/`, `us.`).
+    PrefixStripped,
+    /// After removing a dated snapshot suffix (`-2024-08-06`).
+    SnapshotStripped,
+    /// After removing both.
+    PrefixAndSnapshotStripped,
+}
+
+impl Resolution {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Resolution::Exact => "exact",
+            Resolution::Alias => "alias",
+            Resolution::PrefixStripped => "prefix_stripped",
+            Resolution::SnapshotStripped => "snapshot_stripped",
+            Resolution::PrefixAndSnapshotStripped => "prefix_and_snapshot_stripped",
+        }
+    }
+}
+
+/// The provider a price entry or an event names, reduced to who bills the call: LiteLLM's
+/// catalog splits one provider's entries by API surface (`vertex_ai-language-models`,
+/// `vertex_ai-anthropic_models`, `bedrock_converse`, `text-completion-openai`), which are the
+/// same bill. Different companies (`azure` and `azure_ai`, `gemini` and `vertex_ai`, `openai`
+/// and a reseller) stay apart.
+pub fn provider_family(provider: &str) -> String {
+    let p = provider.trim().to_ascii_lowercase();
+    if p.starts_with("vertex_ai") {
+        return "vertex_ai".into();
+    }
+    match p.as_str() {
+        "bedrock_converse" | "bedrock_mantle" => "bedrock".into(),
+        "text-completion-openai" => "openai".into(),
+        "azure_text" => "azure".into(),
+        "text-completion-codestral" => "codestral".into(),
+        _ => p,
+    }
+}
 
 #[derive(Default)]
 pub struct PriceBook {
@@ -87,35 +138,45 @@ impl PriceBook {
         self.versions.insert(change);
     }
 
-    fn lookup(&self, provider: &str, name: &str, at: DateTime<Utc>) -> Option<&PriceChange> {
+    /// The entry of `family` that answers to `name` at `at`, and whether by name or alias.
+    fn lookup(&self, family: &str, name: &str, at: DateTime<Utc>) -> Option<(&PriceChange, bool)> {
         let ids = self.names.get(&name.to_ascii_lowercase())?;
-        let in_force: Vec<&PriceChange> = ids
-            .iter()
+        ids.iter()
             .filter_map(|id| self.versions.in_force(id, at))
-            .collect();
-        in_force
-            .iter()
-            .find(|c| c.provider.eq_ignore_ascii_case(provider))
-            .or(in_force.first())
-            .copied()
+            .find(|c| provider_family(&c.provider) == family)
+            .map(|c| {
+                let by_name =
+                    c.model.eq_ignore_ascii_case(name) || c.price_id.eq_ignore_ascii_case(name);
+                (c, by_name)
+            })
     }
 
-    /// The price that applies to a call of `model` from `provider` that happened at `occurred_at`.
+    /// The price that applies to a call of `model` from `provider` that happened at
+    /// `occurred_at`, and how the name found it. Never an entry of another provider family.
     pub fn price_at(
         &self,
         provider: &str,
         model: &str,
         occurred_at: DateTime<Utc>,
-    ) -> Option<&PriceChange> {
+    ) -> Option<(&PriceChange, Resolution)> {
+        let family = provider_family(provider);
         let unprefixed = strip_prefix(model);
-        [
-            model,
-            unprefixed,
-            strip_snapshot(model),
-            strip_snapshot(unprefixed),
-        ]
-        .into_iter()
-        .find_map(|name| self.lookup(provider, name, occurred_at))
+        let candidates = [
+            (model, Resolution::Exact),
+            (unprefixed, Resolution::PrefixStripped),
+            (strip_snapshot(model), Resolution::SnapshotStripped),
+            (
+                strip_snapshot(unprefixed),
+                Resolution::PrefixAndSnapshotStripped,
+            ),
+        ];
+        candidates.into_iter().find_map(|(name, how)| {
+            self.lookup(&family, name, occurred_at)
+                .map(|(c, by_name)| match (how, by_name) {
+                    (Resolution::Exact, false) => (c, Resolution::Alias),
+                    _ => (c, how),
+                })
+        })
     }
 
     /// Every version of `price_id`, ordered by (effective_from, version).
@@ -185,7 +246,7 @@ mod tests {
         at: DateTime<Utc>,
     ) -> Option<String> {
         b.price_at(provider, model, at)
-            .map(|c| c.rates[0].price.to_string())
+            .map(|(c, _)| c.rates[0].price.to_string())
     }
 
     #[test]
@@ -309,9 +370,14 @@ mod tests {
             "alias"
         );
         assert_eq!(
-            input_price(&b, "bedrock", "us.claude-sonnet-4-20250514", at).as_deref(),
+            input_price(&b, "anthropic", "us.claude-sonnet-4-20250514", at).as_deref(),
             Some("0.000003"),
             "region prefix"
+        );
+        assert_eq!(
+            input_price(&b, "bedrock", "us.claude-sonnet-4-20250514", at),
+            None,
+            "bedrock has no entry here: anthropic's own price must not apply"
         );
         assert_eq!(
             input_price(&b, "openai", "gpt-4o-2024-08-06", at).as_deref(),
@@ -323,5 +389,87 @@ mod tests {
             "provider decides between same-named models"
         );
         assert_eq!(input_price(&b, "openai", "gpt-unknown", at), None);
+    }
+
+    #[test]
+    fn another_providers_entry_never_applies() {
+        // LiteLLM's catalog: the reseller entry `gmi/openai/gpt-4o` has model name
+        // `openai/gpt-4o` and no cache-read rate; openai's own entry is `gpt-4o`.
+        let mut b = PriceBook::new();
+        b.apply(pc(
+            "gmi/openai/gpt-4o",
+            "gmi",
+            "openai/gpt-4o",
+            1,
+            t(2024, 1, 1),
+            "0.9",
+        ));
+        b.apply(pc(
+            "vercel_ai_gateway/openai/o3-mini",
+            "vercel_ai_gateway",
+            "openai/o3-mini",
+            1,
+            t(2024, 1, 1),
+            "0.8",
+        ));
+        b.apply(pc(
+            "gpt-4o",
+            "openai",
+            "gpt-4o",
+            1,
+            t(2024, 1, 1),
+            "0.0000025",
+        ));
+        let at = t(2025, 1, 1);
+        let (c, how) = b.price_at("openai", "openai/gpt-4o", at).unwrap();
+        assert_eq!(
+            (c.price_id.as_str(), how),
+            ("gpt-4o", Resolution::PrefixStripped)
+        );
+        assert!(
+            b.price_at("openai", "openai/o3-mini", at).is_none(),
+            "only a reseller prices o3-mini here: no price, never theirs"
+        );
+        let (c, how) = b.price_at("gmi", "openai/gpt-4o", at).unwrap();
+        assert_eq!(
+            (c.price_id.as_str(), how),
+            ("gmi/openai/gpt-4o", Resolution::Exact)
+        );
+    }
+
+    #[test]
+    fn one_model_two_names_resolve_to_one_entry_and_say_how() {
+        let mut b = PriceBook::new();
+        b.apply(pc(
+            "gemini/gemini-2.5-pro",
+            "gemini",
+            "gemini-2.5-pro",
+            1,
+            t(2024, 1, 1),
+            "0.00000125",
+        ));
+        b.apply(pc(
+            "gemini-2.5-pro",
+            "vertex_ai-language-models",
+            "gemini-2.5-pro",
+            1,
+            t(2024, 1, 1),
+            "0.000002",
+        ));
+        let at = t(2025, 1, 1);
+        let a = b.price_at("gemini", "gemini/gemini-2.5-pro", at).unwrap();
+        let c = b.price_at("gemini", "gemini-2.5-pro", at).unwrap();
+        assert_eq!(a.0.price_id, c.0.price_id);
+        assert_eq!(a.0.model, "gemini-2.5-pro");
+        assert_eq!((a.1, c.1), (Resolution::Exact, Resolution::Exact));
+        let v = b.price_at("vertex_ai", "gemini-2.5-pro-001", at);
+        assert!(v.is_none(), "-001 is not a dated snapshot");
+        let (v, how) = b.price_at("vertex_ai", "gemini-2.5-pro", at).unwrap();
+        assert_eq!(
+            (v.price_id.as_str(), how),
+            ("gemini-2.5-pro", Resolution::Exact)
+        );
+        assert_eq!(provider_family("bedrock_converse"), "bedrock");
+        assert_ne!(provider_family("azure_ai"), provider_family("azure"));
     }
 }

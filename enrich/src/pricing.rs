@@ -12,7 +12,8 @@ use crate::Error;
 /// Why an event was not priced. Travels as headers on `meterline.usage.rejected`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// Stable machine code: `no_price`, `no_rate`, `overflow`, `undecodable`.
+    /// Stable machine code: `no_price`, `no_rate`, `no_quantity`, `zero_cost`, `overflow`,
+    /// `id_conflict`, `undecodable`.
     pub code: &'static str,
     /// The field of the event at fault (`model`, `usage.cache_read_tokens`, `value`).
     pub field: String,
@@ -57,7 +58,17 @@ pub fn enrich(
     tenants: &TenantDirectory,
     priced_at: DateTime<Utc>,
 ) -> Result<PricedUsage, Rejection> {
-    let Some(price) = prices.price_at(&event.provider, &event.model, event.occurred_at) else {
+    if event.usage.is_empty() {
+        // Edges refuse these (400); this catches producers that bypass an edge.
+        return Err(Rejection {
+            code: "no_quantity",
+            field: "usage".into(),
+            reason: "the event has no billable quantity (every usage count is 0)".into(),
+        });
+    }
+    let Some((price, resolution)) =
+        prices.price_at(&event.provider, &event.model, event.occurred_at)
+    else {
         return Err(Rejection {
             code: "no_price",
             field: "model".into(),
@@ -79,18 +90,33 @@ pub fn enrich(
             field: usage_field(unit).into(),
             reason: format!("{e} (version {})", price.version),
         },
+        Error::ZeroCost { what, .. } => Rejection {
+            code: "zero_cost",
+            field: usage_field(what).into(),
+            reason: format!("{e} (price {} version {})", price.price_id, price.version),
+        },
         _ => Rejection {
             code: "overflow",
             field: "usage".into(),
             reason: e.to_string(),
         },
     })?;
+    // A gateway cache hit called no provider: the price is still resolved (and an unknown
+    // model still rejected) so the record names what was served, but it costs nothing. The
+    // tokens stay in the ledger, so the saving is visible.
+    let lines = if event.cache_hit {
+        meterline_schemas::CostLines::default()
+    } else {
+        lines
+    };
     let (tenant, rule) = tenants.resolve(&event);
     Ok(PricedUsage {
         tenant_rule_id: rule.map(str::to_string),
         tenant,
         price_id: price.price_id.clone(),
         price_version: price.version,
+        price_resolution: resolution.as_str().to_string(),
+        model: price.model.clone(),
         currency: price.currency.clone(),
         cost: lines,
         priced_at,
@@ -162,5 +188,29 @@ mod tests {
         e.usage.images = 2;
         let r = enrich(e, &book(), &TenantDirectory::new(), Utc::now()).unwrap_err();
         assert_eq!((r.code, r.field.as_str()), ("no_rate", "usage.images"));
+    }
+
+    #[test]
+    fn empty_usage_is_rejected_and_cache_hits_cost_nothing() {
+        let mut e = UsageEvent::example();
+        e.usage = Default::default();
+        let r = enrich(e, &book(), &TenantDirectory::new(), Utc::now()).unwrap_err();
+        assert_eq!((r.code, r.field.as_str()), ("no_quantity", "usage"));
+        let mut e = UsageEvent::example();
+        e.cache_hit = true;
+        let p = enrich(e, &book(), &TenantDirectory::new(), Utc::now()).unwrap();
+        assert!(p.cost.total.is_zero());
+        assert_eq!(
+            p.event.usage.input_tokens, 100,
+            "usage kept: the saving is visible"
+        );
+        let mut e = UsageEvent::example();
+        e.model = "openai/gpt-4o-2024-08-06".into();
+        let p = enrich(e, &book(), &TenantDirectory::new(), Utc::now()).unwrap();
+        assert_eq!(
+            (p.model.as_str(), p.price_resolution.as_str()),
+            // the price id `openai/gpt-4o` is itself a name of the entry
+            ("gpt-4o", "snapshot_stripped")
+        );
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::EnrichConfig;
-use crate::dedup::{DedupWindow, Verdict};
+use crate::dedup::{self, DedupWindow, Verdict};
 use crate::pricing::{self, Rejection};
 use crate::reference::Reference;
 use crate::tail;
@@ -401,16 +401,47 @@ impl Stage {
                 return Ok(());
             }
         };
-        match owned.dedup.admit(&event.event_id, event.occurred_at) {
+        let mut event = event;
+        let fp = dedup::fingerprint(&event);
+        let mut verdict = owned.dedup.check(&event.event_id, fp, event.occurred_at);
+        if verdict == Verdict::Conflict && replays > 0 {
+            // An operator replayed an id conflict: it is a distinct call that reused an id.
+            // It is billed under an id derived from its content, so replaying it again is a
+            // duplicate of that id, never a second bill.
+            event.event_id = format!("{}#{fp:016x}", event.event_id);
+            verdict = owned.dedup.check(&event.event_id, fp, event.occurred_at);
+        }
+        match verdict {
             Verdict::Duplicate => {
                 self.counters.duplicates.increment(1);
             }
-            verdict => {
+            Verdict::Conflict => {
+                let r = Rejection {
+                    code: "id_conflict",
+                    field: "event_id".into(),
+                    reason: format!(
+                        "event id '{}' was already billed with other billable content (usage, model or attribution): not a retry. Replaying it bills it under a derived id.",
+                        event.event_id
+                    ),
+                };
+                reject(
+                    &owned.producer,
+                    p,
+                    key,
+                    payload,
+                    Some(&event.event_id),
+                    &r,
+                    &source(),
+                    replays,
+                )?;
+            }
+            Verdict::New | Verdict::Late => {
                 if verdict == Verdict::Late {
                     self.counters.late.increment(1);
                 }
                 let event_id = event.event_id.clone();
-                let occurred = event.occurred_at.timestamp_micros().to_string();
+                let occurred_at = event.occurred_at;
+                let occurred = occurred_at.timestamp_micros().to_string();
                 let priced = {
                     let prices = self.reference.prices.read().expect("price book lock");
                     let tenants = self.reference.tenants.read().expect("tenant lock");
@@ -422,12 +453,15 @@ impl Stage {
                             self.counters.unattributed.increment(1);
                         }
                         let value = priced.to_avro().map_err(Error::codec)?;
+                        // Remembered only now that it is billed (a rejection never is).
+                        owned.dedup.remember(&event_id, fp, occurred_at);
                         let wm = owned
                             .dedup
                             .watermark()
                             .map(|w| w.timestamp_micros())
                             .unwrap_or_default()
                             .to_string();
+                        let fp_hex = format!("{fp:016x}");
                         let hs = OwnedHeaders::new()
                             .insert(Header {
                                 key: headers::EVENT_ID,
@@ -440,6 +474,10 @@ impl Stage {
                             .insert(Header {
                                 key: headers::WATERMARK,
                                 value: Some(wm.as_bytes()),
+                            })
+                            .insert(Header {
+                                key: headers::FINGERPRINT,
+                                value: Some(fp_hex.as_bytes()),
                             });
                         let mut rec = BaseRecord::to(topics::USAGE_PRICED)
                             .partition(p)

@@ -1,7 +1,9 @@
 //! Rebuilding a partition's dedup window from the stage's own committed output.
 //!
-//! Every priced record carries the event id, its `occurred_at` and the partition watermark after
-//! it (headers, so nothing is decoded). Reading back from the end of output partition `p`:
+//! Every priced record carries the event id, its content fingerprint, its `occurred_at` and the
+//! partition watermark after
+//! it (headers, so nothing is decoded). Rejected records are not read: only what was billed is
+//! remembered. Reading back from the end of output partition `p`:
 //! with `W` the watermark of the last record, an earlier record is needed iff its
 //! `occurred_at >= W - window`. Watermarks never decrease along the log, and a record's
 //! `occurred_at` is at most the watermark written with it, so once a record's watermark is
@@ -23,6 +25,7 @@ use crate::Error;
 
 struct Seen {
     id: String,
+    fingerprint: u64,
     occurred: i64,
     watermark: i64,
 }
@@ -74,8 +77,17 @@ fn read_range(c: &BaseConsumer, p: i32, from: i64, to: i64) -> Result<Vec<Seen>,
                     header_i64(&m, headers::OCCURRED_AT),
                     header_i64(&m, headers::WATERMARK),
                 ) {
+                    // Records written before fingerprints existed have none: 0 = unknown.
+                    let fingerprint = m
+                        .headers()
+                        .and_then(|hs| hs.iter().find(|h| h.key == headers::FINGERPRINT))
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|s| u64::from_str_radix(s, 16).ok())
+                        .unwrap_or(0);
                     out.push(Seen {
                         id,
+                        fingerprint,
                         occurred,
                         watermark,
                     });
@@ -122,7 +134,7 @@ pub fn rebuild(c: &BaseConsumer, p: i32, window: chrono::Duration) -> Result<Ded
     }
     for s in kept {
         let at = |us: i64| DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
-        dedup.restore(&s.id, at(s.occurred), at(s.watermark));
+        dedup.restore(&s.id, s.fingerprint, at(s.occurred), at(s.watermark));
     }
     dedup.commit();
     Ok(dedup)

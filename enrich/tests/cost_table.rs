@@ -36,6 +36,8 @@ enum Expect {
     NoRate(&'static str, &'static str),
     /// `Error::Overflow { what }`.
     Overflow(&'static str),
+    /// `Error::ZeroCost { what, .. }`: a positive quantity at a positive rate rounding to $0.
+    ZeroCost(&'static str),
 }
 
 struct Case {
@@ -360,19 +362,19 @@ fn cases() -> Vec<Case> {
             ],
             usage: u().input(100).audio_in(50).output(20).audio_out(30),
             tier: Standard,
-            // input 100 × 0.0000025 = 0.00025;
+            // input 100 × 0.0000025 = 0.00025 + audio in 50 × 0.00004 = 0.002 → 0.00225;
             // output 20 × 0.00001 = 0.0002 + audio out 30 × 0.00008 = 0.0024 → 0.0026;
-            // other = audio in 50 × 0.00004 = 0.002; total 0.00025 + 0.0026 + 0.002 = 0.00485
-            expect: ok("0.00025", "0", "0", "0.0026", "0", "0.002", "0.00485"),
+            // total 0.00225 + 0.0026 = 0.00485
+            expect: ok("0.00225", "0", "0", "0.0026", "0", "0", "0.00485"),
         },
         Case {
             name: "audio without audio rates falls back to the text rates",
             rates: vec![(INPUT, STD, 0, "0.0000025"), (OUTPUT, STD, 0, "0.00001")],
             usage: u().audio_in(400).audio_out(100),
             tier: Standard,
-            // other = audio in 400 × 0.0000025 = 0.001; output = audio out 100 × 0.00001
+            // input = audio in 400 × 0.0000025 = 0.001; output = audio out 100 × 0.00001
             // = 0.001; total 0.001 + 0.001 = 0.002
-            expect: ok("0", "0", "0", "0.001", "0", "0.001", "0.002"),
+            expect: ok("0.001", "0", "0", "0.001", "0", "0", "0.002"),
         },
         // ── service tiers ────────────────────────────────────────────────────────────────
         Case {
@@ -547,12 +549,10 @@ fn cases() -> Vec<Case> {
             usage: u().input(500).audio_in(300).cw1h(201).output(10),
             tier: Standard,
             // total input 500 + 300 + 201 = 1001 > 1000:
-            // input 500 × 0.000002 = 0.001; cache_write 201 × 0.000003 = 0.000603 (no tier);
-            // output 10 × 0.000005 = 0.00005 (no tier); other 300 × 0.00002 = 0.006;
-            // total 0.001 + 0.000603 + 0.00005 + 0.006 = 0.007653
-            expect: ok(
-                "0.001", "0", "0.000603", "0.00005", "0", "0.006", "0.007653",
-            ),
+            // input 500 × 0.000002 = 0.001 + audio in 300 × 0.00002 = 0.006 → 0.007;
+            // cache_write 201 × 0.000003 = 0.000603 (no tier); output 10 × 0.000005 = 0.00005
+            // (no tier); total 0.007 + 0.000603 + 0.00005 = 0.007653
+            expect: ok("0.007", "0", "0.000603", "0.00005", "0", "0", "0.007653"),
         },
         Case {
             name: "cache read without its own rate in a context tier → the tier's input rate",
@@ -633,7 +633,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name:
-                "every 'other' unit in one call (audio in, images, seconds, characters, requests)",
+                "every 'other' unit in one call (images, seconds, characters, requests) + audio in",
             rates: vec![
                 (INPUT, STD, 0, "0.000001"),
                 (AUDIO_INPUT, STD, 0, "0.0001"),
@@ -649,10 +649,10 @@ fn cases() -> Vec<Case> {
                 .characters(100)
                 .requests(1),
             tier: Standard,
-            // other = 10 × 0.0001 = 0.001 + 2 × 0.04 = 0.08 + 7.5 × 0.0001 = 0.00075
-            //       + 100 × 0.00001 = 0.001 + 1 × 0.002 = 0.002
-            //       = 0.001 + 0.08 + 0.00075 + 0.001 + 0.002 = 0.08475; total 0.08475
-            expect: ok("0", "0", "0", "0", "0", "0.08475", "0.08475"),
+            // input = audio in 10 × 0.0001 = 0.001;
+            // other = 2 × 0.04 = 0.08 + 7.5 × 0.0001 = 0.00075 + 100 × 0.00001 = 0.001
+            //       + 1 × 0.002 = 0.002 = 0.08375; total 0.001 + 0.08375 = 0.08475
+            expect: ok("0.001", "0", "0", "0", "0", "0.08375", "0.08475"),
         },
         // ── zero quantities ──────────────────────────────────────────────────────────────
         Case {
@@ -755,13 +755,13 @@ fn cases() -> Vec<Case> {
             ),
         },
         Case {
-            name: "seconds × 18-decimal rate: 0.5e-18 rounds half-even to 0",
+            name: "seconds × 18-decimal rate: 0.5e-18 rounds half-even to 0 → refused",
             rates: vec![(SECOND, STD, 0, "0.000000000000000001")],
             usage: u().seconds("0.5"),
             tier: Standard,
-            // 0.5 × 0.000000000000000001 = 0.0000000000000000005; half-even → 0 (a rate
-            // exists, so this is rounding below the money scale, not a missing rate)
-            expect: ok("0", "0", "0", "0", "0", "0", "0"),
+            // 0.5 × 0.000000000000000001 = 0.0000000000000000005; half-even → 0. A positive
+            // quantity at a positive rate is never billed as free: the event is rejected
+            expect: Expect::ZeroCost(SECOND),
         },
         Case {
             name: "every bucket at once on one card, standard tier",
@@ -793,15 +793,16 @@ fn cases() -> Vec<Case> {
                 .characters(10)
                 .requests(2),
             tier: Standard,
-            // input 1000 × 0.000002 = 0.002; cache_read 5000 × 0.0000002 = 0.001;
+            // input 1000 × 0.000002 = 0.002 + audio in 100 × 0.00003 = 0.003 → 0.005;
+            // cache_read 5000 × 0.0000002 = 0.001;
             // cache_write 300 × 0.0000025 = 0.00075 + 200 × 0.000004 = 0.0008 → 0.00155;
             // output 400 × 0.000008 = 0.0032 + 50 × 0.00006 = 0.003 → 0.0062;
             // reasoning 600 × 0.000012 = 0.0072;
-            // other 100 × 0.00003 = 0.003 + 1 × 0.01 = 0.01 + 1.25 × 0.0002 = 0.00025
-            //       + 10 × 0.00002 = 0.0002 + 2 × 0.001 = 0.002 → 0.01545;
-            // total 0.002 + 0.001 + 0.00155 + 0.0062 + 0.0072 + 0.01545 = 0.0334
+            // other 1 × 0.01 = 0.01 + 1.25 × 0.0002 = 0.00025 + 10 × 0.00002 = 0.0002
+            //       + 2 × 0.001 = 0.002 → 0.01245;
+            // total 0.005 + 0.001 + 0.00155 + 0.0062 + 0.0072 + 0.01245 = 0.0334
             expect: ok(
-                "0.002", "0.001", "0.00155", "0.0062", "0.0072", "0.01545", "0.0334",
+                "0.005", "0.001", "0.00155", "0.0062", "0.0072", "0.01245", "0.0334",
             ),
         },
         // ── a missing rate is an error, never $0 ─────────────────────────────────────────
@@ -953,6 +954,11 @@ fn check(case: &Case) -> Vec<String> {
                 bad.push(format!("got error {e:?}, want {want:?}"));
             }
         }
+        (Expect::ZeroCost(what), Err(e)) => {
+            if !matches!(&e, Error::ZeroCost { what: w, .. } if w == what) {
+                bad.push(format!("got error {e:?}, want ZeroCost for {what}"));
+            }
+        }
         (Expect::Lines(_), Err(e)) => bad.push(format!("got error {e:?}, want lines")),
         (_, Ok(c)) => bad.push(format!("got lines {c:?}, want an error")),
     }
@@ -1041,7 +1047,7 @@ fn huge_buckets_are_an_overflow_error_not_a_panic() {
 
 /// Seconds are metered at nanosecond precision (cost.rs): 0.50000000001 s → 0.500000000 s
 /// (half-even at 9 decimals); 0.5 × 0.000000000000000001 = 0.0000000000000000005, exactly
-/// half-way at 18 decimals → half-even → 0. One rounding of the cost, not two: the product is
+/// half-way at 18 decimals → half-even → 0, which is refused (ZeroCost). One rounding of the cost,
 /// exact before it (9 + 18 = 27 decimals fit rust_decimal).
 #[test]
 fn seconds_product_is_rounded_once() {
@@ -1050,8 +1056,9 @@ fn seconds_product_is_rounded_once() {
         price_id: "p",
         rates: &rates,
     };
-    let c = price(&u().seconds("0.50000000001"), ServiceTier::Standard, &card).unwrap();
-    assert_eq!(c.other, m("0"));
+    // rounds to $0 at a positive rate: refused, never free
+    let e = price(&u().seconds("0.50000000001"), ServiceTier::Standard, &card).unwrap_err();
+    assert!(matches!(e, Error::ZeroCost { what: SECOND, .. }), "{e:?}");
     // 0.5000000015 s → 0.500000002 s (half-even at 9) × 1e-18 = 5.00000002e-19 → 1e-18
     let c = price(&u().seconds("0.5000000015"), ServiceTier::Standard, &card).unwrap();
     assert_eq!(c.other, m("0.000000000000000001"));

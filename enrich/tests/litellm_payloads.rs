@@ -283,7 +283,7 @@ fn check(p: &Payload) {
     for c in imported.changes {
         book.apply(c);
     }
-    let entry = book
+    let (entry, _) = book
         .price_at(&provider, &model, occurred_at)
         .unwrap_or_else(|| panic!("{f}: no price for {provider}/{model} at {occurred_at}"));
     assert_eq!(entry.price_id, p.price_id, "{f}: price book entry");
@@ -369,7 +369,7 @@ fn check(p: &Payload) {
     );
     // what ingest stores as gateway_reported_cost (18 decimals, half-even) agrees here
     assert_eq!(
-        Money::rounded(recorded_dec),
+        Money::rounded(recorded_dec).unwrap(),
         cost.total,
         "{f}: 18-decimal rounding"
     );

@@ -218,7 +218,9 @@ fn reject_metric(format: &str, reason: &str, n: usize) {
 fn ctx(s: &Shared) -> Ctx {
     Ctx {
         source: s.cfg.source_id.clone(),
-        received_at: Utc::now(),
+        // µs: what the wire (Avro timestamp-micros) and the ledger hold.
+        received_at: meterline_schemas::time::from_micros(Utc::now().timestamp_micros())
+            .unwrap_or_else(Utc::now),
     }
 }
 

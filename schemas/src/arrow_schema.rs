@@ -92,6 +92,13 @@ pub fn usage_ledger_schema() -> SchemaRef {
             // Provenance: where the row came from, for exactly-once recovery and audits.
             f("kafka_partition", DataType::Int32, false),
             f("kafka_offset", DataType::Int64, false),
+            // Added later (nullable: files written before read them as null).
+            // `model` is the price entry's canonical name; this is the name the gateway sent.
+            f("model_reported", dict(), true),
+            // How the model name found its price (exact, alias, prefix_stripped, …).
+            f("price_resolution", dict(), true),
+            // Answered from the gateway's own cache: usage kept, cost zero.
+            f("cache_hit", DataType::Boolean, true),
         ]))
     })
     .clone()

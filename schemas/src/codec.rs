@@ -241,9 +241,14 @@ avro_record!(
     UsageEvent,
     "io.meterline.UsageEvent",
     "usage_event.avsc",
-    history = ["usage_event.v1.avsc"]
+    history = ["usage_event.v1.avsc", "usage_event.v2.avsc"]
 );
-avro_record!(PricedUsage, "io.meterline.PricedUsage", "priced_usage.avsc");
+avro_record!(
+    PricedUsage,
+    "io.meterline.PricedUsage",
+    "priced_usage.avsc",
+    history = ["priced_usage.v1.avsc"]
+);
 avro_record!(PriceChange, "io.meterline.PriceChange", "price_change.avsc");
 avro_record!(
     TenantChange,

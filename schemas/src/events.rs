@@ -199,6 +199,9 @@ pub struct UsageEvent {
     pub ttft_ms: Option<i64>,
     pub region: Option<String>,
     pub gateway_reported_cost: Option<Money>,
+    /// Answered from the gateway's own response cache (no provider call): billed at zero.
+    #[serde(default)]
+    pub cache_hit: bool,
 }
 
 impl UsageEvent {
@@ -251,6 +254,7 @@ impl UsageEvent {
             ttft_ms: None,
             region: None,
             gateway_reported_cost: None,
+            cache_hit: false,
         }
     }
 }
@@ -286,10 +290,26 @@ pub struct PricedUsage {
     pub tenant_rule_id: Option<String>,
     pub price_id: String,
     pub price_version: i64,
+    /// How the model name found its price (`PriceResolution::as_str`).
+    pub price_resolution: String,
+    /// The price entry's canonical model name (reports group by it).
+    pub model: String,
     pub currency: String,
     pub cost: CostLines,
     #[serde(with = "micros")]
     pub priced_at: DateTime<Utc>,
+}
+
+impl PricedUsage {
+    /// The model name reports group by: the price entry's canonical name (one model, one
+    /// name), or the reported name in records written before it was recorded.
+    pub fn billed_model(&self) -> &str {
+        if self.model.is_empty() {
+            &self.event.model
+        } else {
+            &self.model
+        }
+    }
 }
 
 /// One unit price of a price book entry.

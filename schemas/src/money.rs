@@ -44,12 +44,10 @@ impl Money {
     /// 10^20: the first magnitude Decimal(38, 18) cannot hold.
     const LIMIT: Decimal = Decimal::from_parts(1_661_992_960, 1_808_227_885, 5, false, 0);
 
-    /// Rounds half-to-even to [`MONEY_SCALE`] decimals (for float-polluted catalog values).
-    pub fn rounded(d: Decimal) -> Self {
-        Money(
-            d.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointNearestEven)
-                .normalize(),
-        )
+    /// Rounds half-to-even to [`MONEY_SCALE`] decimals (for float-polluted catalog values);
+    /// fails like [`Money::new`] when the amount is beyond Decimal(38, 18).
+    pub fn rounded(d: Decimal) -> Result<Self, Error> {
+        Money::new(d.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointNearestEven))
     }
 
     pub fn decimal(&self) -> Decimal {
@@ -242,7 +240,9 @@ mod tests {
         // A float artefact beyond 18 decimals is refused exactly, and rounds to what was meant.
         assert!("0.00022500000000000002".parse::<Money>().is_err());
         assert_eq!(
-            Money::rounded("0.00022500000000000002".parse().unwrap()).to_string(),
+            Money::rounded("0.00022500000000000002".parse().unwrap())
+                .unwrap()
+                .to_string(),
             "0.000225"
         );
     }
@@ -251,7 +251,9 @@ mod tests {
     fn refuses_excess_scale_and_garbage() {
         assert!("5.0000000000000004e-08".parse::<Money>().is_err());
         assert_eq!(
-            Money::rounded("0.000000050000000000000004".parse().unwrap()).to_string(),
+            Money::rounded("0.000000050000000000000004".parse().unwrap())
+                .unwrap()
+                .to_string(),
             "0.00000005"
         );
         assert!("abc".parse::<Money>().is_err());

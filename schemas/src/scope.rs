@@ -33,7 +33,7 @@ impl Attribution {
             user_id: e.user_id.clone(),
             tags: e.tags.clone(),
             provider: Some(e.provider.clone()),
-            model: Some(e.model.clone()),
+            model: Some(row.billed_model().to_string()),
         }
     }
 }

@@ -82,6 +82,9 @@ pub mod headers {
     /// Priced records: the dedup watermark of the partition after this event (µs, decimal
     /// text). Rebuilding dedup state reads back from the end until it falls out of the window.
     pub const WATERMARK: &str = "ml-watermark";
+    /// Priced records: fingerprint (hex) of the event's billable content; the same id with
+    /// other content is an id conflict, not a duplicate.
+    pub const FINGERPRINT: &str = "ml-fingerprint";
     /// Rejected records: the machine reason (`no_price`, `no_rate`, `undecodable`, …).
     pub const REASON_CODE: &str = "ml-reason-code";
     /// Rejected records: the field at fault (`model`, `usage.images`, `value`).

@@ -60,6 +60,7 @@ pub fn sample_event() -> UsageEvent {
         ttft_ms: Some(99),
         region: Some("eu-west-1".into()),
         gateway_reported_cost: Some(m("0.000225000000000001")),
+        cache_hit: true,
     }
 }
 
@@ -160,6 +161,8 @@ fn priced(total: &str) -> PricedUsage {
         tenant_rule_id: Some("rule-1".into()),
         price_id: "anthropic/claude-sonnet-4".into(),
         price_version: 3,
+        price_resolution: "exact".into(),
+        model: String::new(),
         currency: "USD".into(),
         cost: CostLines {
             input: m("0.000003"),

@@ -24,14 +24,10 @@ use crate::broker::free_port;
 const BARE_GROUP: &str = "meterline-bench-bare-consumer";
 const SINK_GROUP: &str = "meterline-bench-aggregate";
 
-pub(super) async fn run(
-    events: usize,
-    brokers: Option<String>,
-    storage: &str,
-) -> anyhow::Result<()> {
+pub(super) async fn run(events: usize, brokers: Option<String>) -> anyhow::Result<()> {
     anyhow::ensure!(events >= 10, "--events must be at least 10");
     let dir = tempfile::tempdir()?;
-    let (_broker, bootstrap) = super::broker(brokers, storage, dir.path())?;
+    let (_broker, bootstrap) = super::broker(brokers, dir.path())?;
     let kafka = KafkaConfig {
         brokers: bootstrap.clone(),
         ..Default::default()
@@ -125,6 +121,8 @@ fn priced_records(events: usize) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
             tenant_rule_id: Some("r1".into()),
             price_id: format!("{}/{}", event.provider, event.model),
             price_version: 1,
+            price_resolution: "exact".into(),
+            model: String::new(),
             currency: "USD".into(),
             cost: CostLines {
                 input,

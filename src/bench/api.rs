@@ -101,6 +101,8 @@ fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
                         tenant_rule_id: Some("r1".into()),
                         price_id: format!("{provider}/{model}"),
                         price_version: 1,
+                        price_resolution: "exact".into(),
+                        model: String::new(),
                         currency: "USD".into(),
                         cost: CostLines {
                             input: cin,

@@ -73,10 +73,26 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         ));
     }
     let subject = non_empty(o.get("subject").and_then(Value::as_str));
-    let gateway_reported_cost = data
-        .get("meterline.gateway_reported_cost")
-        .map(|c| super::usage::decimal(c, "data.meterline.gateway_reported_cost"))
-        .transpose()?;
+    // Money from the item's text, not from the f64 the parsed `Value` holds.
+    let gateway_reported_cost = match data.get("meterline.gateway_reported_cost") {
+        None => None,
+        Some(_) => {
+            #[derive(serde::Deserialize)]
+            struct Ce<'a> {
+                #[serde(borrow)]
+                data: Data<'a>,
+            }
+            #[derive(serde::Deserialize)]
+            struct Data<'a> {
+                #[serde(borrow, rename = "meterline.gateway_reported_cost")]
+                cost: &'a RawValue,
+            }
+            let ce: Ce = serde_json::from_str(raw.get()).map_err(|e| {
+                FieldError::new("data.meterline.gateway_reported_cost", e.to_string())
+            })?;
+            super::usage::decimal_raw(ce.data.cost, "data.meterline.gateway_reported_cost")?
+        }
+    };
     let mut e = genai::event(
         data,
         format!("{source}/{id}"),

@@ -213,5 +213,6 @@ pub fn event(
         ttft_ms: None,
         region: string(a, &["cloud.region", "region"])?,
         gateway_reported_cost: None,
+        cache_hit: false,
     })
 }

@@ -3,13 +3,19 @@
 //! `metadata.user_api_key_hash/_team_id/_org_id/_user_id/_project_id/_end_user_id` and
 //! `request_tags`; token detail from the usage object (`response.usage`, else
 //! `metadata.usage_object` / `hidden_params.usage_object`, else the top-level counts);
-//! `response_cost` is kept as `gateway_reported_cost`. `messages` and `response` content are
-//! never read beyond `response.usage`.
+//! `response_cost` is kept as `gateway_reported_cost` (from its JSON text, never a float).
+//! `messages` and `response` content are never read beyond `response.usage`.
+//!
+//! The event id is `litellm_call_id` (LiteLLM's id of this call, unique per call), falling back
+//! to `id` only for payloads without it. `id` is the *provider's response id* in these payloads
+//! (`chatcmpl-…`), which caches, mocks and some providers repeat across distinct calls: keyed on
+//! it, distinct calls looked like retries. `cache_hit: true` (answered from LiteLLM's own cache,
+//! `response_cost: 0`) is kept as usage billed at zero.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
-use meterline_schemas::{CallStatus, Operation, ServiceTier, Usage, UsageEvent};
+use meterline_schemas::{CallStatus, Money, Operation, ServiceTier, Usage, UsageEvent};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -72,7 +78,8 @@ fn operation(call_type: &str) -> Operation {
 }
 
 /// `request_tags` is a list of strings; `key:value` / `key=value` become a keyed tag, a bare
-/// tag maps to "".
+/// tag maps to "". A key given more than once keeps every value, comma-joined in order of
+/// appearance (`team:a`, `team:b` → `team = "a,b"`), never just the last.
 fn tags(v: Option<&Value>) -> Result<BTreeMap<String, String>, FieldError> {
     let mut out = BTreeMap::new();
     match v {
@@ -85,10 +92,24 @@ fn tags(v: Option<&Value>) -> Result<BTreeMap<String, String>, FieldError> {
                         format!("must be a string (got {})", kind(t)),
                     )
                 })?;
-                match t.split_once([':', '=']) {
-                    Some((k, v)) => out.insert(k.trim().to_string(), v.trim().to_string()),
-                    None => out.insert(t.trim().to_string(), String::new()),
+                let (k, v) = match t.split_once([':', '=']) {
+                    Some((k, v)) => (k.trim(), v.trim()),
+                    None => (t.trim(), ""),
                 };
+                match out.entry(k.to_string()) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(v.to_string());
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        let kept = e.get_mut();
+                        if !v.is_empty() && !kept.split(',').any(|x| x == v) {
+                            if !kept.is_empty() {
+                                kept.push(',');
+                            }
+                            kept.push_str(v);
+                        }
+                    }
+                }
             }
         }
         Some(x) => {
@@ -117,6 +138,21 @@ fn usage_object(o: &Map<String, Value>) -> Option<(&'static str, &Value)> {
         })
 }
 
+/// `response_cost` from the payload's own text (the parsed `Value` holds an f64).
+fn response_cost(raw: &RawValue) -> Result<Option<Money>, FieldError> {
+    #[derive(serde::Deserialize)]
+    struct Cost<'a> {
+        #[serde(borrow, default)]
+        response_cost: Option<&'a RawValue>,
+    }
+    let c: Cost = serde_json::from_str(raw.get())
+        .map_err(|e| FieldError::new("response_cost", e.to_string()))?;
+    match c.response_cost {
+        Some(r) => usage::decimal_raw(r, "response_cost"),
+        None => Ok(None),
+    }
+}
+
 pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
     let v: Value =
         serde_json::from_str(raw.get()).map_err(|e| FieldError::new("", e.to_string()))?;
@@ -129,7 +165,12 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
             ),
         )
     })?;
-    let id = non_empty(s(o, "id")).ok_or_else(|| FieldError::new("id", "required"))?;
+    let call_id = non_empty(s(o, "litellm_call_id"));
+    let response_id = non_empty(s(o, "id"));
+    let id = call_id
+        .clone()
+        .or_else(|| response_id.clone())
+        .ok_or_else(|| FieldError::new("litellm_call_id", "required (or id)"))?;
     let empty = Map::new();
     let md = object_or_empty(o, "metadata", &empty)?;
     let provider = non_empty(s(o, "custom_llm_provider"))
@@ -184,7 +225,7 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         received_at: ctx.received_at,
         source: ctx.source.clone(),
         format: "litellm".into(),
-        request_id: Some(id),
+        request_id: response_id.or(call_id),
         api_key_id: non_empty(s(md, "user_api_key_hash")),
         user_id: non_empty(s(md, "user_api_key_user_id")),
         team_id: non_empty(s(md, "user_api_key_team_id")),
@@ -210,10 +251,12 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         latency_ms: ms(start, end),
         ttft_ms: ms(start, first_token),
         region: None,
-        gateway_reported_cost: match o.get("response_cost") {
-            None | Some(Value::Null) => None,
-            Some(c) => Some(usage::decimal(c, "response_cost")?),
-        },
+        gateway_reported_cost: response_cost(raw)?,
+        cache_hit: matches!(o.get("cache_hit"), Some(Value::Bool(true)))
+            || matches!(
+                o.get("cache_hit").and_then(Value::as_str),
+                Some("True" | "true")
+            ),
     };
     check_event(&e)?;
     Ok(e)

@@ -119,12 +119,17 @@ pub fn check_event(e: &UsageEvent) -> Result<(), FieldError> {
         }
     }
     for (field, v) in [
+        ("request_id", &e.request_id),
         ("api_key_id", &e.api_key_id),
         ("user_id", &e.user_id),
         ("team_id", &e.team_id),
         ("org_id", &e.org_id),
         ("project_id", &e.project_id),
         ("end_user", &e.end_user),
+        ("agent_id", &e.agent_id),
+        ("workflow_id", &e.workflow_id),
+        ("session_id", &e.session_id),
+        ("region", &e.region),
     ] {
         if v.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
             return Err(FieldError::new(
@@ -132,6 +137,32 @@ pub fn check_event(e: &UsageEvent) -> Result<(), FieldError> {
                 format!("longer than {MAX_ID_LEN} bytes"),
             ));
         }
+    }
+    for (field, v) in [
+        ("event_id", Some(&e.event_id)),
+        ("provider", Some(&e.provider)),
+        ("model", Some(&e.model)),
+        ("request_id", e.request_id.as_ref()),
+        ("api_key_id", e.api_key_id.as_ref()),
+        ("user_id", e.user_id.as_ref()),
+        ("team_id", e.team_id.as_ref()),
+        ("org_id", e.org_id.as_ref()),
+        ("project_id", e.project_id.as_ref()),
+    ] {
+        if v.is_some_and(|s| s.chars().any(char::is_control)) {
+            return Err(FieldError::new(
+                field,
+                "must not contain control characters (NUL, newline, …)",
+            ));
+        }
+    }
+    // "No billable quantity, no event": an event that bills nothing is a mistake upstream
+    // (an unknown usage shape read as zeros, an empty object), never a silent $0.
+    if e.usage.is_empty() {
+        return Err(FieldError::new(
+            "usage",
+            "no billable quantity: every count is 0 (an empty or unrecognised usage object?)",
+        ));
     }
     for (field, v) in e.usage.counts() {
         if v > MAX_COUNT {

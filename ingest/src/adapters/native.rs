@@ -26,9 +26,9 @@ pub struct NativeUsage {
     pub audio_input_tokens: u64,
     pub audio_output_tokens: u64,
     pub images: u64,
-    /// Decimal seconds, as a string or number.
+    /// Decimal seconds, as a string or number (read from its text, exactly).
     #[schema(value_type = Option<String>)]
-    pub seconds: Option<Value>,
+    pub seconds: Option<Box<RawValue>>,
     pub characters: u64,
     pub requests: u64,
 }
@@ -72,9 +72,13 @@ pub struct NativeEvent {
     pub latency_ms: Option<u64>,
     pub ttft_ms: Option<u64>,
     pub region: Option<String>,
-    /// Decimal string or number (USD).
+    /// Decimal string or number (USD), read from its text (never through a float).
     #[schema(value_type = Option<String>)]
-    pub gateway_reported_cost: Option<Value>,
+    pub gateway_reported_cost: Option<Box<RawValue>>,
+    /// The gateway answered from its own response cache (no provider call): billed at zero,
+    /// usage kept.
+    #[serde(default)]
+    pub cache_hit: bool,
 }
 
 fn to_i64(v: u64, field: &str) -> Result<i64, FieldError> {
@@ -93,11 +97,10 @@ fn native_usage(u: NativeUsage) -> Result<Usage, FieldError> {
         audio_input_tokens: to_i64(u.audio_input_tokens, "usage.audio_input_tokens")?,
         audio_output_tokens: to_i64(u.audio_output_tokens, "usage.audio_output_tokens")?,
         images: to_i64(u.images, "usage.images")?,
-        seconds: u
-            .seconds
-            .as_ref()
-            .map(|s| usage::decimal(s, "usage.seconds"))
-            .transpose()?,
+        seconds: match &u.seconds {
+            Some(s) => usage::decimal_raw(s, "usage.seconds")?,
+            None => None,
+        },
         characters: to_i64(u.characters, "usage.characters")?,
         requests: to_i64(u.requests, "usage.requests")?,
     })
@@ -158,11 +161,10 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
             ))
         }
     };
-    let gateway_reported_cost: Option<Money> = n
-        .gateway_reported_cost
-        .as_ref()
-        .map(|c| usage::decimal(c, "gateway_reported_cost"))
-        .transpose()?;
+    let gateway_reported_cost: Option<Money> = match &n.gateway_reported_cost {
+        Some(c) => usage::decimal_raw(c, "gateway_reported_cost")?,
+        None => None,
+    };
     let request_id = owned(n.request_id);
     let event_id = non_empty(n.event_id.as_deref())
         .or_else(|| request_id.clone())
@@ -212,6 +214,7 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         ttft_ms: n.ttft_ms.map(|v| to_i64(v, "ttft_ms")).transpose()?,
         region: owned(n.region),
         gateway_reported_cost,
+        cache_hit: n.cache_hit,
     };
     check_event(&e)?;
     Ok(e)

@@ -11,6 +11,7 @@
 //! - OpenTelemetry GenAI: `gen_ai.usage.input_tokens` includes cache read/creation tokens.
 
 use meterline_schemas::{Money, ServiceTier, Usage};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::FieldError;
@@ -96,36 +97,72 @@ pub enum UsageShape {
     Anthropic,
 }
 
-/// Picks the convention from the provider name and the object's keys.
-pub fn detect(provider: &str, v: &Value) -> UsageShape {
-    let p = provider.to_ascii_lowercase();
-    if v.get("prompt_tokens").is_some() || v.get("completion_tokens").is_some() {
-        UsageShape::OpenAiChat
-    } else if p == "anthropic"
-        || v.get("cache_creation_input_tokens").is_some()
-        || v.get("cache_read_input_tokens").is_some()
-        || v.get("cache_creation").is_some()
+/// Picks the convention from the object's keys (and the provider name where keys are shared).
+/// `None` when the object has none of the keys of any convention: an object meterline does not
+/// understand is refused, never read as zero tokens.
+pub fn detect(provider: &str, v: &Value) -> Option<UsageShape> {
+    let has = |k: &str| v.get(k).is_some();
+    if has("prompt_tokens") || has("completion_tokens") {
+        Some(UsageShape::OpenAiChat)
+    } else if has("cache_creation_input_tokens")
+        || has("cache_read_input_tokens")
+        || has("cache_creation")
+        || (provider.eq_ignore_ascii_case("anthropic")
+            && (has("input_tokens") || has("output_tokens")))
     {
-        UsageShape::Anthropic
+        Some(UsageShape::Anthropic)
+    } else if has("input_tokens") || has("output_tokens") {
+        Some(UsageShape::OpenAiResponses)
     } else {
-        UsageShape::OpenAiResponses
+        None
     }
 }
 
 /// Normalises one provider usage object; `base` is the field path for error messages.
 pub fn normalize(provider: &str, v: &Value, base: &str) -> Result<Usage, FieldError> {
-    if !v.is_object() {
+    let Some(obj) = v.as_object() else {
         return Err(FieldError::new(
             base,
             format!("must be an object (got {})", kind(v)),
         ));
-    }
-    let r = match detect(provider, v) {
-        UsageShape::OpenAiChat => openai_chat(v),
-        UsageShape::OpenAiResponses => openai_responses(v),
-        UsageShape::Anthropic => anthropic(v),
+    };
+    // OpenAI audio transcriptions bill by duration (whisper-1) or by tokens (gpt-4o-transcribe).
+    let r = match v.get("type").and_then(Value::as_str) {
+        Some("duration") => seconds(v, "seconds").map(|s| Usage {
+            seconds: Some(s),
+            ..Default::default()
+        }),
+        Some("tokens") => openai_transcription_tokens(v),
+        _ => match detect(provider, v) {
+            Some(UsageShape::OpenAiChat) => openai_chat(v),
+            Some(UsageShape::OpenAiResponses) => openai_responses(v),
+            Some(UsageShape::Anthropic) => anthropic(v),
+            None => {
+                let keys: Vec<&str> = obj.keys().map(String::as_str).take(8).collect();
+                return Err(FieldError::new(
+                    base,
+                    format!(
+                        "not a usage object meterline understands (keys: [{}]): expected OpenAI chat (prompt_tokens, completion_tokens), OpenAI responses (input_tokens, output_tokens), Anthropic (input_tokens, output_tokens, cache_*_input_tokens) or a transcription's {{\"type\": \"duration\", \"seconds\": …}}",
+                        keys.join(", ")
+                    ),
+                ));
+            }
+        },
     };
     r.map_err(|e| e.under(base))
+}
+
+/// OpenAI transcription usage billed by tokens: `{"type": "tokens", "input_tokens",
+/// "input_token_details": {"audio_tokens", "text_tokens"}, "output_tokens"}`.
+fn openai_transcription_tokens(v: &Value) -> Result<Usage, FieldError> {
+    let input = count(v, "input_tokens")?;
+    let audio = count(v, "input_token_details.audio_tokens")?;
+    Ok(Usage {
+        input_tokens: minus(input, "input_tokens", audio, "audio tokens")?,
+        audio_input_tokens: audio,
+        output_tokens: count(v, "output_tokens")?,
+        ..Default::default()
+    })
 }
 
 /// OpenAI Chat Completions usage (also LiteLLM's Usage, which adds Anthropic-style cache fields).
@@ -214,22 +251,50 @@ pub fn anthropic(v: &Value) -> Result<Usage, FieldError> {
     })
 }
 
-/// An Anthropic stream's usage snapshots (message_start's, then each message_delta's) in
-/// order. Counts are cumulative: each later snapshot replaces the fields it carries.
+/// An Anthropic stream's usage, given as its usage snapshots (message_start's
+/// `message.usage`, then each message_delta's `usage`) or as the stream's events themselves
+/// (`{"type": "message_start", "message": {...}}`, `{"type": "message_delta", "usage": {...}}`;
+/// other event types carry no usage and are skipped). Counts are cumulative: each later
+/// snapshot replaces the fields it carries; they are never summed.
 pub fn anthropic_stream(snapshots: &[Value], base: &str) -> Result<Usage, FieldError> {
     let mut merged = serde_json::Map::new();
     for (i, s) in snapshots.iter().enumerate() {
+        let at = || format!("{base}[{i}]");
         let obj = s.as_object().ok_or_else(|| {
+            FieldError::new(&at(), format!("must be an object (got {})", kind(s)))
+        })?;
+        let usage = match obj.get("type").and_then(Value::as_str) {
+            None => Some(s),
+            Some("message_start") => s.get("message").and_then(|m| m.get("usage")),
+            Some("message_delta") => s.get("usage"),
+            Some(_) => None, // ping, content_block_*, message_stop: no usage
+        };
+        let Some(usage) = usage else { continue };
+        let usage = usage.as_object().ok_or_else(|| {
             FieldError::new(
-                &format!("{base}[{i}]"),
-                format!("must be an object (got {})", kind(s)),
+                &at(),
+                format!("usage must be an object (got {})", kind(usage)),
             )
         })?;
-        for (k, v) in obj {
+        for (k, v) in usage {
             if !v.is_null() {
                 merged.insert(k.clone(), v.clone());
             }
         }
+    }
+    if ![
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    ]
+    .iter()
+    .any(|k| merged.contains_key(*k))
+    {
+        return Err(FieldError::new(
+            base,
+            "no usage in the stream: expected message_start / message_delta usage (input_tokens, output_tokens, …)",
+        ));
     }
     anthropic(&Value::Object(merged)).map_err(|e| e.under(base))
 }
@@ -262,6 +327,8 @@ pub fn seconds(v: &Value, path: &str) -> Result<Money, FieldError> {
     decimal(x, path)
 }
 
+/// A decimal from a parsed JSON value. A JSON number has been through f64 here: use it only
+/// for quantities (seconds), never for money — money comes from the text ([`decimal_raw`]).
 pub fn decimal(x: &Value, path: &str) -> Result<Money, FieldError> {
     let text = match x {
         Value::Number(n) => n.to_string(),
@@ -273,15 +340,60 @@ pub fn decimal(x: &Value, path: &str) -> Result<Money, FieldError> {
             ))
         }
     };
+    decimal_text(&text, path)
+}
+
+/// A decimal from the item's own JSON text (a number or a string holding one), exactly as
+/// written: `0.029538000000000002` stays that, where f64 would make it `0.029538`. `null` →
+/// `None`.
+pub fn decimal_raw(raw: &RawValue, path: &str) -> Result<Option<Money>, FieldError> {
+    let text = raw.get().trim();
+    if text == "null" {
+        return Ok(None);
+    }
+    if text.starts_with('"') {
+        let s: String = serde_json::from_str(text)
+            .map_err(|e| FieldError::new(path, format!("not a JSON string: {e}")))?;
+        return decimal_text(&s, path).map(Some);
+    }
+    if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
+        return decimal_text(text, path).map(Some);
+    }
+    Err(FieldError::new(
+        path,
+        format!(
+            "must be a decimal number (got {})",
+            match text.as_bytes().first() {
+                Some(b'{') => "object",
+                Some(b'[') => "array",
+                Some(b't') | Some(b'f') => "boolean",
+                _ => "something else",
+            }
+        ),
+    ))
+}
+
+/// Parses decimal text (plain or scientific), non-negative, within Decimal(38, 18); more than
+/// 18 decimals (gateways' float noise such as `0.00022500000000000002`) are rounded half-even.
+pub fn decimal_text(text: &str, path: &str) -> Result<Money, FieldError> {
     let m = text
         .parse::<rust_decimal::Decimal>()
-        .or_else(|_| rust_decimal::Decimal::from_scientific(&text))
-        .map_err(|_| FieldError::new(path, format!("'{text}' is not a decimal number")))?;
+        .or_else(|_| rust_decimal::Decimal::from_scientific(text))
+        .map_err(|_| {
+            FieldError::new(
+                path,
+                format!("'{text}' is not a decimal number (or is beyond 28 significant digits)"),
+            )
+        })?;
     if m.is_sign_negative() && !m.is_zero() {
         return Err(FieldError::new(path, "must not be negative"));
     }
-    // Gateways report float costs (0.00022500000000000002): keep 18 decimals, half-even.
-    Ok(Money::rounded(m))
+    Money::rounded(m).map_err(|_| {
+        FieldError::new(
+            path,
+            format!("'{text}' is out of range (at most 10^20, 18 decimals)"),
+        )
+    })
 }
 
 pub fn tier(s: &str, path: &str) -> Result<ServiceTier, FieldError> {
