@@ -1,7 +1,8 @@
-//! `meterline dev`: a durable local broker (tansu, SQLite), the ingest edge with a dev token,
-//! and a demo traffic generator, until Ctrl-C.
+//! `meterline dev`: a local Apache Kafka (a child process, data kept in the dev data dir) unless
+//! `kafka.brokers` names a cluster, every stage in-process, dev tokens and demo traffic, until
+//! Ctrl-C.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -9,14 +10,17 @@ use meterline_schemas::auth::{hash_token, Role, TokenConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Storage, TansuBroker};
+use crate::broker::KafkaBroker;
 use crate::config::Config;
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// Data directory (broker database, spool).
+    /// Data directory (the local broker's files in `kafka/`, spool, ledger).
     #[arg(long, default_value = "data/dev")]
     pub data_dir: PathBuf,
+    /// Client port of the local broker, when free (else a free one is taken).
+    #[arg(long, default_value_t = 9092)]
+    pub kafka_port: u16,
     /// HTTP address of the ingest edge.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -46,13 +50,31 @@ pub fn stop_on_signal(token: CancellationToken) {
     });
 }
 
-pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
+/// Whether `kafka.brokers` is set by the config file or `METERLINE_KAFKA__BROKERS` (then dev
+/// uses that cluster and starts no broker of its own).
+pub fn brokers_configured(config_file: Option<&Path>) -> bool {
+    use figment::providers::{Format, Toml};
+    std::env::var_os("METERLINE_KAFKA__BROKERS").is_some()
+        || config_file.is_some_and(|p| {
+            figment::Figment::from(Toml::file(p))
+                .find_value("kafka.brokers")
+                .is_ok()
+        })
+}
+
+/// Runs everything until Ctrl-C; on the configured cluster when `brokers_configured` (see
+/// [`brokers_configured`]), else on a local Apache Kafka stopped cleanly at the end.
+pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
-    let broker = TansuBroker::start(
-        Storage::Sqlite(args.data_dir.join("broker.db")),
-        &args.data_dir,
-    )?;
-    cfg.kafka.brokers = broker.bootstrap();
+    let broker = if brokers_configured {
+        None
+    } else {
+        let (dir, port) = (args.data_dir.join("kafka"), args.kafka_port);
+        let b =
+            tokio::task::spawn_blocking(move || KafkaBroker::start_on(&dir, Some(port))).await??;
+        cfg.kafka.brokers = b.bootstrap();
+        Some(b)
+    };
     cfg.ingest.listen = args.listen.clone();
     cfg.ingest.spool.dir = args.data_dir.join("spool");
     cfg.ingest.tokens.push(TokenConfig {
@@ -102,11 +124,15 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     let api_stop = api.stop_token();
     let api_task = tokio::spawn(api.run_until_stopped());
     println!("meterline dev");
-    println!(
-        "  broker   {} (tansu, {})",
-        broker.bootstrap(),
-        args.data_dir.join("broker.db").display()
-    );
+    match &broker {
+        Some(b) => println!(
+            "  broker   {} (Apache Kafka {}, child process; data and broker.log in {})",
+            b.bootstrap(),
+            crate::broker::KAFKA_VERSION,
+            b.dir().display()
+        ),
+        None => println!("  broker   {} (kafka.brokers)", cfg.kafka.brokers),
+    }
     println!("  ingest   http://{addr}  (token: {DEV_EDGE_TOKEN})   metrics http://{addr}/metrics   spec http://{addr}/openapi.json");
     println!("  try      curl -H 'Authorization: Bearer {DEV_EDGE_TOKEN}' -H 'Content-Type: application/json' http://{addr}/v1/events -d '{{\"event_id\":\"hello-1\",\"occurred_at\":\"{}\",\"provider\":\"openai\",\"model\":\"gpt-4o\",\"operation\":\"chat\",\"team_id\":\"search\",\"usage\":{{\"input_tokens\":1000,\"output_tokens\":200}}}}'", Utc::now().to_rfc3339());
     println!(
@@ -143,7 +169,9 @@ pub async fn run(mut cfg: Config, args: DevArgs) -> anyhow::Result<()> {
     aggregate_task.await??;
     api_stop.cancel();
     api_task.await??;
-    drop(broker);
+    if let Some(mut b) = broker {
+        tokio::task::spawn_blocking(move || b.stop(Duration::from_secs(30))).await?;
+    }
     Ok(())
 }
 

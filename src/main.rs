@@ -109,7 +109,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(app.run_until_stopped().await?)
         }
         Cmd::HashToken { token } => Ok(println!("{}", meterline_schemas::auth::hash_token(&token))),
-        Cmd::Dev(args) => dev::run(cfg()?, args).await,
+        Cmd::Dev(args) => {
+            let external = dev::brokers_configured(cli.config.as_deref());
+            dev::run(cfg()?, external, args).await
+        }
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Ingest => {
             let cfg = cfg()?;

@@ -105,7 +105,7 @@ async fn topic<T: AvroRecord + Send + 'static>(h: &Harness, topic: &'static str)
 
 #[tokio::test]
 async fn admin_changes_are_reference_events_authored_by_the_principal() {
-    let h = Harness::start(true).await;
+    let h = Harness::start().await;
     let api = Api::start(&h).await;
 
     // prices: publish, list, publish again (unchanged), dry-run a change, change

@@ -110,7 +110,7 @@ async fn metric(client: &reqwest::Client, port: u16, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
-    let h = Harness::start(true).await;
+    let h = Harness::start().await;
     let log = h.dir.path().join("stages.log");
     let (hook, calls) = receiver().await;
 

@@ -141,7 +141,7 @@ fn spawn_enrich(h: &Harness, log: &std::path::Path) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_repeatedly_mid_transaction_still_prices_each_id_once() {
-    let h = Harness::start(true).await;
+    let h = Harness::start().await;
     let h = tokio::task::spawn_blocking(move || {
         publish_price(&h);
         let distinct = produce_raw(&h.kafka.brokers, 0, 3000, 5);
@@ -195,7 +195,7 @@ async fn killed_repeatedly_mid_transaction_still_prices_each_id_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_with_rebalances_price_each_id_once() {
     // Two input partitions: one each once B has joined.
-    let h = Harness::start(true).await;
+    let h = Harness::start().await;
     let h = tokio::task::spawn_blocking(move || {
         publish_price(&h);
         produce_raw(&h.kafka.brokers, 0, 2000, 4);

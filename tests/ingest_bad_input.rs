@@ -22,7 +22,7 @@ fn with(id: &str, path: &[&str], v: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_precise_4xx_and_produce_nothing() {
-    let h = Harness::start(true).await;
+    let h = Harness::start().await;
     let j = "application/json";
 
     // malformed JSON
@@ -276,7 +276,7 @@ async fn bad_inputs_get_precise_4xx_and_produce_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_route_refuses_missing_and_wrong_tokens() {
-    let h = Harness::start(true).await;
+    let h = Harness::start().await;
     let spec: Value = h
         .client
         .get(format!("{}/openapi.json", h.base))

@@ -95,7 +95,7 @@ fn otlp_request() -> ExportTraceServiceRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_format_arrives_decoded_on_the_raw_topic() {
-    let h = Harness::start(false).await;
+    let h = Harness::start().await;
 
     // native: disjoint buckets as-is
     let native = json!({"event_id": "n-1", "occurred_at": "2026-11-01T10:00:00Z", "provider": "OpenAI", "model": "gpt-4o",

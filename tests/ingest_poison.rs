@@ -11,7 +11,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unproducible_record_is_dead_lettered_and_the_edge_keeps_flowing() {
-    let mut h = Harness::start(true).await;
+    let mut h = Harness::start().await;
     // Restart ingest with a small client-side message size limit.
     h.stop_ingest().await;
     h.kafka

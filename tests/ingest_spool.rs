@@ -20,7 +20,7 @@ fn batch(prefix: &str, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_is_absorbed_by_the_spool_and_drained_exactly_once() {
-    let mut h = Harness::start(true).await;
+    let mut h = Harness::start().await;
     let mut expected = Vec::new();
 
     // 1. broker up: direct

@@ -83,9 +83,9 @@ async fn scrape(client: &reqwest::Client, port: u16) -> String {
     }
 }
 
-pub(super) async fn run(rate: u32, secs: u64, storage: &str) -> anyhow::Result<()> {
+pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (_broker, bootstrap) = super::broker(None, storage, dir.path())?;
+    let (_broker, bootstrap) = super::broker(None, dir.path())?;
     let kafka = KafkaConfig {
         brokers: bootstrap.clone(),
         ..Default::default()

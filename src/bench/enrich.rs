@@ -35,14 +35,13 @@ const ENRICH_GROUP: &str = "meterline-bench-enrich";
 pub(super) async fn run(
     events: usize,
     brokers: Option<String>,
-    storage: &str,
     policy: BatchPolicy,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(events >= 10, "--events must be at least 10");
     // First, while this process has freed nothing the allocator could hand back to the window.
     let per_id = dedup_bytes_per_id(events)?;
     let dir = tempfile::tempdir()?;
-    let (_broker, bootstrap) = super::broker(brokers, storage, dir.path())?;
+    let (_broker, bootstrap) = super::broker(brokers, dir.path())?;
     let kafka = KafkaConfig {
         brokers: bootstrap.clone(),
         ..Default::default()

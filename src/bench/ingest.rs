@@ -21,10 +21,9 @@ pub(super) async fn run(
     batch: usize,
     concurrency: usize,
     brokers: Option<String>,
-    storage: &str,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (_broker, bootstrap) = super::broker(brokers, storage, dir.path())?;
+    let (_broker, bootstrap) = super::broker(brokers, dir.path())?;
     let kafka = KafkaConfig {
         brokers: bootstrap.clone(),
         ..Default::default()

@@ -16,7 +16,7 @@ use meterline_schemas::kafka::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::broker::{Storage, TansuBroker};
+use crate::broker::KafkaBroker;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -37,12 +37,9 @@ pub enum BenchWhat {
         /// Concurrent HTTP requests in flight.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
-        /// Use this cluster instead of a local tansu.
+        /// Use this cluster instead of a local Apache Kafka.
         #[arg(long)]
         brokers: Option<String>,
-        /// Storage of the local tansu: memory (needs tansu built with `dynostore`) or sqlite.
-        #[arg(long, default_value = "memory")]
-        storage: String,
     },
     /// The Parquet sink vs. a bare consumer of the priced topic; then the latency from ingest
     /// to the budget state at a steady rate through the whole pipeline.
@@ -56,12 +53,9 @@ pub enum BenchWhat {
         /// Seconds of the latency run.
         #[arg(long, default_value_t = 20)]
         latency_secs: u64,
-        /// Use this cluster instead of a local tansu.
+        /// Use this cluster instead of a local Apache Kafka.
         #[arg(long)]
         brokers: Option<String>,
-        /// Storage of the local tansu: memory or sqlite.
-        #[arg(long, default_value = "memory")]
-        storage: String,
     },
     /// The monthly chargeback through the API vs. the same hand-written DataFusion SQL on the
     /// same Parquet files (no broker involved).
@@ -78,12 +72,9 @@ pub enum BenchWhat {
         /// Events (all inside the dedup window, so it ends up holding every id).
         #[arg(long, default_value_t = 200_000)]
         events: usize,
-        /// Use this cluster instead of a local tansu.
+        /// Use this cluster instead of a local Apache Kafka.
         #[arg(long)]
         brokers: Option<String>,
-        /// Storage of the local tansu: memory or sqlite.
-        #[arg(long, default_value = "memory")]
-        storage: String,
         /// Records per transaction, both sides (default: enrich's default).
         #[arg(long)]
         txn_max_records: Option<usize>,
@@ -93,21 +84,13 @@ pub enum BenchWhat {
     },
 }
 
-/// The cluster to run on: `brokers`, else a local tansu (kept alive by the returned handle).
-fn broker(
-    brokers: Option<String>,
-    storage: &str,
-    dir: &Path,
-) -> anyhow::Result<(Option<TansuBroker>, String)> {
+/// The cluster to run on: `brokers`, else a local Apache Kafka with its data in `dir/kafka`
+/// (Kafka has no in-memory mode; a temp dir is the closest), kept alive by the returned handle.
+fn broker(brokers: Option<String>, dir: &Path) -> anyhow::Result<(Option<KafkaBroker>, String)> {
     if let Some(b) = brokers {
         return Ok((None, b));
     }
-    let storage = match storage {
-        "memory" => Storage::Memory,
-        "sqlite" => Storage::Sqlite(dir.join("bench.db")),
-        other => anyhow::bail!("--storage {other}: use memory or sqlite"),
-    };
-    let b = TansuBroker::start(storage, dir)?;
+    let b = KafkaBroker::start(&dir.join("kafka"))?;
     let bootstrap = b.bootstrap();
     Ok((Some(b), bootstrap))
 }
@@ -119,18 +102,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             batch,
             concurrency,
             brokers,
-            storage,
-        } => ingest::run(events, batch, concurrency, brokers, &storage).await,
+        } => ingest::run(events, batch, concurrency, brokers).await,
         BenchWhat::Aggregate {
             events,
             latency_rate,
             latency_secs,
             brokers,
-            storage,
         } => {
-            aggregate::run(events, brokers, &storage).await?;
+            aggregate::run(events, brokers).await?;
             if latency_rate > 0 {
-                budget::run(latency_rate, latency_secs, &storage).await?;
+                budget::run(latency_rate, latency_secs).await?;
             }
             Ok(())
         }
@@ -138,7 +119,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWhat::Enrich {
             events,
             brokers,
-            storage,
             txn_max_records,
             txn_max_ms,
         } => {
@@ -147,7 +127,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 max_records: txn_max_records.unwrap_or(d.txn_max_records),
                 max_age: Duration::from_millis(txn_max_ms.unwrap_or(d.txn_max_ms)),
             };
-            enrich::run(events, brokers, &storage, policy).await
+            enrich::run(events, brokers, policy).await
         }
     }
 }

@@ -1,17 +1,23 @@
-//! Harness for end-to-end tests: a real tansu broker (child process), the ingest stage
-//! in-process on port 0, and a reader that drains a topic up to its high watermarks.
+//! Harness for end-to-end tests: a real Apache Kafka broker (child process, one per test
+//! binary), the ingest stage in-process on port 0, and a reader that drains a topic up to its
+//! high watermarks.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use meterline::broker::{Storage, TansuBroker};
+use meterline::broker::KafkaBroker;
 use meterline_ingest::{App, IngestConfig, SpoolConfig};
 use meterline_schemas::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::kafka::KafkaConfig;
 use meterline_schemas::{topics, AvroRecord, UsageEvent};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -20,12 +26,181 @@ pub const FINANCE_TOKEN: &str = "finance-secret";
 
 pub struct Harness {
     pub dir: tempfile::TempDir,
-    pub broker: TansuBroker,
+    /// The binary's broker (see [`SharedBroker`]); this test has it to itself.
+    pub broker: SharedBroker,
     pub kafka: KafkaConfig,
     pub base: String,
     pub stop: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<()>>,
     pub client: reqwest::Client,
+    /// Held for the test's life: the tests of one binary run one after another (declared
+    /// last, so it is released after everything above has been dropped).
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// One Apache Kafka per test binary, started by the first test that needs it and killed when
+/// the binary exits (it is also SIGKILLed by the kernel if the binary dies: see
+/// `meterline::broker`).
+///
+/// Sharing it is only correct one test at a time: every stage uses the fixed topic names
+/// (`meterline.usage.raw`, …) and fixed consumer groups / transactional ids
+/// (`meterline-enrich`, `meterline-enrich-p0`, …), and the tests assert exact topic contents
+/// ("every id exactly once", "the raw topic holds exactly these events") and kill or restart
+/// the broker (`ingest_spool`). So [`Harness::start`] takes a process-wide turn (an async
+/// mutex, held until the `Harness` is dropped) and gives each test a clean broker: every
+/// topic and consumer group the previous test left is deleted (Kafka drops a deleted topic's
+/// committed offsets with it) and a killed broker is restarted. A transaction a killed stage
+/// left open dies with its topic; its transactional id is fenced by the next stage that
+/// claims it, as in production.
+pub struct SharedBroker(&'static Mutex<KafkaBroker>);
+
+impl SharedBroker {
+    fn lock(&self) -> MutexGuard<'static, KafkaBroker> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.lock().bootstrap()
+    }
+
+    /// SIGKILL, as a crash or outage would.
+    pub fn kill(&self) {
+        self.lock().kill()
+    }
+
+    /// Back on the same port and data; returns once it answers metadata.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.lock().restart()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.lock().log_path()
+    }
+}
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static BROKER: OnceLock<Mutex<KafkaBroker>> = OnceLock::new();
+static BROKER_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// The binary's broker, started on first use (blocking: call from a blocking context).
+fn shared_broker() -> &'static Mutex<KafkaBroker> {
+    BROKER.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("meterline-kafka-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        BROKER_DIR.set(dir.clone()).unwrap();
+        extern "C" fn at_exit() {
+            // Statics are never dropped: kill the broker and remove its files here.
+            if let Some(b) = BROKER.get() {
+                match b.try_lock() {
+                    Ok(mut b) => b.kill(),
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().kill(),
+                    Err(_) => {}
+                }
+            }
+            if std::env::var_os("KEEP_KAFKA_TEST_DIR").is_none() {
+                if let Some(d) = BROKER_DIR.get() {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+        }
+        unsafe { libc::atexit(at_exit) };
+        let t0 = Instant::now();
+        let b = KafkaBroker::start(&dir).expect("Apache Kafka starts (scripts/setup fetches it)");
+        eprintln!(
+            "Apache Kafka on {} ready in {:.1} s (log: {}, kept with KEEP_KAFKA_TEST_DIR=1)",
+            b.bootstrap(),
+            t0.elapsed().as_secs_f64(),
+            b.log_path().display()
+        );
+        Mutex::new(b)
+    })
+}
+
+/// Deletes every topic and consumer group (internal topics aside) and waits until the broker
+/// no longer lists them; restarts the broker if a test left it killed.
+async fn clean_broker() -> String {
+    let bootstrap = tokio::task::spawn_blocking(|| {
+        let mut b = shared_broker().lock().unwrap_or_else(|e| e.into_inner());
+        if !b.is_running() {
+            b.restart().expect("Apache Kafka restarts");
+        }
+        b.bootstrap()
+    })
+    .await
+    .unwrap();
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let (topics, groups) = listing(&bootstrap).await;
+    if !topics.is_empty() {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        for r in admin.delete_topics(&names, &opts).await.unwrap() {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((t, e)) => panic!("deleting topic {t}: {e}"),
+            }
+        }
+    }
+    // A group whose last member was SIGKILLed stays non-empty until its session times out.
+    let mut groups = groups;
+    let t0 = Instant::now();
+    while !groups.is_empty() {
+        let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+        let mut left = Vec::new();
+        for r in admin.delete_groups(&names, &opts).await.unwrap() {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
+                Err((g, RDKafkaErrorCode::NonEmptyGroup)) => left.push(g),
+                Err((g, e)) => panic!("deleting group {g}: {e}"),
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "groups still have members: {left:?}"
+        );
+        if !left.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        groups = left;
+    }
+    eventually(Duration::from_secs(30), "deleted topics gone", || async {
+        listing(&bootstrap).await.0.is_empty()
+    })
+    .await;
+    bootstrap
+}
+
+/// The broker's non-internal topics and its consumer groups.
+async fn listing(bootstrap: &str) -> (Vec<String>, Vec<String>) {
+    let bootstrap = bootstrap.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        let topics = md
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|n| !n.starts_with("__"))
+            .collect();
+        let groups = c
+            .fetch_group_list(None, Duration::from_secs(10))
+            .unwrap()
+            .groups()
+            .iter()
+            .map(|g| g.name().to_string())
+            .collect();
+        (topics, groups)
+    })
+    .await
+    .unwrap()
 }
 
 pub fn ingest_config(dir: &std::path::Path) -> IngestConfig {
@@ -59,25 +234,25 @@ pub fn ingest_config(dir: &std::path::Path) -> IngestConfig {
 }
 
 impl Harness {
-    pub async fn start(storage_sqlite: bool) -> Harness {
+    /// Waits for this binary's broker (see [`SharedBroker`]), cleans it, starts ingest.
+    pub async fn start() -> Harness {
+        let turn = TURN.lock().await;
+        let bootstrap = clean_broker().await;
         let dir = tempfile::tempdir().unwrap();
-        // sqlite: durable across broker restarts (memory:// needs tansu built with `dynostore`).
-        let _ = storage_sqlite;
-        let storage = Storage::Sqlite(dir.path().join("broker.db"));
-        let broker = TansuBroker::start(storage, dir.path()).expect("tansu starts");
         let kafka = KafkaConfig {
-            brokers: broker.bootstrap(),
+            brokers: bootstrap,
             usage_partitions: 2,
             ..Default::default()
         };
         let mut h = Harness {
             dir,
-            broker,
+            broker: SharedBroker(shared_broker()),
             kafka,
             base: String::new(),
             stop: CancellationToken::new(),
             task: None,
             client: reqwest::Client::new(),
+            _turn: turn,
         };
         h.start_ingest().await;
         h
@@ -169,6 +344,13 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // Ingest stops before the next test's turn cleans the broker.
+        self.stop.cancel();
+    }
+}
+
 /// Reads every record of `topic` from the beginning up to the high watermarks.
 pub fn drain_topic(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
     let c: BaseConsumer = rdkafka::ClientConfig::new()
@@ -236,7 +418,7 @@ where
 
 /// `meterline <stage>` as a child process on the harness's broker, with `settings`
 /// (`METERLINE_<SECTION>__<KEY>` pairs) and its output appended to `log` — for tests that kill
-/// it with SIGKILL.
+/// it with SIGKILL. Its log filter is `$STAGE_RUST_LOG`, else `info,rdkafka=warn`.
 pub fn spawn_stage(
     h: &Harness,
     stage: &str,
@@ -256,7 +438,10 @@ pub fn spawn_stage(
             h.kafka.usage_partitions.to_string(),
         )
         .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "info,rdkafka=warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("STAGE_RUST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
         .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
         .stderr(std::process::Stdio::from(log))
         .spawn()
