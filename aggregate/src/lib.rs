@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_schemas::telemetry::{Backoff, Readiness};
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +40,13 @@ pub enum Error {
     #[error("{0}")]
     Fatal(String),
     #[error("kafka: {0}")]
-    Kafka(String),
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker did not answer in time, or not what a healthy group answers: retried.
+    #[error("{0}")]
+    Broker(String),
+    /// Topic provisioning or a contract-level Kafka call of `meterline-schemas` failed.
+    #[error("topics: {0}")]
+    Topics(#[source] meterline_schemas::Error),
     #[error("config: {0}")]
     Config(String),
 }
@@ -48,17 +55,27 @@ impl Error {
     pub fn io(e: impl std::fmt::Display) -> Error {
         Error::Io(e.to_string())
     }
-    pub fn kafka(e: impl std::fmt::Display) -> Error {
-        Error::Kafka(e.to_string())
+    pub fn kafka(e: rdkafka::error::KafkaError) -> Error {
+        Error::Kafka(e)
+    }
+
+    /// Whether waiting and trying again can help: broker faults, a failing disk write.
+    /// A corrupt ledger file, configuration and fatal Kafka errors cannot be waited out.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Kafka(e) => meterline_schemas::kafka::retryable(e),
+            Error::Broker(_) | Error::Topics(_) | Error::Io(_) => true,
+            Error::Corrupt(_) | Error::Fatal(_) | Error::Config(_) => false,
+        }
     }
 }
 
-/// The aggregate stage: ledger recovered, consumer subscribed, metrics served.
+/// The aggregate stage: configuration checked, metrics served; `run_until_stopped` recovers the
+/// ledger and runs the sink, the budget tracker and alert delivery under a supervisor.
 pub struct App {
-    stage: stage::Stage,
-    tracker: Option<spend::SpendTracker>,
+    cfg: AggregateConfig,
     kafka: KafkaConfig,
-    alerts: Option<config::AlertsConfig>,
+    ready: Readiness,
     local_addr: SocketAddr,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
@@ -68,44 +85,19 @@ impl App {
     pub async fn build(kafka: &KafkaConfig, cfg: AggregateConfig) -> Result<App, Error> {
         cfg.validate()?;
         kafka.validate().map_err(|e| Error::Config(e.to_string()))?;
-        if kafka.create_topics {
-            ensure_topics(kafka, &topics::all(kafka.usage_partitions))
-                .await
-                .map_err(Error::kafka)?;
-        }
         let stop = CancellationToken::new();
-        let metrics = meterline_schemas::telemetry::serve_metrics(&cfg.listen, stop.clone())
-            .await
-            .map_err(Error::io)?;
-        let (local_addr, server) = (metrics.local_addr, metrics.task);
-        let ledger = Arc::new(ledger::Ledger::open(&cfg.data_dir)?);
-        let alerts = cfg.alerts.enabled.then(|| cfg.alerts.clone());
-        let tracker = if cfg.budgets {
-            let (kafka2, ledger2, stop2) = (kafka.clone(), ledger.clone(), stop.clone());
-            let data_dir = cfg.data_dir.clone();
-            Some(
-                tokio::task::spawn_blocking(move || {
-                    spend::SpendTracker::new(&kafka2, ledger2, data_dir, stop2)
-                })
+        let ready = Readiness::starting();
+        let metrics =
+            meterline_schemas::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
                 .await
-                .map_err(Error::io)??,
-            )
-        } else {
-            None
-        };
-        let (kafka2, stop2) = (kafka.clone(), stop.clone());
-        let stage =
-            tokio::task::spawn_blocking(move || stage::Stage::new(&kafka2, cfg, ledger, stop2))
-                .await
-                .map_err(Error::io)??;
+                .map_err(Error::io)?;
         Ok(App {
-            stage,
-            tracker,
+            cfg,
             kafka: kafka.clone(),
-            alerts,
-            local_addr,
+            ready,
+            local_addr: metrics.local_addr,
             stop,
-            server,
+            server: metrics.task,
         })
     }
 
@@ -119,44 +111,114 @@ impl App {
         self.stop.clone()
     }
 
-    /// Runs the Parquet writer, the budget tracker and alert delivery until `stop` (or until
-    /// one of them fails, which stops the others).
+    /// Runs the Parquet writer, the budget tracker and alert delivery until `stop`. A
+    /// retryable error in any of them (broker faults, a failing write) restarts all three
+    /// after a backoff, from the ledger and the topics as they are (each resumes exactly where
+    /// its durable state ends); `/healthz` says why meanwhile. Other errors end it.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
-        let stop = self.stop.clone();
-        let tracker = self.tracker.map(|t| {
-            let stop = stop.clone();
-            tokio::task::spawn_blocking(move || {
-                let r = t.run();
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "budget tracker stopped");
-                    stop.cancel();
+        let App {
+            cfg,
+            kafka,
+            ready,
+            stop,
+            server,
+            ..
+        } = self;
+        let stop2 = stop.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut backoff = Backoff::default();
+            loop {
+                let attempt = stop2.child_token();
+                let started = std::time::Instant::now();
+                let r = run_once(&runtime, &kafka, &cfg, &ready, attempt.clone());
+                attempt.cancel();
+                match r {
+                    Ok(()) if stop2.is_cancelled() => return Ok(()),
+                    Ok(()) => {} // a part ended because another failed and was restarted
+                    Err(e) if e.is_retryable() => {
+                        ready.not_ready(e.to_string());
+                        metrics::counter!(meterline_schemas::metric_names::AGGREGATE_STAGE_RESTARTS)
+                            .increment(1);
+                        tracing::warn!(error = %e, "aggregate: retryable error; restarting after a backoff");
+                        if started.elapsed() > std::time::Duration::from_secs(60) {
+                            backoff.reset();
+                        }
+                    }
+                    Err(e) => return Err(e),
                 }
-                r
-            })
-        });
-        let alerts = self.alerts.map(|cfg| {
-            let (kafka, stop) = (self.kafka.clone(), stop.clone());
-            tokio::spawn(async move {
-                let r = alerts::run(kafka, cfg, stop.clone()).await;
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "alert delivery stopped");
+                if !backoff.wait(&stop2) {
+                    return Ok(());
                 }
-                r
-            })
-        });
-        let stage = self.stage;
-        let result = tokio::task::spawn_blocking(move || stage.run())
-            .await
-            .map_err(Error::io)?;
+            }
+        })
+        .await
+        .map_err(Error::io)?;
         stop.cancel();
-        let tracked = match tracker {
-            Some(t) => t.await.map_err(Error::io)?,
-            None => Ok(()),
-        };
-        if let Some(a) = alerts {
-            let _ = a.await;
-        }
-        let _ = self.server.await;
-        result.and(tracked)
+        let _ = server.await;
+        result
     }
+}
+
+/// One attempt: topics, ledger recovery, then the sink, tracker and alerts until one of them
+/// ends (which ends the others: `stop` is this attempt's token).
+fn run_once(
+    runtime: &tokio::runtime::Handle,
+    kafka: &KafkaConfig,
+    cfg: &AggregateConfig,
+    ready: &Readiness,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    if kafka.create_topics {
+        runtime
+            .block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))
+            .map_err(Error::Topics)?;
+    }
+    let ledger = Arc::new(ledger::Ledger::open(&cfg.data_dir)?);
+    let tracker = if cfg.budgets {
+        Some(spend::SpendTracker::new(
+            kafka,
+            ledger.clone(),
+            cfg.data_dir.clone(),
+            stop.clone(),
+        )?)
+    } else {
+        None
+    };
+    let stage = stage::Stage::new(kafka, cfg.clone(), ledger, stop.clone())?;
+    ready.ready();
+    let tracker = tracker.map(|t| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let r = t.run();
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "budget tracker stopped");
+            }
+            stop.cancel();
+            r
+        })
+    });
+    let alerts = cfg.alerts.enabled.then(|| {
+        let (kafka, alerts, stop) = (kafka.clone(), cfg.alerts.clone(), stop.clone());
+        runtime.spawn(async move {
+            let r = alerts::run(kafka, alerts, stop.clone()).await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "alert delivery stopped");
+            }
+            stop.cancel();
+            r
+        })
+    });
+    let result = stage.run();
+    stop.cancel();
+    let tracked = match tracker {
+        Some(t) => t
+            .join()
+            .map_err(|_| Error::Fatal("budget tracker panicked".into()))?,
+        None => Ok(()),
+    };
+    if let Some(a) = alerts {
+        let _ = runtime.block_on(a);
+    }
+    result.and(tracked)
 }

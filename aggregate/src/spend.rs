@@ -101,7 +101,9 @@ pub fn read_to_end(c: &BaseConsumer, topic: &str) -> Result<(Vec<Vec<u8>>, i64),
         .all(|(p, hi)| next.get(p).is_some_and(|n| n >= hi))
     {
         if Instant::now() > deadline {
-            return Err(Error::Kafka(format!("{topic} not read to its end in 60 s")));
+            return Err(Error::Broker(format!(
+                "{topic} not read to its end in 60 s"
+            )));
         }
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {

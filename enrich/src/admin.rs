@@ -276,7 +276,7 @@ fn read_rejected(c: &BaseConsumer, all: bool) -> Result<Vec<RejectedRecord>, Err
                 break;
             }
             if std::time::Instant::now() > deadline {
-                return Err(Error::Kafka("reading the rejected topic timed out".into()));
+                return Err(Error::Broker("reading the rejected topic timed out".into()));
             }
             let Some(m) = c.poll(Duration::from_millis(200)) else {
                 continue;
@@ -373,7 +373,7 @@ pub fn replay(kafka: &KafkaConfig) -> Result<Replay, Error> {
     // Not-replayable records stay readable with `rejected list --all`.
     let meta = c
         .group_metadata()
-        .ok_or_else(|| Error::Kafka("no group metadata".into()))?;
+        .ok_or_else(|| Error::Broker("no consumer group metadata (not in a group yet)".into()))?;
     p.send_offsets_to_transaction(&offsets, &meta, t)
         .map_err(Error::kafka)?;
     p.commit_transaction(t).map_err(Error::kafka)?;

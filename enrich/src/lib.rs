@@ -27,13 +27,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_schemas::metric_names as m;
+use meterline_schemas::telemetry::{Backoff, Readiness};
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
 pub use config::EnrichConfig;
 
-/// Errors of the enrich stage.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Errors of the enrich stage. The stage's supervisor branches on [`Error::is_retryable`]:
+/// a retryable error restarts the stage's Kafka work after a backoff (exactly-once makes that
+/// the same as a process restart), anything else ends the process with the reason.
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No rate for a unit the event uses: the event is rejected with this reason, never priced at 0.
     #[error("no {unit} rate (tier {tier}) in price {price_id}")]
@@ -53,29 +57,51 @@ pub enum Error {
         rate: String,
     },
     #[error("kafka: {0}")]
-    Kafka(String),
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker did not answer in time, or not what a healthy group answers: retried.
+    #[error("{0}")]
+    Broker(String),
+    /// Topic provisioning or a contract-level Kafka call of `meterline-schemas` failed.
+    #[error("topics: {0}")]
+    Topics(#[source] meterline_schemas::Error),
     #[error("codec: {0}")]
-    Codec(String),
+    Codec(#[source] meterline_schemas::Error),
     #[error("config: {0}")]
     Config(String),
     #[error("reference data: {0}")]
     Reference(String),
-    #[error("{0}")]
-    Io(String),
+    #[error("metrics server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stage task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Error {
-    pub fn kafka(e: impl std::fmt::Display) -> Error {
-        Error::Kafka(e.to_string())
+    pub fn kafka(e: rdkafka::error::KafkaError) -> Error {
+        Error::Kafka(e)
     }
-    pub fn codec(e: impl std::fmt::Display) -> Error {
-        Error::Codec(e.to_string())
+    pub fn codec(e: meterline_schemas::Error) -> Error {
+        Error::Codec(e)
+    }
+
+    /// Whether waiting and trying again can help (a broker that is down, restarting, electing
+    /// leaders, loading a coordinator, or slow). Configuration, authorisation, fencing and bugs
+    /// cannot be waited out.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Kafka(e) => meterline_schemas::kafka::retryable(e),
+            Error::Broker(_) | Error::Reference(_) | Error::Topics(_) => true,
+            _ => false,
+        }
     }
 }
 
-/// The enrich stage: reference data loaded, consumer subscribed, metrics served.
+/// The enrich stage: configuration checked, metrics served; `run_until_stopped` does the rest
+/// under a supervisor.
 pub struct App {
-    stage: stage::Stage,
+    kafka: KafkaConfig,
+    cfg: EnrichConfig,
+    ready: Readiness,
     local_addr: SocketAddr,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
@@ -85,32 +111,18 @@ impl App {
     pub async fn build(kafka: &KafkaConfig, cfg: EnrichConfig) -> Result<App, Error> {
         cfg.validate()?;
         kafka.validate().map_err(|e| Error::Config(e.to_string()))?;
-        if kafka.create_topics {
-            ensure_topics(kafka, &topics::all(kafka.usage_partitions))
-                .await
-                .map_err(Error::kafka)?;
-        }
         let stop = CancellationToken::new();
-        let metrics = meterline_schemas::telemetry::serve_metrics(&cfg.listen, stop.clone())
-            .await
-            .map_err(|e| Error::Io(e.to_string()))?;
-        let (local_addr, server) = (metrics.local_addr, metrics.task);
-        let (kafka2, cfg2, stop2) = (kafka.clone(), cfg.clone(), stop.clone());
-        let stage = tokio::task::spawn_blocking(move || {
-            let reference = reference::load_and_follow(
-                &kafka2,
-                Duration::from_millis(cfg2.reference_load_timeout_ms),
-                stop2.clone(),
-            )?;
-            stage::Stage::new(kafka2, cfg2, reference, stop2)
-        })
-        .await
-        .map_err(|e| Error::Io(e.to_string()))??;
+        let ready = Readiness::starting();
+        let metrics =
+            meterline_schemas::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
+                .await?;
         Ok(App {
-            stage,
-            local_addr,
+            kafka: kafka.clone(),
+            cfg,
+            ready,
+            local_addr: metrics.local_addr,
             stop,
-            server,
+            server: metrics.task,
         })
     }
 
@@ -124,13 +136,73 @@ impl App {
         self.stop.clone()
     }
 
+    /// Provisions topics, loads the reference data, and prices until stopped. A retryable
+    /// error (the broker down, restarting, slow) restarts that work after a backoff, with
+    /// `/healthz` saying why meanwhile; only an error no wait can cure ends it.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
-        let stop = self.stop.clone();
-        let result = tokio::task::spawn_blocking(move || self.stage.run())
-            .await
-            .map_err(|e| Error::Io(e.to_string()))?;
+        let App {
+            kafka,
+            cfg,
+            ready,
+            stop,
+            server,
+            ..
+        } = self;
+        let stop2 = stop.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut backoff = Backoff::default();
+            loop {
+                // 1. Each attempt owns its follower thread and clients: a child token ends
+                //    them when the attempt does.
+                let attempt = stop2.child_token();
+                let started = std::time::Instant::now();
+                let r = run_once(&runtime, &kafka, &cfg, &ready, attempt.clone());
+                attempt.cancel();
+                match r {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_retryable() => {
+                        ready.not_ready(e.to_string());
+                        metrics::counter!(m::ENRICH_STAGE_RESTARTS).increment(1);
+                        tracing::warn!(error = %e, "enrich: retryable error; restarting after a backoff");
+                        // 2. A run that lasted was healthy: start the backoff again.
+                        if started.elapsed() > Duration::from_secs(60) {
+                            backoff.reset();
+                        }
+                        if !backoff.wait(&stop2) {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await?;
         stop.cancel();
-        let _ = self.server.await;
+        let _ = server.await;
         result
     }
+}
+
+/// One attempt: topics, reference data, the stage loop.
+fn run_once(
+    runtime: &tokio::runtime::Handle,
+    kafka: &KafkaConfig,
+    cfg: &EnrichConfig,
+    ready: &Readiness,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    if kafka.create_topics {
+        runtime
+            .block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))
+            .map_err(Error::Topics)?;
+    }
+    let reference = reference::load_and_follow(
+        kafka,
+        Duration::from_millis(cfg.reference_load_timeout_ms),
+        stop.clone(),
+    )?;
+    let stage = stage::Stage::new(kafka.clone(), cfg.clone(), reference, stop)?;
+    ready.ready();
+    stage.run()
 }

@@ -533,10 +533,9 @@ impl Stage {
     fn commit(&mut self, p: i32) -> Result<(), Error> {
         let t0 = Instant::now();
         let timeout = txn_timeout(&self.cfg);
-        let meta = self
-            .consumer
-            .group_metadata()
-            .ok_or_else(|| Error::Kafka("no consumer group metadata".into()))?;
+        let meta = self.consumer.group_metadata().ok_or_else(|| {
+            Error::Broker("no consumer group metadata (not in a group yet)".into())
+        })?;
         let owned = self.owned.get_mut(&p).expect("owned partition");
         let batch = owned.batch.clone().expect("open batch");
         let mut offsets = TopicPartitionList::new();

@@ -49,7 +49,7 @@ fn read_range(c: &BaseConsumer, p: i32, from: i64, to: i64) -> Result<Vec<Seen>,
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         if std::time::Instant::now() > deadline {
-            return Err(Error::Kafka(format!(
+            return Err(Error::Broker(format!(
                 "reading {}[{p}] {from}..{to} timed out",
                 topics::USAGE_PRICED
             )));

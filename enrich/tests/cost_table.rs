@@ -944,13 +944,13 @@ fn check(case: &Case) -> Vec<String> {
                 unit,
                 tier: tier.to_string(),
             };
-            if e != want {
+            if format!("{e:?}") != format!("{want:?}") {
                 bad.push(format!("got error {e:?}, want {want:?}"));
             }
         }
         (Expect::Overflow(what), Err(e)) => {
             let want = Error::Overflow { what };
-            if e != want {
+            if format!("{e:?}") != format!("{want:?}") {
                 bad.push(format!("got error {e:?}, want {want:?}"));
             }
         }

@@ -137,3 +137,29 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
     }
     Ok(())
 }
+
+/// librdkafka's verdict on an error, for the stage supervisors: only a few kinds are fatal.
+pub fn retryable(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::KafkaError as K;
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e {
+        K::ClientConfig(..) | K::ClientCreation(_) | K::Subscription(_) => false,
+        K::Transaction(r) => !r.is_fatal(),
+        _ => !matches!(
+            e.rdkafka_error_code(),
+            Some(
+                C::Fatal
+                    | C::Fenced
+                    | C::ProducerFenced
+                    | C::InvalidProducerEpoch
+                    | C::InvalidConfig
+                    | C::TopicAuthorizationFailed
+                    | C::GroupAuthorizationFailed
+                    | C::ClusterAuthorizationFailed
+                    | C::TransactionalIdAuthorizationFailed
+                    | C::SaslAuthenticationFailed
+                    | C::UnsupportedVersion
+            )
+        ),
+    }
+}

@@ -27,6 +27,9 @@ pub const ENRICH_TXN_RECORDS: &str = "meterline_enrich_transaction_records";
 pub const ENRICH_COMMIT_LATENCY: &str = "meterline_enrich_commit_latency_seconds";
 pub const ENRICH_DEDUP_IDS: &str = "meterline_enrich_dedup_window_ids";
 pub const ENRICH_REBUILD_SECONDS: &str = "meterline_enrich_dedup_rebuild_seconds";
+/// Times a stage restarted its Kafka work after a retryable error (broker faults).
+pub const ENRICH_STAGE_RESTARTS: &str = "meterline_enrich_stage_restarts_total";
+pub const AGGREGATE_STAGE_RESTARTS: &str = "meterline_aggregate_stage_restarts_total";
 pub const ENRICH_CONSUMER_LAG: &str = "meterline_enrich_consumer_lag";
 pub const ENRICH_BACKLOG_DRAIN_SECONDS: &str = "meterline_enrich_backlog_drain_seconds";
 pub const ENRICH_REFERENCE_RECORDS: &str = "meterline_enrich_reference_records_total";

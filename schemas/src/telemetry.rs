@@ -41,6 +41,30 @@ pub fn prometheus() -> PrometheusHandle {
     .clone()
 }
 
+/// Whether a stage is doing its work, for `/healthz`: not ready while it starts, and while it
+/// waits out a broker fault (with the reason).
+#[derive(Clone, Default)]
+pub struct Readiness(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl Readiness {
+    /// Starting: not ready until `ready()`.
+    pub fn starting() -> Readiness {
+        Readiness(std::sync::Arc::new(std::sync::Mutex::new(Some(
+            "starting".into(),
+        ))))
+    }
+    pub fn ready(&self) {
+        *self.0.lock().expect("readiness") = None;
+    }
+    pub fn not_ready(&self, why: impl Into<String>) {
+        *self.0.lock().expect("readiness") = Some(why.into());
+    }
+    /// `None` when ready, else why not.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().expect("readiness").clone()
+    }
+}
+
 /// The `/metrics` and `/healthz` server of a stage without its own HTTP API.
 pub struct MetricsServer {
     pub local_addr: SocketAddr,
@@ -49,8 +73,10 @@ pub struct MetricsServer {
 }
 
 /// Binds `listen` (`host:0` picks a free port) and serves until `stop` is cancelled.
+/// `/healthz` answers 200 `ok` while `ready` says so, else 503 with the reason.
 pub async fn serve_metrics(
     listen: &str,
+    ready: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<MetricsServer> {
     let handle = prometheus();
@@ -63,11 +89,59 @@ pub async fn serve_metrics(
             "/metrics",
             axum::routing::get(move || async move { handle.render() }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route(
+            "/healthz",
+            axum::routing::get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready.reason() {
+                        None => (axum::http::StatusCode::OK, "ok".to_string()),
+                        Some(why) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}"),
+                        ),
+                    }
+                }
+            }),
+        );
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;
     });
     Ok(MetricsServer { local_addr, task })
+}
+
+/// Backoff of the stage supervisors: 0.5 s doubling to 30 s, reset after a good run.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: std::time::Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+impl Backoff {
+    /// Waits the current delay (returning early, `false`, when `stop` is cancelled), then
+    /// doubles it up to 30 s.
+    pub fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let until = std::time::Instant::now() + self.next;
+        self.next = (self.next * 2).min(std::time::Duration::from_secs(30));
+        while std::time::Instant::now() < until {
+            if stop.is_cancelled() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        !stop.is_cancelled()
+    }
+
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
 }
