@@ -50,14 +50,23 @@ enum Cmd {
         #[arg(long)]
         date: chrono::NaiveDate,
     },
-    /// Prints the SHA-256 digest of a bearer token, for the `tokens` config.
-    HashToken { token: String },
+    /// Prints the SHA-256 digest of a bearer token, for the `tokens` config. The token is read
+    /// from standard input (`meterline hash-token < token.txt`, or typed): an argument would
+    /// be visible to other users in `ps` and kept in shell history.
+    HashToken {
+        /// Deprecated: the token as an argument (visible in `ps`); prefer standard input.
+        token: Option<String>,
+    },
     /// Benchmarks against a raw baseline measured in the same run.
     Bench(bench::BenchArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Everything meterline writes (ledger, spool, closes, the built-in broker's data, which
+    // inherits it) is its owner's alone: files 0600, directories 0700.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -108,7 +117,21 @@ async fn main() -> anyhow::Result<()> {
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)
         }
-        Cmd::HashToken { token } => Ok(println!("{}", meterline_schemas::auth::hash_token(&token))),
+        Cmd::HashToken { token } => {
+            let token = match token {
+                Some(t) => {
+                    eprintln!("warning: a token given as an argument is visible in `ps` and shell history; pipe it on standard input instead");
+                    t
+                }
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            anyhow::ensure!(!token.is_empty(), "no token on standard input");
+            Ok(println!("{}", meterline_schemas::auth::hash_token(&token)))
+        }
         Cmd::Dev(args) => {
             let external = dev::brokers_configured(cli.config.as_deref());
             dev::run(cfg()?, external, args).await

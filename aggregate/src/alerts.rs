@@ -189,13 +189,16 @@ async fn deliver(
                     && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT
                     && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
             {
-                warn!(url = %target.url, status = %r.status(), "webhook refused the alert; not retrying");
+                warn!(url = %redact(&target.url), status = %r.status(), "webhook refused the alert; not retrying");
                 break;
             }
             Ok(r) => {
-                warn!(url = %target.url, status = %r.status(), attempt, "webhook delivery failed")
+                warn!(url = %redact(&target.url), status = %r.status(), attempt, "webhook delivery failed")
             }
-            Err(e) => warn!(url = %target.url, error = %e, attempt, "webhook delivery failed"),
+            Err(e) => {
+                let e = e.without_url();
+                warn!(url = %redact(&target.url), error = %e, attempt, "webhook delivery failed")
+            }
         }
     }
     metrics::counter!(m::ALERT_DELIVERIES, m::LABEL_OUTCOME => "failed").increment(1);
@@ -233,6 +236,27 @@ fn targets(
         }
     }
     out
+}
+
+/// A webhook URL as logs may show it: scheme and host only. The path and query of a webhook
+/// are its secret (a Slack incoming-webhook URL is the credential).
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let rest = if u.path().len() > 1 || u.query().is_some() {
+                "/…"
+            } else {
+                ""
+            };
+            format!(
+                "{}://{}{port}{rest}",
+                u.scheme(),
+                u.host_str().unwrap_or("?")
+            )
+        }
+        Err(_) => "<unparseable webhook url>".into(),
+    }
 }
 
 /// Runs until `stop`.
@@ -335,6 +359,16 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn webhook_urls_are_redacted_for_logs() {
+        let r = redact("https://hooks.slack.com/services/T000/B000/XXXXSECRET?x=1");
+        assert_eq!(r, "https://hooks.slack.com/…");
+        assert!(!r.contains("SECRET"));
+        assert_eq!(redact("http://ops:8080/"), "http://ops:8080");
+        assert_eq!(redact("not a url"), "<unparseable webhook url>");
+    }
+
     use super::*;
     use meterline_schemas::{Contributor, Scope, ScopeKind};
 

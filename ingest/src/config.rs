@@ -33,6 +33,9 @@ pub struct IngestConfig {
     /// Follow budget signals, budgets and tenants, and answer `/v1/enforcement/*`. Off:
     /// every check answers allow with `ready: false`.
     pub enforcement: bool,
+    /// A connection whose client sends nothing for this long while the edge waits for its
+    /// request (headers or body) is closed: silent or trickling clients hold no connection.
+    pub client_idle_timeout_ms: u64,
 }
 
 /// Where events wait while the broker is unreachable.
@@ -73,6 +76,7 @@ impl Default for IngestConfig {
             spool: SpoolConfig::default(),
             tokens: Vec::new(),
             enforcement: true,
+            client_idle_timeout_ms: 30_000,
         }
     }
 }
@@ -85,6 +89,9 @@ impl IngestConfig {
         }
         if self.source_id.trim().is_empty() {
             return bad("ingest.source_id must not be empty");
+        }
+        if self.client_idle_timeout_ms < 100 {
+            return bad("ingest.client_idle_timeout_ms must be at least 100");
         }
         if self.max_body_bytes < 1024 || self.max_batch_items == 0 {
             return bad("ingest.max_body_bytes must be >= 1024 and max_batch_items >= 1");

@@ -142,6 +142,8 @@ impl App {
         let drainer = tokio::spawn(shared.forwarder.clone().run_drainer(stop.clone()));
         let forwarder = shared.forwarder.clone();
         let s = stop.clone();
+        let idle = Duration::from_millis(shared.cfg.client_idle_timeout_ms);
+        let listener = meterline_schemas::telemetry::IdleTimeoutListener::new(listener, idle);
         axum::serve(listener, http::router(shared))
             .with_graceful_shutdown(async move { s.cancelled().await })
             .await?;

@@ -145,3 +145,74 @@ impl Backoff {
         *self = Backoff::default();
     }
 }
+
+/// A TCP listener for axum whose connections are closed when the client keeps the server
+/// waiting to read for longer than `idle` (a silent or trickling client — slowloris — holds
+/// no connection and no task forever). Writes are not limited: a long streamed answer to a
+/// client that is reading it is not cut.
+pub struct IdleTimeoutListener {
+    inner: tokio::net::TcpListener,
+    idle: std::time::Duration,
+}
+
+impl IdleTimeoutListener {
+    pub fn new(inner: tokio::net::TcpListener, idle: std::time::Duration) -> Self {
+        IdleTimeoutListener { inner, idle }
+    }
+}
+
+impl axum::serve::Listener for IdleTimeoutListener {
+    type Io = std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<tokio::net::TcpStream>>>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let mut s = tokio_io_timeout::TimeoutStream::new(io);
+        s.set_read_timeout(Some(self.idle));
+        (Box::pin(s), addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn silent_clients_are_disconnected_and_others_served() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l = IdleTimeoutListener::new(l, std::time::Duration::from_millis(300));
+        let addr = axum::serve::Listener::local_addr(&l).unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+        let server = tokio::spawn(async move { axum::serve(l, app).await });
+        // a request that never finishes its headers (slowloris)
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf))
+            .await
+            .expect("closed by the server, not left open")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "connection closed without an answer");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+        // a client that sends its request is answered as usual
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        ok.read_to_string(&mut out).await.unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.ends_with("hi"),
+            "{out}"
+        );
+        server.abort();
+    }
+}
