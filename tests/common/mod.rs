@@ -190,13 +190,17 @@ async fn listing(bootstrap: &str) -> (Vec<String>, Vec<String>) {
             .map(|t| t.name().to_string())
             .filter(|n| !n.starts_with("__"))
             .collect();
-        let groups = c
-            .fetch_group_list(None, Duration::from_secs(10))
-            .unwrap()
-            .groups()
-            .iter()
-            .map(|g| g.name().to_string())
-            .collect();
+        // Right after a (re)start the group coordinator may still be loading its partitions.
+        let t0 = Instant::now();
+        let groups = loop {
+            match c.fetch_group_list(None, Duration::from_secs(10)) {
+                Ok(l) => break l.groups().iter().map(|g| g.name().to_string()).collect(),
+                Err(_) if t0.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("listing consumer groups: {e}"),
+            }
+        };
         (topics, groups)
     })
     .await
