@@ -148,7 +148,17 @@ impl TenantDirectory {
         }
         match best {
             Some(r) => (r.tenant.clone(), Some(r.rule_id.as_str())),
-            None => (unattributed(), None),
+            // No rule: what the (authenticated) gateway says about the owner stands; only what
+            // nobody says is `unattributed`.
+            None => (
+                TenantPath {
+                    org: event.org_id.clone().unwrap_or_else(|| UNATTRIBUTED.into()),
+                    team: event.team_id.clone(),
+                    project: event.project_id.clone(),
+                    ..unattributed()
+                },
+                None,
+            ),
         }
     }
 
@@ -445,6 +455,21 @@ mod tests {
         let d = directory();
         let (p, rule) = d.resolve(&event(Some("nobody"), None, t(2, 1)));
         assert_eq!((p.org.as_str(), rule), (UNATTRIBUTED, None));
+        // no rule, but the event names its owner: that stands
+        let mut e = event(Some("nobody"), Some("ml-infra"), t(2, 1));
+        e.org_id = Some("globex".into());
+        e.project_id = Some("p9".into());
+        let (p, rule) = d.resolve(&e);
+        assert_eq!(rule, None);
+        assert_eq!(
+            (
+                p.org.as_str(),
+                p.team.as_deref(),
+                p.project.as_deref(),
+                p.cost_center
+            ),
+            ("globex", Some("ml-infra"), Some("p9"), None)
+        );
         // before the rules took effect
         let (p, _) = d.resolve(&event(
             Some("key-1"),

@@ -1,13 +1,17 @@
 //! The edge's promise, as properties over every adapter: an accepted item bills something
-//! (a billable quantity, within range) and survives the wire (Avro encode → decode equal);
+//! (a billable quantity, within range), survives the wire (Avro encode → decode equal) and
+//! prices (with a rate for every unit: a cost, never an undecodable/no-quantity rejection);
 //! a refused item names a reason. Inputs are real samples (tests/fixtures, with attribution
 //! there) mutated at random — a leaf replaced by a random JSON value, a key removed — plus
 //! random objects over each format's own field names, so the generator reaches the code paths
 //! real payloads do.
 
 use chrono::Utc;
+use meterline_enrich::price_book::PriceBook;
+use meterline_enrich::pricing::enrich;
+use meterline_enrich::tenants::TenantDirectory;
 use meterline_ingest::adapters::{cloudevents, litellm, native, Ctx, FieldError};
-use meterline_schemas::{AvroRecord, UsageEvent};
+use meterline_schemas::{AvroRecord, PriceChange, Rate, UsageEvent};
 use proptest::prelude::*;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -159,6 +163,52 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A price for the event's own (provider, model) with every unit at 0.001.
+fn full_card(e: &UsageEvent) -> PriceBook {
+    use meterline_enrich::cost::unit::*;
+    let at = chrono::DateTime::from_timestamp(0, 0).unwrap();
+    let rates = [
+        INPUT,
+        OUTPUT,
+        CACHE_READ,
+        CACHE_WRITE_5M,
+        CACHE_WRITE_1H,
+        REASONING,
+        AUDIO_INPUT,
+        AUDIO_OUTPUT,
+        IMAGE,
+        SECOND,
+        CHARACTER,
+        REQUEST,
+    ]
+    .iter()
+    .map(|u| Rate {
+        unit: u.to_string(),
+        tier: "standard".into(),
+        above_input_tokens: 0,
+        price: "0.001".parse().unwrap(),
+    })
+    .collect();
+    let mut b = PriceBook::new();
+    b.apply(PriceChange {
+        price_id: "p".into(),
+        version: 1,
+        provider: e.provider.clone(),
+        model: e.model.clone(),
+        aliases: vec![],
+        currency: "USD".into(),
+        rates,
+        effective_from: at,
+        effective_to: None,
+        deleted: false,
+        author: "t".into(),
+        reason: String::new(),
+        source: String::new(),
+        changed_at: at,
+    });
+    b
+}
+
 /// The property itself, for one decoded item.
 fn check(name: &str, item: &Value, r: Result<UsageEvent, FieldError>) -> Result<(), TestCaseError> {
     match r {
@@ -177,7 +227,20 @@ fn check(name: &str, item: &Value, r: Result<UsageEvent, FieldError>) -> Result<
                     "{name}: accepted but does not decode ({x}): {item}"
                 ))
             })?;
-            prop_assert_eq!(back, e, "{}: not equal after the wire: {}", name, item);
+            prop_assert_eq!(&back, &e, "{}: not equal after the wire: {}", name, item);
+            // ... and prices: with a rate for every unit, the only refusals left are the
+            // arithmetic guards, never "undecodable", "no_quantity" or "no_rate".
+            let book = full_card(&e);
+            match enrich(back, &book, &TenantDirectory::new(), Utc::now()) {
+                Ok(p) => prop_assert!(!p.cost.total.is_zero() || e.cache_hit, "{name}: $0: {item}"),
+                Err(r) => prop_assert!(
+                    r.code == "zero_cost" || r.code == "overflow",
+                    "{name}: accepted but not billable ({} {}: {}): {item}",
+                    r.code,
+                    r.field,
+                    r.reason
+                ),
+            }
         }
         Err(f) => prop_assert!(!f.reason.is_empty(), "{name}: refusal without a reason"),
     }
