@@ -346,6 +346,49 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     );
     enrich.stop().await;
 
+    // The operator's view, through the binary: how a name resolves, and the rejected queue.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+            .args(args)
+            .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
+            .env_remove("METERLINE_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = cli(&[
+        "prices",
+        "resolve",
+        "openai",
+        "openai/gpt-4o-2024-08-06",
+        "--at",
+        "2026-02-01T00:00:00Z",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("openai/gpt-4o v2") && text.contains("by snapshot_stripped"),
+        "{text}"
+    );
+    let (ok, text) = cli(&["prices", "resolve", "gmi", "gpt-4o"]);
+    assert!(
+        !ok && text.contains("no price for gmi/gpt-4o"),
+        "another provider's price never applies: {text}"
+    );
+    let (ok, text) = cli(&["rejected", "list", "--all", "--json"]);
+    assert!(ok, "{text}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(listed.len(), 3, "{text}");
+    assert!(
+        listed
+            .iter()
+            .all(|r| r["replayed"] == true && r["replayable"] == true),
+        "{text}"
+    );
+
     let all = priced(&h).await;
     let mut by_id: HashMap<&str, Vec<&PricedUsage>> = HashMap::new();
     for p in &all {

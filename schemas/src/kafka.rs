@@ -135,7 +135,52 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
             }
         }
     }
-    Ok(())
+    // Apache Kafka answers CreateTopics before every partition has a leader: a client that
+    // reads or writes right away gets NotLeaderForPartition / LeaderNotAvailable. Ready means
+    // every partition of every topic has a leader.
+    let names: Vec<&'static str> = specs.iter().map(|s| s.name).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map_err(|e| Error::Kafka(e.to_string()))?;
+        let led = |name: &str| {
+            md.topics().iter().any(|t| {
+                t.name() == name
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none())
+            })
+        };
+        // A leader in the metadata is not yet a partition that answers: right after a topic is
+        // (re)created its broker may still refuse ListOffsets with NotLeaderForPartition.
+        let answers = || {
+            md.topics()
+                .iter()
+                .filter(|t| names.contains(&t.name()))
+                .all(|t| {
+                    t.partitions().iter().all(|p| {
+                        admin
+                            .inner()
+                            .fetch_watermarks(t.name(), p.id(), Duration::from_secs(2))
+                            .is_ok()
+                    })
+                })
+        };
+        if names.iter().all(|n| led(n)) && answers() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let missing: Vec<&&str> = names.iter().filter(|n| !led(n)).collect();
+            return Err(Error::Kafka(format!(
+                "topics without a leader after 30 s: {missing:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// librdkafka's verdict on an error, for the stage supervisors: only a few kinds are fatal.
