@@ -214,7 +214,7 @@ async fn bad_inputs_get_precise_4xx_and_produce_nothing() {
         (st, body["rejected"][0]["field"].as_str()),
         (400, Some("specversion"))
     );
-    // LiteLLM without an id
+    // LiteLLM without a call id (nor the response id it falls back to)
     let (st, body) = h
         .post(
             "/v1/events/litellm",
@@ -224,7 +224,7 @@ async fn bad_inputs_get_precise_4xx_and_produce_nothing() {
         .await;
     assert_eq!(
         (st, body["rejected"][0]["field"].as_str()),
-        (400, Some("id"))
+        (400, Some("litellm_call_id"))
     );
 
     // auth: none, unknown, wrong role
