@@ -162,7 +162,9 @@ impl KafkaBroker {
         // internal topics (the group and transaction coordinators load them on first use);
         // timed-out transactions aborted within a second; consumer session timeouts down to
         // 1 s (tests use 2 s; Kafka's default floor is 6 s); a new group's first rebalance
-        // without the 3 s wait.
+        // without the 3 s wait. A broker restarted after a SIGKILL cannot register until its
+        // previous incarnation's session has expired (DUPLICATE_BROKER_REGISTRATION): a 3 s
+        // session instead of 9 s halves that restart (13.5 s → 6-8 s measured).
         let props = format!(
             "# Written by meterline (src/broker.rs) at every start.\n\
              process.roles=broker,controller\n\
@@ -185,6 +187,8 @@ impl KafkaBroker {
              share.coordinator.state.topic.min.isr=1\n\
              group.initial.rebalance.delay.ms=0\n\
              group.min.session.timeout.ms=1000\n\
+             broker.session.timeout.ms=3000\n\
+             broker.heartbeat.interval.ms=500\n\
              log.cleaner.dedupe.buffer.size=33554432\n",
             data = escape_property(&data.to_string_lossy()),
         );
