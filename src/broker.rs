@@ -4,10 +4,11 @@
 //! `~/.cache/meterline/kafka-4.1.1`), run by `java` (17+). A separate process so tests can kill
 //! and restart it like a real broker outage; production runs a cluster instead.
 //!
-//! Layout of a broker directory: `server.properties`, `log4j2.xml`, `broker.log` (the broker's
-//! warnings and errors), `broker.out` (the JVM's stdout/stderr) and `data/` (the log dir,
-//! formatted once: a directory holding `data/meta.properties` is reused as it is, so a restart
-//! or the next `meterline dev` continues from the same topics, offsets and transactions).
+//! Layout of a broker directory: `server.properties`, `log4j2.xml`, `broker.log` (warnings,
+//! errors and the group coordinator's joins and rebalances; 10 MB, 2 rolled files),
+//! `broker.out` (the JVM's stdout/stderr) and `data/` (the log dir, formatted once: a directory
+//! holding `data/meta.properties` is reused as it is, so a restart or the next `meterline dev`
+//! continues from the same topics, offsets and transactions).
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -196,19 +197,24 @@ impl KafkaBroker {
         let log4j = format!(
             r#"<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by meterline (src/broker.rs) at every start. -->
+<!-- Warnings and errors, plus the start line and the group coordinator's joins, rebalances
+     and expired members (what explains a stage waiting for its partitions). -->
 <Configuration status="warn">
   <Appenders>
-    <File name="file" fileName="{}" append="true">
+    <RollingFile name="file" fileName="{log}" filePattern="{log}.%i" append="true">
       <PatternLayout pattern="[%d] %p %m (%c)%n"/>
-    </File>
+      <SizeBasedTriggeringPolicy size="10 MB"/>
+      <DefaultRolloverStrategy max="2"/>
+    </RollingFile>
   </Appenders>
   <Loggers>
     <Logger name="kafka.server.KafkaRaftServer" level="info"/>
+    <Logger name="org.apache.kafka.coordinator.group" level="info"/>
     <Root level="warn"><AppenderRef ref="file"/></Root>
   </Loggers>
 </Configuration>
 "#,
-            xml_escape(&self.log_path().to_string_lossy())
+            log = xml_escape(&self.log_path().to_string_lossy())
         );
         std::fs::write(self.dir.join("log4j2.xml"), log4j)?;
         Ok(())

@@ -304,3 +304,25 @@ async fn demo_traffic(base: String, rate: u32, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_cluster_means_no_local_broker() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("with.toml", "[kafka]\nbrokers = \"kafka:9092\"\n")?;
+            jail.create_file("without.toml", "[kafka]\nusage_partitions = 2\n")?;
+            if std::env::var_os("METERLINE_KAFKA__BROKERS").is_none() {
+                assert!(!brokers_configured(None));
+                assert!(!brokers_configured(Some(Path::new("without.toml"))));
+            }
+            assert!(brokers_configured(Some(Path::new("with.toml"))));
+            jail.set_env("METERLINE_KAFKA__BROKERS", "kafka:9092");
+            assert!(brokers_configured(Some(Path::new("without.toml"))));
+            assert!(brokers_configured(None));
+            Ok(())
+        });
+    }
+}
