@@ -23,7 +23,7 @@ use meterline_schemas::auth::{Principal, Role};
 
 use crate::config::ApiConfig;
 use crate::ledger_view::LedgerState;
-use crate::scope::{team_predicate, FilteredTable};
+use crate::scope::{team_predicate, FilteredTable, PROVENANCE};
 use crate::Error;
 
 /// Whose rows a session shows.
@@ -134,14 +134,16 @@ pub async fn session(
     ) = match scope {
         Scope::All => (usage, anomalies, budgets),
         Scope::Teams(teams) => (
-            Arc::new(FilteredTable::team_scope(usage, "team", teams)),
-            Arc::new(FilteredTable::new(
+            Arc::new(FilteredTable::team_scope(usage, "team", teams, &PROVENANCE)),
+            Arc::new(FilteredTable::private(
                 anomalies,
                 col("scope_kind")
                     .eq(lit("team"))
                     .and(team_predicate("scope_value", teams)),
+                format!("team anomalies of {teams:?}"),
+                &[],
             )),
-            Arc::new(FilteredTable::team_scope(budgets, "team", teams)),
+            Arc::new(FilteredTable::team_scope(budgets, "team", teams, &[])),
         ),
     };
     ctx.register_table("usage", usage).map_err(Error::query)?;

@@ -1,27 +1,71 @@
-//! Row filters in the plan. A `team_lead` never gets the ledger table itself, only a
-//! [`FilteredTable`] wrapping it, whose scan is the inner scan under a filter on `team`. Every
-//! query, view, join, subquery, CTE or UNION over `usage` therefore reads through the filter:
-//! it is part of the physical plan, not of the SQL text. The same wrapper keeps rows of a
-//! flush still being written out of every query (`ledger_view`).
+//! Row filters in the plan, as a barrier no optimizer rule can cross.
+//!
+//! A `team_lead` never gets the ledger table itself, only a private [`FilteredTable`] wrapping
+//! it. Its scan is a [`ScopeExec`]: a leaf of the physical plan that reads the inner scan
+//! itself, evaluates *our* predicate on every row and emits only the rows passing it. Because
+//! the inner scan is not a child in the plan tree, no optimizer rule sees it: the caller's
+//! filters, projections, limits and join filters can only sit above the scope, so the
+//! caller's expressions run on its own rows only (an error or a division by zero can quote or
+//! reveal nothing else). Of a private table:
+//! - the caller's filters are not pushed into the scan, except comparisons of the `date`
+//!   partition with text literals (they cannot fail and only skip whole days, so the ledger
+//!   is not scanned in full for a week's showback);
+//! - statistics are unknown (row counts, min/max of other teams' values never reach a plan);
+//! - plans show `ScopeExec` and what it keeps, never the files or paths below it;
+//! - errors of the scan below are replaced by a generic message (the log has the original);
+//! - provenance columns (`kafka_partition`, `kafka_offset`) read as NULL: offsets are
+//!   consecutive over every team's rows, so the gaps between a lead's own offsets would
+//!   count the other teams' events.
+//!
+//! The same table, not private, keeps rows of a flush still being written out of every query
+//! (`ledger_view`); there the caller's filters may prune files, as before.
 
+use std::fmt;
 use std::sync::Arc;
 
+use arrow_select::dictionary::garbage_collect_any_dictionary;
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{
+    new_null_array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions,
+};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DFSchema, Result};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::datasource::TableType;
-use datafusion::logical_expr::{cast, col, lit, Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::expressions::Column;
-use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    cast, col, lit, BinaryExpr, Expr, Operator, TableProviderFilterPushDown,
+};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PhysicalExpr, PlanProperties,
+};
+use futures::StreamExt;
+
+/// Columns a private table answers as NULL: where each row came from in Kafka.
+pub const PROVENANCE: [&str; 2] = ["kafka_partition", "kafka_offset"];
+
+/// The Hive partition column whose literal comparisons may prune a private scan.
+const DATE: &str = "date";
 
 /// `inner` restricted to the rows passing `predicate`.
 #[derive(Debug)]
 pub struct FilteredTable {
     inner: Arc<dyn TableProvider>,
     predicate: Expr,
+    /// What the filter keeps, as plans show it.
+    label: String,
+    /// A scope between principals (see the module doc), not just complete rows.
+    private: bool,
+    /// Answered as NULL (private tables only).
+    hidden: Vec<String>,
+    schema: SchemaRef,
 }
 
 /// Rows whose `column` is one of `allowed` (NULL never matches; no teams: no rows).
@@ -34,13 +78,65 @@ pub fn team_predicate(column: &str, allowed: &[String]) -> Expr {
 }
 
 impl FilteredTable {
+    /// `inner` without the rows failing `predicate`, for any principal (the caller's filters
+    /// may prune files below it).
     pub fn new(inner: Arc<dyn TableProvider>, predicate: Expr) -> Self {
-        FilteredTable { inner, predicate }
+        let schema = inner.schema();
+        FilteredTable {
+            inner,
+            predicate,
+            label: "complete flushes".into(),
+            private: false,
+            hidden: vec![],
+            schema,
+        }
     }
 
-    /// `inner` as a lead of `teams` may see it.
-    pub fn team_scope(inner: Arc<dyn TableProvider>, column: &str, teams: &[String]) -> Self {
-        FilteredTable::new(inner, team_predicate(column, teams))
+    /// `inner` as a principal restricted to `label` may see it: a barrier in the plan, with
+    /// `hidden` columns answered as NULL.
+    pub fn private(
+        inner: Arc<dyn TableProvider>,
+        predicate: Expr,
+        label: String,
+        hidden: &[&str],
+    ) -> Self {
+        let full = inner.schema();
+        let hidden: Vec<String> = hidden
+            .iter()
+            .filter(|h| full.index_of(h).is_ok())
+            .map(|h| h.to_string())
+            .collect();
+        let fields: Vec<Field> = full
+            .fields()
+            .iter()
+            .map(|f| {
+                let f = f.as_ref().clone();
+                if hidden.contains(f.name()) {
+                    f.with_nullable(true)
+                } else {
+                    f
+                }
+            })
+            .collect();
+        FilteredTable {
+            inner,
+            predicate,
+            label,
+            private: true,
+            hidden,
+            schema: Arc::new(Schema::new_with_metadata(fields, full.metadata().clone())),
+        }
+    }
+
+    /// `inner` as a lead of `teams` may see it (rows whose `column` is one of them).
+    pub fn team_scope(
+        inner: Arc<dyn TableProvider>,
+        column: &str,
+        teams: &[String],
+        hidden: &[&str],
+    ) -> Self {
+        let label = format!("{column} in {teams:?}");
+        FilteredTable::private(inner, team_predicate(column, teams), label, hidden)
     }
 
     /// The predicate every row must pass.
@@ -49,10 +145,49 @@ impl FilteredTable {
     }
 }
 
+/// A text literal that is never NULL.
+fn is_text(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::Literal(
+            ScalarValue::Utf8(Some(_))
+                | ScalarValue::LargeUtf8(Some(_))
+                | ScalarValue::Utf8View(Some(_)),
+            _
+        )
+    )
+}
+
+fn is_date(e: &Expr) -> bool {
+    matches!(e, Expr::Column(c) if c.name == DATE)
+}
+
+/// `date <op> 'text'`, `date IN ('text', …)`, `date BETWEEN 'a' AND 'b'` and their AND / OR:
+/// evaluating these on any partition value cannot fail, and they only select whole days.
+pub fn is_safe_date_filter(e: &Expr) -> bool {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+            Operator::And | Operator::Or => is_safe_date_filter(left) && is_safe_date_filter(right),
+            Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq => {
+                (is_date(left) && is_text(right)) || (is_text(left) && is_date(right))
+            }
+            _ => false,
+        },
+        Expr::Between(b) => is_date(&b.expr) && is_text(&b.low) && is_text(&b.high),
+        Expr::InList(l) => is_date(&l.expr) && l.list.iter().all(is_text),
+        _ => false,
+    }
+}
+
 #[async_trait]
 impl TableProvider for FilteredTable {
     fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -63,8 +198,22 @@ impl TableProvider for FilteredTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // The caller's filters may prune files and row groups below ours; ours is applied
-        // regardless. Never `Exact` from here: the filter above ours stays in the plan.
+        if self.private {
+            // The caller's filters stay above the scope (never `Exact`: the filter above is
+            // kept); only date literals may prune days below it.
+            return Ok(filters
+                .iter()
+                .map(|f| {
+                    if is_safe_date_filter(f) {
+                        TableProviderFilterPushDown::Inexact
+                    } else {
+                        TableProviderFilterPushDown::Unsupported
+                    }
+                })
+                .collect());
+        }
+        // Complete rows only: the caller's filters may prune files and row groups below ours;
+        // ours is applied regardless.
         Ok(self
             .inner
             .supports_filters_pushdown(filters)?
@@ -81,44 +230,216 @@ impl TableProvider for FilteredTable {
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
-        // 1. never below our filter: a limit before it would be applied to others' rows
+        // never below our filter: a limit before it would be applied to others' rows
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let full = self.inner.schema();
-        // 2. read the predicate's columns too, whatever the query projects
-        let mut needed = vec![];
-        for c in self.predicate.column_refs() {
-            needed.push(full.index_of(&c.name)?);
-        }
-        let inner_projection = projection.map(|p| {
-            let mut v = p.clone();
-            for i in &needed {
-                if !v.contains(i) {
-                    v.push(*i);
-                }
-            }
-            v
-        });
-        let plan = self
-            .inner
-            .scan(state, inner_projection.as_ref(), filters, None)
-            .await?;
-        // 3. the filter, in the physical plan
-        let scanned = plan.schema();
-        let df_schema = DFSchema::try_from(scanned.as_ref().clone())?;
-        let predicate = state.create_physical_expr(self.predicate.clone(), &df_schema)?;
-        let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, plan)?);
-        // 4. back to the columns asked for
         let wanted: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..full.fields().len()).collect(),
         };
-        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = vec![];
-        for i in wanted {
-            let name = full.field(i).name().clone();
-            let idx = scanned.index_of(&name)?;
-            exprs.push((Arc::new(Column::new(&name, idx)), name));
+        let hidden = |i: usize| self.hidden.contains(full.field(i).name());
+        // 1. read the wanted columns that are shown, and the predicate's
+        let mut read: Vec<usize> = wanted.iter().copied().filter(|i| !hidden(*i)).collect();
+        for c in self.predicate.column_refs() {
+            let i = full.index_of(&c.name)?;
+            if !read.contains(&i) {
+                read.push(i);
+            }
         }
-        Ok(Arc::new(ProjectionExec::try_new(exprs, filtered)?))
+        // 2. our predicate may prune files below us; of the caller's filters only those
+        //    `supports_filters_pushdown` let through arrive here
+        let mut below = vec![self.predicate.clone()];
+        below.extend(filters.iter().cloned());
+        let inner = self.inner.scan(state, Some(&read), &below, None).await?;
+        let scanned = inner.schema();
+        let df_schema = DFSchema::try_from(scanned.as_ref().clone())?;
+        let predicate = state.create_physical_expr(self.predicate.clone(), &df_schema)?;
+        // 3. the columns asked for: from the scan, or NULL
+        let mut outputs = vec![];
+        let mut fields = vec![];
+        for i in wanted {
+            let field = self.schema.field(i).clone();
+            outputs.push(if hidden(i) {
+                Output::Null(field.data_type().clone())
+            } else {
+                Output::Column(scanned.index_of(field.name())?)
+            });
+            fields.push(field);
+        }
+        let schema = Arc::new(Schema::new(fields));
+        Ok(Arc::new(ScopeExec::new(
+            inner,
+            predicate,
+            outputs,
+            schema,
+            self.label.clone(),
+            self.private,
+        )))
+    }
+}
+
+/// Where an output column of a [`ScopeExec`] comes from.
+#[derive(Debug, Clone)]
+enum Output {
+    Column(usize),
+    Null(DataType),
+}
+
+/// The scan of a [`FilteredTable`]: a leaf that runs `inner` itself and emits the rows
+/// passing `predicate` (see the module doc for why `inner` is not a child).
+#[derive(Debug)]
+pub struct ScopeExec {
+    inner: Arc<dyn ExecutionPlan>,
+    predicate: Arc<dyn PhysicalExpr>,
+    outputs: Vec<Output>,
+    schema: SchemaRef,
+    label: String,
+    private: bool,
+    properties: Arc<PlanProperties>,
+}
+
+impl ScopeExec {
+    fn new(
+        inner: Arc<dyn ExecutionPlan>,
+        predicate: Arc<dyn PhysicalExpr>,
+        outputs: Vec<Output>,
+        schema: SchemaRef,
+        label: String,
+        private: bool,
+    ) -> Self {
+        let partitions = inner.output_partitioning().partition_count();
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        )
+        .with_scheduling_type(SchedulingType::Cooperative);
+        ScopeExec {
+            inner,
+            predicate,
+            outputs,
+            schema,
+            label,
+            private,
+            properties: Arc::new(properties),
+        }
+    }
+
+    /// Whether this scan is a scope between principals.
+    pub fn is_private(&self) -> bool {
+        self.private
+    }
+
+    fn apply(&self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+        let keep = self
+            .predicate
+            .evaluate(&batch)?
+            .into_array(batch.num_rows())?;
+        let kept = filter_record_batch(&batch, keep.as_boolean())?;
+        if kept.num_rows() == 0 {
+            return Ok(None);
+        }
+        let columns: Vec<ArrayRef> = self
+            .outputs
+            .iter()
+            .map(|o| match o {
+                Output::Column(i) if self.private => compact(kept.column(*i)),
+                Output::Column(i) => Ok(kept.column(*i).clone()),
+                Output::Null(t) => Ok(new_null_array(t, kept.num_rows())),
+            })
+            .collect::<Result<_>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(kept.num_rows()));
+        Ok(Some(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &options,
+        )?))
+    }
+}
+
+/// `a` holding only what its rows reference. A filtered dictionary array keeps the whole
+/// dictionary, and a filtered view array the whole buffers, other teams' values included: a
+/// kernel working on the dictionary (a cast of `model` to INT) would read and quote them.
+fn compact(a: &ArrayRef) -> Result<ArrayRef> {
+    Ok(match a.data_type() {
+        DataType::Dictionary(..) => garbage_collect_any_dictionary(a.as_any_dictionary())?,
+        DataType::Utf8View => Arc::new(a.as_string_view().gc()),
+        DataType::BinaryView => Arc::new(a.as_binary_view().gc()),
+        _ => a.clone(),
+    })
+}
+
+impl DisplayAs for ScopeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        // the inner scan (files, paths, statistics) is deliberately not shown
+        write!(f, "ScopeExec: {}", self.label)
+    }
+}
+
+/// What a private scan's failure says (its cause may name files or values of other teams).
+const SCAN_FAILED: &str = "reading the ledger failed (the server log has the details)";
+
+impl ExecutionPlan for ScopeExec {
+    fn name(&self) -> &str {
+        "ScopeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let me = ScopeExec {
+            inner: self.inner.clone(),
+            predicate: self.predicate.clone(),
+            outputs: self.outputs.clone(),
+            schema: self.schema.clone(),
+            label: self.label.clone(),
+            private: self.private,
+            properties: self.properties.clone(),
+        };
+        let private = self.private;
+        let input = self.inner.execute(partition, context)?;
+        let rows = input.filter_map(move |b| {
+            let out = match b {
+                Ok(b) => me.apply(b).transpose(),
+                Err(DataFusionError::ResourcesExhausted(m)) => {
+                    Some(Err(DataFusionError::ResourcesExhausted(m)))
+                }
+                Err(e) if private => {
+                    tracing::error!(error = %e, "scoped scan failed");
+                    Some(Err(DataFusionError::Execution(SCAN_FAILED.into())))
+                }
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
+        });
+        Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
+            RecordBatchStreamAdapter::new(self.schema.clone(), rows),
+        )))
     }
 }
