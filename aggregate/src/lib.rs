@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
-use meterline_schemas::telemetry::{Backoff, Readiness};
+use meterline_schemas::telemetry::{supervise, Readiness};
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
@@ -127,30 +127,14 @@ impl App {
         let stop2 = stop.clone();
         let runtime = tokio::runtime::Handle::current();
         let result = tokio::task::spawn_blocking(move || {
-            let mut backoff = Backoff::default();
-            loop {
-                let attempt = stop2.child_token();
-                let started = std::time::Instant::now();
-                let r = run_once(&runtime, &kafka, &cfg, &ready, attempt.clone());
-                attempt.cancel();
-                match r {
-                    Ok(()) if stop2.is_cancelled() => return Ok(()),
-                    Ok(()) => {} // a part ended because another failed and was restarted
-                    Err(e) if e.is_retryable() => {
-                        ready.not_ready(e.to_string());
-                        metrics::counter!(meterline_schemas::metric_names::AGGREGATE_STAGE_RESTARTS)
-                            .increment(1);
-                        tracing::warn!(error = %e, "aggregate: retryable error; restarting after a backoff");
-                        if started.elapsed() > std::time::Duration::from_secs(60) {
-                            backoff.reset();
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-                if !backoff.wait(&stop2) {
-                    return Ok(());
-                }
-            }
+            supervise(
+                "aggregate",
+                &stop2,
+                &ready,
+                meterline_schemas::metric_names::AGGREGATE_STAGE_RESTARTS,
+                Error::is_retryable,
+                |attempt| run_once(&runtime, &kafka, &cfg, &ready, attempt),
+            )
         })
         .await
         .map_err(Error::io)?;

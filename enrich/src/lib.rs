@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::metric_names as m;
-use meterline_schemas::telemetry::{Backoff, Readiness};
+use meterline_schemas::telemetry::{supervise, Readiness};
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
@@ -151,31 +151,14 @@ impl App {
         let stop2 = stop.clone();
         let runtime = tokio::runtime::Handle::current();
         let result = tokio::task::spawn_blocking(move || {
-            let mut backoff = Backoff::default();
-            loop {
-                // 1. Each attempt owns its follower thread and clients: a child token ends
-                //    them when the attempt does.
-                let attempt = stop2.child_token();
-                let started = std::time::Instant::now();
-                let r = run_once(&runtime, &kafka, &cfg, &ready, attempt.clone());
-                attempt.cancel();
-                match r {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.is_retryable() => {
-                        ready.not_ready(e.to_string());
-                        metrics::counter!(m::ENRICH_STAGE_RESTARTS).increment(1);
-                        tracing::warn!(error = %e, "enrich: retryable error; restarting after a backoff");
-                        // 2. A run that lasted was healthy: start the backoff again.
-                        if started.elapsed() > Duration::from_secs(60) {
-                            backoff.reset();
-                        }
-                        if !backoff.wait(&stop2) {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            supervise(
+                "enrich",
+                &stop2,
+                &ready,
+                m::ENRICH_STAGE_RESTARTS,
+                Error::is_retryable,
+                |attempt| run_once(&runtime, &kafka, &cfg, &ready, attempt),
+            )
         })
         .await?;
         stop.cancel();

@@ -146,6 +146,47 @@ impl Backoff {
     }
 }
 
+/// The run loop of a stage that must ride out broker faults: runs `attempt` (with a token
+/// that ends the attempt's threads and clients) until `stop`. An attempt that fails with an
+/// error `retryable` accepts, or that returns before `stop`, is run again after a backoff
+/// (0.5 s doubling to 30 s; reset after a run of a minute), with `/healthz` saying why and
+/// `restarts_metric` counting; any other error is returned (the process ends with it).
+pub fn supervise<E: std::fmt::Display>(
+    stage: &str,
+    stop: &CancellationToken,
+    ready: &Readiness,
+    restarts_metric: &'static str,
+    retryable: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut(CancellationToken) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut backoff = Backoff::default();
+    loop {
+        // 1. Each attempt owns its threads and clients: a child token ends them with it.
+        let token = stop.child_token();
+        let started = std::time::Instant::now();
+        let r = attempt(token.clone());
+        token.cancel();
+        if stop.is_cancelled() {
+            return r;
+        }
+        let why = match r {
+            Ok(()) => "a part of the stage ended".to_string(),
+            Err(e) if retryable(&e) => e.to_string(),
+            Err(e) => return Err(e),
+        };
+        ready.not_ready(why.clone());
+        metrics::counter!(restarts_metric).increment(1);
+        tracing::warn!(stage, error = %why, "restarting the stage's work after a backoff");
+        // 2. A run that lasted was healthy: the next failure starts the backoff again.
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            backoff.reset();
+        }
+        if !backoff.wait(stop) {
+            return Ok(());
+        }
+    }
+}
+
 /// A TCP listener for axum whose connections are closed when the client keeps the server
 /// waiting to read for longer than `idle` (a silent or trickling client — slowloris — holds
 /// no connection and no task forever). Writes are not limited: a long streamed answer to a
@@ -181,6 +222,62 @@ impl axum::serve::Listener for IdleTimeoutListener {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn the_supervisor_retries_what_waiting_can_cure_and_stops_on_the_rest() {
+        #[derive(Debug)]
+        enum E {
+            BrokerDown,
+            Fenced,
+        }
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{self:?}")
+            }
+        }
+        let stop = CancellationToken::new();
+        let ready = Readiness::starting();
+        let mut attempts = 0;
+        let seen = std::cell::RefCell::new(Vec::new());
+        let r = supervise(
+            "t",
+            &stop,
+            &ready,
+            "t_restarts",
+            |e: &E| matches!(e, E::BrokerDown),
+            |_| {
+                attempts += 1;
+                seen.borrow_mut().push(ready.reason());
+                match attempts {
+                    1 | 2 => Err(E::BrokerDown),
+                    _ => Err(E::Fenced),
+                }
+            },
+        );
+        assert!(matches!(r, Err(E::Fenced)), "a fatal error ends it");
+        assert_eq!(attempts, 3, "two retryable failures were retried");
+        assert_eq!(
+            seen.into_inner()[1].as_deref(),
+            Some("BrokerDown"),
+            "/healthz says why while waiting"
+        );
+        // stopped while backing off: returns promptly
+        let stop = CancellationToken::new();
+        let s2 = stop.clone();
+        let t0 = std::time::Instant::now();
+        let r: Result<(), E> = supervise(
+            "t",
+            &stop,
+            &ready,
+            "t_restarts",
+            |_| true,
+            |_| {
+                s2.cancel();
+                Err(E::BrokerDown)
+            },
+        );
+        assert!(r.is_err() && t0.elapsed() < std::time::Duration::from_secs(1));
+    }
 
     #[tokio::test]
     async fn silent_clients_are_disconnected_and_others_served() {
