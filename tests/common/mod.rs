@@ -80,17 +80,17 @@ impl SharedBroker {
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static BROKER: OnceLock<Mutex<KafkaBroker>> = OnceLock::new();
-static BROKER_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// The broker's directory: one per test process, in the temp dir (a leftover of an earlier
+/// process with the same pid is wiped).
+fn broker_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("meterline-kafka-{}", std::process::id()))
+}
 
 /// The binary's broker, started on first use (blocking: call from a blocking context).
 fn shared_broker() -> &'static Mutex<KafkaBroker> {
     BROKER.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("meterline-kafka-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
-        BROKER_DIR.set(dir.clone()).unwrap();
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
         extern "C" fn at_exit() {
             // Statics are never dropped: kill the broker and remove its files here.
             if let Some(b) = BROKER.get() {
@@ -101,12 +101,14 @@ fn shared_broker() -> &'static Mutex<KafkaBroker> {
                 }
             }
             if std::env::var_os("KEEP_KAFKA_TEST_DIR").is_none() {
-                if let Some(d) = BROKER_DIR.get() {
-                    let _ = std::fs::remove_dir_all(d);
-                }
+                let _ = std::fs::remove_dir_all(broker_dir());
             }
         }
-        unsafe { libc::atexit(at_exit) };
+        AT_EXIT.call_once(|| unsafe {
+            libc::atexit(at_exit);
+        });
+        let dir = broker_dir();
+        let _ = std::fs::remove_dir_all(&dir);
         let t0 = Instant::now();
         let b = KafkaBroker::start(&dir).expect("Apache Kafka starts (scripts/setup fetches it)");
         eprintln!(
