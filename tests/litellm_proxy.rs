@@ -458,7 +458,7 @@ async fn all_priced(
     let t0 = Instant::now();
     loop {
         let got = priced(h).await;
-        let have: HashSet<&str> = got.iter().map(|p| p.event.event_id.as_str()).collect();
+        let have: HashSet<&str> = got.iter().map(|p| call_id_of(&p.event.event_id)).collect();
         let mut missing: Vec<(usize, &str)> = by_call_id
             .iter()
             .filter(|(id, _)| !have.contains(id.as_str()))
@@ -675,7 +675,7 @@ async fn litellm_proxy_calls_are_priced_once_each() {
 
     // 3. Each call's record: its tokens, its price, its cost.
     for p in &priced {
-        let i = by_call_id[&p.event.event_id];
+        let i = by_call_id[call_id_of(&p.event.event_id)];
         let c = &calls[i];
         let e = &p.event;
         let what = format!("call {i} ({}), event {}", c.what, e.event_id);
@@ -798,7 +798,8 @@ async fn litellm_proxy_calls_are_priced_once_each() {
     let repeat: Vec<&PricedUsage> = priced
         .iter()
         .filter(|p| {
-            by_call_id[&p.event.event_id] == 0 || calls[by_call_id[&p.event.event_id]].no_cache
+            by_call_id[call_id_of(&p.event.event_id)] == 0
+                || calls[by_call_id[call_id_of(&p.event.event_id)]].no_cache
         })
         .collect();
     assert_eq!(repeat.len(), 2);
@@ -823,4 +824,12 @@ async fn litellm_proxy_calls_are_priced_once_each() {
     enrich.stop().await;
     drop(proxy);
     provider_stop.cancel();
+}
+
+/// The LiteLLM call id in an event id (`<litellm_call_id>@<start µs>`).
+fn call_id_of(event_id: &str) -> &str {
+    event_id
+        .rsplit_once('@')
+        .map(|(c, _)| c)
+        .unwrap_or(event_id)
 }

@@ -361,9 +361,10 @@ fn litellm_ids_cache_hits_and_tags() {
     v["cache_hit"] = json!(true);
     v["response_cost"] = serde_json::from_str("0").unwrap();
     let e = litellm::decode(&serde_json::value::to_raw_value(&v).unwrap(), &c).unwrap();
-    assert_eq!(
-        e.event_id, "call-1",
-        "litellm_call_id, not the provider's response id"
+    assert!(
+        e.event_id.starts_with("call-1@"),
+        "litellm_call_id (+ start time), not the provider's response id: {}",
+        e.event_id
     );
     assert_eq!(
         e.request_id.as_deref(),
@@ -376,4 +377,12 @@ fn litellm_ids_cache_hits_and_tags() {
     v["litellm_call_id"] = json!("call-2");
     let e2 = litellm::decode(&serde_json::value::to_raw_value(&v).unwrap(), &c).unwrap();
     assert_ne!(e.event_id, e2.event_id);
+    // a client-chosen call id reused by two calls: still two events (their start times differ)
+    v["litellm_call_id"] = json!("call-1");
+    v["startTime"] = json!("2025-01-24 09:20:47.000001");
+    let e3 = litellm::decode(&serde_json::value::to_raw_value(&v).unwrap(), &c).unwrap();
+    assert_ne!(e.event_id, e3.event_id);
+    // the same payload again (LiteLLM re-sending a batch): the same id
+    let e4 = litellm::decode(&serde_json::value::to_raw_value(&v).unwrap(), &c).unwrap();
+    assert_eq!(e3.event_id, e4.event_id);
 }

@@ -6,8 +6,9 @@
 //! `response_cost` is kept as `gateway_reported_cost` (from its JSON text, never a float).
 //! `messages` and `response` content are never read beyond `response.usage`.
 //!
-//! The event id is `litellm_call_id` (LiteLLM's id of this call, unique per call), falling back
-//! to `id` only for payloads without it. `id` is the *provider's response id* in these payloads
+//! The event id is `<litellm_call_id>@<startTime in µs>` (LiteLLM's id of the call — which a
+//! client may choose through the `x-litellm-call-id` header, hence the start time), falling
+//! back to `id` only for payloads without a call id. `id` is the *provider's response id* in these payloads
 //! (`chatcmpl-…`), which caches, mocks and some providers repeat across distinct calls: keyed on
 //! it, distinct calls looked like retries. `cache_hit: true` (answered from LiteLLM's own cache,
 //! `response_cost: 0`) is kept as usage billed at zero.
@@ -167,7 +168,7 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
     })?;
     let call_id = non_empty(s(o, "litellm_call_id"));
     let response_id = non_empty(s(o, "id"));
-    let id = call_id
+    let key = call_id
         .clone()
         .or_else(|| response_id.clone())
         .ok_or_else(|| FieldError::new("litellm_call_id", "required (or id)"))?;
@@ -190,6 +191,13 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
     .or_else(|| non_empty(s(o, "model")))
     .ok_or_else(|| FieldError::new("model", "required"))?;
     let start = time(o.get("startTime"), "startTime")?;
+    // A client may choose its call id (LiteLLM takes an `x-litellm-call-id` request header
+    // as is), so the id alone is not unique per call; with the call's start time (µs) it is,
+    // and a log batch LiteLLM sends again carries both unchanged.
+    let id = match start {
+        Some(t) => format!("{key}@{}", t.timestamp_micros()),
+        None => key,
+    };
     let end = time(o.get("endTime"), "endTime")?;
     let first_token = time(o.get("completionStartTime"), "completionStartTime")?;
     let usage: Usage = match usage_object(o) {
