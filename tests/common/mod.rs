@@ -49,9 +49,10 @@ pub struct Harness {
 /// the broker (`ingest_spool`). So [`Harness::start`] takes a process-wide turn (an async
 /// mutex, held until the `Harness` is dropped) and gives each test a clean broker: every
 /// topic and consumer group the previous test left is deleted (Kafka drops a deleted topic's
-/// committed offsets with it) and a killed broker is restarted. A transaction a killed stage
-/// left open dies with its topic; its transactional id is fenced by the next stage that
-/// claims it, as in production.
+/// committed offsets with it) and a killed broker is restarted. Transactions cannot be reset
+/// that way: a test must not end with a killed stage's transaction still open (the tests here
+/// end with their stages stopped, or caught up and committed), or the next test's
+/// read_committed consumers of that group wait for it to time out.
 pub struct SharedBroker(&'static Mutex<KafkaBroker>);
 
 impl SharedBroker {
