@@ -6,3 +6,4 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod dev;
+pub mod loadgen;

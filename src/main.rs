@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use meterline::admin_cli::{self, BudgetsCmd, PricesCmd, RejectedCmd, TenantsCmd};
-use meterline::{bench, config::Config, dev};
+use meterline::{bench, config::Config, dev, loadgen};
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +59,8 @@ enum Cmd {
     },
     /// Benchmarks against a raw baseline measured in the same run.
     Bench(bench::BenchArgs),
+    /// Realistic usage traffic against an ingest edge, in all four formats, with a summary.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 #[tokio::main]
@@ -137,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             dev::run(cfg()?, external, args).await
         }
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Loadgen(args) => loadgen::cli(args).await,
         Cmd::Ingest => {
             let cfg = cfg()?;
             let app = meterline_ingest::App::build(&cfg.kafka, cfg.ingest).await?;
