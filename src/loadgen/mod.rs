@@ -187,7 +187,7 @@ impl std::fmt::Display for Summary {
             self.requests, self.http_errors, self.latency_p50_ms, self.latency_p99_ms
         )?;
         for r in &self.rejection_samples {
-            writeln!(f, "  rejected: {r}")?;
+            writeln!(f, "  e.g. {r}")?;
         }
         Ok(())
     }
