@@ -12,10 +12,13 @@ use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, Schema, Sche
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::SessionContext;
+use datafusion::physical_plan::execute_stream;
 use futures::StreamExt;
+use tokio::sync::mpsc;
 
-use crate::error;
+use crate::catalog::Scope;
+use crate::queries::AbortOnDrop;
+use crate::{error, statement, Shared};
 
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
@@ -75,7 +78,9 @@ pub fn status_of(e: &DataFusionError) -> (StatusCode, String) {
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_) => (StatusCode::BAD_REQUEST, e.to_string()),
-        DataFusionError::Context(_, inner) => status_of(inner),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            status_of(inner)
+        }
         DataFusionError::Shared(inner) => status_of(inner),
         _ => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     }
@@ -85,95 +90,170 @@ pub fn status_of(e: &DataFusionError) -> (StatusCode, String) {
 /// failure) get a 4xx, and a row cap reached within them is announced in a header.
 const PREFETCH_ROWS: usize = 8192;
 
-/// A query's first rows, and the rest still to come.
+/// What a query task tells the HTTP side, in this order: its schema, batches, then how it
+/// ended. A task that stops without saying how it ended panicked.
+enum Msg {
+    Schema(SchemaRef),
+    Batch(RecordBatch),
+    /// All rows sent; `true`: cut at `max_rows`.
+    End(bool),
+    Failed(StatusCode, String),
+}
+
+/// A query's first rows, and how to get the rest.
 struct Started {
     schema: SchemaRef,
     head: Vec<RecordBatch>,
-    rest: Option<SendableRecordBatchStream>,
     rows: usize,
-    truncated: bool,
+    /// `Some(truncated)` once the query has ended.
+    ended: Option<bool>,
 }
 
-/// Takes `b` into `head` within `max_rows`; `false` once the cap cut it.
-fn take(head: &mut Vec<RecordBatch>, rows: &mut usize, b: RecordBatch, max_rows: usize) -> bool {
+/// Takes `b` into `out` within `max_rows`; `false` once the cap cut it.
+fn take(out: &mut Vec<RecordBatch>, rows: &mut usize, b: RecordBatch, max_rows: usize) -> bool {
     if *rows + b.num_rows() > max_rows {
-        head.push(b.slice(0, max_rows - *rows));
+        out.push(b.slice(0, max_rows - *rows));
         *rows = max_rows;
         return false;
     }
     *rows += b.num_rows();
-    head.push(b);
+    out.push(b);
     true
 }
 
-async fn start(
-    ctx: &SessionContext,
+/// The stream of `sql` in `scope`: checked (`statement`), planned read-only, executing.
+async fn open(
+    s: &Shared,
+    scope: &Scope,
     sql: &str,
+) -> Result<SendableRecordBatchStream, (StatusCode, String)> {
+    let failed = |e: DataFusionError| status_of(&e);
+    let ctx = s
+        .session(scope)
+        .await
+        .map_err(|e| (e.status(), e.to_string()))?;
+    let statement = statement::check(sql, matches!(scope, Scope::Teams(_))).map_err(failed)?;
+    let plan = ctx
+        .state()
+        .statement_to_plan(statement)
+        .await
+        .map_err(failed)?;
+    read_only().verify_plan(&plan).map_err(failed)?;
+    let df = ctx.execute_logical_plan(plan).await.map_err(failed)?;
+    let physical = df.create_physical_plan().await.map_err(failed)?;
+    let physical = crate::queries::yielding(physical).map_err(failed)?;
+    execute_stream(physical, ctx.task_ctx()).map_err(failed)
+}
+
+/// A query task: runs `sql` and sends its rows (at most `max_rows`) to `tx`. Runs on the
+/// query runtime; dropping it (abort) drops the stream and stops the query.
+async fn produce(
+    s: Arc<Shared>,
+    scope: Scope,
+    sql: String,
     max_rows: usize,
-) -> Result<Started, DataFusionError> {
-    let df = ctx.sql_with_options(sql, read_only()).await?;
-    let mut stream = df.execute_stream().await?;
-    let schema = stream.schema();
-    let (mut head, mut rows) = (vec![], 0usize);
-    while rows < PREFETCH_ROWS {
+    tx: mpsc::Sender<Msg>,
+) {
+    let mut stream = match open(&s, &scope, &sql).await {
+        Ok(stream) => stream,
+        Err((status, msg)) => {
+            let _ = tx.send(Msg::Failed(status, msg)).await;
+            return;
+        }
+    };
+    drop(sql);
+    if tx.send(Msg::Schema(stream.schema())).await.is_err() {
+        return; // nobody waits for the answer any more
+    }
+    let mut rows = 0usize;
+    let mut out = vec![];
+    let last = loop {
         match stream.next().await {
-            None => {
-                return Ok(Started {
-                    schema,
-                    head,
-                    rest: None,
-                    rows,
-                    truncated: false,
-                })
+            None => break Msg::End(false),
+            Some(Err(e)) => {
+                let (status, msg) = status_of(&e);
+                break Msg::Failed(status, msg);
             }
-            Some(b) => {
-                if !take(&mut head, &mut rows, b?, max_rows) {
-                    // dropping the stream stops the query
-                    return Ok(Started {
-                        schema,
-                        head,
-                        rest: None,
-                        rows,
-                        truncated: true,
-                    });
+            Some(Ok(b)) => {
+                let open = take(&mut out, &mut rows, b, max_rows);
+                for b in out.drain(..) {
+                    if tx.send(Msg::Batch(b)).await.is_err() {
+                        return;
+                    }
+                }
+                if !open {
+                    break Msg::End(true); // dropping the stream stops the query
                 }
             }
         }
-    }
-    Ok(Started {
-        schema,
-        head,
-        rest: Some(stream),
-        rows,
-        truncated: false,
-    })
+    };
+    drop(stream);
+    let _ = tx.send(last).await;
 }
 
-fn refuse(e: &DataFusionError) -> Response {
-    let (status, msg) = status_of(e);
-    error(status, msg)
+/// The task stopped without saying how it ended: it panicked (logged by the runtime side).
+fn vanished() -> (StatusCode, String) {
+    tracing::error!("a query task ended without an answer (panic)");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the query failed unexpectedly (the server log has the details)".into(),
+    )
+}
+
+/// The schema and the first rows (up to [`PREFETCH_ROWS`]), or why the query failed.
+async fn gather(rx: &mut mpsc::Receiver<Msg>) -> Result<Started, (StatusCode, String)> {
+    let schema = match rx.recv().await {
+        Some(Msg::Schema(s)) => s,
+        Some(Msg::Failed(status, msg)) => return Err((status, msg)),
+        Some(_) => return Err((StatusCode::INTERNAL_SERVER_ERROR, "no schema".into())),
+        None => return Err(vanished()),
+    };
+    let mut started = Started {
+        schema,
+        head: vec![],
+        rows: 0,
+        ended: None,
+    };
+    while started.rows < PREFETCH_ROWS {
+        match rx.recv().await {
+            Some(Msg::Batch(b)) => {
+                started.rows += b.num_rows();
+                started.head.push(b);
+            }
+            Some(Msg::End(truncated)) => {
+                started.ended = Some(truncated);
+                break;
+            }
+            Some(Msg::Failed(status, msg)) => return Err((status, msg)),
+            Some(Msg::Schema(_)) => {}
+            None => return Err(vanished()),
+        }
+    }
+    Ok(started)
 }
 
 fn too_slow(timeout_ms: u64) -> String {
     format!("query exceeded its time limit of {timeout_ms} ms")
 }
 
-/// Runs `sql` under the limits and answers it in `format`, streamed: the first rows are
-/// gathered before the status is sent (so most failures are a 4xx), the rest are written as
-/// the query makes them. The time limit covers the whole answer; a query failing after the
-/// answer started ends a JSON answer with an `error` member and aborts a CSV or Arrow one
-/// (the client sees a broken transfer, never a short answer that looks whole).
-pub async fn run(
-    ctx: &SessionContext,
-    sql: &str,
-    format: Format,
-    max_rows: usize,
-    timeout_ms: u64,
-) -> Response {
+/// Runs `sql` in `scope` on the query runtime under the limits and answers it in `format`,
+/// streamed: the first rows are gathered before the status is sent (so most failures are a
+/// 4xx), the rest are written as the query makes them. The time limit covers the whole
+/// answer and is kept here, on the HTTP side, which only ever waits on a channel: at the
+/// limit the answer ends at once and the query task is aborted, whatever it is doing. A query
+/// failing after the answer started ends a JSON answer with an `error` member and aborts a
+/// CSV or Arrow one (the client sees a broken transfer, never a short answer that looks whole).
+pub async fn run(s: &Arc<Shared>, scope: Scope, sql: String, format: Format) -> Response {
+    let (max_rows, timeout_ms) = (s.cfg.max_rows, s.cfg.query_timeout_ms);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    let started = match tokio::time::timeout_at(deadline, start(ctx, sql, max_rows)).await {
+    let (tx, mut rx) = mpsc::channel(2);
+    let task = AbortOnDrop(
+        s.queries
+            .spawn(produce(s.clone(), scope, sql, max_rows, tx)),
+    );
+    let started = match tokio::time::timeout_at(deadline, gather(&mut rx)).await {
         Err(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, too_slow(timeout_ms)),
-        Ok(Err(e)) => return refuse(&e),
+        Ok(Err((status, msg))) => return error(status, msg),
         Ok(Ok(s)) => s,
     };
     let mut encoder = match Encoder::new(format, &started.schema) {
@@ -182,13 +262,13 @@ pub async fn run(
     };
     let Started {
         head,
-        rest,
         mut rows,
-        mut truncated,
+        ended,
         ..
     } = started;
-    let cut_early = truncated;
+    let cut_early = ended == Some(true);
     let chunks = async_stream(move |tx| async move {
+        let _task = task; // aborted when this ends, however it ends
         let send = |bytes: Vec<u8>| tx.send(Ok(axum::body::Bytes::from(bytes)));
         let fail = |msg: String| tx.send(Err(std::io::Error::other(msg)));
         let mut out = encoder.begin();
@@ -201,48 +281,45 @@ pub async fn run(
                 }
             }
         }
+        drop(head);
         if send(out).await.is_err() {
             return; // the client went away
         }
         let mut failure = None;
-        if let Some(mut stream) = rest {
-            let mut more = vec![];
+        let mut truncated = ended.unwrap_or(false);
+        if ended.is_none() {
             loop {
-                // a stream that is always ready never lets a timer fire: check the clock too
-                if tokio::time::Instant::now() >= deadline {
-                    failure = Some(too_slow(timeout_ms));
-                    break;
-                }
-                let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+                let next = match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Err(_) => {
                         failure = Some(too_slow(timeout_ms));
                         break;
                     }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
-                        failure = Some(status_of(&e).1);
+                    Ok(Some(Msg::Batch(b))) => b,
+                    Ok(Some(Msg::End(cut))) => {
+                        truncated = cut;
                         break;
                     }
-                    Ok(Some(Ok(b))) => b,
+                    Ok(Some(Msg::Failed(_, msg))) => {
+                        failure = Some(msg);
+                        break;
+                    }
+                    Ok(Some(Msg::Schema(_))) => continue,
+                    Ok(None) => {
+                        failure = Some(vanished().1);
+                        break;
+                    }
                 };
-                more.clear();
-                let open = take(&mut more, &mut rows, next, max_rows);
-                for b in &more {
-                    match encoder.batch(b) {
-                        Ok(bytes) => {
-                            if send(bytes).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = fail(e.to_string()).await;
+                rows += next.num_rows();
+                match encoder.batch(&next) {
+                    Ok(bytes) => {
+                        if send(bytes).await.is_err() {
                             return;
                         }
                     }
-                }
-                if !open {
-                    truncated = true;
-                    break;
+                    Err(e) => {
+                        let _ = fail(e.to_string()).await;
+                        return;
+                    }
                 }
             }
         }
@@ -452,14 +529,10 @@ fn internal(e: impl std::fmt::Display) -> Response {
 
 /// Runs `sql` in `who`'s scope under the query limits and answers it in `format`.
 pub async fn scoped(
-    s: &crate::Shared,
+    s: &Arc<Shared>,
     who: &meterline_schemas::auth::Principal,
     sql: &str,
     format: Format,
-) -> axum::response::Response {
-    let ctx = match s.session(&crate::catalog::Scope::of(who)).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    run(&ctx, sql, format, s.cfg.max_rows, s.cfg.query_timeout_ms).await
+) -> Response {
+    run(s, Scope::of(who), sql.to_string(), format).await
 }

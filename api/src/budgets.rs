@@ -178,6 +178,12 @@ impl BudgetCache {
         self.snapshot.read().expect("budget cache").clone()
     }
 
+    /// Replaces the snapshot (what `refresh` does after reading the topics; tests without a
+    /// broker use it directly).
+    pub fn set(&self, snapshot: BudgetSnapshot) {
+        *self.snapshot.write().expect("budget cache") = snapshot;
+    }
+
     /// Reads both topics to their end once (blocking).
     pub fn refresh(&self, kafka: &KafkaConfig) -> Result<(), Error> {
         let kafka_err = |e: meterline_aggregate::Error| Error::Kafka(e.to_string());

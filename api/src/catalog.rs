@@ -116,9 +116,14 @@ pub async fn session(
         .map_err(Error::query)?;
     let scoped = matches!(scope, Scope::Teams(_));
     // information_schema lists every table of the catalog: not for scoped principals.
-    let config = SessionConfig::new()
+    // Parallel by file groups only: a one-partition source (VALUES, generate_series) is not
+    // dealt round robin over threads, so an unordered answer keeps its source's order.
+    let mut config = SessionConfig::new()
         .with_information_schema(!scoped)
-        .with_target_partitions(2);
+        .with_target_partitions(2)
+        .with_round_robin_repartition(false);
+    // A recursive CTE can double a value per step without bound; not offered.
+    config.options_mut().execution.enable_recursive_ctes = false;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     let usage = ledger_table(cfg, ledger)?;
     let anomalies = listing(

@@ -18,10 +18,12 @@ pub mod close;
 pub mod config;
 pub mod ledger_view;
 pub mod period;
+pub mod queries;
 pub mod reports;
 pub mod rollup;
 pub mod scope;
 pub mod sql;
+pub mod statement;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,14 +57,35 @@ pub enum Error {
     /// The ledger is mid-change (a compaction); retry shortly.
     #[error("busy: {0}")]
     Busy(String),
+    /// A bug or a panic; the log has the details.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Error {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Query(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Kafka(_) => StatusCode::BAD_GATEWAY,
+            Error::Config(_) | Error::Io(_) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
     pub fn io(e: impl std::fmt::Display) -> Error {
         Error::Io(e.to_string())
     }
     pub fn query(e: impl std::fmt::Display) -> Error {
         Error::Query(e.to_string())
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        error(self.status(), self.to_string())
     }
 }
 
@@ -110,6 +133,8 @@ pub struct Shared {
     pub budgets: Arc<budgets::BudgetCache>,
     /// Closes run one at a time.
     pub close_lock: tokio::sync::Mutex<()>,
+    /// Where queries run (apart from the HTTP server).
+    pub queries: queries::QueryRuntime,
 }
 
 impl Shared {
@@ -119,15 +144,9 @@ impl Shared {
     }
 
     /// A query session of `scope` over the ledger as it is now.
-    pub async fn session(&self, scope: &catalog::Scope) -> Result<SessionContext, Response> {
-        let state = self
-            .ledger
-            .settled_state(&self.cfg.data_dir)
-            .await
-            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        catalog::session(&self.cfg, scope, &state, self.budget_batch())
-            .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    pub async fn session(&self, scope: &catalog::Scope) -> Result<SessionContext, Error> {
+        let state = self.ledger.settled_state(&self.cfg.data_dir).await?;
+        catalog::session(&self.cfg, scope, &state, self.budget_batch()).await
     }
 }
 
@@ -272,6 +291,7 @@ impl App {
             rollups: Default::default(),
             budgets: Default::default(),
             close_lock: Default::default(),
+            queries: queries::QueryRuntime::new(0)?,
             cfg,
         });
         Ok(App {
@@ -283,6 +303,16 @@ impl App {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener")
+    }
+
+    /// How many queries are running (a task on the query runtime, not yet ended or aborted).
+    pub fn running_queries(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.shared.queries.running()
+    }
+
+    /// The cache the `budgets` table is read from (filled from Kafka when there is a broker).
+    pub fn budgets(&self) -> Arc<budgets::BudgetCache> {
+        self.shared.budgets.clone()
     }
 
     pub fn stop_token(&self) -> CancellationToken {

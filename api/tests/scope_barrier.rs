@@ -9,6 +9,52 @@ mod common;
 use common::*;
 
 #[tokio::test]
+async fn plans_show_no_statistics_paths_or_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ledger(dir.path(), true);
+    let base = serve(dir.path(), |_| {}).await;
+    let data_dir = dir.path().canonicalize().unwrap().display().to_string();
+    for q in [
+        "EXPLAIN VERBOSE SELECT * FROM usage",
+        "EXPLAIN ANALYZE SELECT * FROM usage",
+        "EXPLAIN ANALYZE VERBOSE SELECT count(*) FROM usage",
+        "EXPLAIN (COSTS ON) SELECT * FROM usage",
+        "EXPLAIN (ANALYZE) SELECT * FROM usage",
+        "EXPLAIN FORMAT TREE SELECT * FROM usage",
+        "EXPLAIN SELECT * FROM usage",
+        "EXPLAIN SELECT * FROM anomalies",
+        "EXPLAIN SELECT * FROM budgets",
+    ] {
+        let (status, body) = sql(&base, LEAD, q).await;
+        assert_no_secret(q, &body);
+        for s in [
+            data_dir.as_str(),
+            "part-",
+            "date=",
+            "Rows=",
+            "Exact(",
+            "Inexact(",
+            "file_groups",
+        ] {
+            assert!(!body.contains(s), "{q} ({status}) shows {s:?}: {body}");
+        }
+        if q.contains("ANALYZE") || q.contains("VERBOSE") || q.contains('(') {
+            assert_eq!(status, 400, "{q}: {body}");
+            assert!(body.contains("team_lead"), "{q}: says why: {body}");
+        } else {
+            assert_eq!(status, 200, "{q}: {body}");
+        }
+    }
+    // finance still gets every form
+    for q in [
+        "EXPLAIN VERBOSE SELECT * FROM usage",
+        "EXPLAIN ANALYZE SELECT * FROM usage",
+    ] {
+        assert_eq!(sql(&base, FINANCE, q).await.0, 200, "{q}");
+    }
+}
+
+#[tokio::test]
 async fn the_callers_predicates_sit_above_the_scope_in_the_physical_plan() {
     let dir = tempfile::tempdir().unwrap();
     write_ledger(dir.path(), true);

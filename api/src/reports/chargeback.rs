@@ -562,7 +562,10 @@ pub async fn open_chargeback(
             .await
             .map_err(failed)
     } else {
-        let ctx = s.session(&Scope::All).await?;
+        let ctx = s
+            .session(&Scope::All)
+            .await
+            .map_err(IntoResponse::into_response)?;
         compute_sql(&ctx, period, by, cut).await.map_err(failed)
     }
 }

@@ -185,8 +185,17 @@ pub fn tokens() -> Vec<TokenConfig> {
     ]
 }
 
+/// A running API.
+pub struct Server {
+    pub base: String,
+    /// Queries running on its query runtime.
+    pub running: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// What its `budgets` table shows.
+    pub budgets: std::sync::Arc<meterline_api::budgets::BudgetCache>,
+}
+
 /// An API over `dir` (already written), serving on port 0.
-pub async fn serve(dir: &Path, edit: impl FnOnce(&mut ApiConfig)) -> String {
+pub async fn start(dir: &Path, edit: impl FnOnce(&mut ApiConfig)) -> Server {
     let mut cfg = ApiConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
@@ -195,9 +204,18 @@ pub async fn serve(dir: &Path, edit: impl FnOnce(&mut ApiConfig)) -> String {
     };
     edit(&mut cfg);
     let app = App::build(None, cfg).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
+    let server = Server {
+        base: format!("http://{}", app.local_addr()),
+        running: app.running_queries(),
+        budgets: app.budgets(),
+    };
     tokio::spawn(app.run_until_stopped());
-    base
+    server
+}
+
+/// [`start`]'s base URL.
+pub async fn serve(dir: &Path, edit: impl FnOnce(&mut ApiConfig)) -> String {
+    start(dir, edit).await.base
 }
 
 pub async fn sql(base: &str, token: &str, q: &str) -> (u16, String) {
