@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::catalog::Scope;
 use crate::queries::AbortOnDrop;
-use crate::{error, statement, Shared};
+use crate::{error, functions, statement, Shared};
 
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
@@ -139,8 +139,11 @@ async fn open(
         .await
         .map_err(failed)?;
     read_only().verify_plan(&plan).map_err(failed)?;
+    functions::vet(&plan).map_err(failed)?;
     let df = ctx.execute_logical_plan(plan).await.map_err(failed)?;
     let physical = df.create_physical_plan().await.map_err(failed)?;
+    let batch_rows = ctx.state().config().batch_size();
+    functions::vet_physical(&physical, s.cfg.query_memory_bytes, batch_rows).map_err(failed)?;
     let physical = crate::queries::yielding(physical).map_err(failed)?;
     execute_stream(physical, ctx.task_ctx()).map_err(failed)
 }

@@ -16,6 +16,7 @@ pub mod budgets;
 pub mod catalog;
 pub mod close;
 pub mod config;
+pub mod functions;
 pub mod ledger_view;
 pub mod period;
 pub mod queries;
