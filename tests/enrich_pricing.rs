@@ -345,6 +345,36 @@ async fn prices_attributes_dedups_rejects_and_replays() {
         "every listed rejection shows as replayed: {listed:?}"
     );
     enrich.stop().await;
+    // 5. The replay was a transaction on the raw topic: its commit marker follows the replayed
+    //    records, so the stage's committed offset now points at a marker. A restarted stage
+    //    must price the next event (the first record past the marker), not skip it.
+    let enrich = start_enrich(&h).await;
+    let after = event(
+        "after-replay-1",
+        "2026-02-01T12:03:00Z",
+        "search",
+        "gpt-4o",
+        1,
+        1,
+    );
+    assert_eq!(
+        h.post("/v1/events", "application/json", after.to_string())
+            .await
+            .0,
+        200
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the event after the replay priced",
+        || async {
+            priced(&h)
+                .await
+                .iter()
+                .any(|p| p.event.event_id == "after-replay-1")
+        },
+    )
+    .await;
+    enrich.stop().await;
 
     // The operator's view, through the binary: how a name resolves, and the rejected queue.
     let cli = |args: &[&str]| {
@@ -404,6 +434,7 @@ async fn prices_attributes_dedups_rejects_and_replays() {
             ("marker-1", 1),
             ("mystery-1", 1),
             ("mystery-2", 1),
+            ("after-replay-1", 1),
             (
                 by_id
                     .keys()

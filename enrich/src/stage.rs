@@ -93,6 +93,8 @@ struct Owned {
     producer: BaseProducer,
     dedup: DedupWindow,
     batch: Option<Batch>,
+    /// The offset the take-over sought to, until the first record there is handled.
+    start: Option<i64>,
 }
 
 /// Per-event counters, registered once (the `counter!` macro looks the key up on every call).
@@ -242,7 +244,7 @@ impl Stage {
                 }
                 None => None,
             };
-            self.apply_rebalances();
+            self.apply_rebalances()?;
             if let Some((p, offset, key, payload, replays)) = polled {
                 self.handle(p, offset, key.as_deref(), &payload, replays)?;
             }
@@ -254,7 +256,7 @@ impl Stage {
         Ok(())
     }
 
-    fn apply_rebalances(&mut self) {
+    fn apply_rebalances(&mut self) -> Result<(), Error> {
         let events: Vec<RebalanceEvent> = std::mem::take(
             &mut *self
                 .consumer
@@ -277,9 +279,22 @@ impl Stage {
                         }
                     }
                 }
-                RebalanceEvent::Assigned(ps) => info!(partitions = ?ps, "assigned"),
+                RebalanceEvent::Assigned(ps) => {
+                    info!(partitions = ?ps, "assigned");
+                    // Take over at once, not at the first record: a crashed owner's open
+                    // transaction holds pending offsets, and Kafka answers the committed
+                    // offsets of a read_committed group (which the consumer needs before it
+                    // fetches anything) only once that transaction ends — after
+                    // transaction.timeout.ms, unless our init_transactions fences it now.
+                    for p in ps {
+                        if !self.owned.contains_key(&p) {
+                            self.take_over(p)?;
+                        }
+                    }
+                }
             }
         }
+        Ok(())
     }
 
     /// Takes over input partition `p`. Returns the offset processing must start from.
@@ -350,6 +365,7 @@ impl Stage {
                 producer,
                 dedup,
                 batch: None,
+                start: Some(start),
             },
         );
         Ok(start)
@@ -364,13 +380,18 @@ impl Stage {
         replays: u32,
     ) -> Result<(), Error> {
         if !self.owned.contains_key(&p) {
-            let start = self.take_over(p)?;
-            if offset != start {
-                // Fetched before the seek: it will come again from `start`.
-                return Ok(());
-            }
+            self.take_over(p)?;
         }
         let owned = self.owned.get_mut(&p).expect("owned partition");
+        if let Some(start) = owned.start {
+            if offset < start {
+                // Fetched before the take-over's seek: it comes again from `start`.
+                return Ok(());
+            }
+            // At or past `start`: the offsets in between, if any, are transaction markers
+            // (a committed offset may point at one), never records to skip.
+            owned.start = None;
+        }
         if let Some(b) = &owned.batch {
             if offset < b.next_offset {
                 return Ok(()); // already handled in this transaction (a refetch)
