@@ -268,6 +268,14 @@ impl TableProvider for FilteredTable {
             fields.push(field);
         }
         let schema = Arc::new(Schema::new(fields));
+        // a private scan has as many partitions as the session's target, however many files
+        // the ledger holds: the plan's shape (and what DataFusion does with it) must not tell
+        // whether other teams' rows fill other files
+        let partitions = if self.private {
+            state.config().target_partitions()
+        } else {
+            inner.output_partitioning().partition_count()
+        };
         Ok(Arc::new(ScopeExec::new(
             inner,
             predicate,
@@ -275,6 +283,7 @@ impl TableProvider for FilteredTable {
             schema,
             self.label.clone(),
             self.private,
+            partitions,
         )))
     }
 }
@@ -307,8 +316,8 @@ impl ScopeExec {
         schema: SchemaRef,
         label: String,
         private: bool,
+        partitions: usize,
     ) -> Self {
-        let partitions = inner.output_partitioning().partition_count();
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(partitions),
@@ -423,7 +432,14 @@ impl ExecutionPlan for ScopeExec {
             properties: self.properties.clone(),
         };
         let private = self.private;
-        let input = self.inner.execute(partition, context)?;
+        // output partition `p` reads the inner partitions `p`, `p + n`, `p + 2n`, … in turn
+        let n = self.properties.partitioning.partition_count();
+        let inner = self.inner.output_partitioning().partition_count();
+        let parts = (partition..inner)
+            .step_by(n.max(1))
+            .map(|i| self.inner.execute(i, context.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let input = futures::stream::iter(parts).flatten();
         let rows = input.filter_map(move |b| {
             let out = match b {
                 Ok(b) => me.apply(b).transpose(),

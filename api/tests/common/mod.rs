@@ -235,3 +235,43 @@ pub fn assert_no_secret(q: &str, body: &str) {
         assert!(!body.contains(s), "{q} leaked {s:?}: {body}");
     }
 }
+
+/// Live budgets: the lead's team budget and, with `foreign`, others' (an org budget and
+/// another team's, whose names are secrets too).
+pub fn budget_snapshot(foreign: bool) -> meterline_api::budgets::BudgetSnapshot {
+    let budget = |id: &str, name: &str, scope: &str, limit: &str| {
+        let d: meterline_aggregate::budget_admin::BudgetDraft = serde_json::from_value(json!({
+            "budget_id": id, "name": name, "scope": scope, "limit": limit,
+            "effective_from": "2026-11-01T00:00:00Z",
+        }))
+        .unwrap();
+        let b = meterline_aggregate::budget_admin::draft(
+            d,
+            "test",
+            "2026-11-01T00:00:00Z".parse().unwrap(),
+        )
+        .unwrap();
+        (id.to_string(), b)
+    };
+    let mut all = vec![budget(
+        "b-search",
+        "search monthly",
+        "team=search",
+        "100.00",
+    )];
+    if foreign {
+        all.push(budget(
+            "b-ds",
+            "key-ds-4242 data-science budget",
+            "team=data-science",
+            "999.50",
+        ));
+        all.push(budget(
+            "b-org",
+            "unattributed-secret org budget",
+            "org=acme",
+            "4242.00",
+        ));
+    }
+    meterline_api::budgets::BudgetSnapshot::new(all.into_iter().collect(), &[])
+}
