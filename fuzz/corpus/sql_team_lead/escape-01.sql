@@ -1,0 +1,1 @@
+!SELECT team, sum(cost_total) AS c FROM usage GROUP BY team

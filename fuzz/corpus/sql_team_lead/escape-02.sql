@@ -1,0 +1,1 @@
+!SELECT * FROM usage WHERE team = 'secret-team'

@@ -1,0 +1,1 @@
+!SELECT * FROM usage WHERE team <> 'search' OR team IS NULL

@@ -1,0 +1,1 @@
+!WITH t AS (SELECT * FROM usage) SELECT * FROM t

@@ -1,0 +1,1 @@
+!SELECT model FROM usage UNION SELECT model FROM usage

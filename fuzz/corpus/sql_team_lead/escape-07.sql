@@ -1,0 +1,1 @@
+!SELECT a.model, b.model FROM usage a JOIN usage b ON a.event_id <> b.event_id

@@ -1,0 +1,1 @@
+!SELECT a.model FROM usage a FULL OUTER JOIN usage b ON a.team = b.team

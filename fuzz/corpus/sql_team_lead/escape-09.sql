@@ -1,0 +1,1 @@
+!SELECT (SELECT max(cost_total) FROM usage) AS m

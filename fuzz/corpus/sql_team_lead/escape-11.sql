@@ -1,0 +1,1 @@
+!SELECT * FROM usage ORDER BY cost_total DESC LIMIT 1

@@ -1,0 +1,1 @@
+!SELECT * FROM datafusion.public.usage

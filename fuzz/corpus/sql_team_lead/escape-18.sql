@@ -1,0 +1,1 @@
+!SELECT a.scope_value, u.model FROM anomalies a JOIN usage u ON a.model = u.model

@@ -1,0 +1,1 @@
+!SELECT * FROM usage WHERE to_timestamp(end_user) > now()

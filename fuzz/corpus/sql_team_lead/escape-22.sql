@@ -1,0 +1,1 @@
+!SELECT * FROM usage WHERE regexp_like('x', end_user)

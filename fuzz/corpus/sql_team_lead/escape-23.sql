@@ -1,0 +1,1 @@
+!SELECT count(*) FROM usage WHERE input_tokens / (input_tokens - 31337) > 0

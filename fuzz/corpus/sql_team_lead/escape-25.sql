@@ -1,0 +1,1 @@
+!SELECT * FROM usage u WHERE EXISTS (SELECT 1 FROM usage v WHERE CAST(v.team AS INT) = 1)

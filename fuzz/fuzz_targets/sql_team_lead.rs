@@ -1,0 +1,23 @@
+//! SQL as a team lead (`search`): a query generated from the bytes (a grammar over the real
+//! tables, views and columns — see `meterline_fuzz::sql`) runs in a session built by
+//! `meterline_api::catalog::session` under `Scope::Teams(["search"])` and is answered by
+//! `meterline_api::answer::run` (JSON, CSV or Arrow IPC). Property: no panic (in any thread),
+//! and no answer, status or error text carries a marker of another team's rows.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use meterline_fuzz::sql::{assert_no_marker, fixture, generate, lead};
+
+fuzz_target!(
+    init: {
+        let _ = fixture();
+    },
+    |data: &[u8]| {
+        let (sql, format) = generate(data);
+        if std::env::var_os("METERLINE_FUZZ_SHOW_SQL").is_some() {
+            eprintln!("SQL: {sql}");
+        }
+        let answer = fixture().answer(&lead(), &sql, format);
+        assert_no_marker(&sql, &answer);
+    }
+);
