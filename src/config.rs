@@ -3,9 +3,10 @@
 //! (`METERLINE_KAFKA__BROKERS=host:9092`, `METERLINE_INGEST__LISTEN=0.0.0.0:8080`).
 //! Validated at start; unknown keys are errors.
 //!
-//! Only `METERLINE_<SECTION>__<KEY>` variables are configuration. A few `METERLINE_*` names
-//! without `__` belong to the program itself ([`PROGRAM_VARIABLES`]: the config file's path,
-//! the built-in broker's location); any other such name is refused as a likely typo.
+//! Only `METERLINE_<SECTION>__<KEY>` variables are configuration; `METERLINE_*` names without
+//! `__` belong to the program (`METERLINE_CONFIG`, the file's path; `METERLINE_KAFKA_HOME`, the
+//! built-in broker's jars; …). One with a single `_` where a config key's `__` belongs
+//! (`METERLINE_KAFKA_BROKERS`) is refused, naming the variable it should be.
 
 use std::path::Path;
 
@@ -32,26 +33,9 @@ pub struct Config {
     pub api: meterline_api::ApiConfig,
 }
 
-/// `METERLINE_*` variables that are not configuration keys.
-pub const PROGRAM_VARIABLES: [&str; 3] = [
-    "METERLINE_CONFIG",          // the config file (same as --config)
-    "METERLINE_KAFKA_HOME",      // where scripts/setup put the Apache Kafka jars
-    "METERLINE_KAFKA_JAVA_OPTS", // JVM options of the built-in broker
-];
-
 impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
-        for (name, _) in std::env::vars() {
-            if name.starts_with("METERLINE_")
-                && !name.contains("__")
-                && !PROGRAM_VARIABLES.contains(&name.as_str())
-            {
-                anyhow::bail!(
-                    "environment variable {name} is neither a config key (METERLINE_<SECTION>__<KEY>, e.g. METERLINE_KAFKA__BROKERS) nor one of {}",
-                    PROGRAM_VARIABLES.join(", ")
-                );
-            }
-        }
+        refuse_misspelt_variables(std::env::vars().map(|(k, _)| k))?;
         let mut f = Figment::from(Serialized::defaults(Config::default()));
         if let Some(p) = file {
             anyhow::ensure!(p.exists(), "config file {} does not exist", p.display());
@@ -68,6 +52,35 @@ impl Config {
         cfg.api.validate()?;
         Ok(cfg)
     }
+}
+
+/// Refuses `METERLINE_<SECTION>_<KEY>` when `<SECTION>.<KEY>` is a config key: it would be
+/// ignored, silently (the key needs `__`).
+fn refuse_misspelt_variables(names: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let defaults = serde_json::to_value(Config::default())?;
+    let sections = defaults.as_object().cloned().unwrap_or_default();
+    for name in names {
+        let Some(rest) = name.strip_prefix("METERLINE_") else {
+            continue;
+        };
+        if rest.contains("__") {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        for (section, keys) in &sections {
+            let Some(key) = rest.strip_prefix(&format!("{section}_")) else {
+                continue;
+            };
+            if keys.get(key).is_some() {
+                anyhow::bail!(
+                    "environment variable {name} is not a config key and would be ignored: did you mean METERLINE_{}__{}?",
+                    section.to_ascii_uppercase(),
+                    key.to_ascii_uppercase()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -97,7 +110,15 @@ mod tests {
             assert_eq!(c.kafka.brokers, "a:1");
             jail.set_env("METERLINE_KAFKA_BROKERS", "typo:1");
             let e = Config::load(None).unwrap_err().to_string();
-            assert!(e.contains("METERLINE_KAFKA_BROKERS"), "{e}");
+            assert!(
+                e.contains("METERLINE_KAFKA_BROKERS") && e.contains("METERLINE_KAFKA__BROKERS"),
+                "{e}"
+            );
+            jail.clear_env();
+            // the program's own variables, whatever they are, pass
+            jail.set_env("METERLINE_PY_HOME", "/x");
+            jail.set_env("METERLINE_SOMETHING_NEW", "1");
+            assert!(Config::load(None).is_ok());
             Ok(())
         });
     }
