@@ -6,7 +6,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meterline_fuzz::sql::{assert_no_marker, fixture, generate, lead};
+// In the target, not in the shared lib: the other targets then do not link DataFusion.
+#[path = "sql_team_lead/fixture.rs"]
+mod sql;
+
+use sql::{assert_no_marker, fixture, generate, lead};
 
 fuzz_target!(
     init: {

@@ -12,7 +12,6 @@ use meterline_ingest::adapters::{check_event, Ctx, FieldError};
 use meterline_schemas::{AvroRecord, PriceChange, Rate, TenantChange, Usage, UsageEvent};
 
 pub mod seeds;
-pub mod sql;
 
 /// A fixed "now" (2026-06-01T00:00:00Z), so that a crash reproduces on any day.
 pub fn now() -> DateTime<Utc> {
@@ -41,9 +40,10 @@ pub fn assert_counts_non_negative(what: &str, u: &Usage) {
 }
 
 /// A price for the event's own (provider, model) with every unit at 0.001 (as in
-/// `ingest/tests/adapter_properties.rs`).
+/// `ingest/tests/adapter_properties.rs`), in force since the earliest time there is (the edge
+/// takes any past `occurred_at`).
 fn full_card(e: &UsageEvent) -> PriceBook {
-    let at = DateTime::from_timestamp(0, 0).expect("epoch");
+    let at = DateTime::<Utc>::MIN_UTC;
     let rates = [
         unit::INPUT,
         unit::OUTPUT,

@@ -7,9 +7,10 @@
 //! anomalies and budgets) carries a marker in each string (`zz-other`, `SECRETKEY`), the cost
 //! `98765.4321` and the time `2031-07-13T13:37:42Z`: none may appear in a lead's answer or error.
 //!
-//! Session: `meterline_api::catalog::session` with `Scope::Teams(["search"])` — how the API
-//! builds a team lead's session — and `meterline_api::answer::run`, how `/v1/sql` answers
-//! (JSON, CSV or Arrow IPC, row cap, time limit).
+//! Answer: `meterline_api::answer::run(&Shared, Scope::Teams(["search"]), sql, format)` — what
+//! `POST /v1/sql` calls for a team lead after authentication (session from
+//! `catalog::session`, the API's query runtime, row cap, time limit; JSON, CSV or Arrow IPC) —
+//! with `Shared` built as `App::build` builds it (no broker, budgets set directly).
 //!
 //! Grammar: SQL built from fuzzer bytes over the real tables, views and columns (typed), with
 //! casts, CASE, division, string and date functions, aggregates with GROUP BY / HAVING, window
@@ -20,14 +21,15 @@ use std::sync::OnceLock;
 
 use arbitrary::Unstructured;
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::RecordBatch;
+use std::sync::Arc;
 use meterline_aggregate::ledger::Ledger;
 use meterline_aggregate::rows::Row;
 use meterline_api::answer::{self, Format};
-use meterline_api::budgets::{self, BudgetSnapshot};
-use meterline_api::catalog::{self, Scope as QueryScope};
-use meterline_api::ledger_view::{LedgerState, LedgerView};
-use meterline_api::ApiConfig;
+use meterline_api::budgets::{BudgetCache, BudgetSnapshot};
+use meterline_api::catalog::Scope as QueryScope;
+use meterline_api::queries::QueryRuntime;
+use meterline_api::{ApiConfig, Shared};
+use meterline_schemas::auth::TokenTable;
 use meterline_schemas::{
     Anomaly, BudgetAction, BudgetChange, BudgetSignal, BudgetState, CostLines, Money, PeriodKind,
     PricedUsage, Scope, ScopeKind, TenantPath, Threshold, UsageEvent,
@@ -38,9 +40,9 @@ pub const MARKERS: [&str; 5] = ["zz-other", "secretkey", "98765.4321", "2031-07-
 
 pub struct Fixture {
     _dir: tempfile::TempDir,
-    pub cfg: ApiConfig,
-    pub state: LedgerState,
-    pub budgets: RecordBatch,
+    /// The API's state as `App::build` makes it (no broker; budgets set directly).
+    pub shared: Arc<Shared>,
+    /// The HTTP side's runtime (queries run on the API's own query runtime).
     pub rt: tokio::runtime::Runtime,
 }
 
@@ -180,7 +182,7 @@ fn anomalies() -> Vec<Anomaly> {
     ]
 }
 
-fn budget_batch() -> RecordBatch {
+fn budget_snapshot() -> BudgetSnapshot {
     let b = |id: &str, kind: ScopeKind, value: &str, limit: &str| BudgetChange {
         budget_id: id.into(),
         version: 1,
@@ -216,7 +218,7 @@ fn budget_batch() -> RecordBatch {
         list.iter().map(|b| (b.budget_id.clone(), b.clone())).collect(),
         &[],
     );
-    let now = crate::now();
+    let now = meterline_fuzz::now();
     for (id, value, kind) in [
         ("search-monthly", "search", ScopeKind::Team),
         ("SECRETKEY-zz-other-monthly", "zz-other", ScopeKind::Team),
@@ -229,8 +231,9 @@ fn budget_batch() -> RecordBatch {
                     kind,
                     value: value.into(),
                 },
-                period_start: now - chrono::Duration::days(1),
-                period_end: now + chrono::Duration::days(30),
+                // in force whatever the clock says (the table compares with the real now)
+                period_start: t("2000-01-01T00:00:00Z"),
+                period_end: t("2099-01-01T00:00:00Z"),
                 state: BudgetState::Warning,
                 spend: if value == "search" { "81".parse() } else { "98765.4321".parse() }
                     .expect("spend"),
@@ -242,7 +245,7 @@ fn budget_batch() -> RecordBatch {
             },
         );
     }
-    budgets::to_batch(&snap, now).expect("budgets batch")
+    snap
 }
 
 /// The fixture, built once per process.
@@ -263,25 +266,35 @@ pub fn fixture() -> &'static Fixture {
         )
         .expect("anomalies");
         let cfg = ApiConfig {
+            listen: "127.0.0.1:0".into(),
             data_dir: dir.path().to_path_buf(),
             max_rows: 1000,
             query_memory_bytes: 64 << 20,
             query_timeout_ms: 5_000,
             ..Default::default()
         };
-        let state = LedgerView::default()
-            .state(dir.path())
-            .expect("ledger state");
+        cfg.validate().expect("api config");
+        let budgets = BudgetCache::default();
+        budgets.set(budget_snapshot());
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
+        // as App::build does it
+        let shared = Arc::new(Shared {
+            tokens: TokenTable::new(&cfg.tokens),
+            kafka: None,
+            ledger: Default::default(),
+            rollups: Default::default(),
+            budgets: Arc::new(budgets),
+            close_lock: Default::default(),
+            queries: QueryRuntime::new(2).expect("query runtime"),
+            cfg,
+        });
         let f = Fixture {
             _dir: dir,
-            cfg,
-            state,
-            budgets: budget_batch(),
+            shared,
             rt,
         };
         // The control: finance sees the markers (so the check below can fail), the lead its
@@ -306,20 +319,7 @@ impl Fixture {
     /// Everything a client could read of the answer: status, body (or the transfer's error).
     pub fn answer(&self, scope: &QueryScope, sql: &str, format: Format) -> String {
         self.rt.block_on(async {
-            let ctx = match catalog::session(&self.cfg, scope, &self.state, self.budgets.clone())
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => return format!("session error: {e}"),
-            };
-            let r = answer::run(
-                &ctx,
-                sql,
-                format,
-                self.cfg.max_rows,
-                self.cfg.query_timeout_ms,
-            )
-            .await;
+            let r = answer::run(&self.shared, scope.clone(), sql.to_string(), format).await;
             let status = r.status();
             let headers = format!("{:?}", r.headers());
             let body = match axum::body::to_bytes(r.into_body(), 256 << 20).await {
