@@ -174,7 +174,15 @@ mod tests {
         .unwrap();
         assert_eq!(p.cost.total.to_string(), "0.00045");
         assert_eq!((p.price_id.as_str(), p.price_version), ("openai/gpt-4o", 3));
-        assert_eq!(p.tenant.org, "unattributed");
+        // no tenant rule: the org and team the event names stand
+        assert_eq!(
+            (
+                p.tenant.org.as_str(),
+                p.tenant.team.as_deref(),
+                p.tenant_rule_id
+            ),
+            ("org-1", Some("team-1"), None)
+        );
     }
 
     #[test]
