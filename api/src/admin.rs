@@ -5,16 +5,16 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::Utc;
 use meterline_aggregate::budget_admin::{self, BudgetDraft};
 use meterline_enrich::admin::{self as enrich_admin, Publication};
 use meterline_schemas::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::{error, Shared};
+use crate::{error, Caller, Shared};
 
 /// What a publication did.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -77,10 +77,7 @@ fn kafka_error(e: impl std::fmt::Display) -> (StatusCode, String) {
 /// Current prices (latest version of each).
 #[utoipa::path(get, path = "/v1/admin/prices", description = "Roles: admin.",
     responses((status = 200), (status = 401), (status = 403), (status = 502)), security(("bearer" = [])))]
-pub async fn get_prices(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/admin/prices") {
-        return r;
-    }
+pub async fn get_prices(State(s): State<Arc<Shared>>) -> Response {
     with_kafka(&s, StatusCode::OK, |kafka| {
         let r = enrich_admin::load(kafka).map_err(kafka_error)?;
         let book = r.prices.read().expect("price book");
@@ -99,14 +96,10 @@ pub async fn get_prices(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Res
     security(("bearer" = [])))]
 pub async fn post_prices(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
+    Extension(Caller(who)): Extension<Caller>,
     Query(q): Query<PublishQuery>,
     body: String,
 ) -> Response {
-    let who = match crate::authorize_route(&s, &headers, "POST", "/v1/admin/prices") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let drafts = match meterline_enrich::native::parse(
         &body,
         meterline_enrich::native::Syntax::Json,
@@ -129,10 +122,7 @@ pub async fn post_prices(
 /// Current tenant rules (latest version of each).
 #[utoipa::path(get, path = "/v1/admin/tenants", description = "Roles: admin.",
     responses((status = 200), (status = 401), (status = 403), (status = 502)), security(("bearer" = [])))]
-pub async fn get_tenants(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/admin/tenants") {
-        return r;
-    }
+pub async fn get_tenants(State(s): State<Arc<Shared>>) -> Response {
     with_kafka(&s, StatusCode::OK, |kafka| {
         let r = enrich_admin::load(kafka).map_err(kafka_error)?;
         let dir = r.tenants.read().expect("tenants");
@@ -151,14 +141,10 @@ pub async fn get_tenants(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
     security(("bearer" = [])))]
 pub async fn post_tenants(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
+    Extension(Caller(who)): Extension<Caller>,
     Query(q): Query<PublishQuery>,
     body: String,
 ) -> Response {
-    let who = match crate::authorize_route(&s, &headers, "POST", "/v1/admin/tenants") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let drafts = match meterline_enrich::tenants::parse_yaml(&body, Some(Utc::now()), &who.name) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("tenant rules: {e}")),
@@ -175,10 +161,7 @@ pub async fn post_tenants(
 /// Every budget (latest version, deleted ones included).
 #[utoipa::path(get, path = "/v1/admin/budgets", description = "Roles: admin.",
     responses((status = 200), (status = 401), (status = 403), (status = 502)), security(("bearer" = [])))]
-pub async fn get_budgets(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/admin/budgets") {
-        return r;
-    }
+pub async fn get_budgets(State(s): State<Arc<Shared>>) -> Response {
     with_kafka(&s, StatusCode::OK, |kafka| {
         budget_admin::load(kafka)
             .map(|m| m.into_values().collect::<Vec<_>>())
@@ -221,13 +204,9 @@ pub struct BudgetRequest {
     security(("bearer" = [])))]
 pub async fn post_budget(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
+    Extension(Caller(who)): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Response {
-    let who = match crate::authorize_route(&s, &headers, "POST", "/v1/admin/budgets") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     // parsed by the same type as the CLI's flags, with the same defaults
     // the error names the field: `budget.limit: 'lots' is not a decimal number …`
     let d: BudgetDraft =
@@ -258,14 +237,9 @@ pub async fn post_budget(
     security(("bearer" = [])))]
 pub async fn delete_budget(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
+    Extension(Caller(who)): Extension<Caller>,
     Path(budget_id): Path<String>,
 ) -> Response {
-    let who = match crate::authorize_route(&s, &headers, "DELETE", "/v1/admin/budgets/{budget_id}")
-    {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     with_kafka(&s, StatusCode::OK, move |kafka| {
         let current = budget_admin::load(kafka).map_err(kafka_error)?;
         let mut b = current

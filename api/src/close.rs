@@ -9,8 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,7 @@ use crate::catalog::Scope;
 use crate::ledger_view::Watermark;
 use crate::period::Month;
 use crate::reports::chargeback::{self, Cut, GroupBy, ReportFormat};
-use crate::{error, Error, Shared};
+use crate::{error, Caller, Error, Shared};
 
 /// One snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -195,7 +196,27 @@ pub async fn close(
         .settled_state(&s.cfg.data_dir)
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    // 2. months close in order, with no gap and nothing earlier left open
+    // 2. the first close: not before the ledger's first usage (a month before it has nothing
+    //    to bill, and closing it would make every month up to the first usage close first)
+    if last.is_none() {
+        let first = state.files.iter().map(|f| f.date.as_str()).min();
+        let Some(first) = first
+            .and_then(|d| d.get(..7))
+            .and_then(|m| m.parse::<Month>().ok())
+        else {
+            return Err((
+                StatusCode::CONFLICT,
+                "the ledger has no usage yet: there is no month to close".into(),
+            ));
+        };
+        if period < first {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("the ledger's first usage is in {first}: {period} has nothing to close"),
+            ));
+        }
+    }
+    // 3. months close in order, with no gap and nothing earlier left open
     match &last {
         Some(l) if period < l.period => {
             return Err((
@@ -230,7 +251,7 @@ pub async fn close(
             }
         }
     }
-    // 3. every report of the month under the watermark, as it will be served forever
+    // 4. every report of the month under the watermark, as it will be served forever
     let closed_at = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let cut = Cut {
         upto: Some(state.watermark.clone()),
@@ -263,7 +284,7 @@ pub async fn close(
         watermark: state.watermark,
         files: vec![],
     };
-    // 4. written atomically (see Closes::write)
+    // 5. written atomically (see Closes::write)
     let rec = tokio::task::spawn_blocking(move || closes.write(rec, files))
         .await
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -280,20 +301,22 @@ pub async fn close(
     security(("bearer" = [])))]
 pub async fn post_close(
     State(s): State<std::sync::Arc<Shared>>,
-    headers: HeaderMap,
+    Extension(Caller(who)): Extension<Caller>,
     UrlPath(period): UrlPath<String>,
 ) -> Response {
-    let who = match crate::authorize_route(&s, &headers, "POST", "/v1/periods/{period}/close") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let period: Month = match period.parse() {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("period: {e}")),
     };
-    match close(&s, period, &who.name).await {
-        Ok(rec) => (StatusCode::CREATED, Json(rec)).into_response(),
-        Err((status, msg)) => error(status, msg),
+    // the month's chargebacks are computed on the query runtime, like every query
+    let task = {
+        let s = s.clone();
+        async move { close(&s, period, &who.name).await }
+    };
+    match s.queries.run(task).await {
+        Ok(Ok(rec)) => (StatusCode::CREATED, Json(rec)).into_response(),
+        Ok(Err((status, msg))) => error(status, msg),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -302,10 +325,7 @@ pub async fn post_close(
     description = "Roles: admin, finance, viewer.",
     responses((status = 200, body = Vec<CloseRecord>), (status = 401), (status = 403)),
     security(("bearer" = [])))]
-pub async fn get_periods(State(s): State<std::sync::Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = crate::authorize_route(&s, &headers, "GET", "/v1/periods") {
-        return r;
-    }
+pub async fn get_periods(State(s): State<std::sync::Arc<Shared>>) -> Response {
     match Closes::new(&s.cfg.data_dir).list() {
         Ok(l) => Json(l).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

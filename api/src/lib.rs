@@ -30,7 +30,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -156,14 +158,13 @@ pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 /// The caller of `method path`, if its token is known and its role admitted there.
-pub(crate) fn authorize_route(
+fn authorize_route(
     s: &Shared,
     headers: &HeaderMap,
     method: &str,
     path: &str,
+    roles: &[Role],
 ) -> Result<Principal, Response> {
-    let roles = roles_of(method, path);
-    debug_assert!(!roles.is_empty(), "{method} {path} is not in ROUTES");
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -179,6 +180,44 @@ pub(crate) fn authorize_route(
             format!("this token's role may not use {method} {path}"),
         ),
     })
+}
+
+/// Who is calling: put in the request by [`authenticate`] before any handler runs, so a
+/// handler taking `Extension<Caller>` cannot be reached without admitted credentials.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+/// Checks the credentials of every routed request against [`ROUTES`] before anything else
+/// of it is read: the query string, path parameters and body are parsed by the handler's
+/// extractors, which run after this (a malformed query string used to answer 400 to a
+/// caller without a token). A route missing from [`ROUTES`] is refused (fail closed).
+async fn authenticate(
+    State(s): State<Arc<Shared>>,
+    path: MatchedPath,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().as_str().to_string();
+    let path = path.as_str();
+    let roles = roles_of(&method, path);
+    if roles.is_empty() {
+        return if ROUTES.iter().any(|(_, p, _)| *p == path) {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} {path} is not a route"),
+            )
+        } else {
+            tracing::error!(%method, path, "route missing from ROUTES");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "route without roles")
+        };
+    }
+    match authorize_route(&s, req.headers(), &method, path, roles) {
+        Ok(who) => {
+            req.extensions_mut().insert(Caller(who));
+            next.run(req).await
+        }
+        Err(r) => r,
+    }
 }
 
 #[derive(OpenApi)]
@@ -263,6 +302,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/admin/budgets/{budget_id}",
             delete(admin::delete_budget),
         )
+        // every route above: credentials first
+        .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate))
+        // public
         .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared)

@@ -90,7 +90,9 @@ impl FromStr for Month {
     fn from_str(s: &str) -> Result<Month, String> {
         let bad = || format!("{s:?} is not a month: expected YYYY-MM");
         let (y, m) = s.split_once('-').ok_or_else(bad)?;
-        if y.len() != 4 || m.len() != 2 {
+        // digits only: `parse` would also take a sign (`+026`)
+        let digits = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(y, 4) || !digits(m, 2) {
             return Err(bad());
         }
         let year: i32 = y.parse().map_err(|_| bad())?;
@@ -124,7 +126,18 @@ mod tests {
         assert_eq!(m.date_bounds(), ("2026-12-01".into(), "2027-01-01".into()));
         assert_eq!(m.end().to_rfc3339(), "2027-01-01T00:00:00+00:00");
         for bad in [
-            "2026-13", "2026-1", "26-01", "2026/01", "", "2026-00", "x-01",
+            "2026-13",
+            "2026-1",
+            "26-01",
+            "2026/01",
+            "",
+            "2026-00",
+            "x-01",
+            "+026-05",
+            "-026-05",
+            "2026-+5",
+            "２０２６-05",
+            "2026-05 ",
         ] {
             assert!(bad.parse::<Month>().is_err(), "{bad}");
         }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use serde::Deserialize;
 
 use crate::answer::{self, Format};
-use crate::{error, Shared};
+use crate::{error, Caller, Shared};
 
 /// Body of `POST /v1/sql`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -26,13 +27,10 @@ pub struct SqlRequest {
     security(("bearer" = [])))]
 pub async fn post_sql(
     State(s): State<Arc<Shared>>,
+    Extension(Caller(who)): Extension<Caller>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let who = match crate::authorize_route(&s, &headers, "POST", "/v1/sql") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let req: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

@@ -105,3 +105,57 @@ async fn every_route_in_the_spec_refuses_missing_tokens_and_wrong_roles() {
         "every route is in the spec"
     );
 }
+
+/// Credentials are checked before anything of the request is read: a query string, a path
+/// parameter or a body the route would refuse gets 401 without a token and 403 with a token
+/// of a role the route does not admit, never a 400 that tells a stranger how to shape it.
+#[tokio::test]
+async fn credentials_come_before_the_query_string_path_and_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ApiConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_path_buf(),
+        tokens: ROLES
+            .iter()
+            .map(|(role, name)| TokenConfig {
+                principal: format!("p-{name}"),
+                sha256: hash_token(&token_of(name)),
+                role: *role,
+                teams: vec!["search".into()],
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let app = App::build(None, cfg).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+    let mut checked = 0;
+    for (method, path, roles) in meterline_api::ROUTES {
+        let url = path
+            .replace("{period}", "not-a-month")
+            .replace("{budget_id}", "%FF%FE");
+        let outsider = ROLES
+            .iter()
+            .map(|(_, n)| *n)
+            .find(|n| !roles.iter().any(|r| serde_json::to_value(r).unwrap() == *n))
+            .expect("a role the route does not admit");
+        for (token, want) in [(None, 401), (Some(token_of(outsider)), 403)] {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut rq = client
+                .request(
+                    m,
+                    format!("{base}{url}?bogus=1&format=nope&from=x&period=13-2026"),
+                )
+                .header("content-type", "application/json")
+                .body(vec![0xff, 0xfe, b'{']);
+            if let Some(t) = token {
+                rq = rq.bearer_auth(t);
+            }
+            let status = rq.send().await.unwrap().status().as_u16();
+            assert_eq!(status, want, "{method} {url} as {outsider:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2 * meterline_api::ROUTES.len());
+}

@@ -745,3 +745,49 @@ async fn showback_is_scoped_and_reconciles() {
         assert!(String::from_utf8_lossy(&b).contains(needle), "{q}");
     }
 }
+
+/// Months are `YYYY-MM` with four digits, and a month before the ledger's first usage cannot
+/// be closed: `0001-01` used to be accepted and then blocked every later close ("close
+/// 0001-02 first").
+#[tokio::test]
+async fn only_real_months_from_the_first_usage_on_can_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = start(dir.path()).await;
+    // an empty ledger: nothing to close
+    let (status, v) = close(&base, FINANCE, "2026-09").await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no usage"), "{v}");
+    fixture(dir.path());
+    for bad in [
+        "+026-05",
+        "026-05",
+        "2026-5",
+        "-2026-05",
+        "2026-05 ",
+        "２０２６-05",
+        "2026-+5",
+    ] {
+        let (status, v) = close(&base, FINANCE, &bad.replace(' ', "%20")).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("YYYY-MM"),
+            "{bad}: {v}"
+        );
+    }
+    for early in ["0001-01", "1970-01", "2026-08"] {
+        let (status, v) = close(&base, FINANCE, early).await;
+        assert_eq!(status, 409, "{early}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("first usage is in 2026-09"),
+            "{early}: {v}"
+        );
+    }
+    // refusals changed nothing: the first month with usage still closes, then the next
+    let (status, v) = close(&base, FINANCE, "2026-09").await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = close(&base, FINANCE, "2026-10").await;
+    assert_eq!(status, 201, "{v}");
+}

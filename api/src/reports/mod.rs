@@ -82,20 +82,16 @@ pub(crate) fn params<T>(
         .map_err(|e| crate::error(axum::http::StatusCode::BAD_REQUEST, e.body_text()))
 }
 
-/// The start every scoped report shares: who asks (authorised for `GET path`), its query
+/// The start every scoped report shares (its caller already authenticated): its query
 /// string (400 naming what is wrong), and the answer format (`format=` or `Accept`).
 pub(crate) fn begin<T>(
-    s: &crate::Shared,
     headers: &axum::http::HeaderMap,
-    path: &str,
     q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
     format: impl FnOnce(&T) -> Option<&str>,
-) -> Result<(meterline_schemas::auth::Principal, T, crate::answer::Format), axum::response::Response>
-{
-    let who = crate::authorize_route(s, headers, "GET", path)?;
+) -> Result<(T, crate::answer::Format), axum::response::Response> {
     let q = params(q)?;
     let f = crate::answer::Format::negotiate(format(&q), headers)?;
-    Ok((who, q, f))
+    Ok((q, f))
 }
 
 /// A timestamp as a SQL `TIMESTAMP '…'` literal body (µs, UTC).

@@ -6,12 +6,14 @@
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 
 use super::Shared;
 use crate::answer;
 use crate::error;
+use crate::Caller;
 
 /// Dimensions showback groups by: (URL name, ledger column).
 pub const DIMENSIONS: [(&str, &str); 12] = [
@@ -114,12 +116,11 @@ pub fn showback_sql(q: &ShowbackQuery) -> Result<String, String> {
     security(("bearer" = [])))]
 pub async fn get_showback(
     State(s): State<Shared>,
+    Extension(Caller(who)): Extension<Caller>,
     headers: HeaderMap,
     q: Result<Query<ShowbackQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let (who, q, format) = match super::begin(&s, &headers, "/v1/reports/showback", q, |q| {
-        q.format.as_deref()
-    }) {
+    let (q, format) = match super::begin(&headers, q, |q| q.format.as_deref()) {
         Ok(v) => v,
         Err(r) => return r,
     };

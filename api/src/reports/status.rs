@@ -4,12 +4,14 @@
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use serde::Deserialize;
 
 use super::showback::parse_instant;
 use super::Shared;
 use crate::answer;
 use crate::error;
+use crate::Caller;
 
 /// Query of `GET /v1/reports/anomalies`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -30,12 +32,11 @@ pub struct AnomaliesQuery {
     security(("bearer" = [])))]
 pub async fn get_anomalies(
     State(s): State<Shared>,
+    Extension(Caller(who)): Extension<Caller>,
     headers: HeaderMap,
     q: Result<Query<AnomaliesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let (who, q, format) = match super::begin(&s, &headers, "/v1/reports/anomalies", q, |q| {
-        q.format.as_deref()
-    }) {
+    let (q, format) = match super::begin(&headers, q, |q| q.format.as_deref()) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -76,12 +77,11 @@ pub struct BudgetsQuery {
     security(("bearer" = [])))]
 pub async fn get_budgets(
     State(s): State<Shared>,
+    Extension(Caller(who)): Extension<Caller>,
     headers: HeaderMap,
     q: Result<Query<BudgetsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let (who, _, format) = match super::begin(&s, &headers, "/v1/reports/budgets", q, |q| {
-        q.format.as_deref()
-    }) {
+    let (_, format) = match super::begin(&headers, q, |q| q.format.as_deref()) {
         Ok(v) => v,
         Err(r) => return r,
     };
