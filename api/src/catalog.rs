@@ -124,9 +124,11 @@ pub async fn session(
         .with_round_robin_repartition(false);
     // A recursive CTE can double a value per step without bound; not offered.
     config.options_mut().execution.enable_recursive_ctes = false;
-    let limits = crate::functions::Limits {
-        pool: runtime.memory_pool.clone(),
-    };
+    let limits = crate::functions::Limits::new(
+        runtime.memory_pool.clone(),
+        cfg.query_memory_bytes,
+        config.batch_size(),
+    );
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     crate::functions::install(&ctx, &limits);
     let usage = ledger_table(cfg, ledger)?;

@@ -28,6 +28,7 @@
 use std::any::Any;
 use std::hash::{Hash, Hasher};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{make_array, Array, ArrayData, ArrayRef, AsArray};
@@ -247,6 +248,22 @@ pub fn bound_of(name: &str) -> Option<Bound> {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub pool: Arc<dyn MemoryPool>,
+    /// Bytes of constants the functions of one query may make in all (`limit / batch rows`:
+    /// a constant may be repeated once per row of a batch).
+    pub constants_budget: usize,
+    /// Bytes of constants made so far (never released: they live in the plan).
+    pub constants: Arc<AtomicUsize>,
+}
+
+impl Limits {
+    /// Limits of a query with `limit_bytes` of memory and batches of `batch_rows` rows.
+    pub fn new(pool: Arc<dyn MemoryPool>, limit_bytes: usize, batch_rows: usize) -> Self {
+        Limits {
+            pool,
+            constants_budget: limit_bytes / batch_rows.max(1),
+            constants: Default::default(),
+        }
+    }
 }
 
 /// Offers `ctx` only the vetted functions, each bounded against `limits`; installs the
@@ -369,17 +386,33 @@ impl ScalarUDFImpl for Bounded {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
+        // constant arguments over one row: constant folding, whose result becomes a constant
+        // of the plan (outside the pool, repeated over the rows of a batch where used)
+        let constant = rows <= 1
+            && !args.args.is_empty()
+            && args
+                .args
+                .iter()
+                .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let estimate = estimate(self.name(), self.bound, &args.args, rows)?;
         let reservation = self.reserve(estimate)?;
-        let out = self.inner.invoke_with_args(args)?;
-        let array = match out {
-            // planning (constant folding) evaluates over one row: its constants are checked
-            // by `vet_physical`
-            ColumnarValue::Scalar(s) if rows <= 1 => return Ok(ColumnarValue::Scalar(s)),
-            ColumnarValue::Scalar(s) => s.to_array_of_size(rows)?,
+        let array = match self.inner.invoke_with_args(args)? {
+            ColumnarValue::Scalar(s) => s.to_array_of_size(rows.max(1))?,
             ColumnarValue::Array(a) => a,
         };
-        reservation.try_resize(array.get_array_memory_size())?;
+        let bytes = array.get_array_memory_size();
+        if constant {
+            let total = self.limits.constants.fetch_add(bytes, Ordering::SeqCst) + bytes;
+            if total > self.limits.constants_budget {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "{}() makes constants of {total} bytes in this query; at most {} (the \
+                     memory limit over a batch of rows)",
+                    self.name(),
+                    self.limits.constants_budget
+                )));
+            }
+        }
+        reservation.try_resize(bytes)?;
         Ok(ColumnarValue::Array(charged(array, reservation)))
     }
 
@@ -884,9 +917,7 @@ mod tests {
             );
         }
         let ctx = SessionContext::new();
-        let limits = Limits {
-            pool: Arc::new(GreedyMemoryPool::new(1 << 20)),
-        };
+        let limits = Limits::new(Arc::new(GreedyMemoryPool::new(1 << 20)), 1 << 20, 8192);
         install(&ctx, &limits);
         let state = ctx.state();
         for (name, f) in state.scalar_functions() {

@@ -84,6 +84,60 @@ async fn hostile_functions_stay_within_the_memory_limit() {
         "worst peak growth: {worst} MiB under a {} MiB limit",
         LIMIT >> 20
     );
+    // a collecting aggregate over a window makes a list of all earlier rows for every row
+    for q in [
+        "SELECT max(cardinality(a)) AS n FROM (SELECT array_agg(v) OVER (ORDER BY v) AS a \
+         FROM generate_series(1, 200000) t(v))",
+        "SELECT max(length(s)) AS n FROM (SELECT string_agg(CAST(v AS VARCHAR), ',') \
+         OVER (ORDER BY v) AS s FROM generate_series(1, 200000) t(v))",
+    ] {
+        let (grew, status, body) = peak_growth(&base, q).await;
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(
+            body.contains("not available as a window function"),
+            "{body}"
+        );
+        assert!(grew < 64, "{q}: {grew} MiB");
+    }
+    // constants are made outside the pool and repeated over every row of a batch: their
+    // total is bounded, however many calls make them
+    let many = vec!["repeat('x', 10000000)"; 600].join(", ");
+    for q in [
+        format!("SELECT length(concat({many})) AS n"),
+        format!(
+            "SELECT {}",
+            (0..400)
+                .map(|i| format!("length(repeat('x', 30000)) AS c{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ] {
+        let (grew, status, body) = peak_growth(&base, &q).await;
+        eprintln!("{grew:>6} MiB  {status}  {}…", &q[..60]);
+        assert_eq!(status, 422, "{body}");
+        assert!(grew <= (LIMIT >> 20) as u64 + 64, "{grew} MiB");
+    }
+    // ordinary uses are unaffected
+    for (q, want) in [
+        (
+            "SELECT repeat('ab', 3) || lpad('7', 3, '0') AS s",
+            "ababab007",
+        ),
+        ("SELECT cardinality(range(1, 1001)) AS n", "\"n\":1000"),
+        (
+            "SELECT string_agg(CAST(v AS VARCHAR), ',') AS s FROM generate_series(1, 3) t(v)",
+            "1,2,3",
+        ),
+        (
+            "SELECT replace(CAST(model AS VARCHAR), 'gpt', 'GPT') AS m FROM usage \
+             WHERE team = 'search' ORDER BY 1 LIMIT 1",
+            "GPT-4o",
+        ),
+    ] {
+        let (status, body) = sql(&base, FINANCE, q).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        assert!(body.contains(want), "{q}: {body}");
+    }
     // and the server still answers
     assert_eq!(sql(&base, FINANCE, "SELECT 1 AS one").await.0, 200);
 }
