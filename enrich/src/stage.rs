@@ -341,14 +341,19 @@ impl Stage {
                     .0
             }
         };
-        self.consumer
-            .seek(
-                topics::USAGE_RAW,
-                p,
-                Offset::Offset(start),
-                Duration::from_secs(10),
-            )
-            .map_err(Error::kafka)?;
+        match self.consumer.seek(
+            topics::USAGE_RAW,
+            p,
+            Offset::Offset(start),
+            Duration::from_secs(10),
+        ) {
+            Ok(()) => {}
+            // Taken over right at assignment, the partition may still be waiting for its own
+            // committed offset (ERR__STATE): it then starts from that offset, the same one we
+            // read after fencing, and `Owned::start` skips anything older.
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {}
+            Err(e) => return Err(Error::kafka(e)),
+        }
         // 3. Rebuild the dedup window from our own committed output of partition p.
         let window = chrono::Duration::seconds(self.cfg.dedup_window_secs as i64);
         let dedup = tail::rebuild(&self.tail_reader, p, window)?;
