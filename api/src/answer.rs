@@ -144,6 +144,7 @@ async fn open(
     let physical = df.create_physical_plan().await.map_err(failed)?;
     let batch_rows = ctx.state().config().batch_size();
     functions::vet_physical(&physical, s.cfg.query_memory_bytes, batch_rows).map_err(failed)?;
+    let physical = crate::queries::charge_held_batches(physical).map_err(failed)?;
     let physical = crate::queries::yielding(physical).map_err(failed)?;
     execute_stream(physical, ctx.task_ctx()).map_err(failed)
 }

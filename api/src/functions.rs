@@ -639,7 +639,8 @@ fn estimate(name: &str, bound: Bound, args: &[ColumnarValue], rows: usize) -> Re
         Bound::Levenshtein => {
             let cells = per_row(args, rows, |c, r| c[0][r] * c[1][r], &[0, 1])?;
             if cells > MAX_LEVENSHTEIN_CELLS {
-                return Err(DataFusionError::ResourcesExhausted(format!(
+                // time, not memory: one call cannot be interrupted
+                return Err(DataFusionError::Execution(format!(
                     "levenshtein() would compare {cells} pairs of characters in one batch; \
                      at most {MAX_LEVENSHTEIN_CELLS} are allowed"
                 )));

@@ -60,6 +60,9 @@ async fn hostile_functions_stay_within_the_memory_limit() {
          SELECT length(s) AS n FROM d",
         "SELECT length(concat(repeat('x', 10000000), repeat('x', 10000000), repeat('x', 10000000), \
          repeat('x', 10000000), repeat('x', 10000000), repeat('x', 10000000))) AS n",
+        // batches without columns are free to a join's accounting
+        "SELECT count(*) AS n FROM generate_series(1, 100000) a, generate_series(1, 100000) b, \
+         generate_series(1, 100000) c, generate_series(1, 100000) d",
         "SELECT max(length(upper(r) || (upper(r) || (upper(r) || (upper(r) || (upper(r) || upper(r))))))) AS n \
          FROM (SELECT repeat('x', 2000) AS r FROM generate_series(1, 200000))",
     ];
