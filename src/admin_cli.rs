@@ -6,7 +6,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use meterline_enrich::admin::{self, Publication};
 use meterline_enrich::{litellm, native, tenants};
-use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::{topics, PriceChange};
 
 #[derive(clap::Subcommand, Debug)]

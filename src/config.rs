@@ -15,7 +15,7 @@ use figment::Figment;
 use meterline_aggregate::AggregateConfig;
 use meterline_enrich::EnrichConfig;
 use meterline_ingest::IngestConfig;
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

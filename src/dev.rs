@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use meterline_schemas::auth::{hash_token, Role, TokenConfig};
+use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -179,7 +179,7 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
 /// A demo budget (team search, $25 a day, notify at 50 %, throttle at 80 %, block at 100 %),
 /// published once; returns what `budgets list` would print for it.
 async fn publish_demo_budget(
-    kafka: meterline_schemas::kafka::KafkaConfig,
+    kafka: meterline_runtime::kafka::KafkaConfig,
 ) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         use meterline_aggregate::budget_admin;
@@ -220,7 +220,7 @@ async fn publish_demo_budget(
 }
 
 pub async fn publish_demo_reference(
-    kafka: meterline_schemas::kafka::KafkaConfig,
+    kafka: meterline_runtime::kafka::KafkaConfig,
 ) -> anyhow::Result<(
     meterline_enrich::admin::Publication,
     meterline_enrich::admin::Publication,

@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             anyhow::ensure!(!token.is_empty(), "no token on standard input");
-            Ok(println!("{}", meterline_schemas::auth::hash_token(&token)))
+            Ok(println!("{}", meterline_runtime::auth::hash_token(&token)))
         }
         Cmd::Dev(args) => {
             let external = dev::brokers_configured(cli.config.as_deref());

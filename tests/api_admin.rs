@@ -7,7 +7,7 @@ mod common;
 
 use common::{drain_topic, Harness};
 use meterline_api::{ApiConfig, App};
-use meterline_schemas::auth::{hash_token, Role, TokenConfig};
+use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{topics, AvroRecord, BudgetChange, PriceChange};
 use serde_json::{json, Value};
 

@@ -28,7 +28,7 @@ fn hash_token_reads_standard_input() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim(),
-        meterline_schemas::auth::hash_token("s3cret-token")
+        meterline_runtime::auth::hash_token("s3cret-token")
     );
 }
 

@@ -298,7 +298,7 @@ async fn prices_attributes_dedups_rejects_and_replays() {
         Duration::from_secs(30),
         "new price applied by the stage",
         || async {
-            let text = meterline_schemas::telemetry::prometheus().render();
+            let text = meterline_runtime::telemetry::prometheus().render();
             text.lines()
                 .filter(|l| {
                     l.starts_with("meterline_enrich_reference_records_total")

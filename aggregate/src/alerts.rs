@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::metric_names as m;
 use meterline_schemas::{
     topics, Anomaly, AvroRecord, BudgetAction, BudgetChange, BudgetSignal, BudgetState,

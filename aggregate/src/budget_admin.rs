@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::follow;
+use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::{topics, AvroRecord, BudgetChange, Money, PeriodKind};
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::budget::period_at;
@@ -217,13 +217,8 @@ pub fn draft(d: BudgetDraft, author: &str, now: DateTime<Utc>) -> Result<BudgetC
 
 /// The latest version of every budget ever published, deleted ones included.
 pub fn load(kafka: &KafkaConfig) -> Result<BTreeMap<String, BudgetChange>, Error> {
-    let c: BaseConsumer = kafka
-        .client("budgets-admin")
-        .set("group.id", "meterline-budgets-admin")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(Error::kafka)?;
-    let (records, _) = crate::spend::read_to_end(&c, topics::BUDGETS)?;
+    let c = follow::reader(kafka, "budgets-admin")?;
+    let (records, _) = follow::read_to_end(&c, topics::BUDGETS, Duration::from_secs(60))?;
     let mut out: BTreeMap<String, BudgetChange> = BTreeMap::new();
     for bytes in records {
         let b = BudgetChange::from_avro(&bytes).map_err(Error::io)?;

@@ -21,8 +21,8 @@ pub mod stage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
-use meterline_schemas::telemetry::{supervise, Readiness};
+use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::telemetry::{supervise, Readiness};
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
@@ -44,9 +44,9 @@ pub enum Error {
     /// The broker did not answer in time, or not what a healthy group answers: retried.
     #[error("{0}")]
     Broker(String),
-    /// Topic provisioning or a contract-level Kafka call of `meterline-schemas` failed.
-    #[error("topics: {0}")]
-    Topics(#[source] meterline_schemas::Error),
+    /// Topic provisioning, Kafka settings or the topic follower (`meterline-runtime`).
+    #[error(transparent)]
+    Runtime(#[from] meterline_runtime::Error),
     #[error("config: {0}")]
     Config(String),
 }
@@ -63,8 +63,9 @@ impl Error {
     /// A corrupt ledger file, configuration and fatal Kafka errors cannot be waited out.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Kafka(e) => meterline_schemas::kafka::retryable(e),
-            Error::Broker(_) | Error::Topics(_) | Error::Io(_) => true,
+            Error::Kafka(e) => meterline_runtime::kafka::retryable(e),
+            Error::Runtime(e) => e.is_retryable(),
+            Error::Broker(_) | Error::Io(_) => true,
             Error::Corrupt(_) | Error::Fatal(_) | Error::Config(_) => false,
         }
     }
@@ -88,7 +89,7 @@ impl App {
         let stop = CancellationToken::new();
         let ready = Readiness::starting();
         let metrics =
-            meterline_schemas::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
+            meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
                 .await
                 .map_err(Error::io)?;
         Ok(App {
@@ -156,7 +157,7 @@ fn run_once(
     if kafka.create_topics {
         runtime
             .block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))
-            .map_err(Error::Topics)?;
+            ?;
     }
     let ledger = Arc::new(ledger::Ledger::open(&cfg.data_dir)?);
     let tracker = if cfg.budgets {

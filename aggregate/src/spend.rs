@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Decimal128Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::metric_names as m;
 use meterline_schemas::scope::Attribution;
 use meterline_schemas::{topics, AvroRecord, BudgetChange, BudgetSignal, Money, PricedUsage};
@@ -66,69 +66,8 @@ pub struct SpendTracker {
     stop: CancellationToken,
 }
 
-fn partitions(c: &BaseConsumer, topic: &str) -> Result<i32, Error> {
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(Error::kafka)?;
-    Ok(md
-        .topics()
-        .first()
-        .map(|t| t.partitions().len() as i32)
-        .unwrap_or(0))
-}
-
-/// Every record of `topic` up to its end at the time of the call, with the offset after the
-/// last one of partition 0.
-pub fn read_to_end(c: &BaseConsumer, topic: &str) -> Result<(Vec<Vec<u8>>, i64), Error> {
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = vec![];
-    for p in 0..partitions(c, topic)? {
-        let (lo, hi) = c
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .map_err(Error::kafka)?;
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(Error::kafka)?;
-        if hi > lo {
-            ends.push((p, hi));
-        }
-    }
-    c.assign(&tpl).map_err(Error::kafka)?;
-    let mut out = vec![];
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ends
-        .iter()
-        .all(|(p, hi)| next.get(p).is_some_and(|n| n >= hi))
-    {
-        if Instant::now() > deadline {
-            return Err(Error::Broker(format!(
-                "{topic} not read to its end in 60 s"
-            )));
-        }
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => {
-                next.insert(msg.partition(), msg.offset() + 1);
-                if let Some(v) = msg.payload() {
-                    out.push(v.to_vec());
-                }
-            }
-            Some(Err(e)) => return Err(Error::kafka(e)),
-            None => {
-                // Compaction or aborted transactions can leave the last offsets without a
-                // record: the position says how far the reader really is.
-                if let Ok(pos) = c.position() {
-                    for e in pos.elements() {
-                        if let Offset::Offset(o) = e.offset() {
-                            let n = next.entry(e.partition()).or_insert(o);
-                            *n = (*n).max(o);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok((out, next.get(&0).copied().unwrap_or(0)))
-}
+/// How long reading one reference topic to its end may take.
+const READ_TO_END: Duration = Duration::from_secs(60);
 
 /// The rows of one ledger file that occurred at or after `since`.
 pub fn read_spend_rows(path: &Path, since: DateTime<Utc>) -> Result<Vec<SpendRow>, Error> {
@@ -280,7 +219,7 @@ impl SpendTracker {
             .map_err(Error::kafka)?;
         let mut book = BudgetBook::default();
         // 1. the budgets, so signals can be checked against their current terms
-        let (changes, budgets_next) = read_to_end(&consumer, topics::BUDGETS)?;
+        let (changes, budgets_next) = meterline_runtime::follow::read_to_end(&consumer, topics::BUDGETS, READ_TO_END)?;
         for bytes in changes {
             match BudgetChange::from_avro(&bytes) {
                 Ok(c) => {
@@ -290,14 +229,14 @@ impl SpendTracker {
             }
         }
         // 2. what was already signalled is not signalled again
-        let (signals, _) = read_to_end(&consumer, topics::BUDGET_SIGNALS)?;
+        let (signals, _) = meterline_runtime::follow::read_to_end(&consumer, topics::BUDGET_SIGNALS, READ_TO_END)?;
         for bytes in &signals {
             if let Ok(s) = BudgetSignal::from_avro(bytes) {
                 book.restore(&s);
             }
         }
         // 3. anomalies already published are recognised when recomputed
-        let (anomalies, _) = read_to_end(&consumer, topics::ANOMALIES)?;
+        let (anomalies, _) = meterline_runtime::follow::read_to_end(&consumer, topics::ANOMALIES, READ_TO_END)?;
         let published = anomalies
             .iter()
             .filter_map(|b| meterline_schemas::Anomaly::from_avro(b).ok())
@@ -380,7 +319,7 @@ impl SpendTracker {
         }
         // 3. the stream from where those files end (the beginning where there is no file)
         let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions(&self.consumer, topics::USAGE_PRICED)? {
+        for p in 0..meterline_runtime::follow::partition_count(&self.consumer, topics::USAGE_PRICED)? {
             let at = resume
                 .get(&p)
                 .map_or(Offset::Beginning, |o| Offset::Offset(*o));

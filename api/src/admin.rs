@@ -11,7 +11,7 @@ use axum::{Extension, Json};
 use chrono::Utc;
 use meterline_aggregate::budget_admin::{self, BudgetDraft};
 use meterline_enrich::admin::{self as enrich_admin, Publication};
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::{error, Caller, Shared};

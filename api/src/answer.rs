@@ -534,7 +534,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 /// Runs `sql` in `who`'s scope under the query limits and answers it in `format`.
 pub async fn scoped(
     s: &Arc<Shared>,
-    who: &meterline_schemas::auth::Principal,
+    who: &meterline_runtime::auth::Principal,
     sql: &str,
     format: Format,
 ) -> Response {

@@ -12,9 +12,9 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use meterline_schemas::arrow_schema::money_type;
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::{topics, AvroRecord, BudgetChange, BudgetSignal};
-use rdkafka::consumer::BaseConsumer;
+use meterline_runtime::follow;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -188,14 +188,10 @@ impl BudgetCache {
     pub fn refresh(&self, kafka: &KafkaConfig) -> Result<(), Error> {
         let kafka_err = |e: meterline_aggregate::Error| Error::Kafka(e.to_string());
         let budgets = meterline_aggregate::budget_admin::load(kafka).map_err(kafka_err)?;
-        let c: BaseConsumer = kafka
-            .client("api-budgets")
-            .set("group.id", "meterline-api-budgets")
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|e| Error::Kafka(e.to_string()))?;
-        let (signals, _) = meterline_aggregate::spend::read_to_end(&c, topics::BUDGET_SIGNALS)
-            .map_err(kafka_err)?;
+        let c = follow::reader(kafka, "api-budgets").map_err(|e| Error::Kafka(e.to_string()))?;
+        let (signals, _) =
+            follow::read_to_end(&c, topics::BUDGET_SIGNALS, std::time::Duration::from_secs(60))
+                .map_err(|e| Error::Kafka(e.to_string()))?;
         *self.snapshot.write().expect("budget cache") = BudgetSnapshot::new(budgets, &signals);
         Ok(())
     }

@@ -19,7 +19,7 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{col, lit};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use meterline_schemas::auth::{Principal, Role};
+use meterline_runtime::auth::{Principal, Role};
 
 use crate::config::ApiConfig;
 use crate::ledger_view::LedgerState;

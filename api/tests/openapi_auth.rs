@@ -4,7 +4,7 @@
 //! checks the running server against both.
 
 use meterline_api::{ApiConfig, App};
-use meterline_schemas::auth::{hash_token, Role, TokenConfig};
+use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use serde_json::Value;
 
 const ROLES: [(Role, &str); 5] = [

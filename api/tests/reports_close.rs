@@ -11,7 +11,7 @@ use std::str::FromStr;
 use meterline_aggregate::ledger::Ledger;
 use meterline_aggregate::rows::Row;
 use meterline_api::{ApiConfig, App};
-use meterline_schemas::auth::{hash_token, Role, TokenConfig};
+use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};

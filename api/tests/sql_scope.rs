@@ -8,7 +8,7 @@ use std::path::Path;
 use meterline_aggregate::ledger::Ledger;
 use meterline_aggregate::rows::Row;
 use meterline_api::{ApiConfig, App};
-use meterline_schemas::auth::{hash_token, Role, TokenConfig};
+use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{
     Anomaly, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
 };

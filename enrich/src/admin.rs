@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::topics::{self, headers};
 use meterline_schemas::{AvroRecord, PriceChange, TenantChange};
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -26,9 +26,9 @@ pub mod txn;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::metric_names as m;
-use meterline_schemas::telemetry::{supervise, Readiness};
+use meterline_runtime::telemetry::{supervise, Readiness};
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
@@ -61,15 +61,13 @@ pub enum Error {
     /// The broker did not answer in time, or not what a healthy group answers: retried.
     #[error("{0}")]
     Broker(String),
-    /// Topic provisioning or a contract-level Kafka call of `meterline-schemas` failed.
-    #[error("topics: {0}")]
-    Topics(#[source] meterline_schemas::Error),
+    /// Topic provisioning, Kafka settings or the topic follower (`meterline-runtime`).
+    #[error(transparent)]
+    Runtime(#[from] meterline_runtime::Error),
     #[error("codec: {0}")]
     Codec(#[source] meterline_schemas::Error),
     #[error("config: {0}")]
     Config(String),
-    #[error("reference data: {0}")]
-    Reference(String),
     #[error("metrics server: {0}")]
     Io(#[from] std::io::Error),
     #[error("stage task: {0}")]
@@ -89,8 +87,9 @@ impl Error {
     /// cannot be waited out.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Kafka(e) => meterline_schemas::kafka::retryable(e),
-            Error::Broker(_) | Error::Reference(_) | Error::Topics(_) => true,
+            Error::Kafka(e) => meterline_runtime::kafka::retryable(e),
+            Error::Runtime(e) => e.is_retryable(),
+            Error::Broker(_) => true,
             _ => false,
         }
     }
@@ -114,7 +113,7 @@ impl App {
         let stop = CancellationToken::new();
         let ready = Readiness::starting();
         let metrics =
-            meterline_schemas::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
+            meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
                 .await?;
         Ok(App {
             kafka: kafka.clone(),
@@ -178,7 +177,7 @@ fn run_once(
     if kafka.create_topics {
         runtime
             .block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))
-            .map_err(Error::Topics)?;
+            ?;
     }
     let reference = reference::load_and_follow(
         kafka,

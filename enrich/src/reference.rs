@@ -7,13 +7,12 @@
 //! rejected topic); events already priced keep the price they were billed at.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::metric_names as m;
 use meterline_schemas::{topics, AvroRecord, PriceChange, TenantChange};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use meterline_runtime::follow::{self, TopicFollower};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -53,68 +52,17 @@ impl Reference {
     }
 }
 
-fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer, Error> {
-    let c: BaseConsumer = kafka
-        .client("enrich-reference")
-        // No group: every instance reads the whole reference topics.
-        .set("group.id", "meterline-reference-reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false")
-        .create()
-        .map_err(Error::kafka)?;
-    Ok(c)
-}
+const TOPICS: [&str; 2] = [topics::PRICES, topics::TENANTS];
 
-/// Reads both reference topics to their current end into `Reference`.
-pub fn load(kafka: &KafkaConfig, timeout: Duration) -> Result<(Reference, BaseConsumer), Error> {
+/// Reads the reference topics to their end (within `timeout`); the follower goes on from there.
+pub fn load(
+    kafka: &KafkaConfig,
+    timeout: Duration,
+) -> Result<(Reference, TopicFollower), Error> {
     let reference = Reference::default();
-    let c = consumer(kafka)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for topic in [topics::PRICES, topics::TENANTS] {
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(Error::kafka)?;
-        let parts = md
-            .topics()
-            .first()
-            .map(|t| t.partitions().len() as i32)
-            .unwrap_or(0);
-        for p in 0..parts {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(Error::kafka)?;
-            let (lo, hi) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map_err(Error::kafka)?;
-            if hi > lo {
-                ends.push((topic, p, hi));
-            }
-        }
-    }
-    c.assign(&tpl).map_err(Error::kafka)?;
-    let deadline = Instant::now() + timeout;
-    // Done when every partition's position has reached the end seen at start.
-    let done = |c: &BaseConsumer| {
-        let Ok(pos) = c.position() else { return false };
-        ends.iter().all(|(t, p, hi)| {
-            matches!(pos.find_partition(t, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *hi)
-        })
-    };
-    while !done(&c) {
-        if Instant::now() > deadline {
-            return Err(Error::Reference(format!(
-                "reference topics not read to their end within {timeout:?}"
-            )));
-        }
-        if let Some(msg) = c.poll(Duration::from_millis(100)) {
-            let msg = msg.map_err(Error::kafka)?;
-            if let Some(v) = msg.payload() {
-                reference.apply(msg.topic(), v);
-            }
-        }
-    }
-    Ok((reference, c))
+    let mut follower = TopicFollower::start(follow::reader(kafka, "enrich-reference")?, &TOPICS)?;
+    follower.read_to_end(timeout, |topic, v| reference.apply(topic, v))?;
+    Ok((reference, follower))
 }
 
 /// Loads the reference topics, then follows them on a thread until `stop`.
@@ -123,24 +71,9 @@ pub fn load_and_follow(
     timeout: Duration,
     stop: CancellationToken,
 ) -> Result<Arc<Reference>, Error> {
-    let (reference, c) = load(kafka, timeout)?;
+    let (reference, follower) = load(kafka, timeout)?;
     let reference = Arc::new(reference);
     let r = reference.clone();
-    std::thread::Builder::new()
-        .name("enrich-reference".into())
-        .spawn(move || {
-            while !stop.is_cancelled() {
-                match c.poll(Duration::from_millis(200)) {
-                    Some(Ok(msg)) => {
-                        if let Some(v) = msg.payload() {
-                            r.apply(msg.topic(), v);
-                        }
-                    }
-                    Some(Err(e)) => warn!(error = %e, "reference topic poll"),
-                    None => {}
-                }
-            }
-        })
-        .map_err(|e| Error::Reference(e.to_string()))?;
+    follower.follow_on_thread("enrich-reference", stop, move |topic, v| r.apply(topic, v))?;
     Ok(reference)
 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use meterline_schemas::kafka::KafkaConfig;
-use meterline_schemas::lag::{self, LagTracker};
+use meterline_runtime::kafka::KafkaConfig;
+use meterline_runtime::lag::{self, LagTracker};
 use meterline_schemas::metric_names as m;
 use meterline_schemas::topics::{self, headers};
 use meterline_schemas::{AvroRecord, UsageEvent};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use meterline_schemas::auth::TokenConfig;
+use meterline_runtime::auth::TokenConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;

@@ -16,14 +16,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use meterline_enrich::tenants::{TenantDirectory, UNATTRIBUTED};
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::scope::Attribution;
 use meterline_schemas::{
     topics, AvroRecord, BudgetAction, BudgetChange, BudgetSignal, BudgetState, Money, Scope,
     TenantChange, UsageEvent,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use meterline_runtime::follow::{self, TopicFollower};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -250,103 +249,50 @@ fn apply(state: &Shared, topic: &str, bytes: &[u8]) {
     }
 }
 
-/// The topics' ends when the follower starts: `ready` once they are reached.
-fn ends(c: &BaseConsumer) -> Result<Vec<(&'static str, i32, i64)>, rdkafka::error::KafkaError> {
-    let mut out = vec![];
-    for topic in FOLLOWED {
-        let md = c.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let parts = md
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len() as i32);
-        for p in 0..parts {
-            let (lo, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(5))?;
-            if hi > lo {
-                out.push((topic, p, hi));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Follows the topics on a thread until `stop`. The edge serves meanwhile (`ready: false`
 /// answers allow): a broker outage must not stop gateways.
 pub fn follow(
     kafka: &KafkaConfig,
     stop: CancellationToken,
-) -> Result<Shared, rdkafka::error::KafkaError> {
+) -> Result<Shared, meterline_runtime::Error> {
     let state: Shared = Arc::default();
-    let c: BaseConsumer = kafka
-        .client("ingest-enforcement")
-        .set("group.id", "meterline-enforcement")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
+    let kafka = kafka.clone();
     let st = state.clone();
     std::thread::Builder::new()
         .name("enforcement".into())
         .spawn(move || {
             // 1. where the topics end now (retried until the broker answers)
-            let ends = loop {
+            let mut follower = loop {
                 if stop.is_cancelled() {
                     return;
                 }
-                match ends(&c) {
-                    Ok(e) => break e,
+                let started = follow::reader(&kafka, "ingest-enforcement")
+                    .and_then(|c| TopicFollower::start(c, &FOLLOWED));
+                match started {
+                    Ok(f) => break f,
                     Err(e) => {
                         warn!(error = %e, "enforcement: broker not reachable; answering allow");
                         std::thread::sleep(Duration::from_secs(2));
                     }
                 }
             };
-            // 2. read everything from the beginning, then keep following
-            let mut tpl = TopicPartitionList::new();
-            for topic in FOLLOWED {
-                let _ = tpl.add_partition_offset(topic, 0, Offset::Beginning);
-            }
-            if let Err(e) = c.assign(&tpl) {
-                warn!(error = %e, "enforcement: assign");
-                return;
-            }
-            let mut next: HashMap<(String, i32), i64> = HashMap::new();
-            let mut ready = ends.is_empty();
-            if ready {
-                st.write().expect("enforcement state").set_ready();
-            }
+            // 2. everything from the beginning, then keep following; ready once caught up
+            let mut ready = false;
             while !stop.is_cancelled() {
-                match c.poll(Duration::from_millis(100)) {
-                    Some(Ok(msg)) => {
-                        next.insert((msg.topic().to_string(), msg.partition()), msg.offset() + 1);
-                        if let Some(v) = msg.payload() {
-                            apply(&st, msg.topic(), v);
-                        }
-                    }
-                    Some(Err(e)) => warn!(error = %e, "enforcement: poll"),
-                    None => {
-                        if let Ok(pos) = c.position() {
-                            for e in pos.elements() {
-                                if let Offset::Offset(o) = e.offset() {
-                                    let n = next
-                                        .entry((e.topic().to_string(), e.partition()))
-                                        .or_insert(o);
-                                    *n = (*n).max(o);
-                                }
-                            }
-                        }
-                    }
+                if let Err(e) = follower.poll(Duration::from_millis(100), |t, v| apply(&st, t, v)) {
+                    warn!(error = %e, "enforcement: poll");
                 }
-                if !ready
-                    && ends
-                        .iter()
-                        .all(|(t, p, hi)| next.get(&(t.to_string(), *p)).is_some_and(|n| n >= hi))
-                {
+                if !ready && follower.caught_up() {
                     ready = true;
                     st.write().expect("enforcement state").set_ready();
                     info!("enforcement state loaded");
                 }
             }
         })
-        .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?;
+        .map_err(|source| meterline_runtime::Error::Thread {
+            name: "enforcement".into(),
+            source,
+        })?;
     Ok(state)
 }
 

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use meterline_schemas::auth::{AuthFailure, Role, TokenTable};
+use meterline_runtime::auth::{AuthFailure, Role, TokenTable};
 use meterline_schemas::metric_names as m;
 use meterline_schemas::{AvroRecord, UsageEvent};
 use metrics_exporter_prometheus::PrometheusHandle;

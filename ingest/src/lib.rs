@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meterline_schemas::auth::TokenTable;
-use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::auth::TokenTable;
+use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::topics;
 use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
@@ -30,6 +30,9 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Contract(#[from] meterline_schemas::Error),
+    /// Kafka settings, topic provisioning or the budget follower (`meterline-runtime`).
+    #[error(transparent)]
+    Runtime(#[from] meterline_runtime::Error),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
@@ -111,7 +114,7 @@ impl App {
             tokens: TokenTable::new(&cfg.tokens),
             cfg,
             forwarder,
-            metrics: meterline_schemas::telemetry::prometheus(),
+            metrics: meterline_runtime::telemetry::prometheus(),
         });
         Ok(App {
             listener,
@@ -143,7 +146,7 @@ impl App {
         let forwarder = shared.forwarder.clone();
         let s = stop.clone();
         let idle = Duration::from_millis(shared.cfg.client_idle_timeout_ms);
-        let listener = meterline_schemas::telemetry::IdleTimeoutListener::new(listener, idle);
+        let listener = meterline_runtime::telemetry::IdleTimeoutListener::new(listener, idle);
         axum::serve(listener, http::router(shared))
             .with_graceful_shutdown(async move { s.cancelled().await })
             .await?;

@@ -1,18 +1,14 @@
 //! The meterline contract: Avro schemas (`avro/*.avsc`, the source of truth), the Rust types
 //! mirroring them, the single-object Avro codec, topic names, the Arrow schema of the Parquet
-//! ledger, and `Money`. Also the few runtime pieces every stage shares (Kafka settings,
-//! bearer-token roles, metric names).
+//! ledger, `Money`, scopes, and the metric names (one place, read by dashboards). No I/O:
+//! Kafka clients, telemetry and auth live in `meterline-runtime`.
 
 pub mod arrow_schema;
-pub mod auth;
 pub mod codec;
 pub mod events;
-pub mod kafka;
-pub mod lag;
 pub mod metric_names;
 pub mod money;
 pub mod scope;
-pub mod telemetry;
 pub mod time;
 pub mod topics;
 
@@ -50,8 +46,4 @@ pub enum Error {
         record: &'static str,
         fingerprint: String,
     },
-    #[error("kafka: {0}")]
-    Kafka(String),
-    #[error("config: {0}")]
-    Config(String),
 }

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::{topics, AvroRecord, CostLines, Money, PricedUsage, TenantPath};
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};

@@ -27,7 +27,7 @@ use datafusion::datasource::listing::{
 use datafusion::prelude::{SessionConfig, SessionContext};
 use meterline_aggregate::ledger::Ledger;
 use meterline_aggregate::rows::Row;
-use meterline_schemas::auth::{hash_token, Role, TokenConfig};
+use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;

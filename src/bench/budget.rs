@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::metric_names as m;
 use meterline_schemas::topics;
 
@@ -135,7 +135,7 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
              [aggregate]\nlisten = \"127.0.0.1:{agg_port}\"\ndata_dir = \"{data}\"\n\
              [aggregate.alerts]\nenabled = false\n",
             spool = dir.path().join("spool").display(),
-            hash = meterline_schemas::auth::hash_token(token),
+            hash = meterline_runtime::auth::hash_token(token),
             data = dir.path().join("data").display(),
         ),
     )?;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use meterline_enrich::dedup::DedupWindow;
 use meterline_enrich::txn::BatchPolicy;
-use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::metric_names as m;
 use meterline_schemas::topics::{self, TopicSpec};
 use meterline_schemas::AvroRecord;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use meterline_ingest::IngestConfig;
-use meterline_schemas::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::topics::TopicSpec;
 use rand::SeedableRng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -116,7 +116,7 @@ pub(super) async fn run(
             "[kafka]\nbrokers = \"{bootstrap}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\nmax_batch_items = {}\n[ingest.spool]\ndir = \"{}\"\n[[ingest.tokens]]\nprincipal = \"bench\"\nsha256 = \"{}\"\nrole = \"edge\"\n",
             batch.max(1),
             dir.path().join("spool").display(),
-            meterline_schemas::auth::hash_token(token)
+            meterline_runtime::auth::hash_token(token)
         ),
     )?;
     let mut child = std::process::Command::new(std::env::current_exe()?)

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use meterline::broker::KafkaBroker;
 use meterline_ingest::{App, IngestConfig, SpoolConfig};
-use meterline_schemas::auth::{hash_token, Role, TokenConfig};
-use meterline_schemas::kafka::KafkaConfig;
+use meterline_runtime::auth::{hash_token, Role, TokenConfig};
+use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::{topics, AvroRecord, UsageEvent};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;

@@ -29,7 +29,7 @@ use meterline_api::budgets::{BudgetCache, BudgetSnapshot};
 use meterline_api::catalog::Scope as QueryScope;
 use meterline_api::queries::QueryRuntime;
 use meterline_api::{ApiConfig, Shared};
-use meterline_schemas::auth::TokenTable;
+use meterline_runtime::auth::TokenTable;
 use meterline_schemas::{
     Anomaly, BudgetAction, BudgetChange, BudgetSignal, BudgetState, CostLines, Money, PeriodKind,
     PricedUsage, Scope, ScopeKind, TenantPath, Threshold, UsageEvent,

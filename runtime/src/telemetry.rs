@@ -27,7 +27,7 @@ pub fn prometheus() -> PrometheusHandle {
             .expect("non-empty buckets")
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(
-                    crate::metric_names::AGGREGATE_BUDGET_LAG_SECONDS.into(),
+                    meterline_schemas::metric_names::AGGREGATE_BUDGET_LAG_SECONDS.into(),
                 ),
                 &lag_buckets,
             )

@@ -91,7 +91,7 @@ pub fn offsets_of(stats: &rdkafka::Statistics, topic: &str) -> Vec<PartitionOffs
 /// Publishes a report under the given gauge names (`lag` labelled by partition).
 pub fn publish(report: &LagReport, lag_gauge: &'static str, drain_gauge: &'static str) {
     for (p, lag) in &report.per_partition {
-        metrics::gauge!(lag_gauge, crate::metric_names::LABEL_PARTITION => p.to_string())
+        metrics::gauge!(lag_gauge, meterline_schemas::metric_names::LABEL_PARTITION => p.to_string())
             .set(*lag as f64);
     }
     metrics::gauge!(drain_gauge).set(report.drain_seconds.unwrap_or(f64::INFINITY));

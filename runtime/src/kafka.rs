@@ -9,7 +9,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
-use crate::topics::TopicSpec;
+use meterline_schemas::topics::TopicSpec;
 use crate::Error;
 
 /// How to reach the Kafka-compatible cluster.
@@ -106,7 +106,10 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
     let admin: AdminClient<DefaultClientContext> = cfg
         .client("admin")
         .create()
-        .map_err(|e| Error::Kafka(e.to_string()))?;
+        .map_err(|source| Error::Kafka {
+            what: "create the admin client".into(),
+            source,
+        })?;
     let new: Vec<NewTopic> = specs
         .iter()
         .map(|s| {
@@ -126,12 +129,15 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
     let results = admin
         .create_topics(&new, &opts)
         .await
-        .map_err(|e| Error::Kafka(e.to_string()))?;
+        .map_err(|source| Error::Kafka {
+            what: "create topics".into(),
+            source,
+        })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(Error::Kafka(format!("create topic {topic}: {code}")))
+                return Err(Error::Topics(format!("create topic {topic}: {code}")))
             }
         }
     }
@@ -144,7 +150,10 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
         let md = admin
             .inner()
             .fetch_metadata(None, Duration::from_secs(5))
-            .map_err(|e| Error::Kafka(e.to_string()))?;
+            .map_err(|source| Error::Kafka {
+                what: "fetch metadata".into(),
+                source,
+            })?;
         let led = |name: &str| {
             md.topics().iter().any(|t| {
                 t.name() == name
@@ -175,7 +184,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
         }
         if std::time::Instant::now() > deadline {
             let missing: Vec<&&str> = names.iter().filter(|n| !led(n)).collect();
-            return Err(Error::Kafka(format!(
+            return Err(Error::Topics(format!(
                 "topics without a leader after 30 s: {missing:?}"
             )));
         }

@@ -1,0 +1,51 @@
+//! What every stage runs on, apart from the contract (`meterline-schemas`): Kafka settings and
+//! clients (`kafka`), the one topic follower (`follow`: read to the end, then follow), consumer
+//! lag from librdkafka statistics (`lag`), telemetry — metrics endpoint, health, readiness and
+//! the stage supervisor (`telemetry`) — and bearer-token roles (`auth`).
+
+pub mod auth;
+pub mod follow;
+pub mod kafka;
+pub mod lag;
+pub mod telemetry;
+
+use std::time::Duration;
+
+/// Errors of the runtime crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kafka call failed; `what` says which.
+    #[error("kafka: {what}: {source}")]
+    Kafka {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Topics could not be created or have no leader yet.
+    #[error("topics: {0}")]
+    Topics(String),
+    /// A topic reader did not reach where the topics ended in time.
+    #[error("{topics} not read to their end within {timeout:?}")]
+    NotCaughtUp { topics: String, timeout: Duration },
+    /// A follower thread could not be started.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Invalid settings.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Worth retrying after a backoff (the broker may come back); configuration is not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Kafka { source, .. } => kafka::retryable(source),
+            Error::Topics(_) | Error::NotCaughtUp { .. } | Error::Thread { .. } => true,
+            Error::Config(_) => false,
+        }
+    }
+}
