@@ -53,7 +53,7 @@ pub struct Import {
 pub enum ImportError {
     #[error("catalog is not a JSON object of entries: {0}")]
     Shape(String),
-    #[error("{key}.{field}: '{text}' is not a decimal price")]
+    #[error("{key}.{field}: '{text}' is not a decimal price of 0 or more")]
     Price {
         key: String,
         field: String,
@@ -96,17 +96,23 @@ fn money(text: &str, key: &str, field: &str, rounded: &mut usize) -> Result<Mone
         field: field.into(),
         text: text.into(),
     };
-    match Money::from_str(text) {
-        Ok(m) => Ok(m),
+    let m = match Money::from_str(text) {
+        Ok(m) => m,
         Err(meterline_schemas::Error::MoneyScale(_)) => {
             let d = rust_decimal::Decimal::from_scientific(text)
                 .or_else(|_| rust_decimal::Decimal::from_str(text))
                 .map_err(|_| err())?;
             *rounded += 1;
-            Money::rounded(d).map_err(|_| err())
+            Money::rounded(d).map_err(|_| err())?
         }
-        Err(_) => Err(err()),
+        Err(_) => return Err(err()),
+    };
+    // A negative rate would bill negative money: refused like the native format does (found
+    // by fuzzing: `-2.7e-05` was imported as a price).
+    if m.decimal().is_sign_negative() {
+        return Err(err());
     }
+    Ok(m)
 }
 
 /// Converts the catalog text into PriceChange events effective from `effective_from`.
@@ -250,6 +256,14 @@ mod tests {
         );
         assert_eq!(classify("input_cost_per_token_balanced"), None);
         assert_eq!(classify("search_context_cost_per_query"), None);
+    }
+
+    #[test]
+    fn negative_prices_are_refused_naming_the_field() {
+        let catalog = r#"{"gemini/gemini-2.5-pro": {"litellm_provider": "gemini",
+            "input_cost_per_token": 1.25e-06, "output_cost_per_token": -2.7e-05}}"#;
+        let e = import(catalog, Utc::now(), "test", "fuzz").unwrap_err().to_string();
+        assert!(e.contains("output_cost_per_token") && e.contains("-2.7e-05"), "{e}");
     }
 
     #[test]

@@ -346,6 +346,21 @@ fn findings_stay_fixed() {
     let mut b = with("usage", json!({"input_tokens": 1}));
     b["event_id"] = json!("a\u{0}b");
     assert_eq!(native::decode(&raw(b), &c).unwrap_err().field, "event_id");
+    // nanosecond times (CloudEvents, OTLP, native) are stored at the contract's microseconds:
+    // the accepted event is the one the Avro wire carries (fuzzer finding, adapter_cloudevents)
+    let ce = json!({"id": "x", "source": "gw", "specversion": "1.0", "type": "prompt",
+                    "subject": "key-1", "time": "2023-01-01T01:01:01.007777777Z",
+                    "data": {"gen_ai.provider.name": "anthropic", "gen_ai.request.model": "claude-3",
+                             "gen_ai.usage.output_tokens": 7}});
+    let mut nat = with("usage", json!({"input_tokens": 1}));
+    nat["occurred_at"] = json!("2025-10-09T08:53:20.000000001Z");
+    for e in [
+        cloudevents::decode(&raw(ce), &c).unwrap(),
+        native::decode(&raw(nat), &c).unwrap(),
+    ] {
+        assert_eq!(e.occurred_at.timestamp_subsec_nanos() % 1000, 0, "{e:?}");
+        assert_eq!(UsageEvent::from_avro(&e.to_avro().unwrap()).unwrap(), e);
+    }
 }
 
 #[test]

@@ -97,9 +97,18 @@ pub fn fingerprint(schema: &Schema) -> [u8; 8] {
     out
 }
 
+/// The largest length or item count the Avro decoder accepts (see [`Codec::build`]).
+pub const MAX_AVRO_ALLOCATION: usize = 1 << 20;
+
 impl<T: AvroRecord> Codec<T> {
     /// Parses the schemas and builds lookup tables. Called once per type (see `codec()`).
     pub fn build() -> Result<Self, Error> {
+        // apache-avro reserves a map's or array's declared item count before reading the
+        // items, bounded only by this limit (512 Mi by default): 30 bytes declaring 2^29 tags
+        // made it allocate 10 GiB (found by fuzzing). A record of ours is at most a Kafka
+        // record (1 MB by default) and every item takes at least one byte, so a count above
+        // that is never real.
+        apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION);
         let schema = parse(T::SCHEMA, T::NAME)?;
         let fp = fingerprint(schema);
         let reader = |s: &Schema| {

@@ -360,3 +360,16 @@ fn arrow_ledger_schema_uses_the_money_type() {
         );
     }
 }
+
+/// Fuzzer finding (avro_decode): a v1 UsageEvent whose tags map declares 2^29 items made
+/// apache-avro reserve them all (a 10 GiB allocation) before reading one. The decoder now
+/// refuses a count beyond what a Kafka record could hold, before allocating.
+#[test]
+fn a_huge_declared_item_count_is_refused_before_allocating() {
+    let bytes = include_bytes!("fixtures/fuzz/usage_event_v1_tags_count_2e29.bin");
+    let e = UsageEvent::from_avro(bytes).unwrap_err().to_string();
+    assert!(
+        e.contains("allocat") && e.contains(&codec::MAX_AVRO_ALLOCATION.to_string()),
+        "{e}"
+    );
+}

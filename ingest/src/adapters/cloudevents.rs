@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::genai;
 use super::usage::kind;
-use super::{check_event, non_empty, object_or_empty, Ctx, FieldError};
+use super::{seal_event, non_empty, object_or_empty, Ctx, FieldError};
 
 fn required_str<'a>(o: &'a Map<String, Value>, k: &str) -> Result<&'a str, FieldError> {
     match o.get(k) {
@@ -104,6 +104,5 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
     e.request_id = e.request_id.or_else(|| Some(id.to_string()));
     e.api_key_id = e.api_key_id.or(subject);
     e.gateway_reported_cost = gateway_reported_cost;
-    check_event(&e)?;
-    Ok(e)
+    seal_event(e)
 }

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::usage::{self, kind};
-use super::{check_event, non_empty, object_or_empty, Ctx, FieldError};
+use super::{seal_event, non_empty, object_or_empty, Ctx, FieldError};
 
 /// LiteLLM writes times as epoch seconds (float) or as `"2025-01-24 09:20:46.847371"` (UTC).
 fn time(v: Option<&Value>, field: &str) -> Result<Option<DateTime<Utc>>, FieldError> {
@@ -266,6 +266,5 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
                 Some("True" | "true")
             ),
     };
-    check_event(&e)?;
-    Ok(e)
+    seal_event(e)
 }

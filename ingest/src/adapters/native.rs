@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{check_event, non_empty, owned, usage, Ctx, FieldError};
+use super::{seal_event, non_empty, owned, usage, Ctx, FieldError};
 
 /// Disjoint usage buckets as sent by a native client.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -216,6 +216,5 @@ pub fn decode(raw: &RawValue, ctx: &Ctx) -> Result<UsageEvent, FieldError> {
         gateway_reported_cost,
         cache_hit: n.cache_hit,
     };
-    check_event(&e)?;
-    Ok(e)
+    seal_event(e)
 }

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use serde_json::{Map, Value};
 
 use super::genai;
-use super::{check_event, Ctx, FieldError};
+use super::{seal_event, Ctx, FieldError};
 
 fn any_to_json(v: &AnyValue) -> Value {
     match &v.value {
@@ -98,6 +98,5 @@ fn span_event(
         .and_then(Value::as_i64)
         .map(|v| v as i32);
     e.latency_ms = latency;
-    check_event(&e)?;
-    Ok(e)
+    seal_event(e)
 }
