@@ -48,7 +48,7 @@ envoy = [json.loads(l) for l in fixture("tests/fixtures/envoy_openai_usages.json
 litellm_gcs = json.loads(fixture("tests/fixtures/litellm_slp_gcs_pubsub_test.json"))
 litellm_sentinel = json.loads(fixture("tests/fixtures/litellm_slp_azure_sentinel_example.json"))
 openmeter = json.loads(fixture("tests/fixtures/openmeter_event_example.json"))
-catalog = json.loads(fixture("enrich/tests/fixtures/litellm_catalog_excerpt.json"))
+catalog = json.loads(fixture("reference/tests/fixtures/litellm_catalog_excerpt.json"))
 
 # ---------------------------------------------------------------- adapter_native
 base = {"occurred_at": "2026-01-01T00:00:00Z", "team_id": "t"}

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use meterline_enrich::admin::{self, Publication};
-use meterline_enrich::{litellm, native, tenants};
+use meterline_enrich::admin;
+use meterline_reference::publish::{self, Publication};
+use meterline_reference::{litellm, native, tenants};
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::{topics, PriceChange};
 
@@ -157,16 +158,16 @@ pub async fn prices(kafka: KafkaConfig, cmd: PricesCmd) -> anyhow::Result<()> {
         match cmd {
             PricesCmd::Import(a) => {
                 let drafts = read_price_file(&a)?;
-                let p = admin::publish_prices(&kafka, drafts, &a.reason, false)?;
+                let p = publish::publish_prices(&kafka, drafts, &a.reason, false)?;
                 print_publication("prices", &p, false);
             }
             PricesCmd::Diff(a) => {
                 let drafts = read_price_file(&a)?;
-                let p = admin::publish_prices(&kafka, drafts, &a.reason, true)?;
+                let p = publish::publish_prices(&kafka, drafts, &a.reason, true)?;
                 print_publication("prices", &p, true);
             }
             PricesCmd::List => {
-                let r = admin::load(&kafka)?;
+                let r = publish::load(&kafka)?;
                 let book = r.prices.read().expect("price book");
                 let mut latest: Vec<&PriceChange> = book.latest().collect();
                 latest.sort_by(|a, b| a.price_id.cmp(&b.price_id));
@@ -191,7 +192,7 @@ pub async fn prices(kafka: KafkaConfig, cmd: PricesCmd) -> anyhow::Result<()> {
                 model,
                 at,
             } => {
-                let r = admin::load(&kafka)?;
+                let r = publish::load(&kafka)?;
                 let book = r.prices.read().expect("price book");
                 let at = at.unwrap_or_else(Utc::now);
                 match book.price_at(&provider, &model, at) {
@@ -207,12 +208,12 @@ pub async fn prices(kafka: KafkaConfig, cmd: PricesCmd) -> anyhow::Result<()> {
                     None => anyhow::bail!(
                         "no price for {provider}/{model} at {} (provider family {}): such events are rejected as no_price",
                         at.to_rfc3339(),
-                        meterline_enrich::price_book::provider_family(&provider)
+                        meterline_reference::price_book::provider_family(&provider)
                     ),
                 }
             }
             PricesCmd::Show { price_id } => {
-                let r = admin::load(&kafka)?;
+                let r = publish::load(&kafka)?;
                 let book = r.prices.read().expect("price book");
                 let versions = book.versions(&price_id);
                 anyhow::ensure!(!versions.is_empty(), "no price {price_id}");
@@ -265,11 +266,11 @@ pub async fn tenants(kafka: KafkaConfig, cmd: TenantsCmd) -> anyhow::Result<()> 
                     Some("csv") => tenants::parse_csv(&text, effective_from, &author)?,
                     _ => tenants::parse_yaml(&text, effective_from, &author)?,
                 };
-                let p = admin::publish_tenants(&kafka, drafts, &reason, dry_run)?;
+                let p = publish::publish_tenants(&kafka, drafts, &reason, dry_run)?;
                 print_publication("tenant rules", &p, dry_run);
             }
             TenantsCmd::List => {
-                let r = admin::load(&kafka)?;
+                let r = publish::load(&kafka)?;
                 let dir = r.tenants.read().expect("tenants");
                 let mut rules: Vec<_> = dir.latest().collect();
                 rules.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));

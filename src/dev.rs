@@ -222,25 +222,25 @@ async fn publish_demo_budget(
 pub async fn publish_demo_reference(
     kafka: meterline_runtime::kafka::KafkaConfig,
 ) -> anyhow::Result<(
-    meterline_enrich::admin::Publication,
-    meterline_enrich::admin::Publication,
+    meterline_reference::publish::Publication,
+    meterline_reference::publish::Publication,
 )> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let p = meterline_enrich::native::parse(
+        let p = meterline_reference::native::parse(
             DEV_PRICES,
-            meterline_enrich::native::Syntax::Toml,
+            meterline_reference::native::Syntax::Toml,
             None,
             "meterline dev",
             "dev_prices.toml",
         )?;
-        let t = meterline_enrich::tenants::parse_yaml(
+        let t = meterline_reference::tenants::parse_yaml(
             DEV_TENANTS,
             Some("2024-01-01T00:00:00Z".parse()?),
             "meterline dev",
         )?;
         Ok((
-            meterline_enrich::admin::publish_prices(&kafka, p, "demo prices", false)?,
-            meterline_enrich::admin::publish_tenants(&kafka, t, "demo tenants", false)?,
+            meterline_reference::publish::publish_prices(&kafka, p, "demo prices", false)?,
+            meterline_reference::publish::publish_tenants(&kafka, t, "demo tenants", false)?,
         ))
     })
     .await?

@@ -120,13 +120,13 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
         .unwrap();
     let k = h.kafka.clone();
     tokio::task::spawn_blocking(move || {
-        let rules = meterline_enrich::tenants::parse_yaml(
+        let rules = meterline_reference::tenants::parse_yaml(
             TENANTS,
             Some("2020-01-01T00:00:00Z".parse().unwrap()),
             "t",
         )
         .unwrap();
-        meterline_enrich::admin::publish_tenants(&k, rules, "test", false).unwrap()
+        meterline_reference::publish::publish_tenants(&k, rules, "test", false).unwrap()
     })
     .await
     .unwrap();

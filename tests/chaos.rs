@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Decimal128Type;
 use common::{eventually, spawn_stage, Harness, EDGE_TOKEN};
-use meterline_enrich::{admin, native};
+use meterline_reference::{native, publish};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::Rng;
 use rust_decimal::Decimal;
@@ -186,7 +186,7 @@ async fn every_acknowledged_event_is_billed_once_through_kills_and_outages() {
     let k = h.kafka.clone();
     tokio::task::spawn_blocking(move || {
         let drafts = native::parse(PRICE, native::Syntax::Toml, None, "t", "t").unwrap();
-        admin::publish_prices(&k, drafts, "chaos", false).unwrap();
+        publish::publish_prices(&k, drafts, "chaos", false).unwrap();
     })
     .await
     .unwrap();

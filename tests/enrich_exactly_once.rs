@@ -10,7 +10,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::{drain_topic, eventually, spawn_stage, Harness};
-use meterline_enrich::{admin, native};
+use meterline_reference::{native, publish};
 use meterline_schemas::{topics, AvroRecord, PricedUsage, UsageEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -74,7 +74,7 @@ fn expected_cost(i: usize) -> String {
 
 fn publish_price(h: &Harness) {
     let drafts = native::parse(PRICE, native::Syntax::Toml, None, "t", "t").unwrap();
-    admin::publish_prices(&h.kafka, drafts, "test", false).unwrap();
+    publish::publish_prices(&h.kafka, drafts, "test", false).unwrap();
 }
 
 /// Whether the group's committed offsets on the raw topic reached its end.

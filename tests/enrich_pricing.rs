@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{drain_topic, eventually, Harness};
-use meterline_enrich::{admin, native, tenants, EnrichConfig};
+use meterline_enrich::{admin, EnrichConfig};
+use meterline_reference::{native, publish, tenants};
 use meterline_schemas::{topics, AvroRecord, PricedUsage};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -83,10 +84,10 @@ async fn priced(h: &Harness) -> Vec<PricedUsage> {
     .unwrap()
 }
 
-async fn publish_prices(h: &Harness, toml: &str) -> admin::Publication {
+async fn publish_prices(h: &Harness, toml: &str) -> publish::Publication {
     let k = h.kafka.clone();
     let drafts = native::parse(toml, native::Syntax::Toml, None, "test", "test").unwrap();
-    tokio::task::spawn_blocking(move || admin::publish_prices(&k, drafts, "test", false))
+    tokio::task::spawn_blocking(move || publish::publish_prices(&k, drafts, "test", false))
         .await
         .unwrap()
         .unwrap()
@@ -134,7 +135,7 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     let k = h.kafka.clone();
     let rules =
         tenants::parse_yaml(TENANTS, Some("2020-01-01T00:00:00Z".parse().unwrap()), "t").unwrap();
-    tokio::task::spawn_blocking(move || admin::publish_tenants(&k, rules, "test", false).unwrap())
+    tokio::task::spawn_blocking(move || publish::publish_tenants(&k, rules, "test", false).unwrap())
         .await
         .unwrap();
 

@@ -31,7 +31,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use common::{drain_topic, ingest_config, Harness, EDGE_TOKEN};
-use meterline_enrich::{admin, native, tenants, EnrichConfig};
+use meterline_enrich::{admin, EnrichConfig};
+use meterline_reference::{native, publish, tenants};
 use meterline_schemas::{topics, AvroRecord, PricedUsage};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -579,7 +580,7 @@ async fn litellm_proxy_calls_are_priced_once_each() {
 
     let drafts = native::parse(&prices_toml(), native::Syntax::Toml, None, "test", "test").unwrap();
     let k = h.kafka.clone();
-    let p = tokio::task::spawn_blocking(move || admin::publish_prices(&k, drafts, "test", false))
+    let p = tokio::task::spawn_blocking(move || publish::publish_prices(&k, drafts, "test", false))
         .await
         .unwrap()
         .unwrap();
@@ -589,7 +590,7 @@ async fn litellm_proxy_calls_are_priced_once_each() {
     let rules =
         tenants::parse_yaml(TENANTS, Some("2020-01-01T00:00:00Z".parse().unwrap()), "t").unwrap();
     let k = h.kafka.clone();
-    tokio::task::spawn_blocking(move || admin::publish_tenants(&k, rules, "test", false).unwrap())
+    tokio::task::spawn_blocking(move || publish::publish_tenants(&k, rules, "test", false).unwrap())
         .await
         .unwrap();
     let enrich = start_enrich(&h).await;

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use meterline_aggregate::budget_admin::{self, BudgetDraft};
-use meterline_enrich::admin::{self as enrich_admin, Publication};
+use meterline_reference::publish::{self as publish, Publication};
 use meterline_runtime::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
@@ -79,7 +79,7 @@ fn kafka_error(e: impl std::fmt::Display) -> (StatusCode, String) {
     responses((status = 200), (status = 401), (status = 403), (status = 502)), security(("bearer" = [])))]
 pub async fn get_prices(State(s): State<Arc<Shared>>) -> Response {
     with_kafka(&s, StatusCode::OK, |kafka| {
-        let r = enrich_admin::load(kafka).map_err(kafka_error)?;
+        let r = publish::load(kafka).map_err(kafka_error)?;
         let book = r.prices.read().expect("price book");
         let mut latest: Vec<_> = book.latest().cloned().collect();
         latest.sort_by(|a, b| a.price_id.cmp(&b.price_id));
@@ -100,9 +100,9 @@ pub async fn post_prices(
     Query(q): Query<PublishQuery>,
     body: String,
 ) -> Response {
-    let drafts = match meterline_enrich::native::parse(
+    let drafts = match meterline_reference::native::parse(
         &body,
-        meterline_enrich::native::Syntax::Json,
+        meterline_reference::native::Syntax::Json,
         Some(Utc::now()),
         &who.name,
         "api",
@@ -112,7 +112,7 @@ pub async fn post_prices(
     };
     let reason = q.reason.unwrap_or_else(|| "changed over the API".into());
     with_kafka(&s, StatusCode::OK, move |kafka| {
-        enrich_admin::publish_prices(kafka, drafts, &reason, q.dry_run)
+        publish::publish_prices(kafka, drafts, &reason, q.dry_run)
             .map(|p| PublicationReport::of(p, q.dry_run))
             .map_err(kafka_error)
     })
@@ -124,7 +124,7 @@ pub async fn post_prices(
     responses((status = 200), (status = 401), (status = 403), (status = 502)), security(("bearer" = [])))]
 pub async fn get_tenants(State(s): State<Arc<Shared>>) -> Response {
     with_kafka(&s, StatusCode::OK, |kafka| {
-        let r = enrich_admin::load(kafka).map_err(kafka_error)?;
+        let r = publish::load(kafka).map_err(kafka_error)?;
         let dir = r.tenants.read().expect("tenants");
         let mut latest: Vec<_> = dir.latest().cloned().collect();
         latest.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
@@ -145,13 +145,13 @@ pub async fn post_tenants(
     Query(q): Query<PublishQuery>,
     body: String,
 ) -> Response {
-    let drafts = match meterline_enrich::tenants::parse_yaml(&body, Some(Utc::now()), &who.name) {
+    let drafts = match meterline_reference::tenants::parse_yaml(&body, Some(Utc::now()), &who.name) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("tenant rules: {e}")),
     };
     let reason = q.reason.unwrap_or_else(|| "changed over the API".into());
     with_kafka(&s, StatusCode::OK, move |kafka| {
-        enrich_admin::publish_tenants(kafka, drafts, &reason, q.dry_run)
+        publish::publish_tenants(kafka, drafts, &reason, q.dry_run)
             .map(|p| PublicationReport::of(p, q.dry_run))
             .map_err(kafka_error)
     })

@@ -14,6 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use meterline_schemas::arrow_schema::money_type;
 use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::{topics, AvroRecord, BudgetChange, BudgetSignal};
+use meterline_reference::BudgetView;
 use meterline_runtime::follow;
 use tokio_util::sync::CancellationToken;
 
@@ -22,10 +23,8 @@ use crate::Error;
 /// What the last refresh read.
 #[derive(Debug, Default, Clone)]
 pub struct BudgetSnapshot {
-    /// Live budgets (latest version, not deleted), by id.
-    pub budgets: BTreeMap<String, BudgetChange>,
-    /// Latest signal per budget id.
-    pub signals: BTreeMap<String, BudgetSignal>,
+    /// Budgets and the signal in force for each: the same view the edge enforces from.
+    pub view: BudgetView,
     /// When the topics were last read completely (`None`: never).
     pub refreshed_at: Option<DateTime<Utc>>,
     /// Why the last refresh failed, if it did.
@@ -33,20 +32,20 @@ pub struct BudgetSnapshot {
 }
 
 impl BudgetSnapshot {
-    /// `budgets`: the latest version of each (as `budget_admin::load` reads them).
-    pub fn new(mut budgets: BTreeMap<String, BudgetChange>, signal_records: &[Vec<u8>]) -> Self {
-        budgets.retain(|_, b| !b.deleted);
-        let mut signals: BTreeMap<String, BudgetSignal> = BTreeMap::new();
+    /// `budgets`: the latest version of each (as `budget_admin::load` reads them); signals as
+    /// read from their topic.
+    pub fn new(budgets: BTreeMap<String, BudgetChange>, signal_records: &[Vec<u8>]) -> Self {
+        let mut view = BudgetView::default();
+        for b in budgets.into_values() {
+            view.apply_budget(b);
+        }
         for r in signal_records {
             if let Ok(s) = BudgetSignal::from_avro(r) {
-                if signals.get(&s.budget_id).is_none_or(|o| s.at >= o.at) {
-                    signals.insert(s.budget_id.clone(), s);
-                }
+                view.apply_signal(s);
             }
         }
         BudgetSnapshot {
-            budgets,
-            signals,
+            view,
             refreshed_at: Some(Utc::now()),
             last_error: None,
         }
@@ -86,17 +85,13 @@ fn label<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-/// The snapshot as one batch. A budget with no signal yet, or whose last signal is of an
-/// earlier period, is `ok` for now.
+/// The snapshot as one batch. A budget without a signal in force (none yet, one of an earlier
+/// period, or one decided on terms since changed) is `ok` for now — as the edge sees it.
 pub fn to_batch(s: &BudgetSnapshot, now: DateTime<Utc>) -> Result<RecordBatch, Error> {
-    let bs: Vec<&BudgetChange> = s.budgets.values().collect();
+    let bs: Vec<&BudgetChange> = s.view.budgets().collect();
     let sig: Vec<Option<&BudgetSignal>> = bs
         .iter()
-        .map(|b| {
-            s.signals
-                .get(&b.budget_id)
-                .filter(|x| x.period_end > now && x.period_start <= now)
-        })
+        .map(|b| s.view.signal_in_force(&b.budget_id, now))
         .collect();
     let text = |f: &dyn Fn(&BudgetChange) -> String| -> ArrayRef {
         Arc::new(StringArray::from(

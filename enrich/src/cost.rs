@@ -27,21 +27,6 @@ use crate::Error;
 /// Decimals a fractional quantity (seconds) is metered at.
 const QTY_SCALE: u32 = 9;
 
-/// Rate units (the `unit` of a `Rate`).
-pub mod unit {
-    pub const INPUT: &str = "input_token";
-    pub const OUTPUT: &str = "output_token";
-    pub const CACHE_READ: &str = "cache_read_token";
-    pub const CACHE_WRITE_5M: &str = "cache_write_5m_token";
-    pub const CACHE_WRITE_1H: &str = "cache_write_1h_token";
-    pub const REASONING: &str = "reasoning_token";
-    pub const AUDIO_INPUT: &str = "audio_input_token";
-    pub const AUDIO_OUTPUT: &str = "audio_output_token";
-    pub const IMAGE: &str = "image";
-    pub const SECOND: &str = "second";
-    pub const CHARACTER: &str = "character";
-    pub const REQUEST: &str = "request";
-}
 
 /// The rates of one price book entry.
 pub struct RateCard<'a> {
@@ -129,7 +114,7 @@ fn add(parts: &[Money], what: &'static str) -> Result<Money, Error> {
 
 /// Prices one event's usage.
 pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLines, Error> {
-    use unit::*;
+    use meterline_schemas::unit::*;
     let n = usage.total_input_tokens().ok_or(Error::Overflow {
         what: "total input tokens",
     })?;
@@ -208,7 +193,7 @@ pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLi
 
 #[cfg(test)]
 mod tests {
-    use super::unit::*;
+    use meterline_schemas::unit::*;
     use super::*;
 
     fn r(unit: &str, tier: &str, above: i64, price: &str) -> Rate {

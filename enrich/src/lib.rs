@@ -1,26 +1,19 @@
 //! `meterline enrich`: prices raw usage with the price in force when it happened, attributes it
 //! to the org, drops duplicates, and writes PricedUsage exactly once.
 //!
-//! - `cost`: the cost rules (pure); `litellm`, `native`: price importers; `price_book`: the
-//!   effective-dated price book; `tenants`: the tenant directory; `pricing`: one event → priced
-//!   event or rejection.
+//! - `cost`: the cost rules (pure); `pricing`: one event → priced event or rejection, with the
+//!   price book and tenant directory of `meterline-reference`.
 //! - `dedup`, `tail`: the dedup window and its rebuild from our own output.
 //! - `txn`: the exactly-once protocol and its bookkeeping; `stage`: the consume→produce loop.
-//! - `reference`: reading the prices and tenants topics; `admin`: the CLI's publish/list/replay.
+//! - `admin`: the CLI's list/replay of rejected events.
 
 pub mod admin;
 pub mod config;
 pub mod cost;
 pub mod dedup;
-pub mod history;
-pub mod litellm;
-pub mod native;
-pub mod price_book;
 pub mod pricing;
-pub mod reference;
 pub mod stage;
 pub mod tail;
-pub mod tenants;
 pub mod txn;
 
 use std::net::SocketAddr;
@@ -64,6 +57,9 @@ pub enum Error {
     /// Topic provisioning, Kafka settings or the topic follower (`meterline-runtime`).
     #[error(transparent)]
     Runtime(#[from] meterline_runtime::Error),
+    /// Reading the prices and tenants (`meterline-reference`).
+    #[error(transparent)]
+    Reference(#[from] meterline_reference::Error),
     #[error("codec: {0}")]
     Codec(#[source] meterline_schemas::Error),
     #[error("config: {0}")]
@@ -89,6 +85,7 @@ impl Error {
         match self {
             Error::Kafka(e) => meterline_runtime::kafka::retryable(e),
             Error::Runtime(e) => e.is_retryable(),
+            Error::Reference(e) => e.is_retryable(),
             Error::Broker(_) => true,
             _ => false,
         }
@@ -179,7 +176,7 @@ fn run_once(
             .block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))
             ?;
     }
-    let reference = reference::load_and_follow(
+    let reference = meterline_reference::loader::load_and_follow(
         kafka,
         Duration::from_millis(cfg.reference_load_timeout_ms),
         stop.clone(),

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use meterline_schemas::{PricedUsage, UsageEvent};
 
 use crate::cost::{self, RateCard};
-use crate::price_book::PriceBook;
-use crate::tenants::TenantDirectory;
+use meterline_reference::price_book::PriceBook;
+use meterline_reference::tenants::TenantDirectory;
 use crate::Error;
 
 /// Why an event was not priced. Travels as headers on `meterline.usage.rejected`.
@@ -33,7 +33,7 @@ impl Rejection {
 
 /// The usage field a rate unit prices (for the rejection's `field`).
 fn usage_field(unit: &str) -> &'static str {
-    use cost::unit::*;
+    use meterline_schemas::unit::*;
     match unit {
         INPUT => "usage.input_tokens",
         OUTPUT => "usage.output_tokens",

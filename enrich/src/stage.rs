@@ -25,9 +25,9 @@ use tracing::{info, warn};
 use crate::config::EnrichConfig;
 use crate::dedup::{self, DedupWindow, Verdict};
 use crate::pricing::{self, Rejection};
-use crate::reference::Reference;
+use meterline_reference::loader::Reference;
 use crate::tail;
-use crate::tenants::UNATTRIBUTED;
+use meterline_reference::tenants::UNATTRIBUTED;
 use crate::txn::{self, Batch, BatchPolicy, TxnFailure};
 use crate::Error;
 

@@ -17,7 +17,8 @@
 //! (never $0); decimal-exact arithmetic (10^12 tokens, 18-decimal rates, exponent text);
 //! fractional seconds rounded half-even to 18 decimals; lines sum exactly to the total.
 
-use meterline_enrich::cost::{price, unit::*, RateCard};
+use meterline_enrich::cost::{price, RateCard};
+use meterline_schemas::unit::*;
 use meterline_enrich::Error;
 use meterline_schemas::{CostLines, Money, Rate, ServiceTier, Usage};
 

@@ -35,17 +35,17 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use meterline_enrich::cost::{price, RateCard};
-use meterline_enrich::litellm::{classify, import};
-use meterline_enrich::price_book::PriceBook;
+use meterline_reference::litellm::{classify, import};
+use meterline_reference::price_book::PriceBook;
 use meterline_enrich::pricing::enrich;
-use meterline_enrich::tenants::TenantDirectory;
+use meterline_reference::tenants::TenantDirectory;
 use meterline_schemas::{CostLines, Money, ServiceTier, Usage, UsageEvent};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-const CATALOG: &str = include_str!("fixtures/litellm_catalog_excerpt.json");
+const CATALOG: &str = include_str!("../../reference/tests/fixtures/litellm_catalog_excerpt.json");
 
 struct Payload {
     file: &'static str,
@@ -449,3 +449,110 @@ fn payload_start_times_parse_in_both_formats() {
             + chrono::Duration::microseconds(284_660)
     );
 }
+
+/// The catalog excerpt imported, then priced (moved here from the importer: pricing is enrich's).
+fn excerpt() -> meterline_reference::litellm::Import {
+    import(CATALOG, Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap(), "test", "litellm 1.109.1").unwrap()
+}
+
+fn entry<'a>(i: &'a meterline_reference::litellm::Import, id: &str) -> &'a meterline_schemas::PriceChange {
+    i.changes.iter().find(|c| c.price_id == id).unwrap()
+}
+
+#[test]
+fn tiered_pricing_and_context_tiers_price_like_the_catalog_says() {
+    let i = excerpt();
+    let q = entry(&i, "dashscope/qwen-flash");
+    assert_eq!(q.model, "qwen-flash");
+    let card = RateCard {
+        price_id: &q.price_id,
+        rates: &q.rates,
+    };
+    let small = price(
+        &Usage {
+            input_tokens: 1000,
+            output_tokens: 100,
+            ..Default::default()
+        },
+        ServiceTier::Standard,
+        &card,
+    )
+    .unwrap();
+    assert_eq!(small.total.to_string(), "0.00009"); // 1000*5e-8 + 100*4e-7
+    let large = price(
+        &Usage {
+            input_tokens: 300_000,
+            output_tokens: 100,
+            ..Default::default()
+        },
+        ServiceTier::Standard,
+        &card,
+    )
+    .unwrap();
+    assert_eq!(large.total.to_string(), "0.0752"); // 300000*2.5e-7 + 100*2e-6
+    let c = entry(&i, "anthropic.claude-sonnet-4-20250514-v1:0");
+    let card = RateCard {
+        price_id: &c.price_id,
+        rates: &c.rates,
+    };
+    let big = price(
+        &Usage {
+            input_tokens: 150_000,
+            cache_read_tokens: 60_000,
+            output_tokens: 1000,
+            ..Default::default()
+        },
+        ServiceTier::Standard,
+        &card,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            big.input.to_string(),
+            big.cache_read.to_string(),
+            big.output.to_string()
+        ),
+        ("0.9".into(), "0.036".into(), "0.0225".into())
+    );
+}
+
+#[test]
+fn per_second_units_and_litellm_reproduction() {
+    let i = excerpt();
+    let w = entry(&i, "whisper-1");
+    let card = RateCard {
+        price_id: &w.price_id,
+        rates: &w.rates,
+    };
+    let c = price(
+        &Usage {
+            seconds: Some("7".parse().unwrap()),
+            ..Default::default()
+        },
+        ServiceTier::Standard,
+        &card,
+    )
+    .unwrap();
+    assert_eq!(c.total.to_string(), "0.0007");
+    let g = entry(&i, "gpt-4o");
+    let card = RateCard {
+        price_id: &g.price_id,
+        rates: &g.rates,
+    };
+    let c = price(
+        &Usage {
+            input_tokens: 10,
+            output_tokens: 20,
+            ..Default::default()
+        },
+        ServiceTier::Standard,
+        &card,
+    )
+    .unwrap();
+    // LiteLLM recorded response_cost 0.00022500000000000002 (float) for this call
+    assert_eq!(
+        c.total,
+        Money::rounded("0.00022500000000000002".parse().unwrap()).unwrap()
+    );
+}
+

@@ -1,11 +1,11 @@
-//! `meterline_enrich::native::parse(text, Syntax::Json, …)` (meterline's own price file).
+//! `meterline_reference::native::parse(text, Syntax::Json, …)` (meterline's own price file).
 //! Properties: no panic; every parsed price change has rates, no duplicate (unit, tier, above),
 //! no negative price, an effective range that survives the Avro wire (equal after it), and
 //! prices a maximal call without panicking or going negative; a refusal says why.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meterline_enrich::native::{parse, Syntax};
+use meterline_reference::native::{parse, Syntax};
 use meterline_fuzz::{check_price_change, now, price_with, text};
 
 fuzz_target!(|data: &[u8]| {

@@ -1,11 +1,11 @@
-//! `meterline_enrich::tenants::parse_yaml` (tenant rules). Properties: no panic; every rule
+//! `meterline_reference::tenants::parse_yaml` (tenant rules). Properties: no panic; every rule
 //! has an id and an org, ids are unique, its effective range survives the Avro wire (equal
 //! after it), and an event carrying exactly a rule's keys at its effective_from is attributed
 //! by a directory of the rules (to some rule, never `unattributed`); a refusal says why.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meterline_enrich::tenants::{parse_yaml, TenantDirectory};
+use meterline_reference::tenants::{parse_yaml, TenantDirectory};
 use meterline_fuzz::{check_tenant_change, now, text};
 use meterline_schemas::UsageEvent;
 

@@ -4,10 +4,10 @@
 use std::fmt::Debug;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use meterline_enrich::cost::unit;
-use meterline_enrich::price_book::PriceBook;
+use meterline_schemas::unit;
+use meterline_reference::price_book::PriceBook;
 use meterline_enrich::pricing::enrich;
-use meterline_enrich::tenants::TenantDirectory;
+use meterline_reference::tenants::TenantDirectory;
 use meterline_ingest::adapters::{check_event, Ctx, FieldError};
 use meterline_schemas::{AvroRecord, PriceChange, Rate, TenantChange, Usage, UsageEvent};
 

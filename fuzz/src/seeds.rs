@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use meterline_enrich::native::Syntax;
-use meterline_enrich::price_book::PriceBook;
+use meterline_reference::native::Syntax;
+use meterline_reference::price_book::PriceBook;
 use meterline_enrich::pricing::enrich;
-use meterline_enrich::tenants::TenantDirectory;
+use meterline_reference::tenants::TenantDirectory;
 use meterline_ingest::adapters::{cloudevents, litellm, native, split_items};
 use meterline_schemas::{AvroRecord, UsageEvent};
 use prost::Message;
@@ -80,7 +80,7 @@ fn avro() -> Vec<(String, Vec<u8>)> {
         }
     }
     // prices: the dev price book plus the LiteLLM excerpt
-    let mut changes = meterline_enrich::native::parse(
+    let mut changes = meterline_reference::native::parse(
         &text("src/dev_prices.toml"),
         Syntax::Toml,
         None,
@@ -89,8 +89,8 @@ fn avro() -> Vec<(String, Vec<u8>)> {
     )
     .expect("dev prices");
     changes.extend(
-        meterline_enrich::litellm::import(
-            &text("enrich/tests/fixtures/litellm_catalog_excerpt.json"),
+        meterline_reference::litellm::import(
+            &text("reference/tests/fixtures/litellm_catalog_excerpt.json"),
             "2024-01-01T00:00:00Z".parse().expect("time"),
             "seed",
             "litellm",
@@ -103,7 +103,7 @@ fn avro() -> Vec<(String, Vec<u8>)> {
         book.apply(c.clone());
     }
     let mut tenants = TenantDirectory::new();
-    for r in meterline_enrich::tenants::parse_yaml(
+    for r in meterline_reference::tenants::parse_yaml(
         &text("src/dev_tenants.yaml"),
         Some("2024-01-01T00:00:00Z".parse().expect("time")),
         "seed",

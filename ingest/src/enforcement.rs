@@ -10,12 +10,13 @@
 //! scope covers the caller. The decision is the strongest action among those signals:
 //! block > throttle > allow (`notify` thresholds only inform).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use meterline_enrich::tenants::{TenantDirectory, UNATTRIBUTED};
+use meterline_reference::tenants::{TenantDirectory, UNATTRIBUTED};
+use meterline_reference::BudgetView;
 use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::scope::Attribution;
 use meterline_schemas::{
@@ -83,39 +84,22 @@ pub struct CheckResponse {
     pub ready: bool,
 }
 
-/// Budgets, their latest signals and the tenant directory, as of the topics' last records.
+/// Budgets, their signals and the tenant directory, as of the topics' last records.
 #[derive(Default)]
 pub struct EnforcementState {
-    budgets: HashMap<String, BudgetChange>,
-    /// Latest signal per budget (the compaction key is the budget and its scope).
-    signals: HashMap<String, BudgetSignal>,
+    /// The one budget view (`meterline-reference`): the API's budget report reads the same.
+    budgets: BudgetView,
     tenants: TenantDirectory,
     ready: bool,
 }
 
 impl EnforcementState {
     pub fn apply_budget(&mut self, b: BudgetChange) {
-        if self
-            .budgets
-            .get(&b.budget_id)
-            .is_some_and(|o| o.version >= b.version)
-        {
-            return;
-        }
-        if b.deleted {
-            self.signals.remove(&b.budget_id);
-        }
-        self.budgets.insert(b.budget_id.clone(), b);
+        self.budgets.apply_budget(b);
     }
 
     pub fn apply_signal(&mut self, s: BudgetSignal) {
-        let newer = self.signals.get(&s.budget_id).is_none_or(|o| {
-            (s.period_start, s.at, s.threshold_percent)
-                >= (o.period_start, o.at, o.threshold_percent)
-        });
-        if newer {
-            self.signals.insert(s.budget_id.clone(), s);
-        }
+        self.budgets.apply_signal(s);
     }
 
     pub fn apply_tenant(&mut self, t: TenantChange) {
@@ -174,17 +158,11 @@ impl EnforcementState {
         }
         let who = self.attribution(r, now);
         let mut out: Vec<(Decision, ResponsibleBudget)> = vec![];
-        for s in self.signals.values() {
-            let Some(b) = self.budgets.get(&s.budget_id) else {
+        for b in self.budgets.budgets() {
+            let Some(s) = self.budgets.signal_in_force(&b.budget_id, now) else {
                 continue;
             };
-            let current = !b.deleted
-                && b.limit == s.limit
-                && b.currency == s.currency
-                && s.period_start <= now
-                && now < s.period_end
-                && s.state != BudgetState::Ok;
-            if !current || !covers(&b.scope, &who) {
+            if s.state == BudgetState::Ok || !covers(&b.scope, &who) {
                 continue;
             }
             let decision = match s.action {

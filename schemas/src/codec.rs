@@ -108,7 +108,7 @@ impl<T: AvroRecord> Codec<T> {
         // made it allocate 10 GiB (found by fuzzing). A record of ours is at most a Kafka
         // record (1 MB by default) and every item takes at least one byte, so a count above
         // that is never real.
-        apache_avro::max_allocation_bytes(MAX_AVRO_ALLOCATION);
+        apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
         let schema = parse(T::SCHEMA, T::NAME)?;
         let fp = fingerprint(schema);
         let reader = |s: &Schema| {

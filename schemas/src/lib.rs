@@ -11,6 +11,7 @@ pub mod money;
 pub mod scope;
 pub mod time;
 pub mod topics;
+pub mod unit;
 
 pub use codec::{AvroRecord, Codec};
 pub use events::*;

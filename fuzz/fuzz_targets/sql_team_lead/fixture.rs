@@ -223,8 +223,7 @@ fn budget_snapshot() -> BudgetSnapshot {
         ("search-monthly", "search", ScopeKind::Team),
         ("SECRETKEY-zz-other-monthly", "zz-other", ScopeKind::Team),
     ] {
-        snap.signals.insert(
-            id.into(),
+        snap.view.apply_signal(
             BudgetSignal {
                 budget_id: id.into(),
                 scope: Scope {
@@ -237,13 +236,14 @@ fn budget_snapshot() -> BudgetSnapshot {
                 state: BudgetState::Warning,
                 spend: if value == "search" { "81".parse() } else { "98765.4321".parse() }
                     .expect("spend"),
-                limit: "100".parse().expect("limit"),
+                // the budget's own limit: a signal on other terms is not in force
+                limit: if value == "search" { "100".parse() } else { "98765.4321".parse() }
+                    .expect("limit"),
                 currency: "USD".into(),
                 threshold_percent: Some(80),
                 action: BudgetAction::Notify,
                 at: now,
-            },
-        );
+            });
     }
     snap
 }

@@ -9,7 +9,7 @@
 //! effective_from = "2026-01-01T00:00:00Z"   # optional; `--effective-from` fills it in
 //!
 //! [[price.rate]]
-//! unit = "input_token"              # see `cost::unit`
+//! unit = "input_token"              # see `meterline_schemas::unit`
 //! price = "0.20"                    # a decimal string, never a float
 //! per = 1_000_000                   # price is for this many units (default 1)
 //! tier = "batch"                    # standard (default) | batch | priority | flex
@@ -24,7 +24,7 @@ use meterline_schemas::{Money, PriceChange, Rate, ServiceTier};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::cost::unit;
+use meterline_schemas::unit;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

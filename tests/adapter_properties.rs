@@ -7,9 +7,9 @@
 //! real payloads do.
 
 use chrono::Utc;
-use meterline_enrich::price_book::PriceBook;
+use meterline_reference::price_book::PriceBook;
 use meterline_enrich::pricing::enrich;
-use meterline_enrich::tenants::TenantDirectory;
+use meterline_reference::tenants::TenantDirectory;
 use meterline_ingest::adapters::{cloudevents, litellm, native, Ctx, FieldError};
 use meterline_schemas::{AvroRecord, PriceChange, Rate, UsageEvent};
 use proptest::prelude::*;
@@ -27,7 +27,7 @@ fn ctx() -> Ctx {
 
 fn samples() -> Vec<(&'static str, Decode, Value)> {
     let fixture = |name: &str| -> Value {
-        let path = format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
         serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
     };
     let anthropic_usage = json!({"input_tokens": 13, "cache_creation_input_tokens": 5,
@@ -165,7 +165,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 /// A price for the event's own (provider, model) with every unit at 0.001.
 fn full_card(e: &UsageEvent) -> PriceBook {
-    use meterline_enrich::cost::unit::*;
+    use meterline_schemas::unit::*;
     let at = chrono::DateTime::from_timestamp(0, 0).unwrap();
     let rates = [
         INPUT,
@@ -367,7 +367,7 @@ fn findings_stay_fixed() {
 fn litellm_ids_cache_hits_and_tags() {
     let c = ctx();
     let path = format!(
-        "{}/../tests/fixtures/litellm_slp_gcs_pubsub_test.json",
+        "{}/tests/fixtures/litellm_slp_gcs_pubsub_test.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
