@@ -23,7 +23,8 @@ pub struct ApiConfig {
     pub query_timeout_ms: u64,
     /// Bearer tokens (stored as SHA-256 digests) and their roles.
     pub tokens: Vec<TokenConfig>,
-    /// FOCUS `InvoiceIssuerName` of chargeback rows: who issues the internal invoice.
+    /// FOCUS `InvoiceIssuerName` and `ProviderName` of chargeback rows: the internal platform
+    /// that provides the models and issues the internal invoice (the vendor is `PublisherName`).
     pub invoice_issuer: String,
     /// How often the `budgets` table re-reads the budget topics, in milliseconds.
     pub budget_refresh_ms: u64,

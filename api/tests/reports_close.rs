@@ -271,11 +271,25 @@ fn check_sums(c: &Value) {
             d(&t["list_cost"]),
             "{cur}: exact lines sum to the exact total"
         );
-        assert_eq!(
-            d(&t["billed_cost"]),
-            d(&t["list_cost"])
-                .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
-        );
+        // per billing account × category: the exact cost rounded half away from zero
+        let mut blocks: BTreeMap<(&str, &str), (Decimal, Decimal)> = BTreeMap::new();
+        for l in &lines {
+            let e = blocks
+                .entry((l["org"].as_str().unwrap(), l["category"].as_str().unwrap()))
+                .or_default();
+            e.0 += d(&l["billed_cost"]);
+            e.1 += d(&l["list_cost"]);
+        }
+        for ((org, cat), (billed, exact)) in blocks {
+            assert_eq!(
+                billed,
+                exact.round_dp_with_strategy(
+                    2,
+                    rust_decimal::RoundingStrategy::MidpointAwayFromZero
+                ),
+                "{cur} {org} {cat}"
+            );
+        }
         for l in lines {
             assert!((d(&l["billed_cost"]) - d(&l["list_cost"])).abs() < Decimal::new(1, 2));
         }
@@ -332,9 +346,13 @@ fn check_focus(csv_bytes: &[u8], c: &Value) {
             }
         }
         let cat = &rec[col("ChargeCategory")];
-        assert!(["Usage", "Purchase", "Tax", "Credit", "Adjustment"].contains(&cat));
+        assert_eq!(cat, "Usage", "late usage too is Usage (a Correction)");
         let class = &rec[col("ChargeClass")];
-        assert_eq!(class == "Correction", cat == "Adjustment", "{rec:?}");
+        assert_eq!(
+            class == "Correction",
+            rec[col("ChargePeriodStart")] < rec[col("BillingPeriodStart")],
+            "a correction exactly when the usage is of an earlier month: {rec:?}"
+        );
         assert!(class.is_empty() || class == "Correction");
         assert_eq!(&rec[col("ServiceCategory")], "AI and Machine Learning");
         assert_eq!(&rec[col("ServiceSubcategory")], "Generative AI");
@@ -366,7 +384,13 @@ fn check_focus(csv_bytes: &[u8], c: &Value) {
             );
             Decimal::from_str(v).unwrap_or_else(|_| panic!("{m} is a decimal: {v}"));
         }
-        assert_eq!(rec[col("BilledCost")], rec[col("EffectiveCost")]);
+        // exact costs (no discounts), billed in cents within a cent of them
+        assert_eq!(rec[col("EffectiveCost")], rec[col("ListCost")]);
+        assert_eq!(rec[col("ContractedCost")], rec[col("ListCost")]);
+        let cents = Decimal::from_str(&rec[col("BilledCost")]).unwrap();
+        let effective = Decimal::from_str(&rec[col("EffectiveCost")]).unwrap();
+        assert!((cents - effective).abs() < Decimal::new(1, 2), "{rec:?}");
+        assert_eq!(rec[col("ProviderName")], rec[col("InvoiceIssuerName")]);
         serde_json::from_str::<Value>(&rec[col("Tags")]).expect("Tags is JSON");
         *billed
             .entry(rec[col("BillingCurrency")].to_string())
@@ -462,6 +486,8 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
     )
     .await;
     check_focus(&focus, &oct);
+    assert_eq!(focus12::check(&focus), vec![]);
+    assert_eq!(focus12::check_meterline(&focus, "meterline"), vec![]);
     let (_, flat) = get(
         &base,
         FINANCE,
@@ -624,6 +650,8 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
     )
     .await;
     check_focus(&nov_focus, &nov);
+    assert_eq!(focus12::check(&nov_focus), vec![]);
+    assert_eq!(focus12::check_meterline(&nov_focus, "meterline"), vec![]);
     // December is not the first open month: no adjustments there
     let (_, dec) = get(
         &base,
@@ -790,4 +818,291 @@ async fn only_real_months_from_the_first_usage_on_can_close() {
     assert_eq!(status, 201, "{v}");
     let (status, v) = close(&base, FINANCE, "2026-10").await;
     assert_eq!(status, 201, "{v}");
+}
+
+mod focus12;
+
+/// A month of demo traffic: two orgs (`globex` named by its events, with no tenant rule and
+/// no team), teams whose cost centers and projects cross (so every grouping cuts the same
+/// rows differently), three vendors, costs as tokens × per-token rates (sub-cent fractions
+/// everywhere). Deterministic.
+fn demo_rows(partition: i32, first: i64, n: i64, month: &str, seed: u64) -> Vec<Row> {
+    // (org, team, cost center, projects)
+    const TENANTS: [(&str, Option<&str>, Option<&str>, &[&str]); 5] = [
+        ("acme", Some("search"), Some("cc-eng"), &["web", "api"]),
+        ("acme", Some("ads"), Some("cc-eng"), &["web"]),
+        ("acme", Some("billing"), Some("cc-fin"), &["api", "ledger"]),
+        ("acme", Some("risk"), Some("cc-fin"), &["ledger"]),
+        ("globex", None, None, &[]),
+    ];
+    // (provider, model, input rate, output rate) per token
+    const MODELS: [(&str, &str, &str, &str); 4] = [
+        ("openai", "gpt-4o", "0.0000025", "0.00001"),
+        ("openai", "gpt-4o-mini", "0.00000015", "0.0000006"),
+        ("anthropic", "claude-sonnet-4", "0.000003", "0.000015"),
+        ("mistral", "mistral-large", "0.000002", "0.000006"),
+    ];
+    let mut s = seed;
+    let mut next = |m: u64| {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 33) % m
+    };
+    (0..n)
+        .map(|k| {
+            let (org, team, cc, projects) = TENANTS[next(TENANTS.len() as u64) as usize];
+            let (provider, model, rin, rout) = MODELS[next(MODELS.len() as u64) as usize];
+            let input = 50 + next(4000) as i64;
+            let output = 5 + next(900) as i64;
+            let project = (!projects.is_empty())
+                .then(|| projects[next(projects.len() as u64) as usize].to_string());
+            let day = 1 + next(28);
+            let offset = first + k;
+            let mut event = UsageEvent::example();
+            event.event_id = format!("demo-{partition}-{offset}");
+            event.provider = provider.into();
+            event.model = model.into();
+            event.org_id = Some(org.into());
+            event.team_id = team.map(str::to_string);
+            event.occurred_at = format!("{month}-{day:02}T{:02}:00:00Z", next(24))
+                .parse()
+                .unwrap();
+            event.usage.input_tokens = input;
+            event.usage.output_tokens = output;
+            let cost_in: Money = (Decimal::from(input) * Decimal::from_str(rin).unwrap())
+                .to_string()
+                .parse()
+                .unwrap();
+            let cost_out: Money = (Decimal::from(output) * Decimal::from_str(rout).unwrap())
+                .to_string()
+                .parse()
+                .unwrap();
+            let total: Money = (cost_in.decimal() + cost_out.decimal())
+                .to_string()
+                .parse()
+                .unwrap();
+            Row {
+                priced: PricedUsage {
+                    event,
+                    tenant: TenantPath {
+                        org: org.into(),
+                        cost_center: cc.map(str::to_string),
+                        team: team.map(str::to_string),
+                        project,
+                        ..Default::default()
+                    },
+                    tenant_rule_id: None,
+                    price_id: format!("{provider}/{model}"),
+                    price_version: 1,
+                    price_resolution: "exact".into(),
+                    model: String::new(),
+                    currency: if org == "globex" && next(3) == 0 {
+                        "EUR".into()
+                    } else {
+                        "USD".into()
+                    },
+                    cost: CostLines {
+                        input: cost_in,
+                        output: cost_out,
+                        total,
+                        ..Default::default()
+                    },
+                    priced_at: chrono::Utc::now(),
+                },
+                partition,
+                offset,
+            }
+        })
+        .collect()
+}
+
+fn demo_flush(dir: &Path, rows: &[Row]) {
+    let (p, first, last) = (
+        rows[0].partition,
+        rows[0].offset,
+        rows.last().unwrap().offset,
+    );
+    Ledger::open(dir)
+        .unwrap()
+        .write_flush(p, first, last, rows)
+        .unwrap();
+}
+
+/// Billed total per billing account × charge category × charge class × currency of a FOCUS
+/// export.
+fn focus_blocks(csv_bytes: &[u8]) -> BTreeMap<(String, String, String, String), Decimal> {
+    let x = focus12::Export::parse(csv_bytes);
+    let mut out: BTreeMap<_, Decimal> = BTreeMap::new();
+    for r in &x.rows {
+        let g = |c: &str| r[c].clone().unwrap_or_default();
+        *out.entry((
+            g("BillingAccountId"),
+            g("ChargeCategory"),
+            g("ChargeClass"),
+            g("BillingCurrency"),
+        ))
+        .or_default() += Decimal::from_str(&g("BilledCost")).unwrap();
+    }
+    out
+}
+
+/// Billed and exact totals per org × category × currency of a JSON chargeback.
+fn json_blocks(c: &Value) -> BTreeMap<(String, String, String), (Decimal, Decimal)> {
+    let mut out: BTreeMap<_, (Decimal, Decimal)> = BTreeMap::new();
+    for l in c["lines"].as_array().unwrap() {
+        let e = out
+            .entry((
+                l["org"].as_str().unwrap().to_string(),
+                l["category"].as_str().unwrap().to_string(),
+                l["currency"].as_str().unwrap().to_string(),
+            ))
+            .or_default();
+        e.0 += d(&l["billed_cost"]);
+        e.1 += d(&l["list_cost"]);
+    }
+    out
+}
+
+/// Issue 18: a FinOps analyst pulls a month with demo traffic and late usage by cost center,
+/// team and project, open and closed, and checks it against FOCUS 1.2: every export is clean
+/// under the encoded rules, and what each billing account owes per charge category and
+/// currency is the same whatever the grouping.
+#[tokio::test]
+async fn focus_exports_are_clean_and_cents_do_not_move_with_the_grouping() {
+    let dir = tempfile::tempdir().unwrap();
+    // September and October traffic; September closes, then September usage arrives late
+    demo_flush(dir.path(), &demo_rows(0, 0, 300, "2026-09", 1));
+    demo_flush(dir.path(), &demo_rows(1, 0, 400, "2026-10", 2));
+    let base = start(dir.path()).await;
+    assert_eq!(close(&base, FINANCE, "2026-09").await.0, 201);
+    demo_flush(dir.path(), &demo_rows(0, 300, 40, "2026-09", 3));
+    // October closes with September's late usage as corrections; then October's and
+    // November's own arrive
+    assert_eq!(close(&base, FINANCE, "2026-10").await.0, 201);
+    demo_flush(dir.path(), &demo_rows(1, 400, 60, "2026-10", 4));
+    demo_flush(dir.path(), &demo_rows(0, 340, 500, "2026-11", 5));
+
+    for (month, status) in [("2026-10", "closed"), ("2026-11", "open")] {
+        let mut by_grouping = BTreeMap::new();
+        for by in ["cost_center", "team", "project"] {
+            let q = format!("/v1/reports/chargeback?period={month}&by={by}");
+            let (code, json_bytes) = get(&base, FINANCE, &q).await;
+            assert_eq!(code, 200);
+            let c = chargeback_json(&json_bytes);
+            assert_eq!(c["status"], status);
+            let (code, focus) = get(&base, FINANCE, &format!("{q}&format=focus")).await;
+            assert_eq!(code, 200);
+            let v = focus12::check(&focus);
+            assert!(
+                v.is_empty(),
+                "{month} by {by}: FOCUS 1.2 violations: {v:#?}"
+            );
+            let v = focus12::check_meterline(&focus, "meterline");
+            assert!(v.is_empty(), "{month} by {by}: {v:#?}");
+            check_focus(&focus, &c);
+            // per billing account × category × currency: the cents are the block's exact
+            // total rounded half away from zero, and the lines sum to them
+            let blocks = json_blocks(&c);
+            for ((org, cat, cur), (billed, exact)) in &blocks {
+                assert_eq!(
+                    *billed,
+                    exact.round_dp_with_strategy(
+                        2,
+                        rust_decimal::RoundingStrategy::MidpointAwayFromZero
+                    ),
+                    "{month} by {by}: {org} {cat} {cur}"
+                );
+            }
+            assert!(
+                blocks.keys().any(|(_, cat, _)| cat == "Adjustment"),
+                "{month}: late usage is in the report"
+            );
+            assert!(blocks.keys().any(|(org, _, _)| org == "globex"));
+            assert!(!blocks.keys().any(|(org, _, _)| org == "unattributed"));
+            by_grouping.insert(by, (blocks, focus_blocks(&focus)));
+        }
+        let (first_json, first_focus) = &by_grouping["cost_center"];
+        for by in ["team", "project"] {
+            let (j, f) = &by_grouping[by];
+            assert_eq!(j, first_json, "{month}: by {by} ≠ by cost_center");
+            assert_eq!(f, first_focus, "{month}: FOCUS by {by} ≠ by cost_center");
+        }
+    }
+}
+
+/// The rule checker is not vacuous: over the FOCUS export meterline produced before issue 18
+/// (`fixtures/focus_before_issue18.csv`: October of the demo ledger by cost center, closed
+/// with September's late usage) it finds exactly what a FinOps analyst found.
+#[test]
+fn the_focus_rules_catch_the_export_from_before_issue_18() {
+    let old = include_bytes!("fixtures/focus_before_issue18.csv");
+    let mut found: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in focus12::check(old) {
+        *found.entry(v.rule).or_default() += 1;
+    }
+    let rows = focus12::Export::parse(old).rows;
+    let paid = rows
+        .iter()
+        .filter(|r| r["BilledCost"].as_deref() != Some("0.00"))
+        .count();
+    let late = rows
+        .iter()
+        .filter(|r| r["ChargeCategory"].as_deref() == Some("Adjustment"))
+        .count();
+    assert_eq!(
+        found,
+        BTreeMap::from([
+            // ProviderName (the vendor) ≠ InvoiceIssuerName (meterline) on every paid line
+            ("BilledCost-C-005-C", paid),
+            // Adjustment rows with quantities
+            ("ConsumedQuantity-C-004-C", late),
+            // no SubAccountType although there are three kinds of sub account
+            ("CostAndUsage-D-067-C", 1),
+        ])
+    );
+    assert_eq!((rows.len(), paid, late), (29, 25, 13));
+    let mut own: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in focus12::check_meterline(old, "meterline") {
+        *own.entry(v.rule).or_default() += 1;
+    }
+    // PricingUnit Requests for token-priced lines; cents as EffectiveCost under ListCost
+    assert_eq!(own["meterline:pricing-quantity"], rows.len());
+    assert_eq!(own["meterline:provider-is-issuer"], rows.len());
+    assert!(own["meterline:effective≤contracted≤list"] > 0);
+}
+
+/// A month closed before issue 18 keeps its bytes: closes store the rendered files and a
+/// closed month is served from them, so the new allocation and FOCUS mapping never re-render
+/// it (its FOCUS file still has PricingUnit=Requests, Adjustment rows and its cents).
+#[tokio::test]
+async fn a_month_closed_before_the_change_is_served_byte_for_byte() {
+    use meterline_api::close::{CloseRecord, Closes};
+    let dir = tempfile::tempdir().unwrap();
+    let old = include_bytes!("fixtures/focus_before_issue18.csv").to_vec();
+    let name = "chargeback-cost_center.focus.csv";
+    Closes::new(dir.path())
+        .write(
+            CloseRecord {
+                period: "2026-10".parse().unwrap(),
+                closed_at: "2026-11-01T09:00:00Z".into(),
+                closed_by: "carol-finance".into(),
+                previous: Some("2026-09".parse().unwrap()),
+                watermark: meterline_api::ledger_view::Watermark(
+                    [(0, 300), (1, 400)].into_iter().collect(),
+                ),
+                files: vec![],
+            },
+            vec![(name.into(), old.clone())],
+        )
+        .unwrap();
+    let base = start(dir.path()).await;
+    let (status, served) = get(
+        &base,
+        FINANCE,
+        "/v1/reports/chargeback?period=2026-10&by=cost_center&format=focus",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(served, old, "a stored close is never re-rendered");
 }

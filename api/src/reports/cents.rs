@@ -1,5 +1,6 @@
 //! Rounding a report's exact amounts to cents so that the lines sum exactly to the rounded
-//! total (largest-remainder allocation). Pure; the reports call it once per currency.
+//! total (largest-remainder allocation). Pure; the chargeback calls it once per billing account ×
+//! category × currency (`chargeback::assemble`).
 
 use rust_decimal::{Decimal, RoundingStrategy};
 

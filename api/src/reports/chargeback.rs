@@ -86,7 +86,8 @@ pub struct Line {
     /// Exact cost at list prices (sum of the events' costs, full precision).
     #[schema(value_type = String)]
     pub list_cost: Decimal,
-    /// What is charged: cents, allocated so that the lines sum to the total.
+    /// What is charged: cents, allocated so that the lines of a billing account × category ×
+    /// currency sum to that block's exact cost rounded to cents, whatever the grouping.
     #[schema(value_type = String)]
     pub billed_cost: Decimal,
 }
@@ -97,7 +98,8 @@ pub struct Total {
     pub currency: String,
     #[schema(value_type = String)]
     pub list_cost: Decimal,
-    /// `list_cost` rounded half away from zero to cents; the lines' `billed_cost` sum to it.
+    /// The sum of the lines' `billed_cost`: per billing account (`org`) × category, the exact
+    /// cost rounded half away from zero to cents (see [`assemble`]).
     #[schema(value_type = String)]
     pub billed_cost: Decimal,
     #[schema(value_type = String)]
@@ -282,7 +284,15 @@ pub async fn compute_sql(
     Ok(assemble(period, by, lines))
 }
 
-/// Orders the lines, allocates cents per currency and totals them. Pure.
+/// Orders the lines, allocates cents and totals them. Pure.
+///
+/// Cents are allocated per billing account (`org`) × category × currency, the block an
+/// internal invoice is made of: the block's exact total is rounded half away from zero to
+/// cents, then spread over its lines by largest remainder ([`cents::allocate`]). A block holds
+/// the same rows whatever the grouping, so what each account owes per category and currency
+/// does not move with `by=`; only how it splits into lines does. A currency's billed total is
+/// the sum of its blocks' totals (which may differ from its exact total rounded once by a cent
+/// per block).
 pub fn assemble(period: Month, by: GroupBy, mut lines: Vec<Line>) -> Chargeback {
     lines.sort_by(|a, b| {
         (
@@ -304,31 +314,50 @@ pub fn assemble(period: Month, by: GroupBy, mut lines: Vec<Line>) -> Chargeback 
                 &b.model,
             ))
     });
+    let mut blocks: BTreeMap<(&str, &str, Category), Vec<usize>> = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        blocks
+            .entry((&l.currency, &l.org, l.category))
+            .or_default()
+            .push(i);
+    }
+    let mut billed = vec![Decimal::ZERO; lines.len()];
+    for idx in blocks.values() {
+        let exact: Vec<Decimal> = idx.iter().map(|&i| lines[i].list_cost).collect();
+        for (&i, c) in idx.iter().zip(cents::allocate(&exact)) {
+            billed[i] = c;
+        }
+    }
+    for (l, c) in lines.iter_mut().zip(billed) {
+        l.billed_cost = c;
+    }
     let mut by_currency: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, l) in lines.iter().enumerate() {
         by_currency.entry(l.currency.clone()).or_default().push(i);
     }
-    let mut totals = vec![];
-    for (currency, idx) in by_currency {
-        let exact: Vec<Decimal> = idx.iter().map(|&i| lines[i].list_cost).collect();
-        let billed = cents::allocate(&exact);
-        for (&i, c) in idx.iter().zip(&billed) {
-            lines[i].billed_cost = *c;
-        }
-        let list_cost: Decimal = exact.iter().copied().sum();
-        totals.push(Total {
-            currency,
-            list_cost: list_cost.normalize(),
-            billed_cost: cents::round_total(list_cost),
-            adjustments_billed_cost: cents::round_total(
-                idx.iter()
-                    .filter(|&&i| lines[i].category == Category::Adjustment)
-                    .map(|&i| lines[i].billed_cost)
-                    .sum::<Decimal>(),
-            ),
-            lines: idx.len(),
-        });
-    }
+    let cents_sum = |it: &mut dyn Iterator<Item = &Line>| {
+        let mut d: Decimal = it.map(|l| l.billed_cost).sum();
+        d.rescale(cents::BILLED_SCALE);
+        d
+    };
+    let totals = by_currency
+        .into_iter()
+        .map(|(currency, idx)| {
+            let list_cost: Decimal = idx.iter().map(|&i| lines[i].list_cost).sum();
+            Total {
+                currency,
+                list_cost: list_cost.normalize(),
+                billed_cost: cents_sum(&mut idx.iter().map(|&i| &lines[i])),
+                adjustments_billed_cost: cents_sum(
+                    &mut idx
+                        .iter()
+                        .map(|&i| &lines[i])
+                        .filter(|l| l.category == Category::Adjustment),
+                ),
+                lines: idx.len(),
+            }
+        })
+        .collect();
     Chargeback {
         period: period.to_string(),
         by,
@@ -637,12 +666,177 @@ mod tests {
         }
         let usd = c.totals.iter().find(|t| t.currency == "USD").unwrap();
         assert_eq!(usd.list_cost, Decimal::from_str("1.005").unwrap());
+        // usage 0.67 (exactly) + the adjustment's 0.335 rounded on its own to 0.34
         assert_eq!(usd.billed_cost, Decimal::from_str("1.01").unwrap());
-        // ties go to the earlier lines: both usage lines get the extra cent
         assert_eq!(
             usd.adjustments_billed_cost,
-            Decimal::from_str("0.33").unwrap()
+            Decimal::from_str("0.34").unwrap()
         );
+        let billed: Vec<String> = c.lines.iter().map(|l| l.billed_cost.to_string()).collect();
+        // ties within the usage block go to the earlier line (a)
+        assert_eq!(billed, ["10.00", "0.34", "0.33", "0.34"]);
+    }
+
+    mod grouping {
+        //! The cents of every billing account × category × currency do not depend on the
+        //! grouping (property test over random ledgers, all three groupings).
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One ledger row, as its tenant and cost.
+        #[derive(Debug, Clone)]
+        struct Row {
+            org: &'static str,
+            cost_center: Option<&'static str>,
+            team: Option<&'static str>,
+            project: Option<&'static str>,
+            provider: &'static str,
+            model: &'static str,
+            currency: &'static str,
+            category: Category,
+            charge_period: &'static str,
+            /// Cost in units of 10^-18 (the ledger's scale).
+            atto: i64,
+        }
+
+        fn row() -> impl Strategy<Value = Row> {
+            (
+                (
+                    prop::sample::select(vec!["acme", "globex", "unattributed"]),
+                    prop::option::of(prop::sample::select(vec!["cc-1", "cc-2", "cc-3"])),
+                    prop::option::of(prop::sample::select(vec!["search", "ads", "risk", "ml"])),
+                    prop::option::of(prop::sample::select(vec!["web", "api", "batch"])),
+                ),
+                (
+                    prop::sample::select(vec![
+                        ("openai", "gpt-4o"),
+                        ("openai", "gpt-4o-mini"),
+                        ("anthropic", "claude"),
+                    ]),
+                    prop::sample::select(vec!["USD", "EUR"]),
+                    prop::sample::select(vec![
+                        (Category::Usage, "2026-11"),
+                        (Category::Adjustment, "2026-10"),
+                        (Category::Adjustment, "2026-09"),
+                    ]),
+                    // up to 0.05: a few cents, with 18-decimal fractions
+                    0i64..50_000_000_000_000_000,
+                ),
+            )
+                .prop_map(
+                    |(
+                        (org, cost_center, team, project),
+                        ((provider, model), currency, (category, charge_period), atto),
+                    )| Row {
+                        org,
+                        cost_center,
+                        team,
+                        project,
+                        provider,
+                        model,
+                        currency,
+                        category,
+                        charge_period,
+                        atto,
+                    },
+                )
+        }
+
+        /// The chargeback's lines for `by`, summed from the rows as the ledger query does.
+        fn lines(rows: &[Row], by: GroupBy) -> Vec<Line> {
+            let mut sums: BTreeMap<_, (i64, Decimal)> = BTreeMap::new();
+            for r in rows {
+                let g = match by {
+                    GroupBy::CostCenter => r.cost_center,
+                    GroupBy::Team => r.team,
+                    GroupBy::Project => r.project,
+                };
+                let e = sums
+                    .entry((
+                        r.category,
+                        r.charge_period,
+                        r.org,
+                        g,
+                        r.provider,
+                        r.model,
+                        r.currency,
+                    ))
+                    .or_default();
+                e.0 += 1;
+                e.1 += Decimal::new(r.atto, 18);
+            }
+            sums.into_iter()
+                .map(
+                    |((category, cp, org, g, provider, model, currency), (events, cost))| Line {
+                        category,
+                        charge_period: cp.into(),
+                        org: org.into(),
+                        group: g.map(str::to_string),
+                        provider: provider.into(),
+                        model: model.into(),
+                        currency: currency.into(),
+                        events,
+                        input_tokens: 0,
+                        cache_read_tokens: 0,
+                        cache_write_tokens: 0,
+                        output_tokens: 0,
+                        reasoning_tokens: 0,
+                        list_cost: cost.normalize(),
+                        billed_cost: Decimal::ZERO,
+                    },
+                )
+                .collect()
+        }
+
+        type Block = (String, String, Category);
+
+        fn blocks(c: &Chargeback) -> BTreeMap<Block, (Decimal, Decimal)> {
+            let mut out: BTreeMap<Block, (Decimal, Decimal)> = BTreeMap::new();
+            for l in &c.lines {
+                let e = out
+                    .entry((l.org.clone(), l.currency.clone(), l.category))
+                    .or_default();
+                e.0 += l.billed_cost;
+                e.1 += l.list_cost;
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+            #[test]
+            fn billed_per_account_category_currency_is_the_same_for_every_grouping(
+                rows in prop::collection::vec(row(), 1..80)
+            ) {
+                let m: Month = "2026-11".parse().unwrap();
+                let all: Vec<Chargeback> = GroupBy::ALL
+                    .into_iter()
+                    .map(|by| assemble(m, by, lines(&rows, by)))
+                    .collect();
+                let first = blocks(&all[0]);
+                for c in &all {
+                    let b = blocks(c);
+                    prop_assert_eq!(&b, &first, "by {:?}", c.by);
+                    for ((org, cur, cat), (billed, exact)) in &b {
+                        // the block's exact total rounded half away from zero
+                        prop_assert_eq!(*billed, cents::round_total(*exact), "{} {} {:?}", org, cur, cat);
+                    }
+                    for l in &c.lines {
+                        prop_assert!((l.billed_cost - l.list_cost).abs() < Decimal::new(1, 2));
+                        prop_assert_eq!(l.billed_cost.scale(), 2);
+                    }
+                    for t in &c.totals {
+                        let lines: Decimal = c.lines.iter().filter(|l| l.currency == t.currency).map(|l| l.billed_cost).sum();
+                        prop_assert_eq!(lines, t.billed_cost);
+                        let adj: Decimal = c.lines.iter().filter(|l| l.currency == t.currency && l.category == Category::Adjustment).map(|l| l.billed_cost).sum();
+                        prop_assert_eq!(adj, t.adjustments_billed_cost);
+                    }
+                    // the currency totals too are the same for every grouping
+                    prop_assert_eq!(&c.totals.iter().map(|t| (&t.currency, t.billed_cost, t.adjustments_billed_cost, t.list_cost)).collect::<Vec<_>>(),
+                        &all[0].totals.iter().map(|t| (&t.currency, t.billed_cost, t.adjustments_billed_cost, t.list_cost)).collect::<Vec<_>>());
+                }
+            }
+        }
     }
 
     #[test]

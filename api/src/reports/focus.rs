@@ -2,17 +2,35 @@
 //! all 21 mandatory columns, the conditional ones that apply to AI inference, and the token
 //! detail in `x_` columns (FOCUS reserves the `x_` prefix for provider-defined columns).
 //!
-//! One row per chargeback line. How the columns are filled:
-//! - `BilledCost` = `EffectiveCost` = the line's cents (what is charged back; no amortized
-//!   commitments here); `ListCost` = `ContractedCost` = the exact list cost (no negotiated
-//!   discounts are modelled);
-//! - `PricingQuantity` = requests with `PricingUnit` `Requests` (a line mixes token kinds; the
-//!   tokens are in `ConsumedQuantity` / `x_*Tokens`). No unit price column is filled, so the
-//!   quantity × unit price = cost rule has nothing to check;
-//! - late usage of a closed month: `ChargeCategory` `Adjustment`, `ChargeClass` `Correction`,
-//!   `ChargePeriod*` = the month it occurred in.
+//! One row per chargeback line. How the columns are filled (DESIGN.md, "Chargeback as FOCUS"):
+//! - who: the internal AI platform resells the model vendors' services to the org's teams, the
+//!   FOCUS 1.2 "origination of cost data" cases 2.1 (via a managed service provider) and 5.x
+//!   (internal offerings): `ProviderName` = `InvoiceIssuerName` = the platform
+//!   (`api.invoice_issuer`), `PublisherName` = the model vendor (the ledger's `provider`).
+//!   FOCUS reads a provider other than the issuer as a third party collecting the payment
+//!   (BilledCost-C-005-C: BilledCost 0), which an internal chargeback is not;
+//! - `BillingAccountId`/`Name` = the org (the one the tenant rule or, without one, the event
+//!   names; `unattributed` only when nobody names it); `SubAccountId`/`Name` = the group,
+//!   `SubAccountType` its kind (`Cost Center`, `Team`, `Project`), all null without one;
+//! - money: `ListCost` = `ContractedCost` = `EffectiveCost` = the exact cost at the rate card
+//!   (list prices passed through: no negotiated or commitment discounts, nothing amortized),
+//!   `BilledCost` = the line's cents (`chargeback::assemble`), within a cent of it. So
+//!   EffectiveCost ≤ ContractedCost ≤ ListCost holds (with equality) on every row, and rounding
+//!   lives only in BilledCost, where an invoice needs it;
+//! - units: vendors price tokens per million, so `PricingUnit` = `1000000 Tokens` and
+//!   `PricingQuantity` = the line's tokens / 10^6 (exact); `ConsumedQuantity` = its tokens in
+//!   `Tokens`. A line without tokens (a model priced per request, image, second or character)
+//!   is priced in `Requests` (its events). No unit price column: a line blends the rates of
+//!   several token kinds (and possibly price versions), so no single price × quantity exists;
+//! - late usage of a closed month (meterline's `Adjustment` lines) is `ChargeCategory`
+//!   `Usage` with `ChargeClass` `Correction`: it is consumption (FOCUS `Adjustment` is for
+//!   charges that fit no other category), billed in this billing period as a correction of an
+//!   earlier, already invoiced one (`ChargePeriod*` = the month it occurred in). As Usage it
+//!   keeps its quantities (ConsumedQuantity MUST be null outside Usage).
 
-use super::chargeback::{Category, Chargeback, Line};
+use rust_decimal::Decimal;
+
+use super::chargeback::{Category, Chargeback, GroupBy, Line};
 use crate::period::Month;
 use crate::Error;
 
@@ -42,7 +60,7 @@ pub const MANDATORY: [&str; 21] = [
 ];
 
 /// Conditional / recommended columns filled, then the extension columns.
-pub const OTHER: [&str; 16] = [
+pub const OTHER: [&str; 17] = [
     "ChargeFrequency",
     "ConsumedQuantity",
     "ConsumedUnit",
@@ -51,6 +69,7 @@ pub const OTHER: [&str; 16] = [
     "SkuId",
     "SubAccountId",
     "SubAccountName",
+    "SubAccountType",
     "Tags",
     "x_Model",
     "x_Requests",
@@ -65,23 +84,50 @@ fn iso(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
-    let billing: Month = c.period.parse().map_err(Error::Query)?;
-    let charge: Month = l.charge_period.parse().map_err(Error::Query)?;
-    let group = l.group.clone().unwrap_or_default();
-    let by = c.by.column();
-    let adjustment = l.category == Category::Adjustment;
+/// Tokens per `PricingUnit` (`1000000 Tokens`): the vendors' price lists are per million.
+const TOKENS_PER_UNIT: i64 = 1_000_000;
+
+/// `SubAccountType` of a grouping.
+fn sub_account_type(by: GroupBy) -> &'static str {
+    match by {
+        GroupBy::CostCenter => "Cost Center",
+        GroupBy::Team => "Team",
+        GroupBy::Project => "Project",
+    }
+}
+
+/// `(PricingQuantity, PricingUnit, ConsumedQuantity, ConsumedUnit)` of a line.
+fn quantities(l: &Line) -> (String, &'static str, String, &'static str) {
     let tokens = l.input_tokens
         + l.cache_read_tokens
         + l.cache_write_tokens
         + l.output_tokens
         + l.reasoning_tokens;
+    if tokens == 0 {
+        let n = l.events.to_string();
+        return (n.clone(), "Requests", n, "Requests");
+    }
+    let per_unit = Decimal::from(tokens) / Decimal::from(TOKENS_PER_UNIT);
+    (
+        per_unit.normalize().to_string(),
+        "1000000 Tokens",
+        tokens.to_string(),
+        "Tokens",
+    )
+}
+
+fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
+    let billing: Month = c.period.parse().map_err(Error::Query)?;
+    let charge: Month = l.charge_period.parse().map_err(Error::Query)?;
+    let group = l.group.clone().unwrap_or_default();
+    let by = c.by.column();
+    let correction = l.category == Category::Adjustment;
     let who = if group.is_empty() {
-        format!("unattributed {by}")
+        format!("{} (no {by})", l.org)
     } else {
         format!("{by} {group}")
     };
-    let description = if adjustment {
+    let description = if correction {
         format!(
             "Late {} usage of {} for {who} (occurred {}, closed), billed in {}",
             l.model, l.provider, l.charge_period, c.period
@@ -93,6 +139,8 @@ fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
         )
     };
     let tags = serde_json::json!({ by: l.group }).to_string();
+    let (pricing_qty, pricing_unit, consumed_qty, consumed_unit) = quantities(l);
+    let exact = l.list_cost.to_string();
     let cells = [
         // mandatory
         l.billed_cost.to_string(),
@@ -101,8 +149,8 @@ fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
         l.currency.clone(),
         iso(billing.end()),
         iso(billing.start()),
-        format!("{:?}", l.category),
-        if adjustment {
+        "Usage".into(),
+        if correction {
             "Correction".into()
         } else {
             String::new()
@@ -110,25 +158,30 @@ fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
         description,
         iso(charge.end()),
         iso(charge.start()),
-        l.list_cost.to_string(),
-        l.billed_cost.to_string(),
+        exact.clone(),
+        exact.clone(),
         issuer.to_string(),
-        l.list_cost.to_string(),
-        l.events.to_string(),
-        "Requests".into(),
-        l.provider.clone(),
+        exact,
+        pricing_qty,
+        pricing_unit.into(),
+        issuer.to_string(),
         l.provider.clone(),
         "AI and Machine Learning".into(),
         format!("{} inference", l.provider),
         // other
         "Usage-Based".into(),
-        tokens.to_string(),
-        "Tokens".into(),
+        consumed_qty,
+        consumed_unit.into(),
         "Standard".into(),
         "Generative AI".into(),
         format!("{}/{}", l.provider, l.model),
         group.clone(),
-        group,
+        group.clone(),
+        if group.is_empty() {
+            String::new()
+        } else {
+            sub_account_type(c.by).into()
+        },
         tags,
         l.model.clone(),
         l.events.to_string(),
@@ -147,4 +200,45 @@ pub fn to_csv(c: &Chargeback, issuer: &str) -> Result<Vec<u8>, Error> {
         MANDATORY.iter().chain(OTHER.iter()),
         c.lines.iter().map(|l| row(c, l, issuer)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(tokens: [i64; 5], events: i64) -> Line {
+        Line {
+            category: Category::Usage,
+            charge_period: "2026-10".into(),
+            org: "acme".into(),
+            group: None,
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            currency: "USD".into(),
+            events,
+            input_tokens: tokens[0],
+            cache_read_tokens: tokens[1],
+            cache_write_tokens: tokens[2],
+            output_tokens: tokens[3],
+            reasoning_tokens: tokens[4],
+            list_cost: Decimal::ONE,
+            billed_cost: Decimal::ONE,
+        }
+    }
+
+    #[test]
+    fn tokens_are_priced_per_million_and_other_lines_per_request() {
+        assert_eq!(
+            quantities(&line([5529, 0, 0, 970, 0], 4)),
+            ("0.006499".into(), "1000000 Tokens", "6499".into(), "Tokens")
+        );
+        assert_eq!(
+            quantities(&line([2_000_000, 500_000, 0, 500_000, 0], 9)),
+            ("3".into(), "1000000 Tokens", "3000000".into(), "Tokens")
+        );
+        assert_eq!(
+            quantities(&line([0; 5], 7)),
+            ("7".into(), "Requests", "7".into(), "Requests")
+        );
+    }
 }
