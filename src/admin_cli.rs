@@ -401,8 +401,8 @@ pub struct BudgetArgs {
 }
 
 fn budget_of(a: BudgetArgs) -> anyhow::Result<meterline_schemas::BudgetChange> {
-    Ok(meterline_aggregate::budget_admin::draft(
-        meterline_aggregate::budget_admin::BudgetDraft {
+    Ok(meterline_reference::budgets::draft(
+        meterline_reference::budgets::BudgetDraft {
             budget_id: a.budget_id,
             name: a.name,
             scope: a.scope,
@@ -445,17 +445,17 @@ fn print_budget(b: &meterline_schemas::BudgetChange) {
 }
 
 pub async fn budgets(kafka: KafkaConfig, cmd: BudgetsCmd) -> anyhow::Result<()> {
-    use meterline_aggregate::budget_admin;
+    use meterline_reference::budgets as budget_defs;
     topics_ready(&kafka).await?;
     blocking(move || {
         match cmd {
             BudgetsCmd::Create(a) => {
-                let b = budget_admin::publish(&kafka, budget_of(a)?)?;
+                let b = budget_defs::publish(&kafka, budget_of(a)?)?;
                 print!("published ");
                 print_budget(&b);
             }
             BudgetsCmd::List { all } => {
-                for b in budget_admin::load(&kafka)?.values() {
+                for b in budget_defs::load(&kafka)?.values() {
                     if all || !b.deleted {
                         print_budget(b);
                     }
@@ -466,13 +466,13 @@ pub async fn budgets(kafka: KafkaConfig, cmd: BudgetsCmd) -> anyhow::Result<()> 
                 reason,
                 author,
             } => {
-                let mut b = budget_admin::load(&kafka)?
+                let mut b = budget_defs::load(&kafka)?
                     .remove(&budget_id)
                     .with_context(|| format!("no budget {budget_id:?}"))?;
                 b.deleted = true;
                 b.reason = reason;
                 b.author = author;
-                let b = budget_admin::publish(&kafka, b)?;
+                let b = budget_defs::publish(&kafka, b)?;
                 println!("deleted {} (v{})", b.budget_id, b.version);
             }
         }

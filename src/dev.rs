@@ -182,8 +182,8 @@ async fn publish_demo_budget(
     kafka: meterline_runtime::kafka::KafkaConfig,
 ) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        use meterline_aggregate::budget_admin;
-        if budget_admin::load(&kafka)?.contains_key("demo-search-daily") {
+        use meterline_reference::budgets as budget_defs;
+        if budget_defs::load(&kafka)?.contains_key("demo-search-daily") {
             return Ok("demo-search-daily (exists)".into());
         }
         let now = Utc::now();
@@ -191,14 +191,14 @@ async fn publish_demo_budget(
             budget_id: "demo-search-daily".into(),
             version: 0,
             name: "Search team, daily".into(),
-            scope: meterline_aggregate::budget_admin::parse_scope("team=search")?,
+            scope: meterline_reference::budgets::parse_scope("team=search")?,
             limit: "25".parse()?,
             currency: "USD".into(),
             period: meterline_schemas::PeriodKind::Day,
             timezone: "UTC".into(),
             custom_from: None,
             custom_to: None,
-            thresholds: meterline_aggregate::budget_admin::parse_thresholds(
+            thresholds: meterline_reference::budgets::parse_thresholds(
                 "50:notify,80:throttle,100:block",
             )?,
             webhooks: vec![],
@@ -209,8 +209,8 @@ async fn publish_demo_budget(
             reason: "demo budget".into(),
             changed_at: now,
         };
-        b.effective_from = budget_admin::current_period_start(&b, now)?;
-        let b = budget_admin::publish(&kafka, b)?;
+        b.effective_from = budget_defs::current_period_start(&b, now)?;
+        let b = budget_defs::publish(&kafka, b)?;
         Ok(format!(
             "{} v{}: {} {} per day, team search",
             b.budget_id, b.version, b.limit, b.currency

@@ -7,10 +7,10 @@
 //! real payloads do.
 
 use chrono::Utc;
-use meterline_reference::price_book::PriceBook;
 use meterline_enrich::pricing::enrich;
-use meterline_reference::tenants::TenantDirectory;
 use meterline_ingest::adapters::{cloudevents, litellm, native, Ctx, FieldError};
+use meterline_reference::price_book::PriceBook;
+use meterline_reference::tenants::TenantDirectory;
 use meterline_schemas::{AvroRecord, PriceChange, Rate, UsageEvent};
 use proptest::prelude::*;
 use serde_json::value::RawValue;

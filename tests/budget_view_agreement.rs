@@ -87,7 +87,11 @@ fn signal(
         limit: LIMITS[limit].parse().unwrap(),
         currency: "USD".into(),
         threshold_percent: Some(percent),
-        action: [BudgetAction::Notify, BudgetAction::Throttle, BudgetAction::Block][action],
+        action: [
+            BudgetAction::Notify,
+            BudgetAction::Throttle,
+            BudgetAction::Block,
+        ][action],
         // signals of both periods are decided during December (a late flush of November)
         at: t("2026-12-01T00:00:00Z") + chrono::Duration::hours(at_hour as i64),
     }
@@ -103,8 +107,19 @@ fn record() -> impl Strategy<Value = Record> {
     prop_oneof![
         (0usize..4, 1i64..4, 0usize..2, prop::bool::weighted(0.15))
             .prop_map(|(i, v, l, d)| Record::Budget(budget(i, v, l, d))),
-        (0usize..4, 0usize..2, 0u32..96, prop::sample::select(vec![50, 80, 100]), 0usize..3, 0usize..3, 0usize..2, 0u32..300)
-            .prop_map(|(i, p, h, pct, st, a, l, sp)| Record::Signal(signal(i, p, h, pct, st, a, l, sp))),
+        (
+            0usize..4,
+            0usize..2,
+            0u32..96,
+            prop::sample::select(vec![50, 80, 100]),
+            0usize..3,
+            0usize..3,
+            0usize..2,
+            0u32..300
+        )
+            .prop_map(|(i, p, h, pct, st, a, l, sp)| Record::Signal(signal(
+                i, p, h, pct, st, a, l, sp
+            ))),
     ]
 }
 
@@ -112,7 +127,11 @@ fn record() -> impl Strategy<Value = Record> {
 type Verdicts = BTreeMap<String, BTreeSet<(String, String, Option<i32>, String)>>;
 
 fn label<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).unwrap().as_str().unwrap().to_string()
+    serde_json::to_value(v)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn edge(records: &[Record], now: DateTime<Utc>) -> Verdicts {
@@ -153,14 +172,17 @@ fn edge(records: &[Record], now: DateTime<Utc>) -> Verdicts {
 }
 
 fn report(records: &[Record], now: DateTime<Utc>) -> Verdicts {
-    // what `budget_admin::load` hands the API: the latest version of each budget ever
+    // what `budget_defs::load` hands the API: the latest version of each budget ever
     // published (deleted ones included); the signals as records of their topic
     let mut latest: BTreeMap<String, BudgetChange> = BTreeMap::new();
     let mut signals = vec![];
     for r in records {
         match r {
             Record::Budget(b) => {
-                if latest.get(&b.budget_id).is_none_or(|o| b.version > o.version) {
+                if latest
+                    .get(&b.budget_id)
+                    .is_none_or(|o| b.version > o.version)
+                {
                     latest.insert(b.budget_id.clone(), b.clone());
                 }
             }

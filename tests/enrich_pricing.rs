@@ -135,9 +135,11 @@ async fn prices_attributes_dedups_rejects_and_replays() {
     let k = h.kafka.clone();
     let rules =
         tenants::parse_yaml(TENANTS, Some("2020-01-01T00:00:00Z".parse().unwrap()), "t").unwrap();
-    tokio::task::spawn_blocking(move || publish::publish_tenants(&k, rules, "test", false).unwrap())
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        publish::publish_tenants(&k, rules, "test", false).unwrap()
+    })
+    .await
+    .unwrap();
 
     let enrich = start_enrich(&h).await;
     // 2. events: two periods, an edge retry (same id twice), an unknown team, an unknown model

@@ -590,9 +590,11 @@ async fn litellm_proxy_calls_are_priced_once_each() {
     let rules =
         tenants::parse_yaml(TENANTS, Some("2020-01-01T00:00:00Z".parse().unwrap()), "t").unwrap();
     let k = h.kafka.clone();
-    tokio::task::spawn_blocking(move || publish::publish_tenants(&k, rules, "test", false).unwrap())
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        publish::publish_tenants(&k, rules, "test", false).unwrap()
+    })
+    .await
+    .unwrap();
     let enrich = start_enrich(&h).await;
     proxy.ready(&h.client).await;
 

@@ -23,8 +23,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{AlertsConfig, WebhookFormat, WebhookTarget};
+use crate::config::AlertsConfig;
 use crate::Error;
+use meterline_reference::budgets::{WebhookFormat, WebhookTarget};
 
 /// What is delivered.
 #[derive(Debug, Clone)]

@@ -5,73 +5,15 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-use chrono_tz::Tz;
+use chrono::{DateTime, Duration, Utc};
 use meterline_schemas::scope::Attribution;
 use meterline_schemas::{
-    BudgetAction, BudgetChange, BudgetSignal, BudgetState, Money, PeriodKind, PricedUsage,
+    BudgetAction, BudgetChange, BudgetSignal, BudgetState, Money, PricedUsage,
 };
 
+use meterline_reference::budgets::period_at;
+
 use crate::Error;
-
-/// `[start, end)` of a budget period.
-pub type Period = (DateTime<Utc>, DateTime<Utc>);
-
-/// `[start, end)` of the period containing `at`, in the budget's time zone; `None` when `at`
-/// is outside a custom range.
-pub fn period_at(b: &BudgetChange, at: DateTime<Utc>) -> Result<Option<Period>, Error> {
-    if b.period == PeriodKind::Custom {
-        let (Some(from), Some(to)) = (b.custom_from, b.custom_to) else {
-            return Err(Error::Config(format!(
-                "budget {}: custom period without from/to",
-                b.budget_id
-            )));
-        };
-        return Ok((at >= from && at < to).then_some((from, to)));
-    }
-    let tz: Tz = b.timezone.parse().map_err(|_| {
-        Error::Config(format!(
-            "budget {}: unknown time zone {:?}",
-            b.budget_id, b.timezone
-        ))
-    })?;
-    let local = at.with_timezone(&tz).date_naive();
-    let (start, end) = match b.period {
-        PeriodKind::Day => (local, local + Duration::days(1)),
-        // ISO weeks: Monday to Monday
-        PeriodKind::Week => {
-            let monday = local - Duration::days(local.weekday().num_days_from_monday() as i64);
-            (monday, monday + Duration::days(7))
-        }
-        PeriodKind::Month => {
-            let first = NaiveDate::from_ymd_opt(local.year(), local.month(), 1).expect("valid");
-            let next = if local.month() == 12 {
-                NaiveDate::from_ymd_opt(local.year() + 1, 1, 1)
-            } else {
-                NaiveDate::from_ymd_opt(local.year(), local.month() + 1, 1)
-            }
-            .expect("valid");
-            (first, next)
-        }
-        PeriodKind::Custom => unreachable!("handled above"),
-    };
-    Ok(Some((midnight(&tz, start), midnight(&tz, end))))
-}
-
-/// Local midnight of `d` in `tz` as UTC. Where midnight does not exist (a DST jump at 00:00),
-/// the first instant of the day.
-fn midnight(tz: &Tz, d: NaiveDate) -> DateTime<Utc> {
-    let naive = d.and_hms_opt(0, 0, 0).expect("midnight");
-    match tz.from_local_datetime(&naive) {
-        chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
-        chrono::LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
-        chrono::LocalResult::None => tz
-            .from_local_datetime(&(naive + Duration::hours(1)))
-            .earliest()
-            .expect("an hour after a DST gap exists")
-            .with_timezone(&Utc),
-    }
-}
 
 /// How long after its end a period still takes late events (and is kept in memory). Events
 /// later than this still reach the ledger; they no longer move a budget nobody enforces.
@@ -323,7 +265,9 @@ fn crossings(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meterline_schemas::{CostLines, Scope, ScopeKind, TenantPath, Threshold, UsageEvent};
+    use meterline_schemas::{
+        CostLines, PeriodKind, Scope, ScopeKind, TenantPath, Threshold, UsageEvent,
+    };
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()

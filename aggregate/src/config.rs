@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use meterline_reference::budgets::WebhookTarget;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -77,45 +78,6 @@ impl Default for AlertsConfig {
     }
 }
 
-/// One webhook receiver.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookTarget {
-    /// `http://` or `https://` URL the alert is POSTed to.
-    pub url: String,
-    /// Payload shape: `json` (the alert record) or `slack` (`{"text": …}`, for Slack and
-    /// Slack-compatible incoming webhooks such as Mattermost's).
-    #[serde(default)]
-    pub format: WebhookFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookFormat {
-    #[default]
-    Json,
-    Slack,
-}
-
-impl WebhookTarget {
-    /// A budget's `webhooks` entry: a URL, prefixed `slack+` for the Slack shape.
-    pub fn parse(entry: &str) -> Result<WebhookTarget, Error> {
-        let (format, url) = match entry.strip_prefix("slack+") {
-            Some(url) => (WebhookFormat::Slack, url),
-            None => (WebhookFormat::Json, entry),
-        };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(Error::Config(format!(
-                "webhook {entry:?} is not an http(s) URL (optionally prefixed slack+)"
-            )));
-        }
-        Ok(WebhookTarget {
-            url: url.to_string(),
-            format,
-        })
-    }
-}
-
 impl Default for AggregateConfig {
     fn default() -> Self {
         AggregateConfig {
@@ -150,7 +112,8 @@ impl AggregateConfig {
         }
         let a = &self.alerts;
         for w in &a.webhooks {
-            WebhookTarget::parse(&w.url)?;
+            WebhookTarget::parse(&w.url)
+                .map_err(|e| Error::Config(format!("aggregate.alerts.webhooks: {e}")))?;
         }
         if a.max_attempts == 0 || a.max_in_flight == 0 || a.timeout_ms == 0 {
             return bad("aggregate.alerts.max_attempts, max_in_flight and timeout_ms must be > 0");

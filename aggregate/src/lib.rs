@@ -9,7 +9,6 @@ pub mod alerts;
 pub mod anomaly;
 pub mod anomaly_watch;
 pub mod budget;
-pub mod budget_admin;
 pub mod compact;
 pub mod config;
 pub mod files;
@@ -47,6 +46,9 @@ pub enum Error {
     /// Topic provisioning, Kafka settings or the topic follower (`meterline-runtime`).
     #[error(transparent)]
     Runtime(#[from] meterline_runtime::Error),
+    /// Budget definitions and their periods (`meterline-reference`).
+    #[error(transparent)]
+    Reference(#[from] meterline_reference::Error),
     #[error("config: {0}")]
     Config(String),
 }
@@ -65,6 +67,7 @@ impl Error {
         match self {
             Error::Kafka(e) => meterline_runtime::kafka::retryable(e),
             Error::Runtime(e) => e.is_retryable(),
+            Error::Reference(e) => e.is_retryable(),
             Error::Broker(_) | Error::Io(_) => true,
             Error::Corrupt(_) | Error::Fatal(_) | Error::Config(_) => false,
         }
@@ -155,9 +158,7 @@ fn run_once(
     stop: CancellationToken,
 ) -> Result<(), Error> {
     if kafka.create_topics {
-        runtime
-            .block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))
-            ?;
+        runtime.block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))?;
     }
     let ledger = Arc::new(ledger::Ledger::open(&cfg.data_dir)?);
     let tracker = if cfg.budgets {

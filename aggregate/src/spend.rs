@@ -219,7 +219,8 @@ impl SpendTracker {
             .map_err(Error::kafka)?;
         let mut book = BudgetBook::default();
         // 1. the budgets, so signals can be checked against their current terms
-        let (changes, budgets_next) = meterline_runtime::follow::read_to_end(&consumer, topics::BUDGETS, READ_TO_END)?;
+        let (changes, budgets_next) =
+            meterline_runtime::follow::read_to_end(&consumer, topics::BUDGETS, READ_TO_END)?;
         for bytes in changes {
             match BudgetChange::from_avro(&bytes) {
                 Ok(c) => {
@@ -229,14 +230,16 @@ impl SpendTracker {
             }
         }
         // 2. what was already signalled is not signalled again
-        let (signals, _) = meterline_runtime::follow::read_to_end(&consumer, topics::BUDGET_SIGNALS, READ_TO_END)?;
+        let (signals, _) =
+            meterline_runtime::follow::read_to_end(&consumer, topics::BUDGET_SIGNALS, READ_TO_END)?;
         for bytes in &signals {
             if let Ok(s) = BudgetSignal::from_avro(bytes) {
                 book.restore(&s);
             }
         }
         // 3. anomalies already published are recognised when recomputed
-        let (anomalies, _) = meterline_runtime::follow::read_to_end(&consumer, topics::ANOMALIES, READ_TO_END)?;
+        let (anomalies, _) =
+            meterline_runtime::follow::read_to_end(&consumer, topics::ANOMALIES, READ_TO_END)?;
         let published = anomalies
             .iter()
             .filter_map(|b| meterline_schemas::Anomaly::from_avro(b).ok())
@@ -319,7 +322,9 @@ impl SpendTracker {
         }
         // 3. the stream from where those files end (the beginning where there is no file)
         let mut tpl = TopicPartitionList::new();
-        for p in 0..meterline_runtime::follow::partition_count(&self.consumer, topics::USAGE_PRICED)? {
+        for p in
+            0..meterline_runtime::follow::partition_count(&self.consumer, topics::USAGE_PRICED)?
+        {
             let at = resume
                 .get(&p)
                 .map_or(Offset::Beginning, |o| Offset::Offset(*o));

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use meterline_runtime::kafka::KafkaConfig;
 use meterline_runtime::lag::{self, LagTracker};
 use meterline_schemas::metric_names as m;
-use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::{topics, AvroRecord, PricedUsage};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};

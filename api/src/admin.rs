@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
-use meterline_aggregate::budget_admin::{self, BudgetDraft};
+use meterline_reference::budgets::{self as budget_defs, BudgetDraft};
 use meterline_reference::publish::{self as publish, Publication};
 use meterline_runtime::kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
@@ -145,7 +145,8 @@ pub async fn post_tenants(
     Query(q): Query<PublishQuery>,
     body: String,
 ) -> Response {
-    let drafts = match meterline_reference::tenants::parse_yaml(&body, Some(Utc::now()), &who.name) {
+    let drafts = match meterline_reference::tenants::parse_yaml(&body, Some(Utc::now()), &who.name)
+    {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("tenant rules: {e}")),
     };
@@ -163,14 +164,14 @@ pub async fn post_tenants(
     responses((status = 200), (status = 401), (status = 403), (status = 502)), security(("bearer" = [])))]
 pub async fn get_budgets(State(s): State<Arc<Shared>>) -> Response {
     with_kafka(&s, StatusCode::OK, |kafka| {
-        budget_admin::load(kafka)
+        budget_defs::load(kafka)
             .map(|m| m.into_values().collect::<Vec<_>>())
             .map_err(kafka_error)
     })
     .await
 }
 
-/// A budget as the API takes it: the OpenAPI view of `budget_admin::BudgetDraft` (the type the
+/// A budget as the API takes it: the OpenAPI view of `budget_defs::BudgetDraft` (the type the
 /// body is parsed into; `meterline_aggregate` does not depend on utoipa).
 #[derive(Debug, utoipa::ToSchema)]
 #[allow(dead_code)]
@@ -220,12 +221,12 @@ pub async fn post_budget(
                 return error(StatusCode::BAD_REQUEST, format!("{at}: {}", e.inner()));
             }
         };
-    let b = match budget_admin::draft(d, &who.name, Utc::now()) {
+    let b = match budget_defs::draft(d, &who.name, Utc::now()) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     with_kafka(&s, StatusCode::CREATED, move |kafka| {
-        budget_admin::publish(kafka, b).map_err(kafka_error)
+        budget_defs::publish(kafka, b).map_err(kafka_error)
     })
     .await
 }
@@ -241,7 +242,7 @@ pub async fn delete_budget(
     Path(budget_id): Path<String>,
 ) -> Response {
     with_kafka(&s, StatusCode::OK, move |kafka| {
-        let current = budget_admin::load(kafka).map_err(kafka_error)?;
+        let current = budget_defs::load(kafka).map_err(kafka_error)?;
         let mut b = current
             .get(&budget_id)
             .filter(|b| !b.deleted)
@@ -250,7 +251,7 @@ pub async fn delete_budget(
         b.deleted = true;
         b.author = who.name.clone();
         b.reason = "deleted over the API".into();
-        budget_admin::publish(kafka, b).map_err(kafka_error)
+        budget_defs::publish(kafka, b).map_err(kafka_error)
     })
     .await
 }

@@ -11,11 +11,11 @@ use datafusion::arrow::array::{
     ArrayRef, Decimal128Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use meterline_schemas::arrow_schema::money_type;
-use meterline_runtime::kafka::KafkaConfig;
-use meterline_schemas::{topics, AvroRecord, BudgetChange, BudgetSignal};
 use meterline_reference::BudgetView;
 use meterline_runtime::follow;
+use meterline_runtime::kafka::KafkaConfig;
+use meterline_schemas::arrow_schema::money_type;
+use meterline_schemas::{topics, AvroRecord, BudgetChange, BudgetSignal};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -32,7 +32,7 @@ pub struct BudgetSnapshot {
 }
 
 impl BudgetSnapshot {
-    /// `budgets`: the latest version of each (as `budget_admin::load` reads them); signals as
+    /// `budgets`: the latest version of each (as `budget_defs::load` reads them); signals as
     /// read from their topic.
     pub fn new(budgets: BTreeMap<String, BudgetChange>, signal_records: &[Vec<u8>]) -> Self {
         let mut view = BudgetView::default();
@@ -181,12 +181,13 @@ impl BudgetCache {
 
     /// Reads both topics to their end once (blocking).
     pub fn refresh(&self, kafka: &KafkaConfig) -> Result<(), Error> {
-        let kafka_err = |e: meterline_aggregate::Error| Error::Kafka(e.to_string());
-        let budgets = meterline_aggregate::budget_admin::load(kafka).map_err(kafka_err)?;
-        let c = follow::reader(kafka, "api-budgets").map_err(|e| Error::Kafka(e.to_string()))?;
-        let (signals, _) =
-            follow::read_to_end(&c, topics::BUDGET_SIGNALS, std::time::Duration::from_secs(60))
-                .map_err(|e| Error::Kafka(e.to_string()))?;
+        let budgets = meterline_reference::budgets::load(kafka)?;
+        let c = follow::reader(kafka, "api-budgets")?;
+        let (signals, _) = follow::read_to_end(
+            &c,
+            topics::BUDGET_SIGNALS,
+            std::time::Duration::from_secs(60),
+        )?;
         *self.snapshot.write().expect("budget cache") = BudgetSnapshot::new(budgets, &signals);
         Ok(())
     }
@@ -203,7 +204,7 @@ impl BudgetCache {
             let me = self.clone();
             let k = kafka.clone();
             let r = tokio::task::spawn_blocking(move || me.refresh(&k)).await;
-            if let Ok(Err(e)) | Err(e) = r.map_err(|e| Error::Kafka(e.to_string())) {
+            if let Ok(Err(e)) | Err(e) = r.map_err(Error::Task) {
                 tracing::warn!(error = %e, "budgets not refreshed");
                 self.snapshot.write().expect("budget cache").last_error = Some(e.to_string());
             }

@@ -55,8 +55,15 @@ pub enum Error {
     Io(String),
     #[error("query: {0}")]
     Query(String),
-    #[error("kafka: {0}")]
-    Kafka(String),
+    /// Reading the budget topics (the follower, `meterline-runtime`).
+    #[error(transparent)]
+    Kafka(#[from] meterline_runtime::Error),
+    /// Budget definitions read from their topic (`meterline-reference`).
+    #[error(transparent)]
+    Reference(#[from] meterline_reference::Error),
+    /// The refresh task itself failed (a panic in it).
+    #[error("budget refresh task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// The ledger is mid-change (a compaction); retry shortly.
     #[error("busy: {0}")]
     Busy(String),
@@ -71,7 +78,8 @@ impl Error {
         match self {
             Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Query(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::Kafka(_) => StatusCode::BAD_GATEWAY,
+            Error::Kafka(_) | Error::Reference(_) => StatusCode::BAD_GATEWAY,
+            Error::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Config(_) | Error::Io(_) | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

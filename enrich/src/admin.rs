@@ -1,14 +1,14 @@
 //! What the CLI does with the rejected topic: list and replay rejected events.
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use crate::Error;
 use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::topics::{self, headers};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use crate::Error;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 /// How long reading the rejected topic to its end may take.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);

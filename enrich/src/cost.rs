@@ -27,7 +27,6 @@ use crate::Error;
 /// Decimals a fractional quantity (seconds) is metered at.
 const QTY_SCALE: u32 = 9;
 
-
 /// The rates of one price book entry.
 pub struct RateCard<'a> {
     pub price_id: &'a str,
@@ -193,8 +192,8 @@ pub fn price(usage: &Usage, tier: ServiceTier, card: &RateCard) -> Result<CostLi
 
 #[cfg(test)]
 mod tests {
-    use meterline_schemas::unit::*;
     use super::*;
+    use meterline_schemas::unit::*;
 
     fn r(unit: &str, tier: &str, above: i64, price: &str) -> Rate {
         Rate {

@@ -20,8 +20,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
-use meterline_schemas::metric_names as m;
 use meterline_runtime::telemetry::{supervise, Readiness};
+use meterline_schemas::metric_names as m;
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
@@ -172,9 +172,7 @@ fn run_once(
     stop: CancellationToken,
 ) -> Result<(), Error> {
     if kafka.create_topics {
-        runtime
-            .block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))
-            ?;
+        runtime.block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))?;
     }
     let reference = meterline_reference::loader::load_and_follow(
         kafka,

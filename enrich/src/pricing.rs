@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 use meterline_schemas::{PricedUsage, UsageEvent};
 
 use crate::cost::{self, RateCard};
+use crate::Error;
 use meterline_reference::price_book::PriceBook;
 use meterline_reference::tenants::TenantDirectory;
-use crate::Error;
 
 /// Why an event was not priced. Travels as headers on `meterline.usage.rejected`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,11 +25,11 @@ use tracing::{info, warn};
 use crate::config::EnrichConfig;
 use crate::dedup::{self, DedupWindow, Verdict};
 use crate::pricing::{self, Rejection};
-use meterline_reference::loader::Reference;
 use crate::tail;
-use meterline_reference::tenants::UNATTRIBUTED;
 use crate::txn::{self, Batch, BatchPolicy, TxnFailure};
 use crate::Error;
+use meterline_reference::loader::Reference;
+use meterline_reference::tenants::UNATTRIBUTED;
 
 /// Rebalance callbacks only record what happened; the loop acts on it after `poll` returns.
 /// Correctness does not depend on acting in time: a new owner's `init_transactions` fences us.

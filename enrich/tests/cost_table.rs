@@ -18,8 +18,8 @@
 //! fractional seconds rounded half-even to 18 decimals; lines sum exactly to the total.
 
 use meterline_enrich::cost::{price, RateCard};
-use meterline_schemas::unit::*;
 use meterline_enrich::Error;
+use meterline_schemas::unit::*;
 use meterline_schemas::{CostLines, Money, Rate, ServiceTier, Usage};
 
 const STD: &str = "standard";

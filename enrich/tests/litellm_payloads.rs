@@ -35,9 +35,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use meterline_enrich::cost::{price, RateCard};
+use meterline_enrich::pricing::enrich;
 use meterline_reference::litellm::{classify, import};
 use meterline_reference::price_book::PriceBook;
-use meterline_enrich::pricing::enrich;
 use meterline_reference::tenants::TenantDirectory;
 use meterline_schemas::{CostLines, Money, ServiceTier, Usage, UsageEvent};
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -452,10 +452,19 @@ fn payload_start_times_parse_in_both_formats() {
 
 /// The catalog excerpt imported, then priced (moved here from the importer: pricing is enrich's).
 fn excerpt() -> meterline_reference::litellm::Import {
-    import(CATALOG, Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap(), "test", "litellm 1.109.1").unwrap()
+    import(
+        CATALOG,
+        Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap(),
+        "test",
+        "litellm 1.109.1",
+    )
+    .unwrap()
 }
 
-fn entry<'a>(i: &'a meterline_reference::litellm::Import, id: &str) -> &'a meterline_schemas::PriceChange {
+fn entry<'a>(
+    i: &'a meterline_reference::litellm::Import,
+    id: &str,
+) -> &'a meterline_schemas::PriceChange {
     i.changes.iter().find(|c| c.price_id == id).unwrap()
 }
 
@@ -555,4 +564,3 @@ fn per_second_units_and_litellm_reproduction() {
         Money::rounded("0.00022500000000000002".parse().unwrap()).unwrap()
     );
 }
-

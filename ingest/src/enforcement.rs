@@ -17,13 +17,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use meterline_reference::tenants::{TenantDirectory, UNATTRIBUTED};
 use meterline_reference::BudgetView;
+use meterline_runtime::follow::{self, TopicFollower};
 use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::scope::Attribution;
 use meterline_schemas::{
     topics, AvroRecord, BudgetAction, BudgetChange, BudgetSignal, BudgetState, Money, Scope,
     TenantChange, UsageEvent,
 };
-use meterline_runtime::follow::{self, TopicFollower};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};

@@ -141,10 +141,16 @@ mod tests {
         v.apply_signal(signal("100", dec.0, dec.1, "2026-12-02T00:00:00Z", 80));
         v.apply_signal(signal("100", nov.0, nov.1, "2026-12-03T00:00:00Z", 100));
         let now = t("2026-12-05T00:00:00Z");
-        assert_eq!(v.signal_in_force("b", now).unwrap().threshold_percent, Some(80));
+        assert_eq!(
+            v.signal_in_force("b", now).unwrap().threshold_percent,
+            Some(80)
+        );
         // same time, higher threshold wins
         v.apply_signal(signal("100", dec.0, dec.1, "2026-12-02T00:00:00Z", 100));
-        assert_eq!(v.signal_in_force("b", now).unwrap().threshold_percent, Some(100));
+        assert_eq!(
+            v.signal_in_force("b", now).unwrap().threshold_percent,
+            Some(100)
+        );
         // the period over: nothing in force
         assert!(v.signal_in_force("b", t("2027-01-01T00:00:00Z")).is_none());
     }
@@ -163,13 +169,19 @@ mod tests {
         ));
         assert!(v.signal_in_force("b", now).is_some());
         v.apply_budget(budget(2, "500", false));
-        assert!(v.signal_in_force("b", now).is_none(), "decided on the old limit");
+        assert!(
+            v.signal_in_force("b", now).is_none(),
+            "decided on the old limit"
+        );
         // an older version read late changes nothing
         v.apply_budget(budget(1, "100", false));
         assert_eq!(v.budget("b").unwrap().version, 2);
         v.apply_budget(budget(3, "500", true));
         assert!(v.budget("b").is_none() && v.budgets().next().is_none());
         v.apply_budget(budget(2, "500", false));
-        assert!(v.budget("b").is_none(), "a deletion is not undone by an older version");
+        assert!(
+            v.budget("b").is_none(),
+            "a deletion is not undone by an older version"
+        );
     }
 }

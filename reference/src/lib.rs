@@ -4,11 +4,13 @@
 //!
 //! - `price_book`, `history`: prices in force at a time; `litellm`, `native`: importers.
 //! - `tenants`: which org/team/project an event belongs to.
-//! - `budget_view`: budgets and the signal in force for each (the edge and the report).
+//! - `budgets`: budget definitions (periods, webhooks, validation, drafts, load/publish);
+//!   `budget_view`: budgets and the signal in force for each (the edge and the report).
 //! - `loader`: reads prices and tenants to the topics' end, then follows them;
 //!   `publish`: versions and publishes changes.
 
 pub mod budget_view;
+pub mod budgets;
 mod history;
 pub mod litellm;
 pub mod loader;
@@ -29,6 +31,9 @@ pub enum Error {
     Runtime(#[from] meterline_runtime::Error),
     #[error("codec: {0}")]
     Codec(#[source] meterline_schemas::Error),
+    /// A budget definition that cannot be published or evaluated (which budget, why).
+    #[error("{0}")]
+    Budget(String),
 }
 
 impl Error {
@@ -44,7 +49,7 @@ impl Error {
         match self {
             Error::Kafka(e) => meterline_runtime::kafka::retryable(e),
             Error::Runtime(e) => e.is_retryable(),
-            Error::Codec(_) => false,
+            Error::Codec(_) | Error::Budget(_) => false,
         }
     }
 }

@@ -260,8 +260,13 @@ mod tests {
     fn negative_prices_are_refused_naming_the_field() {
         let catalog = r#"{"gemini/gemini-2.5-pro": {"litellm_provider": "gemini",
             "input_cost_per_token": 1.25e-06, "output_cost_per_token": -2.7e-05}}"#;
-        let e = import(catalog, Utc::now(), "test", "fuzz").unwrap_err().to_string();
-        assert!(e.contains("output_cost_per_token") && e.contains("-2.7e-05"), "{e}");
+        let e = import(catalog, Utc::now(), "test", "fuzz")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("output_cost_per_token") && e.contains("-2.7e-05"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -9,10 +9,10 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use meterline_runtime::follow::{self, TopicFollower};
 use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::metric_names as m;
 use meterline_schemas::{topics, AvroRecord, PriceChange, TenantChange};
-use meterline_runtime::follow::{self, TopicFollower};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -55,10 +55,7 @@ impl Reference {
 const TOPICS: [&str; 2] = [topics::PRICES, topics::TENANTS];
 
 /// Reads the reference topics to their end (within `timeout`); the follower goes on from there.
-pub fn load(
-    kafka: &KafkaConfig,
-    timeout: Duration,
-) -> Result<(Reference, TopicFollower), Error> {
+pub fn load(kafka: &KafkaConfig, timeout: Duration) -> Result<(Reference, TopicFollower), Error> {
     let reference = Reference::default();
     let mut follower = TopicFollower::start(follow::reader(kafka, "enrich-reference")?, &TOPICS)?;
     follower.read_to_end(timeout, |topic, v| reference.apply(topic, v))?;

@@ -163,4 +163,3 @@ fn send(p: &BaseProducer, topic: &str, key: &str, value: &[u8]) -> Result<(), Er
     p.send(BaseRecord::to(topic).key(key).payload(value))
         .map_err(|(e, _)| Error::kafka(e))
 }
-

@@ -85,10 +85,13 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
                 }
             }
         }
-        consumer.borrow().assign(&tpl).map_err(|source| Error::Kafka {
-            what: "assign".into(),
-            source,
-        })?;
+        consumer
+            .borrow()
+            .assign(&tpl)
+            .map_err(|source| Error::Kafka {
+                what: "assign".into(),
+                source,
+            })?;
         let caught_up = ends.is_empty();
         Ok(TopicFollower {
             consumer,
@@ -112,7 +115,11 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
     }
 
     /// Waits up to `wait` for one record and hands it to `apply(topic, payload)`.
-    pub fn poll(&mut self, wait: Duration, mut apply: impl FnMut(&str, &[u8])) -> Result<(), Error> {
+    pub fn poll(
+        &mut self,
+        wait: Duration,
+        mut apply: impl FnMut(&str, &[u8]),
+    ) -> Result<(), Error> {
         match self.consumer.borrow().poll(wait) {
             Some(Ok(msg)) => {
                 self.next
@@ -142,11 +149,10 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
             }
         }
         if !self.caught_up {
-            self.caught_up = self.ends.iter().all(|(t, p, hi)| {
-                self.next
-                    .get(&(t.clone(), *p))
-                    .is_some_and(|n| n >= hi)
-            });
+            self.caught_up = self
+                .ends
+                .iter()
+                .all(|(t, p, hi)| self.next.get(&(t.clone(), *p)).is_some_and(|n| n >= hi));
         }
         Ok(())
     }
@@ -170,7 +176,6 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
         }
         Ok(())
     }
-
 }
 
 impl TopicFollower<BaseConsumer> {

@@ -9,8 +9,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
-use meterline_schemas::topics::TopicSpec;
 use crate::Error;
+use meterline_schemas::topics::TopicSpec;
 
 /// How to reach the Kafka-compatible cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,13 +103,13 @@ impl KafkaConfig {
 
 /// Creates the topics that do not exist yet (existing ones are left alone).
 pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = cfg
-        .client("admin")
-        .create()
-        .map_err(|source| Error::Kafka {
-            what: "create the admin client".into(),
-            source,
-        })?;
+    let admin: AdminClient<DefaultClientContext> =
+        cfg.client("admin")
+            .create()
+            .map_err(|source| Error::Kafka {
+                what: "create the admin client".into(),
+                source,
+            })?;
     let new: Vec<NewTopic> = specs
         .iter()
         .map(|s| {

@@ -99,14 +99,14 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
             budget_id: "bench-acme".into(),
             version: 0,
             name: "bench".into(),
-            scope: meterline_aggregate::budget_admin::parse_scope("org=acme")?,
+            scope: meterline_reference::budgets::parse_scope("org=acme")?,
             limit: "1000000000".parse()?,
             currency: "USD".into(),
             period: meterline_schemas::PeriodKind::Month,
             timezone: "UTC".into(),
             custom_from: None,
             custom_to: None,
-            thresholds: meterline_aggregate::budget_admin::parse_thresholds("50:notify,100:block")?,
+            thresholds: meterline_reference::budgets::parse_thresholds("50:notify,100:block")?,
             webhooks: vec![],
             effective_from: now,
             effective_to: None,
@@ -115,8 +115,8 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
             reason: "bench".into(),
             changed_at: now,
         };
-        b.effective_from = meterline_aggregate::budget_admin::current_period_start(&b, now)?;
-        meterline_aggregate::budget_admin::publish(&k, b)?;
+        b.effective_from = meterline_reference::budgets::current_period_start(&b, now)?;
+        meterline_reference::budgets::publish(&k, b)?;
         Ok(())
     })
     .await??;

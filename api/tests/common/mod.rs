@@ -240,17 +240,14 @@ pub fn assert_no_secret(q: &str, body: &str) {
 /// another team's, whose names are secrets too).
 pub fn budget_snapshot(foreign: bool) -> meterline_api::budgets::BudgetSnapshot {
     let budget = |id: &str, name: &str, scope: &str, limit: &str| {
-        let d: meterline_aggregate::budget_admin::BudgetDraft = serde_json::from_value(json!({
+        let d: meterline_reference::budgets::BudgetDraft = serde_json::from_value(json!({
             "budget_id": id, "name": name, "scope": scope, "limit": limit,
             "effective_from": "2026-11-01T00:00:00Z",
         }))
         .unwrap();
-        let b = meterline_aggregate::budget_admin::draft(
-            d,
-            "test",
-            "2026-11-01T00:00:00Z".parse().unwrap(),
-        )
-        .unwrap();
+        let b =
+            meterline_reference::budgets::draft(d, "test", "2026-11-01T00:00:00Z".parse().unwrap())
+                .unwrap();
         (id.to_string(), b)
     };
     let mut all = vec![budget(

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::genai;
 use super::usage::kind;
-use super::{seal_event, non_empty, object_or_empty, Ctx, FieldError};
+use super::{non_empty, object_or_empty, seal_event, Ctx, FieldError};
 
 fn required_str<'a>(o: &'a Map<String, Value>, k: &str) -> Result<&'a str, FieldError> {
     match o.get(k) {

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::usage::{self, kind};
-use super::{seal_event, non_empty, object_or_empty, Ctx, FieldError};
+use super::{non_empty, object_or_empty, seal_event, Ctx, FieldError};
 
 /// LiteLLM writes times as epoch seconds (float) or as `"2025-01-24 09:20:46.847371"` (UTC).
 fn time(v: Option<&Value>, field: &str) -> Result<Option<DateTime<Utc>>, FieldError> {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{seal_event, non_empty, owned, usage, Ctx, FieldError};
+use super::{non_empty, owned, seal_event, usage, Ctx, FieldError};
 
 /// Disjoint usage buckets as sent by a native client.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -1,22 +1,23 @@
-//! Budgets as configuration events: validation, reading the current set back from
-//! `meterline.budgets`, and publishing a new version (used by `meterline budgets` and the API).
+//! Budget definitions: their periods (`period_at`), webhook entries, validation, drafts from
+//! the CLI/API, reading the current set back from `meterline.budgets` and publishing a new
+//! version. The tracker (aggregate), the API and the CLI all use these rules.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Duration as Days, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
 use meterline_runtime::follow;
 use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::{topics, AvroRecord, BudgetChange, Money, PeriodKind};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde::{Deserialize, Serialize};
 
-use crate::budget::period_at;
-use crate::config::WebhookTarget;
 use crate::Error;
 
 /// Why a budget cannot be published (checked before it reaches the topic).
 pub fn validate(b: &BudgetChange) -> Result<(), Error> {
-    let bad = |m: String| Err(Error::Config(format!("budget {:?}: {m}", b.budget_id)));
+    let bad = |m: String| Err(Error::Budget(format!("budget {:?}: {m}", b.budget_id)));
     if b.budget_id.trim().is_empty() || b.budget_id.contains('|') {
         return bad("budget_id must be non-empty and must not contain '|'".into());
     }
@@ -68,7 +69,7 @@ pub fn parse_scope(s: &str) -> Result<meterline_schemas::Scope, Error> {
     use meterline_schemas::ScopeKind::*;
     let (kind, value) = s
         .split_once('=')
-        .ok_or_else(|| Error::Config(format!("scope {s:?} is kind=value, e.g. team=search")))?;
+        .ok_or_else(|| Error::Budget(format!("scope {s:?} is kind=value, e.g. team=search")))?;
     let kind = match kind {
         "org" => Org,
         "cost_center" => CostCenter,
@@ -79,7 +80,7 @@ pub fn parse_scope(s: &str) -> Result<meterline_schemas::Scope, Error> {
         "tag" => Tag,
         "model" => Model,
         other => {
-            return Err(Error::Config(format!(
+            return Err(Error::Budget(format!(
                 "unknown scope kind {other:?} (org, cost_center, team, project, api_key, user, tag, model)"
             )))
         }
@@ -98,13 +99,13 @@ pub fn parse_thresholds(s: &str) -> Result<Vec<meterline_schemas::Threshold>, Er
             let (p, a) = t
                 .trim()
                 .split_once(':')
-                .ok_or_else(|| Error::Config(format!("threshold {t:?} is percent:action")))?;
+                .ok_or_else(|| Error::Budget(format!("threshold {t:?} is percent:action")))?;
             let action = match a {
                 "notify" => BudgetAction::Notify,
                 "throttle" => BudgetAction::Throttle,
                 "block" => BudgetAction::Block,
                 other => {
-                    return Err(Error::Config(format!(
+                    return Err(Error::Budget(format!(
                         "unknown action {other:?} (notify, throttle, block)"
                     )))
                 }
@@ -112,7 +113,7 @@ pub fn parse_thresholds(s: &str) -> Result<Vec<meterline_schemas::Threshold>, Er
             Ok(meterline_schemas::Threshold {
                 percent: p
                     .parse()
-                    .map_err(|_| Error::Config(format!("threshold percent {p:?}")))?,
+                    .map_err(|_| Error::Budget(format!("threshold percent {p:?}")))?,
                 action,
             })
         })
@@ -182,7 +183,7 @@ pub fn draft(d: BudgetDraft, author: &str, now: DateTime<Utc>) -> Result<BudgetC
         "month" => PeriodKind::Month,
         "custom" => PeriodKind::Custom,
         other => {
-            return Err(Error::Config(format!(
+            return Err(Error::Budget(format!(
                 "unknown period {other:?} (day, week, month, custom)"
             )))
         }
@@ -221,7 +222,7 @@ pub fn load(kafka: &KafkaConfig) -> Result<BTreeMap<String, BudgetChange>, Error
     let (records, _) = follow::read_to_end(&c, topics::BUDGETS, Duration::from_secs(60))?;
     let mut out: BTreeMap<String, BudgetChange> = BTreeMap::new();
     for bytes in records {
-        let b = BudgetChange::from_avro(&bytes).map_err(Error::io)?;
+        let b = BudgetChange::from_avro(&bytes).map_err(Error::codec)?;
         if out.get(&b.budget_id).is_none_or(|o| b.version > o.version) {
             out.insert(b.budget_id.clone(), b);
         }
@@ -237,7 +238,7 @@ pub fn publish(kafka: &KafkaConfig, mut b: BudgetChange) -> Result<BudgetChange,
     let current = load(kafka)?;
     let previous = current.get(&b.budget_id);
     if b.deleted && previous.is_none_or(|p| p.deleted) {
-        return Err(Error::Config(format!(
+        return Err(Error::Budget(format!(
             "no budget {:?} to delete",
             b.budget_id
         )));
@@ -250,7 +251,7 @@ pub fn publish(kafka: &KafkaConfig, mut b: BudgetChange) -> Result<BudgetChange,
         .set("acks", "all")
         .create()
         .map_err(Error::kafka)?;
-    let bytes = b.to_avro().map_err(Error::io)?;
+    let bytes = b.to_avro().map_err(Error::codec)?;
     p.send(
         BaseRecord::to(topics::BUDGETS)
             .key(&b.budget_id)
@@ -259,6 +260,104 @@ pub fn publish(kafka: &KafkaConfig, mut b: BudgetChange) -> Result<BudgetChange,
     .map_err(|(e, _)| Error::kafka(e))?;
     p.flush(Duration::from_secs(30)).map_err(Error::kafka)?;
     Ok(b)
+}
+
+/// `[start, end)` of a budget period.
+pub type Period = (DateTime<Utc>, DateTime<Utc>);
+
+/// `[start, end)` of the period containing `at`, in the budget's time zone; `None` when `at`
+/// is outside a custom range.
+pub fn period_at(b: &BudgetChange, at: DateTime<Utc>) -> Result<Option<Period>, Error> {
+    if b.period == PeriodKind::Custom {
+        let (Some(from), Some(to)) = (b.custom_from, b.custom_to) else {
+            return Err(Error::Budget(format!(
+                "budget {}: custom period without from/to",
+                b.budget_id
+            )));
+        };
+        return Ok((at >= from && at < to).then_some((from, to)));
+    }
+    let tz: Tz = b.timezone.parse().map_err(|_| {
+        Error::Budget(format!(
+            "budget {}: unknown time zone {:?}",
+            b.budget_id, b.timezone
+        ))
+    })?;
+    let local = at.with_timezone(&tz).date_naive();
+    let (start, end) = match b.period {
+        PeriodKind::Day => (local, local + Days::days(1)),
+        // ISO weeks: Monday to Monday
+        PeriodKind::Week => {
+            let monday = local - Days::days(local.weekday().num_days_from_monday() as i64);
+            (monday, monday + Days::days(7))
+        }
+        PeriodKind::Month => {
+            let first = NaiveDate::from_ymd_opt(local.year(), local.month(), 1).expect("valid");
+            let next = if local.month() == 12 {
+                NaiveDate::from_ymd_opt(local.year() + 1, 1, 1)
+            } else {
+                NaiveDate::from_ymd_opt(local.year(), local.month() + 1, 1)
+            }
+            .expect("valid");
+            (first, next)
+        }
+        PeriodKind::Custom => unreachable!("handled above"),
+    };
+    Ok(Some((midnight(&tz, start), midnight(&tz, end))))
+}
+
+/// Local midnight of `d` in `tz` as UTC. Where midnight does not exist (a DST jump at 00:00),
+/// the first instant of the day.
+fn midnight(tz: &Tz, d: NaiveDate) -> DateTime<Utc> {
+    let naive = d.and_hms_opt(0, 0, 0).expect("midnight");
+    match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+        chrono::LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        chrono::LocalResult::None => tz
+            .from_local_datetime(&(naive + Days::hours(1)))
+            .earliest()
+            .expect("an hour after a DST gap exists")
+            .with_timezone(&Utc),
+    }
+}
+
+/// One webhook receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    /// `http://` or `https://` URL the alert is POSTed to.
+    pub url: String,
+    /// Payload shape: `json` (the alert record) or `slack` (`{"text": …}`, for Slack and
+    /// Slack-compatible incoming webhooks such as Mattermost's).
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
+impl WebhookTarget {
+    /// A budget's `webhooks` entry: a URL, prefixed `slack+` for the Slack shape.
+    pub fn parse(entry: &str) -> Result<WebhookTarget, Error> {
+        let (format, url) = match entry.strip_prefix("slack+") {
+            Some(url) => (WebhookFormat::Slack, url),
+            None => (WebhookFormat::Json, entry),
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::Budget(format!(
+                "webhook {entry:?} is not an http(s) URL (optionally prefixed slack+)"
+            )));
+        }
+        Ok(WebhookTarget {
+            url: url.to_string(),
+            format,
+        })
+    }
 }
 
 #[cfg(test)]
