@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Compact { date } => {
             let dir = cfg()?.aggregate.data_dir;
             let done = tokio::task::spawn_blocking(move || {
-                meterline_aggregate::compact::compact_date(&dir, date)
+                meterline_ledger::compact::compact_date(&dir, date)
             })
             .await??;
             for c in &done {

@@ -114,9 +114,9 @@ struct Sent {
 
 /// The ledger's rows as the API reads them (complete flushes only): event id → count, sum.
 fn read_ledger(data: &Path) -> (HashMap<String, usize>, i128) {
-    let ledger = meterline_aggregate::ledger::Ledger::open(data).unwrap();
+    let ledger = meterline_ledger::table::Ledger::open(data).unwrap();
     let found = ledger.scan().unwrap();
-    let (_, usable) = meterline_aggregate::files::complete_view(&found);
+    let (_, usable) = meterline_ledger::files::complete_view(&found);
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut sum = 0i128;
     for f in usable {

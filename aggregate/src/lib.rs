@@ -1,19 +1,17 @@
-//! `meterline aggregate`: the priced stream → the Parquet ledger, exactly once.
+//! `meterline aggregate`: the priced stream → the ledger (`meterline-ledger`), exactly once;
+//! and, beside it, the budget tracker, anomaly detection and alert delivery.
 //!
-//! - `files`: the exactly-once rules (names, flush metadata, recovery), pure and unit-tested;
-//! - `rows`: priced events → Arrow batches in the ledger schema;
-//! - `ledger`: the Parquet files on disk (atomic writes, scan, recovery);
-//! - `stage`: the consume → flush loop.
+//! - `stage`: the consume → flush loop;
+//! - `budget`, `spend`: budgets against spend and their signals;
+//! - `anomaly`, `anomaly_watch`: spend anomalies; `alerts`: webhook delivery.
 
 pub mod alerts;
 pub mod anomaly;
 pub mod anomaly_watch;
 pub mod budget;
-pub mod compact;
+
 pub mod config;
-pub mod files;
-pub mod ledger;
-pub mod rows;
+
 pub mod spend;
 pub mod stage;
 
@@ -49,6 +47,9 @@ pub enum Error {
     /// Budget definitions and their periods (`meterline-reference`).
     #[error(transparent)]
     Reference(#[from] meterline_reference::Error),
+    /// The ledger's files (`meterline-ledger`).
+    #[error(transparent)]
+    Ledger(#[from] meterline_ledger::Error),
     #[error("config: {0}")]
     Config(String),
 }
@@ -68,6 +69,7 @@ impl Error {
             Error::Kafka(e) => meterline_runtime::kafka::retryable(e),
             Error::Runtime(e) => e.is_retryable(),
             Error::Reference(e) => e.is_retryable(),
+            Error::Ledger(e) => e.is_retryable(),
             Error::Broker(_) | Error::Io(_) => true,
             Error::Corrupt(_) | Error::Fatal(_) | Error::Config(_) => false,
         }
@@ -160,7 +162,7 @@ fn run_once(
     if kafka.create_topics {
         runtime.block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))?;
     }
-    let ledger = Arc::new(ledger::Ledger::open(&cfg.data_dir)?);
+    let ledger = Arc::new(meterline_ledger::Ledger::open(&cfg.data_dir)?);
     let tracker = if cfg.budgets {
         Some(spend::SpendTracker::new(
             kafka,

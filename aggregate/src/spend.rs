@@ -40,9 +40,9 @@ use tracing::{info, warn};
 use crate::anomaly::DetectorConfig;
 use crate::anomaly_watch::AnomalyWatch;
 use crate::budget::{BudgetBook, SpendRow};
-use crate::files;
-use crate::ledger::Ledger;
 use crate::Error;
+use meterline_ledger::files;
+use meterline_ledger::table::Ledger;
 
 /// Key of a signal on the compacted topic: one live state per budget and scope.
 pub fn signal_key(s: &BudgetSignal) -> String {

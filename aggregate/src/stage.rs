@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::AggregateConfig;
-use crate::ledger::Ledger;
-use crate::rows::Row;
 use crate::Error;
+use meterline_ledger::rows::Row;
+use meterline_ledger::table::Ledger;
 
 /// Rebalance callbacks record what happened; the loop acts after `poll` returns. Statistics
 /// (lag) are published from here, on the poll thread, without broker round trips.
@@ -330,14 +330,14 @@ impl Stage {
                     let _ = self.consumer.commit(&tpl, CommitMode::Async);
                 }
             }
-            Err(e @ Error::Io(_)) => {
+            Err(e) if e.is_retryable() => {
                 // Retryable (disk full, permissions fixed by an operator): keep the rows, try
                 // again in a few seconds; the consumer keeps its position.
                 metrics::counter!(m::AGGREGATE_WRITE_ERRORS).increment(1);
                 error!(partition = p, error = %e, "writing the ledger failed; retrying in 5 s");
                 b.retry_at = Some(Instant::now() + Duration::from_secs(5));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }

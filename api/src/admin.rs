@@ -172,7 +172,7 @@ pub async fn get_budgets(State(s): State<Arc<Shared>>) -> Response {
 }
 
 /// A budget as the API takes it: the OpenAPI view of `budget_defs::BudgetDraft` (the type the
-/// body is parsed into; `meterline_aggregate` does not depend on utoipa).
+/// body is parsed into; `meterline_reference` does not depend on utoipa).
 #[derive(Debug, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct BudgetRequest {

@@ -134,7 +134,7 @@ pub async fn session(
     let usage = ledger_table(cfg, ledger)?;
     let anomalies = listing(
         &cfg.data_dir.join("anomalies"),
-        meterline_aggregate::anomaly_watch::anomalies_schema(),
+        meterline_ledger::anomalies::anomalies_schema(),
     )?;
     let budgets: Arc<dyn TableProvider> =
         Arc::new(MemTable::try_new(budgets.schema(), vec![vec![budgets]]).map_err(Error::query)?);

@@ -1,7 +1,7 @@
 //! What of the ledger a query may read while `meterline aggregate` writes it: only rows of
 //! complete flushes. A flush renames its files one by one (one per event date), so for a
 //! moment a reader can see part of it; and a compaction renames its merged file before it
-//! deletes the originals. The rules are `meterline_aggregate::files::complete_view`; this
+//! deletes the originals. The rules are `meterline_ledger::files::complete_view`; this
 //! module applies them with a footer cache (ledger files are immutable, so a path's footer is
 //! read once) and turns the result into a row predicate.
 
@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use datafusion::logical_expr::{col, lit, when, Expr};
-use meterline_aggregate::files::{self, Flush, FoundFile};
+use meterline_ledger::files::{self, Flush, FoundFile};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -134,7 +134,7 @@ impl LedgerView {
                 let path = f.path();
                 let flushes = match cache.get(&path) {
                     Some(fl) => fl.clone(),
-                    None => match meterline_aggregate::ledger::read_flushes(&path) {
+                    None => match meterline_ledger::table::read_flushes(&path) {
                         Ok(fl) => {
                             cache.insert(path.clone(), fl.clone());
                             fl

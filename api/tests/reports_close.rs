@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
-use meterline_aggregate::ledger::Ledger;
-use meterline_aggregate::rows::Row;
 use meterline_api::{ApiConfig, App};
+use meterline_ledger::rows::Row;
+use meterline_ledger::table::Ledger;
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
 use rust_decimal::Decimal;

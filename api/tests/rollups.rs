@@ -6,14 +6,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use meterline_aggregate::ledger::Ledger;
-use meterline_aggregate::rows::Row;
 use meterline_api::catalog::{session, Scope};
 use meterline_api::ledger_view::{LedgerState, LedgerView, Watermark};
 use meterline_api::period::Month;
 use meterline_api::reports::chargeback::{compute, compute_sql, Cut, GroupBy};
 use meterline_api::rollup::{coverage, Coverage, OffsetRange, Rollups};
 use meterline_api::ApiConfig;
+use meterline_ledger::rows::Row;
+use meterline_ledger::table::Ledger;
 use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
 
 /// xorshift: reproducible rows without a dependency.
@@ -193,7 +193,7 @@ async fn rollup_chargeback_equals_the_sql_scan_before_and_after_compaction() {
     let dates: std::collections::BTreeSet<String> =
         before.files.iter().map(|f| f.date.clone()).collect();
     for d in &dates {
-        meterline_aggregate::compact::compact_date(dir, d.parse().unwrap()).unwrap();
+        meterline_ledger::compact::compact_date(dir, d.parse().unwrap()).unwrap();
     }
     let after = view.state(dir).unwrap();
     assert!(after.files.len() < before.files.len(), "compaction merged");

@@ -1,13 +1,13 @@
 //! `POST /v1/sql` in-process on port 0, over ledger files written by the real writer
-//! (`meterline_aggregate::ledger`). A team lead of `search` tries to escape its scope in
+//! (`meterline_ledger::table`). A team lead of `search` tries to escape its scope in
 //! every way the issue lists and more; nothing of the other teams reaches the answer. Finance
 //! sees everything (the control that shows the leak check can fail).
 
 use std::path::Path;
 
-use meterline_aggregate::ledger::Ledger;
-use meterline_aggregate::rows::Row;
 use meterline_api::{ApiConfig, App};
+use meterline_ledger::rows::Row;
+use meterline_ledger::table::Ledger;
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{
     Anomaly, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
@@ -86,7 +86,7 @@ fn write_fixture(dir: &Path) {
         top_contributors: vec![],
         at: "2026-11-20T11:00:05Z".parse().unwrap(),
     };
-    meterline_aggregate::anomaly_watch::write_hour_file(
+    meterline_ledger::anomalies::write_hour_file(
         dir,
         "2026-11-20T10:00:00Z".parse().unwrap(),
         &[

@@ -25,8 +25,8 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
-use meterline_aggregate::ledger::Ledger;
-use meterline_aggregate::rows::Row;
+use meterline_ledger::rows::Row;
+use meterline_ledger::table::Ledger;
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
 use rand::{Rng, SeedableRng};

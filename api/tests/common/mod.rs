@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use meterline_aggregate::ledger::Ledger;
-use meterline_aggregate::rows::Row;
 use meterline_api::{ApiConfig, App};
+use meterline_ledger::rows::Row;
+use meterline_ledger::table::Ledger;
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{
     Anomaly, Contributor, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
@@ -164,7 +164,7 @@ pub fn write_ledger(dir: &Path, foreign: bool) {
         ));
         anomalies.push(anomaly(ScopeKind::Org, "acme", "4242", "key-nobody-31337"));
     }
-    meterline_aggregate::anomaly_watch::write_hour_file(
+    meterline_ledger::anomalies::write_hour_file(
         dir,
         "2026-11-20T10:00:00Z".parse().unwrap(),
         &anomalies,

@@ -1,6 +1,6 @@
 //! The team-lead SQL target's fixture and grammar.
 //!
-//! Fixture: a ledger written by the real writer (`meterline_aggregate::ledger::Ledger`), the
+//! Fixture: a ledger written by the real writer (`meterline_ledger::table::Ledger`), the
 //! anomaly files by the stage's writer, and a `budgets` batch by the API's own `to_batch`, in
 //! one temp dir, built once per process. Rows of the lead's team `search` carry ordinary
 //! values; every row of anyone else (team `zz-other`, team `search-zz-other`, no team, org-wide
@@ -22,8 +22,8 @@ use std::sync::OnceLock;
 use arbitrary::Unstructured;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use meterline_aggregate::ledger::Ledger;
-use meterline_aggregate::rows::Row;
+use meterline_ledger::table::Ledger;
+use meterline_ledger::rows::Row;
 use meterline_api::answer::{self, Format};
 use meterline_api::budgets::{BudgetCache, BudgetSnapshot};
 use meterline_api::catalog::Scope as QueryScope;
@@ -259,7 +259,7 @@ pub fn fixture() -> &'static Fixture {
             .expect("ledger")
             .write_flush(0, 0, last, &rows)
             .expect("ledger flush");
-        meterline_aggregate::anomaly_watch::write_hour_file(
+        meterline_ledger::anomalies::write_hour_file(
             dir.path(),
             t("2026-11-20T10:00:00Z"),
             &anomalies(),

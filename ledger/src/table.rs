@@ -13,7 +13,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use crate::files::{self, meta, Flush, FoundFile, Recovery};
 use crate::rows::{self, Row};
-use crate::Error;
+use crate::{io, Error};
 
 /// Rows per Parquet row group: large enough for good compression and few footer entries,
 /// small enough that pruning by sorted statistics skips useful amounts.
@@ -26,8 +26,7 @@ pub struct Ledger {
 impl Ledger {
     pub fn open(data_dir: &Path) -> Result<Ledger, Error> {
         let usage_dir = data_dir.join("usage");
-        fs::create_dir_all(&usage_dir)
-            .map_err(|e| Error::io(format!("{}: {e}", usage_dir.display())))?;
+        fs::create_dir_all(&usage_dir).map_err(io(&usage_dir))?;
         Ok(Ledger { usage_dir })
     }
 
@@ -37,8 +36,8 @@ impl Ledger {
 
     fn date_dirs(&self) -> Result<Vec<PathBuf>, Error> {
         let mut out = vec![];
-        for e in fs::read_dir(&self.usage_dir).map_err(Error::io)? {
-            let e = e.map_err(Error::io)?;
+        for e in fs::read_dir(&self.usage_dir).map_err(io(&self.usage_dir))? {
+            let e = e.map_err(io(&self.usage_dir))?;
             if e.file_name().to_string_lossy().starts_with("date=") && e.path().is_dir() {
                 out.push(e.path());
             }
@@ -51,13 +50,13 @@ impl Ledger {
     pub fn remove_temp_files(&self) -> Result<usize, Error> {
         let mut n = 0;
         for d in self.date_dirs()? {
-            for e in fs::read_dir(&d).map_err(Error::io)? {
-                let e = e.map_err(Error::io)?;
+            for e in fs::read_dir(&d).map_err(io(&d))? {
+                let e = e.map_err(io(&d))?;
                 if e.file_name()
                     .to_string_lossy()
                     .starts_with(files::TEMP_PREFIX)
                 {
-                    fs::remove_file(e.path()).map_err(Error::io)?;
+                    fs::remove_file(e.path()).map_err(io(&e.path()))?;
                     n += 1;
                 }
             }
@@ -69,8 +68,8 @@ impl Ledger {
     pub fn scan(&self) -> Result<Vec<FoundFile>, Error> {
         let mut out = vec![];
         for d in self.date_dirs()? {
-            for e in fs::read_dir(&d).map_err(Error::io)? {
-                let e = e.map_err(Error::io)?;
+            for e in fs::read_dir(&d).map_err(io(&d))? {
+                let e = e.map_err(io(&d))?;
                 let name = e.file_name().to_string_lossy().to_string();
                 let Some((partition, _, _)) = files::parse_file_name(&name) else {
                     continue;
@@ -99,7 +98,7 @@ impl Ledger {
         let Recovery { resume_at, delete } = files::recover(partition, &found);
         for p in &delete {
             tracing::warn!(file = %p.display(), "deleting a file of an incomplete flush (crash); its rows are read again");
-            fs::remove_file(p).map_err(Error::io)?;
+            fs::remove_file(p).map_err(io(p))?;
         }
         Ok(resume_at)
     }
@@ -113,7 +112,7 @@ impl Ledger {
                 Ok(()) => {}
                 // a concurrent compaction or recovery got there first
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(e)),
+                Err(e) => return Err(io(p)(e)),
             }
         }
         Ok(gone.len())
@@ -169,7 +168,7 @@ impl Ledger {
         };
         for (date, mut rows) in by_date {
             let dir = self.usage_dir.join(files::date_dir(date));
-            fs::create_dir_all(&dir).map_err(Error::io)?;
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
             rows::sort(&mut rows);
             let batch = rows::to_batch(&rows)?;
             let path = dir.join(files::file_name(partition, first, last));
@@ -222,27 +221,27 @@ pub fn write_parquet_atomically(
     batch: &arrow::array::RecordBatch,
     props: WriterProperties,
 ) -> Result<(), Error> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::Io(format!("{} has no directory", path.display())))?;
-    let file = File::create(tmp).map_err(Error::io)?;
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(Error::io)?;
-    w.write(batch).map_err(Error::io)?;
-    let file = w.into_inner().map_err(Error::io)?;
-    file.sync_all().map_err(Error::io)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file = File::create(tmp).map_err(io(tmp))?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    let file = w.into_inner()?;
+    file.sync_all().map_err(io(tmp))?;
     drop(file);
-    fs::rename(tmp, path).map_err(Error::io)?;
+    fs::rename(tmp, path).map_err(io(path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(Error::io)?;
+        .map_err(io(dir))?;
     Ok(())
 }
 
 /// The flushes listed in a ledger file's footer.
 pub fn read_flushes(path: &Path) -> Result<Vec<Flush>, Error> {
-    let file = File::open(path).map_err(Error::io)?;
-    let reader = SerializedFileReader::new(file)
-        .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+    let file = File::open(path).map_err(io(path))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     reader
         .metadata()
         .file_metadata()
@@ -250,7 +249,10 @@ pub fn read_flushes(path: &Path) -> Result<Vec<Flush>, Error> {
         .and_then(|kv| kv.iter().find(|k| k.key == meta::FLUSHES))
         .and_then(|k| k.value.as_deref())
         .and_then(Flush::decode)
-        .ok_or_else(|| Error::Corrupt(format!("{}: no {} metadata", path.display(), meta::FLUSHES)))
+        .ok_or_else(|| Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("no {} metadata", meta::FLUSHES),
+        })
 }
 
 #[cfg(test)]

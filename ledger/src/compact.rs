@@ -18,8 +18,8 @@ use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, Sort
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::files::{self, Flush};
-use crate::ledger::{self, Ledger};
-use crate::Error;
+use crate::table::{self, Ledger};
+use crate::{io, Error};
 
 /// What one partition's compaction did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +41,11 @@ const SORT: [&str; 6] = [
 ];
 
 fn read_all(path: &std::path::Path) -> Result<Vec<RecordBatch>, Error> {
-    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{}: {e}", path.display()));
-    ParquetRecordBatchReaderBuilder::try_new(File::open(path).map_err(Error::io)?)
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    ParquetRecordBatchReaderBuilder::try_new(File::open(path).map_err(io(path))?)
         .map_err(|e| corrupt(&e))?
         .build()
         .map_err(|e| corrupt(&e))?
@@ -82,7 +85,7 @@ pub fn compact_date(
         flushes.sort();
         flushes.dedup();
         let schema = meterline_schemas::arrow_schema::usage_ledger_schema();
-        let merged = concat_batches(&schema, &batches).map_err(Error::io)?;
+        let merged = concat_batches(&schema, &batches)?;
         let columns: Vec<SortColumn> = SORT
             .iter()
             .map(|c| SortColumn {
@@ -90,8 +93,8 @@ pub fn compact_date(
                 options: None,
             })
             .collect();
-        let order = lexsort_to_indices(&columns, None).map_err(Error::io)?;
-        let merged = take_record_batch(&merged, &order).map_err(Error::io)?;
+        let order = lexsort_to_indices(&columns, None)?;
+        let merged = take_record_batch(&merged, &order)?;
         let (first, last) = (
             flushes.iter().map(|f| f.first).min().unwrap_or(0),
             flushes.iter().map(|f| f.last).max().unwrap_or(0),
@@ -102,13 +105,13 @@ pub fn compact_date(
         if group.iter().any(|f| f.path == into) {
             continue;
         }
-        ledger::write_atomically(&dir, &into, &merged, partition, &flushes)?;
+        table::write_atomically(&dir, &into, &merged, partition, &flushes)?;
         // 2. the originals
         for f in &group {
             match std::fs::remove_file(&f.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(e)),
+                Err(e) => return Err(io(&f.path)(e)),
             }
         }
         out.push(Compacted {

@@ -125,7 +125,7 @@ pub fn to_batch(rows: &[&Row]) -> Result<RecordBatch, Error> {
         if e.tags.is_empty() {
             tags.append_null();
         } else {
-            tags.append_value(serde_json::to_string(&e.tags).map_err(Error::io)?);
+            tags.append_value(serde_json::to_string(&e.tags)?);
         }
         provider.append_value(&e.provider);
         model.append_value(p.billed_model());
@@ -212,7 +212,7 @@ pub fn to_batch(rows: &[&Row]) -> Result<RecordBatch, Error> {
     cols.push(Arc::new(model_reported.finish()));
     cols.push(Arc::new(resolution.finish()));
     cols.push(Arc::new(cache_hit.finish()));
-    RecordBatch::try_new(usage_ledger_schema(), cols).map_err(Error::io)
+    Ok(RecordBatch::try_new(usage_ledger_schema(), cols)?)
 }
 
 #[cfg(test)]

@@ -1,0 +1,62 @@
+//! The ledger: the priced usage as Parquet files, written exactly once per Kafka offset range,
+//! and the anomalies table. No Kafka here: the sink (aggregate) hands it rows with their
+//! offsets, the budget tracker and the API read it.
+//!
+//! - `files`: the exactly-once rules (names, flush metadata, recovery, which files count), pure;
+//! - `rows`: priced events → Arrow batches in the ledger schema;
+//! - `table`: the files on disk (atomic writes, scan, recovery);
+//! - `compact`: merging a date's files into one sorted file;
+//! - `anomalies`: the anomalies table.
+
+pub mod anomalies;
+pub mod compact;
+pub mod files;
+pub mod rows;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+
+pub use table::Ledger;
+
+/// Errors of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file system call failed on `path` (disk full, permissions): worth retrying.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An amount that does not fit the ledger's money type.
+    #[error(transparent)]
+    Money(#[from] meterline_schemas::Error),
+    /// A ledger file that cannot be read: stop rather than guess.
+    #[error("ledger file {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    /// A state the exactly-once rules say cannot happen (two writers, a lost file).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl Error {
+    /// Whether trying again can help: a failing disk or a full one may recover; a corrupt
+    /// file or a broken invariant cannot.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Io { .. } | Error::Parquet(_))
+    }
+}
+
+/// `map_err` for a file system call on `path`.
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
