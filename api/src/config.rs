@@ -31,6 +31,11 @@ pub struct ApiConfig {
     /// Chargebacks add up per-file daily rollups kept in memory (each ledger file is read
     /// once); `false`: every chargeback scans the ledger with SQL.
     pub rollups: bool,
+    /// A connection whose client keeps the server waiting to read for this long (headers or
+    /// body not arriving, or nothing sent while an answer is prepared) is closed: a silent or
+    /// trickling client holds no connection. At least `query_timeout_ms` + 5 s, since a query
+    /// and its whole answer take at most `query_timeout_ms`.
+    pub client_idle_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -45,6 +50,7 @@ impl Default for ApiConfig {
             invoice_issuer: "meterline".into(),
             budget_refresh_ms: 5_000,
             rollups: true,
+            client_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -62,6 +68,9 @@ impl ApiConfig {
         }
         if self.invoice_issuer.trim().is_empty() || self.budget_refresh_ms == 0 {
             return bad("api.invoice_issuer must not be empty, budget_refresh_ms must be > 0");
+        }
+        if self.client_idle_timeout_ms < self.query_timeout_ms.saturating_add(5_000) {
+            return bad("api.client_idle_timeout_ms must be at least query_timeout_ms + 5000");
         }
         for t in &self.tokens {
             if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {

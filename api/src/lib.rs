@@ -379,7 +379,9 @@ impl App {
                 stop.clone(),
             ))
         });
-        let served = axum::serve(self.listener, router(self.shared))
+        let idle = Duration::from_millis(self.shared.cfg.client_idle_timeout_ms);
+        let listener = meterline_runtime::telemetry::IdleTimeoutListener::new(self.listener, idle);
+        let served = axum::serve(listener, router(self.shared))
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .map_err(Error::io);
