@@ -16,6 +16,7 @@ use meterline_aggregate::AggregateConfig;
 use meterline_enrich::EnrichConfig;
 use meterline_ingest::IngestConfig;
 use meterline_runtime::kafka::KafkaConfig;
+use meterline_watch::WatchConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -29,6 +30,8 @@ pub struct Config {
     pub enrich: EnrichConfig,
     /// The Parquet ledger.
     pub aggregate: AggregateConfig,
+    /// Budgets, anomalies and alerts.
+    pub watch: WatchConfig,
     /// The query API.
     pub api: meterline_api::ApiConfig,
 }
@@ -49,6 +52,7 @@ impl Config {
         cfg.ingest.validate()?;
         cfg.enrich.validate()?;
         cfg.aggregate.validate()?;
+        cfg.watch.validate()?;
         cfg.api.validate()?;
         Ok(cfg)
     }

@@ -102,6 +102,12 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     let aggregate_addr = aggregate.local_addr();
     let aggregate_stop = aggregate.stop_token();
     let aggregate_task = tokio::spawn(aggregate.run_until_stopped());
+    cfg.watch.listen = "127.0.0.1:0".into();
+    cfg.watch.data_dir = args.data_dir.clone();
+    let watch = meterline_watch::App::build(&cfg.kafka, cfg.watch.clone()).await?;
+    let watch_addr = watch.local_addr();
+    let watch_stop = watch.stop_token();
+    let watch_task = tokio::spawn(watch.run_until_stopped());
     cfg.api.data_dir = args.data_dir.clone();
     for (principal, token, role, teams) in [
         ("dev-finance", DEV_FINANCE_TOKEN, Role::Finance, vec![]),
@@ -152,6 +158,7 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
         "  reports  curl -H 'Authorization: Bearer {DEV_FINANCE_TOKEN}' 'http://{api_addr}/v1/reports/chargeback?period={}&by=team&format=focus'   spec http://{api_addr}/openapi.json",
         chrono::Utc::now().format("%Y-%m")
     );
+    println!("  watch    budgets, anomalies, alerts   metrics http://{watch_addr}/metrics");
     println!(
         "  budgets  {budget}   check: curl -H 'Authorization: Bearer {DEV_EDGE_TOKEN}' http://{addr}/v1/enforcement/check -d '{{\"team_id\":\"search\"}}'"
     );
@@ -165,6 +172,8 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     app.run_until_stopped().await?;
     enrich_stop.cancel();
     enrich_task.await??;
+    watch_stop.cancel();
+    watch_task.await??;
     aggregate_stop.cancel();
     aggregate_task.await??;
     api_stop.cancel();

@@ -30,6 +30,8 @@ enum Cmd {
     Enrich,
     /// The Parquet ledger (priced → data/usage, exactly once).
     Aggregate,
+    /// Budgets against spend (signals), spend anomalies and alert delivery.
+    Watch,
     /// The query API (SQL over the ledger, scoped per principal).
     Api,
     /// The price book: import, diff, list, show.
@@ -91,6 +93,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Aggregate => {
             let cfg = cfg()?;
             let app = meterline_aggregate::App::build(&cfg.kafka, cfg.aggregate).await?;
+            dev::stop_on_signal(app.stop_token());
+            Ok(app.run_until_stopped().await?)
+        }
+        Cmd::Watch => {
+            let cfg = cfg()?;
+            let app = meterline_watch::App::build(&cfg.kafka, cfg.watch).await?;
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)
         }

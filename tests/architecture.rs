@@ -5,7 +5,7 @@
 //! runtime    Kafka clients, follower, telemetry, auth → schemas
 //! reference  prices, tenants, budgets, budget view    → schemas, runtime
 //! ledger     the ledger files                         → schemas (no Kafka)
-//! ingest, enrich, aggregate, api (stage crates)       → the four above, never each other
+//! ingest, enrich, aggregate, watch, api (stages)     → the four above, never each other
 //! ```
 //! Dev-dependencies count too: a test that needs two stages belongs in the root `tests/`.
 
@@ -17,10 +17,11 @@ const BASE: [&str; 4] = [
     "meterline-reference",
     "meterline-ledger",
 ];
-const STAGES: [&str; 4] = [
+const STAGES: [&str; 5] = [
     "meterline-ingest",
     "meterline-enrich",
     "meterline-aggregate",
+    "meterline-watch",
     "meterline-api",
 ];
 

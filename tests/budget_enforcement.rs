@@ -1,8 +1,9 @@
 //! A budget crossed end to end, on a real broker, real files and real HTTP: events posted to
-//! the edge are priced by `meterline enrich`, counted by `meterline aggregate`'s budget tracker,
-//! the crossing is published once, delivered once to a local webhook receiver, and the edge's
-//! enforcement check flips to block. Then the aggregate stage is SIGKILLed and restarted: the
-//! spend is rebuilt from the ledger, and no second signal or webhook call follows.
+//! the edge are priced by `meterline enrich`, written to the ledger by `meterline aggregate`,
+//! counted by `meterline watch`'s budget tracker, the crossing is published once, delivered
+//! once to a local webhook receiver, and the edge's enforcement check flips to block. Then
+//! aggregate and watch are SIGKILLed and restarted: the spend is rebuilt from the ledger, and
+//! no second signal or webhook call follows.
 
 mod common;
 
@@ -138,18 +139,23 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
         &[("METERLINE_ENRICH__LISTEN", "127.0.0.1:0".into())],
         &log,
     );
-    let port = free_port();
+    let (sink_port, port) = (free_port(), free_port());
     let data = h.dir.path().join("data");
     let aggregate_settings = [
-        ("METERLINE_AGGREGATE__LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "METERLINE_AGGREGATE__LISTEN",
+            format!("127.0.0.1:{sink_port}"),
+        ),
         ("METERLINE_AGGREGATE__DATA_DIR", data.display().to_string()),
         ("METERLINE_AGGREGATE__FLUSH_MS", "500".into()),
-        (
-            "METERLINE_AGGREGATE__ALERTS__BACKOFF_INITIAL_MS",
-            "100".into(),
-        ),
+    ];
+    let watch_settings = [
+        ("METERLINE_WATCH__LISTEN", format!("127.0.0.1:{port}")),
+        ("METERLINE_WATCH__DATA_DIR", data.display().to_string()),
+        ("METERLINE_WATCH__ALERTS__BACKOFF_INITIAL_MS", "100".into()),
     ];
     let mut aggregate = spawn_stage(&h, "aggregate", &aggregate_settings, &log);
+    let mut watch = spawn_stage(&h, "watch", &watch_settings, &log);
 
     // 3. a budget through the CLI: team search, 0.01 USD this month, block at 100 %
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
@@ -285,12 +291,17 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
     eventually(
         Duration::from_secs(30),
         "both rows in the ledger",
-        || async { metric(&client, port, "meterline_aggregate_rows_written_total").await >= 2.0 },
+        || async {
+            metric(&client, sink_port, "meterline_aggregate_rows_written_total").await >= 2.0
+        },
     )
     .await;
-    aggregate.kill().unwrap();
-    aggregate.wait().unwrap();
+    for p in [&mut aggregate, &mut watch] {
+        p.kill().unwrap();
+        p.wait().unwrap();
+    }
     let mut aggregate = spawn_stage(&h, "aggregate", &aggregate_settings, &log);
+    let mut watch = spawn_stage(&h, "watch", &watch_settings, &log);
     let (s, b) = h
         .post(
             "/v1/events",
@@ -317,7 +328,8 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
     assert_eq!(calls.lock().unwrap().len(), 1, "no second webhook call");
     assert_eq!(check(&h).await["decision"], "block");
 
-    aggregate.kill().unwrap();
-    enrich.kill().unwrap();
-    let _ = (aggregate.wait(), enrich.wait());
+    for p in [&mut aggregate, &mut watch, &mut enrich] {
+        p.kill().unwrap();
+        let _ = p.wait();
+    }
 }

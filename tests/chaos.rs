@@ -206,7 +206,7 @@ async fn every_acknowledged_event_is_billed_once_through_kills_and_outages() {
              [enrich]\nlisten = \"127.0.0.1:0\"\ntxn_max_records = 200\ntxn_max_ms = 100\n\
              session_timeout_ms = 6000\n\
              [aggregate]\nlisten = \"127.0.0.1:0\"\ndata_dir = {data:?}\nflush_rows = 500\n\
-             flush_ms = 500\nsession_timeout_ms = 6000\nbudgets = false\n",
+             flush_ms = 500\nsession_timeout_ms = 6000\n",
             meterline_runtime::auth::hash_token(EDGE_TOKEN)
         ),
     )

@@ -1,18 +1,10 @@
-//! `meterline aggregate`: the priced stream → the ledger (`meterline-ledger`), exactly once;
-//! and, beside it, the budget tracker, anomaly detection and alert delivery.
+//! `meterline aggregate`: the priced stream → the ledger (`meterline-ledger`), exactly once.
+//! The budget tracker, anomaly detection and alert delivery are `meterline watch`.
 //!
-//! - `stage`: the consume → flush loop;
-//! - `budget`, `spend`: budgets against spend and their signals;
-//! - `anomaly`, `anomaly_watch`: spend anomalies; `alerts`: webhook delivery.
-
-pub mod alerts;
-pub mod anomaly;
-pub mod anomaly_watch;
-pub mod budget;
+//! - `stage`: the consume → flush loop; `config`: `[aggregate]`.
 
 pub mod config;
 
-pub mod spend;
 pub mod stage;
 
 use std::net::SocketAddr;
@@ -77,7 +69,7 @@ impl Error {
 }
 
 /// The aggregate stage: configuration checked, metrics served; `run_until_stopped` recovers the
-/// ledger and runs the sink, the budget tracker and alert delivery under a supervisor.
+/// ledger and runs the sink under a supervisor.
 pub struct App {
     cfg: AggregateConfig,
     kafka: KafkaConfig,
@@ -117,10 +109,9 @@ impl App {
         self.stop.clone()
     }
 
-    /// Runs the Parquet writer, the budget tracker and alert delivery until `stop`. A
-    /// retryable error in any of them (broker faults, a failing write) restarts all three
-    /// after a backoff, from the ledger and the topics as they are (each resumes exactly where
-    /// its durable state ends); `/healthz` says why meanwhile. Other errors end it.
+    /// Runs the ledger writer until `stop`. A retryable error (broker faults, a failing write)
+    /// restarts it after a backoff, from the ledger and the topic as they are (it resumes
+    /// exactly where the files end); `/healthz` says why meanwhile. Other errors end it.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
         let App {
             cfg,
@@ -150,8 +141,7 @@ impl App {
     }
 }
 
-/// One attempt: topics, ledger recovery, then the sink, tracker and alerts until one of them
-/// ends (which ends the others: `stop` is this attempt's token).
+/// One attempt: topics, ledger recovery, then the sink until `stop` or an error.
 fn run_once(
     runtime: &tokio::runtime::Handle,
     kafka: &KafkaConfig,
@@ -163,50 +153,7 @@ fn run_once(
         runtime.block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))?;
     }
     let ledger = Arc::new(meterline_ledger::Ledger::open(&cfg.data_dir)?);
-    let tracker = if cfg.budgets {
-        Some(spend::SpendTracker::new(
-            kafka,
-            ledger.clone(),
-            cfg.data_dir.clone(),
-            stop.clone(),
-        )?)
-    } else {
-        None
-    };
-    let stage = stage::Stage::new(kafka, cfg.clone(), ledger, stop.clone())?;
+    let stage = stage::Stage::new(kafka, cfg.clone(), ledger, stop)?;
     ready.ready();
-    let tracker = tracker.map(|t| {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let r = t.run();
-            if let Err(e) = &r {
-                tracing::error!(error = %e, "budget tracker stopped");
-            }
-            stop.cancel();
-            r
-        })
-    });
-    let alerts = cfg.alerts.enabled.then(|| {
-        let (kafka, alerts, stop) = (kafka.clone(), cfg.alerts.clone(), stop.clone());
-        runtime.spawn(async move {
-            let r = alerts::run(kafka, alerts, stop.clone()).await;
-            if let Err(e) = &r {
-                tracing::error!(error = %e, "alert delivery stopped");
-            }
-            stop.cancel();
-            r
-        })
-    });
-    let result = stage.run();
-    stop.cancel();
-    let tracked = match tracker {
-        Some(t) => t
-            .join()
-            .map_err(|_| Error::Fatal("budget tracker panicked".into()))?,
-        None => Ok(()),
-    };
-    if let Some(a) = alerts {
-        let _ = runtime.block_on(a);
-    }
-    result.and(tracked)
+    stage.run()
 }

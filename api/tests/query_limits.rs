@@ -135,17 +135,34 @@ async fn silent_clients_are_disconnected_and_slow_queries_are_not() {
     .await;
     let addr = base.trim_start_matches("http://").to_string();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"POST /v1/sql HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"POST /v1/sql HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let t0 = Instant::now();
     let mut buf = [0u8; 64];
     // the server closes (EOF or reset) — awaited, bounded well above the idle timeout
     let r = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await;
     let waited = t0.elapsed();
     assert!(r.is_ok(), "still open after 30 s");
-    assert!(matches!(r.unwrap(), Ok(0) | Err(_)), "closed without an answer");
-    assert!(waited >= Duration::from_secs(5), "closed after {waited:?}, before the idle timeout");
+    assert!(
+        matches!(r.unwrap(), Ok(0) | Err(_)),
+        "closed without an answer"
+    );
+    assert!(
+        waited >= Duration::from_secs(5),
+        "closed after {waited:?}, before the idle timeout"
+    );
     // a query that runs to its time limit still gets its answer on a connection of its own
-    let (status, body) = sql(&base, LEAD, "SELECT count(*) AS n FROM generate_series(1, 1000000000)").await;
+    let (status, body) = sql(
+        &base,
+        LEAD,
+        "SELECT count(*) AS n FROM generate_series(1, 1000000000)",
+    )
+    .await;
     assert!(status == 200 || status == 422, "{status}: {body}");
-    assert_eq!(sql(&base, LEAD, "SELECT 1 AS one").await.0, 200, "still serving");
+    assert_eq!(
+        sql(&base, LEAD, "SELECT 1 AS one").await.0,
+        200,
+        "still serving"
+    );
 }

@@ -30,6 +30,7 @@ pub const ENRICH_REBUILD_SECONDS: &str = "meterline_enrich_dedup_rebuild_seconds
 /// Times a stage restarted its Kafka work after a retryable error (broker faults).
 pub const ENRICH_STAGE_RESTARTS: &str = "meterline_enrich_stage_restarts_total";
 pub const AGGREGATE_STAGE_RESTARTS: &str = "meterline_aggregate_stage_restarts_total";
+pub const WATCH_STAGE_RESTARTS: &str = "meterline_watch_stage_restarts_total";
 pub const ENRICH_CONSUMER_LAG: &str = "meterline_enrich_consumer_lag";
 pub const ENRICH_BACKLOG_DRAIN_SECONDS: &str = "meterline_enrich_backlog_drain_seconds";
 pub const ENRICH_REFERENCE_RECORDS: &str = "meterline_enrich_reference_records_total";

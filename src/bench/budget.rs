@@ -122,7 +122,8 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
     .await??;
 
     let token = "bench-token";
-    let (ingest_port, enrich_port, agg_port) = (free_port(), free_port(), free_port());
+    let (ingest_port, enrich_port, agg_port, watch_port) =
+        (free_port(), free_port(), free_port(), free_port());
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(
         &cfg_path,
@@ -133,7 +134,8 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
              [[ingest.tokens]]\nprincipal = \"bench\"\nsha256 = \"{hash}\"\nrole = \"edge\"\n\
              [enrich]\nlisten = \"127.0.0.1:{enrich_port}\"\n\
              [aggregate]\nlisten = \"127.0.0.1:{agg_port}\"\ndata_dir = \"{data}\"\n\
-             [aggregate.alerts]\nenabled = false\n",
+             [watch]\nlisten = \"127.0.0.1:{watch_port}\"\ndata_dir = \"{data}\"\n\
+             [watch.alerts]\nenabled = false\n",
             spool = dir.path().join("spool").display(),
             hash = meterline_runtime::auth::hash_token(token),
             data = dir.path().join("data").display(),
@@ -145,7 +147,12 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
             .env("RUST_LOG", "warn")
             .spawn()
     };
-    let mut children = vec![spawn("ingest")?, spawn("enrich")?, spawn("aggregate")?];
+    let mut children = vec![
+        spawn("ingest")?,
+        spawn("enrich")?,
+        spawn("aggregate")?,
+        spawn("watch")?,
+    ];
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{ingest_port}");
     wait_healthy(&client, &base).await?;
@@ -213,7 +220,7 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
     let name = m::AGGREGATE_BUDGET_LAG_SECONDS;
     let deadline = Instant::now() + Duration::from_secs(120);
     let text = loop {
-        let text = scrape(&client, agg_port).await;
+        let text = scrape(&client, watch_port).await;
         let counted = buckets(&text, name).last().map_or(0.0, |b| b.1);
         if counted as usize >= total {
             break text;
@@ -227,7 +234,7 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
     checking.cancel();
     let mut checks = checker.await?;
     checks.sort();
-    let agg_rss = super::peak_rss_kib(children[2].id())? as f64 / 1024.0;
+    let agg_rss = super::peak_rss_kib(children[3].id())? as f64 / 1024.0;
     for c in &mut children {
         let _ = c.kill();
         let _ = c.wait();
@@ -253,7 +260,7 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
         "  enforcement lookup in memory     p50 {:>6.1} µs  p99 {:>6.1} µs  (1,000 budgets, 1,000 tenant rules; target p99 ≤ 1 ms)",
         lookup.0, lookup.1
     );
-    println!("  aggregate peak RSS               {agg_rss:>6.1} MiB (Parquet writer + budget tracker + alerts)");
+    println!("  watch peak RSS                   {agg_rss:>6.1} MiB (budget tracker + anomaly detection)");
     Ok(())
 }
 

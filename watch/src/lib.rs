@@ -1,0 +1,214 @@
+//! `meterline watch`: budgets against spend, spend anomalies and alert delivery, beside the
+//! ledger (`meterline aggregate` writes it; this stage reads it and the priced stream).
+//!
+//! - `budget`: budgets, periods in force, running spend and threshold crossings (pure);
+//! - `spend`: the tracker — rebuilds running spend from the ledger, follows the priced
+//!   stream, publishes signals and anomalies;
+//! - `anomaly`: the detectors (pure); `anomaly_watch`: hourly series and the anomalies table;
+//! - `alerts`: webhook delivery of signals and anomalies; `config`: `[watch]`.
+
+pub mod alerts;
+pub mod anomaly;
+pub mod anomaly_watch;
+pub mod budget;
+pub mod config;
+pub mod spend;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::telemetry::{supervise, Readiness};
+use meterline_schemas::topics;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{AlertsConfig, WatchConfig};
+
+/// Errors of the watch stage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("io: {0}")]
+    Io(String),
+    /// A ledger file that cannot be read: stop rather than guess.
+    #[error("ledger file: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Fatal(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker did not answer in time, or not what a healthy group answers: retried.
+    #[error("{0}")]
+    Broker(String),
+    /// Topic provisioning, Kafka settings or the topic follower (`meterline-runtime`).
+    #[error(transparent)]
+    Runtime(#[from] meterline_runtime::Error),
+    /// Budget definitions and their periods (`meterline-reference`).
+    #[error(transparent)]
+    Reference(#[from] meterline_reference::Error),
+    /// The ledger's files (`meterline-ledger`).
+    #[error(transparent)]
+    Ledger(#[from] meterline_ledger::Error),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub fn io(e: impl std::fmt::Display) -> Error {
+        Error::Io(e.to_string())
+    }
+    pub fn kafka(e: rdkafka::error::KafkaError) -> Error {
+        Error::Kafka(e)
+    }
+
+    /// Whether waiting and trying again can help: broker faults, a failing disk.
+    /// A corrupt ledger file, configuration and fatal Kafka errors cannot be waited out.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Kafka(e) => meterline_runtime::kafka::retryable(e),
+            Error::Runtime(e) => e.is_retryable(),
+            Error::Reference(e) => e.is_retryable(),
+            Error::Ledger(e) => e.is_retryable(),
+            Error::Broker(_) | Error::Io(_) => true,
+            Error::Corrupt(_) | Error::Fatal(_) | Error::Config(_) => false,
+        }
+    }
+}
+
+/// The watch stage: configuration checked, metrics served; `run_until_stopped` runs the
+/// budget tracker (with anomaly detection) and alert delivery under a supervisor.
+pub struct App {
+    cfg: WatchConfig,
+    kafka: KafkaConfig,
+    ready: Readiness,
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl App {
+    pub async fn build(kafka: &KafkaConfig, cfg: WatchConfig) -> Result<App, Error> {
+        cfg.validate()?;
+        kafka.validate()?;
+        let stop = CancellationToken::new();
+        let ready = Readiness::starting();
+        let metrics =
+            meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
+                .await
+                .map_err(Error::io)?;
+        Ok(App {
+            cfg,
+            kafka: kafka.clone(),
+            ready,
+            local_addr: metrics.local_addr,
+            stop,
+            server: metrics.task,
+        })
+    }
+
+    /// Address of the metrics server.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancel to stop.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Runs the tracker and alert delivery until `stop`. A retryable error in either
+    /// (broker faults, an unreadable disk) restarts both after a backoff; each resumes where
+    /// its durable state ends (the tracker from the ledger and the signals topic, delivery at
+    /// its group's committed offsets); `/healthz` says why meanwhile. Other errors end it.
+    pub async fn run_until_stopped(self) -> Result<(), Error> {
+        let App {
+            cfg,
+            kafka,
+            ready,
+            stop,
+            server,
+            ..
+        } = self;
+        let stop2 = stop.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let result = tokio::task::spawn_blocking(move || {
+            supervise(
+                "watch",
+                &stop2,
+                &ready,
+                meterline_schemas::metric_names::WATCH_STAGE_RESTARTS,
+                Error::is_retryable,
+                |attempt| run_once(&runtime, &kafka, &cfg, &ready, attempt),
+            )
+        })
+        .await
+        .map_err(Error::io)?;
+        stop.cancel();
+        let _ = server.await;
+        result
+    }
+}
+
+/// One attempt: topics, then the tracker and alert delivery until one of them ends (which
+/// ends the other: `stop` is this attempt's token).
+fn run_once(
+    runtime: &tokio::runtime::Handle,
+    kafka: &KafkaConfig,
+    cfg: &WatchConfig,
+    ready: &Readiness,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    if kafka.create_topics {
+        runtime.block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))?;
+    }
+    let tracker = if cfg.budgets {
+        let ledger = Arc::new(meterline_ledger::Ledger::open(&cfg.data_dir)?);
+        Some(spend::SpendTracker::new(
+            kafka,
+            ledger,
+            cfg.data_dir.clone(),
+            stop.clone(),
+        )?)
+    } else {
+        None
+    };
+    ready.ready();
+    let tracker = tracker.map(|t| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let r = t.run();
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "budget tracker stopped");
+            }
+            stop.cancel();
+            r
+        })
+    });
+    let alerts = cfg.alerts.enabled.then(|| {
+        let (kafka, alerts, stop) = (kafka.clone(), cfg.alerts.clone(), stop.clone());
+        runtime.spawn(async move {
+            let r = alerts::run(kafka, alerts, stop.clone()).await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "alert delivery stopped");
+            }
+            stop.cancel();
+            r
+        })
+    });
+    if tracker.is_none() && alerts.is_none() {
+        // nothing to do in this instance: wait for the stop
+        runtime.block_on(stop.cancelled());
+    }
+    let tracked = match tracker {
+        Some(t) => t
+            .join()
+            .map_err(|_| Error::Fatal("budget tracker panicked".into()))?,
+        None => Ok(()),
+    };
+    let delivered = match alerts {
+        Some(a) => runtime
+            .block_on(a)
+            .map_err(|_| Error::Fatal("alert delivery panicked".into()))?,
+        None => Ok(()),
+    };
+    tracked.and(delivered)
+}
