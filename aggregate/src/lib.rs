@@ -152,7 +152,7 @@ fn run_once(
     if kafka.create_topics {
         runtime.block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))?;
     }
-    let ledger = Arc::new(meterline_ledger::Ledger::open(&cfg.data_dir)?);
+    let ledger = Arc::new(meterline_ledger::Ledger::open_writer(&cfg.data_dir)?);
     let stage = stage::Stage::new(kafka, cfg.clone(), ledger, stop)?;
     ready.ready();
     stage.run()

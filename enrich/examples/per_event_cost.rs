@@ -2,6 +2,7 @@
 //! pricing + attribution, Avro encode, dedup. `cargo run --release -p meterline-enrich --example
 //! per_event_cost` (from `enrich/`). `meterline bench enrich` measures the whole stage.
 use meterline_enrich::*;
+use meterline_reference::{native, price_book, tenants};
 use meterline_schemas::{AvroRecord, PricedUsage, UsageEvent};
 use std::time::Instant;
 fn main() {

@@ -59,7 +59,7 @@ pub fn compact_date(
     data_dir: &std::path::Path,
     date: chrono::NaiveDate,
 ) -> Result<Vec<Compacted>, Error> {
-    let ledger = Ledger::open(data_dir)?;
+    let ledger = Ledger::open_writer(data_dir)?;
     ledger.remove_superseded()?;
     let dir = ledger.usage_dir().join(files::date_dir(date));
     let found = ledger.scan()?;
@@ -106,7 +106,11 @@ pub fn compact_date(
             continue;
         }
         table::write_atomically(&dir, &into, &merged, partition, &flushes)?;
-        // 2. the originals
+        // 2. published: one Delta commit swaps the originals for the merged file, before any
+        //    original is deleted (a reader of the log never sees both, nor neither)
+        let originals: Vec<PathBuf> = group.iter().map(|f| f.path.clone()).collect();
+        ledger.publish_compaction(&into, &originals)?;
+        // 3. the originals
         for f in &group {
             match std::fs::remove_file(&f.path) {
                 Ok(()) => {}

@@ -6,16 +6,19 @@
 //! - `rows`: priced events → Arrow batches in the ledger schema;
 //! - `table`: the files on disk (atomic writes, scan, recovery);
 //! - `compact`: merging a date's files into one sorted file;
+//! - `delta`: the table's Delta Lake log, what other engines read;
 //! - `anomalies`: the anomalies table.
 
 pub mod anomalies;
 pub mod compact;
+mod delta;
 pub mod files;
 pub mod rows;
 pub mod table;
 
 use std::path::{Path, PathBuf};
 
+pub use delta::{txn_app_id, DATE_COLUMN, TXN_APP_PREFIX};
 pub use table::Ledger;
 
 /// Errors of the ledger.
@@ -40,6 +43,9 @@ pub enum Error {
     /// A ledger file that cannot be read: stop rather than guess.
     #[error("ledger file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// The Delta log could not be read or committed to (delta-rs).
+    #[error("delta log: {0}")]
+    Delta(#[source] Box<deltalake::DeltaTableError>),
     /// A state the exactly-once rules say cannot happen (two writers, a lost file).
     #[error("{0}")]
     Fatal(String),
@@ -49,7 +55,7 @@ impl Error {
     /// Whether trying again can help: a failing disk or a full one may recover; a corrupt
     /// file or a broken invariant cannot.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::Parquet(_))
+        matches!(self, Error::Io { .. } | Error::Parquet(_) | Error::Delta(_))
     }
 }
 

@@ -11,6 +11,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
+use crate::delta::DeltaLog;
 use crate::files::{self, meta, Flush, FoundFile, Recovery};
 use crate::rows::{self, Row};
 use crate::{io, Error};
@@ -21,13 +22,61 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 pub struct Ledger {
     usage_dir: PathBuf,
+    /// The Delta log, for a ledger opened to write ([`Ledger::open_writer`]).
+    log: Option<std::sync::Mutex<DeltaLog>>,
 }
 
 impl Ledger {
+    /// The ledger under `data_dir`, to read.
     pub fn open(data_dir: &Path) -> Result<Ledger, Error> {
         let usage_dir = data_dir.join("usage");
         fs::create_dir_all(&usage_dir).map_err(io(&usage_dir))?;
-        Ok(Ledger { usage_dir })
+        Ok(Ledger {
+            usage_dir,
+            log: None,
+        })
+    }
+
+    /// The ledger under `data_dir`, to write: every flush and compaction is also published
+    /// to the table's Delta log (created if missing; see `delta.rs`).
+    pub fn open_writer(data_dir: &Path) -> Result<Ledger, Error> {
+        let mut ledger = Ledger::open(data_dir)?;
+        let usage_dir = fs::canonicalize(&ledger.usage_dir).map_err(io(&ledger.usage_dir))?;
+        ledger.log = Some(std::sync::Mutex::new(DeltaLog::open(&usage_dir)?));
+        ledger.usage_dir = usage_dir;
+        Ok(ledger)
+    }
+
+    /// Runs `f` on the Delta log, if this ledger writes one.
+    fn with_log<T>(
+        &self,
+        f: impl FnOnce(&mut DeltaLog) -> Result<T, Error>,
+    ) -> Result<Option<T>, Error> {
+        match &self.log {
+            Some(l) => {
+                let mut l = l
+                    .lock()
+                    .map_err(|_| Error::Fatal("delta log lock poisoned".into()))?;
+                f(&mut l).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The table's Delta log version and each partition's last offset in it (`None`: no log).
+    pub fn delta_state(
+        &self,
+        partitions: i32,
+    ) -> Result<Option<(Option<u64>, BTreeMap<i32, i64>)>, Error> {
+        self.with_log(|l| {
+            let mut txns = BTreeMap::new();
+            for p in 0..partitions {
+                if let Some(v) = l.txn_version(p)? {
+                    txns.insert(p, v);
+                }
+            }
+            Ok((l.version(), txns))
+        })
     }
 
     pub fn usage_dir(&self) -> &Path {
@@ -100,7 +149,25 @@ impl Ledger {
             tracing::warn!(file = %p.display(), "deleting a file of an incomplete flush (crash); its rows are read again");
             fs::remove_file(p).map_err(io(p))?;
         }
+        // the Delta log says what the files now say (a flush written but not committed before
+        // a crash is added; files deleted above or by compaction are removed)
+        self.with_log(|l| {
+            let found = self.scan()?;
+            let (resume, complete) = files::complete_view(&found);
+            let lasts: BTreeMap<i32, i64> = resume.iter().map(|(p, r)| (*p, r - 1)).collect();
+            let (added, removed) = l.reconcile(&complete, &lasts)?;
+            if added + removed > 0 {
+                tracing::warn!(added, removed, "delta log reconciled with the ledger files");
+            }
+            Ok(())
+        })?;
         Ok(resume_at)
+    }
+
+    /// Publishes a compaction to the Delta log (nothing without one).
+    pub fn publish_compaction(&self, merged: &Path, originals: &[PathBuf]) -> Result<(), Error> {
+        self.with_log(|l| l.commit_compaction(merged, originals))?;
+        Ok(())
     }
 
     /// Deletes originals a crashed compaction left next to their merged file.
@@ -130,8 +197,16 @@ impl Ledger {
         rows: &[Row],
     ) -> Result<Vec<PathBuf>, Error> {
         let mut written = vec![];
-        match self.write_flush_files(partition, first, last, rows, &mut written) {
-            Ok(()) => Ok(written),
+        let result = self
+            .write_flush_files(partition, first, last, rows, &mut written)
+            .and_then(|()| {
+                // 1. the files, complete; 2. one Delta commit with their adds and the txn.
+                //    A failed commit is a failed flush: its files go again (below), so the
+                //    retry cannot leave the same rows in two flushes.
+                self.with_log(|l| l.commit_flush(partition, last, &written))
+            });
+        match result {
+            Ok(_) => Ok(written),
             Err(e) => {
                 for p in &written {
                     fs::remove_file(p).map_err(|re| {

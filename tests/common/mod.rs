@@ -454,3 +454,33 @@ pub fn spawn_stage(
         .spawn()
         .unwrap()
 }
+
+/// What the `deltalake` Python package (delta-rs's reader, from PyPI) sees of the ledger's
+/// Delta table at `usage` (`scripts/delta_summary.py`: rows, event ids, exact cost sum, files,
+/// txn versions). Fails if `scripts/setup-python` has not installed it.
+#[allow(dead_code)]
+pub fn delta_summary(usage: &std::path::Path) -> serde_json::Value {
+    let home = std::env::var("METERLINE_DELTA_PY_HOME").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/meterline/py-delta",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    let python = PathBuf::from(home).join("bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: scripts/setup-python installs the deltalake package",
+        python.display()
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/delta_summary.py");
+    let out = std::process::Command::new(python)
+        .args([script, usage.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
