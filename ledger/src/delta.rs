@@ -45,7 +45,6 @@ pub fn txn_app_id(partition: i32) -> String {
 /// An open Delta log of the ledger, with the runtime its I/O runs on (the sink is a blocking
 /// thread).
 pub struct DeltaLog {
-    rt: tokio::runtime::Runtime,
     table: DeltaTable,
     usage_dir: PathBuf,
 }
@@ -94,20 +93,44 @@ fn date_of(rel: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The runtime delta-rs's I/O runs on: one for the process, never dropped (a runtime may not
+/// be dropped inside another one, and the ledger's callers may be in one).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("delta-log")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the Delta log")
+    })
+}
+
+/// Runs `f` to completion from a thread of its own: callers may be inside another runtime
+/// (an async test, a handler), where blocking their thread on a runtime would panic.
+fn run<F>(f: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| runtime().block_on(f))
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 impl DeltaLog {
     /// Opens the log of the ledger in `usage_dir`, creating the table if there is none.
     pub fn open(usage_dir: &Path) -> Result<DeltaLog, Error> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(crate::io(usage_dir))?;
         let url = url::Url::from_directory_path(usage_dir).map_err(|()| {
             Error::Fatal(format!(
                 "{} is not an absolute directory path",
                 usage_dir.display()
             ))
         })?;
-        let table = rt.block_on(async {
+        let table = run(async {
             let table = DeltaTable::try_from_url(url).await.map_err(delta)?;
             if table.version().is_some() {
                 return Ok(table);
@@ -122,7 +145,6 @@ impl DeltaLog {
                 .map_err(delta)
         })?;
         Ok(DeltaLog {
-            rt,
             table,
             usage_dir: usage_dir.to_path_buf(),
         })
@@ -146,11 +168,8 @@ impl DeltaLog {
     /// The last offset of `partition` in the log.
     pub fn txn_version(&self, partition: i32) -> Result<Option<i64>, Error> {
         let state = self.table.snapshot().map_err(delta)?;
-        self.rt
-            .block_on(
-                state.transaction_version(self.table.log_store().as_ref(), txn_app_id(partition)),
-            )
-            .map_err(delta)
+        let log_store = self.table.log_store();
+        run(state.transaction_version(log_store.as_ref(), txn_app_id(partition))).map_err(delta)
     }
 
     fn add(&self, file: &Path, data_change: bool) -> Result<Action, Error> {
@@ -203,7 +222,7 @@ impl DeltaLog {
             return Ok(());
         }
         let log_store = self.table.log_store();
-        let finalized = self.rt.block_on(async {
+        let finalized = run(async {
             let snapshot = self.table.snapshot().map_err(delta)?;
             CommitBuilder::default()
                 .with_actions(actions)
