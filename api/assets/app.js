@@ -422,7 +422,7 @@ async function budgetsPage() {
   }
   const list = budgets.length ? budgets.map(budgetRow) : [h('p', { class: 'muted' }, 'No budgets in your scope.')];
   return h('div', null, h('h1', null, 'Budgets'),
-    h('p', { class: 'muted' }, 'Budget topics read ' + (asOf === 'never' ? 'never (no broker)' : 'at ' + asOf) +
+    h('p', { class: 'muted' }, 'Budget topics read ', asOf === 'never' ? 'never (no broker)' : h('time', null, asOf),
       '. Spend this period: the ledger\'s rows of the scope and currency (a tag scope shows its last signal only).'),
     spendError, card(null, list));
 }
@@ -432,21 +432,21 @@ function budgetRow(b) {
   const spendText = b.spend ?? b.signal_spend;
   const spend = Number(spendText || 0);
   const elapsed = b.bounds ? Math.min(Math.max((Date.now() - b.bounds[0]) / (b.bounds[1] - b.bounds[0]), 0), 1) : null;
-  const W = 600, H = 34, max = Math.max(limit * 1.2, spend, 1e-18);
+  const W = 600, H = 38, max = Math.max(limit * 1.2, spend, 1e-18);
   const X = (v) => W * v / max;
   const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, 'data-budget': b.budget_id });
-  svg.append(s('rect', { x: 0, y: 8, width: X(limit), height: 16, fill: '#eef1f5' }));
-  svg.append(s('rect', { class: 'pt', x: 0, y: 8, width: Math.max(X(spend), spend > 0 ? 1 : 0), height: 16,
+  svg.append(s('rect', { x: 0, y: 14, width: X(limit), height: 16, fill: '#eef1f5' }));
+  svg.append(s('rect', { class: 'pt', x: 0, y: 14, width: Math.max(X(spend), spend > 0 ? 1 : 0), height: 16,
     fill: b.state === 'exceeded' ? '#d23c3c' : b.state === 'warning' ? '#d99100' : '#2e9d5b', 'data-value': spendText ?? '' },
   s('title', null, `spend ${spendText ?? 'unknown'} of ${b.limit_amount} ${b.currency}`)));
   let thresholds = [];
   try { thresholds = JSON.parse(b.thresholds); } catch (_) { /* shown as text below */ }
   for (const t of Array.isArray(thresholds) ? thresholds : []) {
     const x = X(limit * t.percent / 100), label = `${t.percent} % ${t.action}`;
-    svg.append(s('line', { x1: x, x2: x, y1: 2, y2: 30, stroke: '#1d2430', 'stroke-width': 1, 'data-threshold': label }, s('title', null, label)),
-      s('text', { x: x + 2, y: 8 }, label));
+    svg.append(s('line', { x1: x, x2: x, y1: 12, y2: 34, stroke: '#1d2430', 'stroke-width': 1, 'data-threshold': label }, s('title', null, label)),
+      s('text', { x: x - 2, y: 10, 'text-anchor': 'end' }, label));
   }
-  if (elapsed !== null) svg.append(s('line', { x1: X(limit * elapsed), x2: X(limit * elapsed), y1: 4, y2: 30, stroke: '#2f6fdf', 'stroke-width': 2, 'stroke-dasharray': '3 2', 'data-elapsed': elapsed.toFixed(3) },
+  if (elapsed !== null) svg.append(s('line', { x1: X(limit * elapsed), x2: X(limit * elapsed), y1: 10, y2: 36, stroke: '#2f6fdf', 'stroke-width': 2, 'stroke-dasharray': '3 2', 'data-elapsed': elapsed.toFixed(3) },
     s('title', null, `${(elapsed * 100).toFixed(1)} % of the period elapsed`)));
   const pctOf = limit > 0 ? (spend / limit * 100).toFixed(1) + ' % of limit' : '';
   const signal = b.signal_at ? `last signal ${b.signal_threshold_percent} % ${b.signal_action ?? ''} at ${b.signal_at} (spend ${b.signal_spend})` : 'no signal in force';
@@ -596,7 +596,7 @@ async function sqlPage(params) {
       const cols = a.rows.length ? Object.keys(a.rows[0]) : [];
       const ms = Math.round(performance.now() - t0);
       out.replaceChildren(h('div', null,
-        h('p', { class: 'muted' }, `${a.row_count} rows in ${ms} ms` + (a.truncated ? ' (truncated at the row limit)' : '')),
+        h('p', { class: 'muted' }, `${a.row_count} rows in `, h('time', null, `${ms} ms`), a.truncated ? ' (truncated at the row limit)' : ''),
         a.error ? apiErrorBox(new ApiError(200, 'the query failed after its answer started: ' + a.error)) : null,
         table(a.rows, cols)));
       holder.replaceChildren(downloadLink('Download CSV', 'query.csv', () => sql(q, 'text/csv')));
