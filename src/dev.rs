@@ -33,6 +33,7 @@ pub struct DevArgs {
 pub const DEV_EDGE_TOKEN: &str = "dev-edge-token";
 pub const DEV_FINANCE_TOKEN: &str = "dev-finance-token";
 pub const DEV_LEAD_TOKEN: &str = "dev-lead-search-token";
+pub const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
 const DEV_PRICES: &str = include_str!("dev_prices.toml");
 const DEV_TENANTS: &str = include_str!("dev_tenants.yaml");
 
@@ -110,6 +111,7 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     let watch_task = tokio::spawn(watch.run_until_stopped());
     cfg.api.data_dir = args.data_dir.clone();
     for (principal, token, role, teams) in [
+        ("dev-admin", DEV_ADMIN_TOKEN, Role::Admin, vec![]),
         ("dev-finance", DEV_FINANCE_TOKEN, Role::Finance, vec![]),
         (
             "dev-lead-search",
@@ -153,6 +155,9 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     );
     println!(
         "  api      http://{api_addr}/v1/sql  (finance: {DEV_FINANCE_TOKEN}, team lead of search: {DEV_LEAD_TOKEN})   try: curl -H 'Authorization: Bearer {DEV_LEAD_TOKEN}' http://{api_addr}/v1/sql -d '{{\"sql\":\"SELECT * FROM daily_spend\"}}'"
+    );
+    println!(
+        "  dashboard http://{api_addr}/  (paste a token: {DEV_FINANCE_TOKEN}, {DEV_LEAD_TOKEN} or {DEV_ADMIN_TOKEN})"
     );
     println!(
         "  reports  curl -H 'Authorization: Bearer {DEV_FINANCE_TOKEN}' 'http://{api_addr}/v1/reports/chargeback?period={}&by=team&format=focus'   spec http://{api_addr}/openapi.json",

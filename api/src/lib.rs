@@ -5,7 +5,8 @@
 //! - `answer`: running a query and writing JSON / CSV / Arrow IPC; `sql`: `POST /v1/sql`;
 //! - `reports`: chargeback (+ FOCUS), showback, anomalies, budget status;
 //! - `close`: period close snapshots; `period`: months;
-//! - `admin`: prices, tenants and budgets over HTTP, published as reference events.
+//! - `admin`: prices, tenants and budgets over HTTP, published as reference events;
+//! - `web`: the dashboard's static page at `/` and `/v1/me` (who the token is).
 //!
 //! Every route and the roles it admits are in [`ROUTES`]; handlers authorize through it and
 //! the OpenAPI spec states it (`x-roles`), so the two cannot drift apart.
@@ -25,6 +26,7 @@ pub mod rollup;
 pub mod scope;
 pub mod sql;
 pub mod statement;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +111,7 @@ const ADMIN: &[Role] = &[Admin];
 
 /// Every authenticated route: method, path (as in the spec), roles admitted.
 pub const ROUTES: &[(&str, &str, &[Role])] = &[
+    ("GET", "/v1/me", QUERY),
     ("POST", "/v1/sql", QUERY),
     ("GET", "/v1/reports/showback", QUERY),
     ("GET", "/v1/reports/anomalies", QUERY),
@@ -231,11 +234,11 @@ async fn authenticate(
 #[derive(OpenApi)]
 #[openapi(
     info(title = "meterline api", description = "SQL, chargeback, showback, period close and admin over the usage ledger."),
-    paths(sql::post_sql, reports::chargeback::get_chargeback, reports::showback::get_showback,
+    paths(web::get_me, sql::post_sql, reports::chargeback::get_chargeback, reports::showback::get_showback,
           reports::status::get_anomalies, reports::status::get_budgets, close::post_close, close::get_periods,
           admin::get_prices, admin::post_prices, admin::get_tenants, admin::post_tenants,
           admin::get_budgets, admin::post_budget, admin::delete_budget),
-    components(schemas(sql::SqlRequest, reports::chargeback::Chargeback, reports::chargeback::Line,
+    components(schemas(web::Me, sql::SqlRequest, reports::chargeback::Chargeback, reports::chargeback::Line,
           reports::chargeback::Total, reports::chargeback::GroupBy, reports::chargeback::Category,
           close::CloseRecord, close::SnapshotFile, admin::PublicationReport, admin::BudgetRequest)),
     modifiers(&SecurityAndRoles)
@@ -284,6 +287,7 @@ async fn openapi_json() -> Response {
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/v1/me", get(web::get_me))
         .route("/v1/sql", post(sql::post_sql))
         .route(
             "/v1/reports/chargeback",
@@ -312,8 +316,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         // every route above: credentials first
         .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate))
-        // public
+        // public: the spec and the dashboard's static files (no data in them)
         .route("/openapi.json", get(openapi_json))
+        .route("/", get(web::index))
+        .route("/assets/{name}", get(web::asset))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared)
 }
