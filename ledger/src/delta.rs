@@ -150,11 +150,6 @@ impl DeltaLog {
         })
     }
 
-    /// The table version (the number of commits after the first, 0-based).
-    pub fn version(&self) -> Option<u64> {
-        self.table.version()
-    }
-
     /// Relative paths of the files in the current version.
     pub fn active_files(&self) -> Result<BTreeSet<String>, Error> {
         let state = self.table.snapshot().map_err(delta)?;

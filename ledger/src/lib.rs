@@ -11,6 +11,7 @@
 
 pub mod anomalies;
 pub mod compact;
+#[cfg(feature = "delta")]
 mod delta;
 pub mod files;
 pub mod rows;
@@ -18,6 +19,7 @@ pub mod table;
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "delta")]
 pub use delta::{txn_app_id, DATE_COLUMN, TXN_APP_PREFIX};
 pub use table::Ledger;
 
@@ -44,6 +46,7 @@ pub enum Error {
     #[error("ledger file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     /// The Delta log could not be read or committed to (delta-rs).
+    #[cfg(feature = "delta")]
     #[error("delta log: {0}")]
     Delta(#[source] Box<deltalake::DeltaTableError>),
     /// A state the exactly-once rules say cannot happen (two writers, a lost file).
@@ -55,7 +58,12 @@ impl Error {
     /// Whether trying again can help: a failing disk or a full one may recover; a corrupt
     /// file or a broken invariant cannot.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::Parquet(_) | Error::Delta(_))
+        match self {
+            Error::Io { .. } | Error::Parquet(_) => true,
+            #[cfg(feature = "delta")]
+            Error::Delta(_) => true,
+            _ => false,
+        }
     }
 }
 

@@ -11,7 +11,6 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
-use crate::delta::DeltaLog;
 use crate::files::{self, meta, Flush, FoundFile, Recovery};
 use crate::rows::{self, Row};
 use crate::{io, Error};
@@ -23,7 +22,8 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 pub struct Ledger {
     usage_dir: PathBuf,
     /// The Delta log, for a ledger opened to write ([`Ledger::open_writer`]).
-    log: Option<std::sync::Mutex<DeltaLog>>,
+    #[cfg(feature = "delta")]
+    log: Option<std::sync::Mutex<crate::delta::DeltaLog>>,
 }
 
 impl Ledger {
@@ -33,50 +33,69 @@ impl Ledger {
         fs::create_dir_all(&usage_dir).map_err(io(&usage_dir))?;
         Ok(Ledger {
             usage_dir,
+            #[cfg(feature = "delta")]
             log: None,
         })
     }
 
-    /// The ledger under `data_dir`, to write: every flush and compaction is also published
-    /// to the table's Delta log (created if missing; see `delta.rs`).
+    /// The ledger under `data_dir`, to write: with the `delta` feature (the sink and
+    /// `meterline compact` have it) every flush and compaction is also published to the
+    /// table's Delta log (created if missing; see `delta.rs`).
     pub fn open_writer(data_dir: &Path) -> Result<Ledger, Error> {
         let mut ledger = Ledger::open(data_dir)?;
-        let usage_dir = fs::canonicalize(&ledger.usage_dir).map_err(io(&ledger.usage_dir))?;
-        ledger.log = Some(std::sync::Mutex::new(DeltaLog::open(&usage_dir)?));
-        ledger.usage_dir = usage_dir;
+        ledger.usage_dir = fs::canonicalize(&ledger.usage_dir).map_err(io(&ledger.usage_dir))?;
+        #[cfg(feature = "delta")]
+        {
+            ledger.log = Some(std::sync::Mutex::new(crate::delta::DeltaLog::open(
+                &ledger.usage_dir,
+            )?));
+        }
         Ok(ledger)
     }
 
     /// Runs `f` on the Delta log, if this ledger writes one.
-    fn with_log<T>(
+    #[cfg(feature = "delta")]
+    fn with_log(
         &self,
-        f: impl FnOnce(&mut DeltaLog) -> Result<T, Error>,
-    ) -> Result<Option<T>, Error> {
+        f: impl FnOnce(&mut crate::delta::DeltaLog) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         match &self.log {
             Some(l) => {
                 let mut l = l
                     .lock()
                     .map_err(|_| Error::Fatal("delta log lock poisoned".into()))?;
-                f(&mut l).map(Some)
+                f(&mut l)
             }
-            None => Ok(None),
+            None => Ok(()),
         }
     }
 
-    /// The table's Delta log version and each partition's last offset in it (`None`: no log).
-    pub fn delta_state(
-        &self,
-        partitions: i32,
-    ) -> Result<Option<(Option<u64>, BTreeMap<i32, i64>)>, Error> {
-        self.with_log(|l| {
-            let mut txns = BTreeMap::new();
-            for p in 0..partitions {
-                if let Some(v) = l.txn_version(p)? {
-                    txns.insert(p, v);
-                }
+    /// Publishes one flush (its files, and `last` as the partition's txn version).
+    fn publish_flush(&self, partition: i32, last: i64, files: &[PathBuf]) -> Result<(), Error> {
+        #[cfg(feature = "delta")]
+        return self.with_log(|l| l.commit_flush(partition, last, files));
+        #[cfg(not(feature = "delta"))]
+        {
+            let _ = (partition, last, files);
+            Ok(())
+        }
+    }
+
+    /// Makes the Delta log say what the files now say (after recovery deleted some).
+    fn reconcile_log(&self) -> Result<(), Error> {
+        #[cfg(feature = "delta")]
+        return self.with_log(|l| {
+            let found = self.scan()?;
+            let (resume, complete) = files::complete_view(&found);
+            let lasts: BTreeMap<i32, i64> = resume.iter().map(|(p, r)| (*p, r - 1)).collect();
+            let (added, removed) = l.reconcile(&complete, &lasts)?;
+            if added + removed > 0 {
+                tracing::warn!(added, removed, "delta log reconciled with the ledger files");
             }
-            Ok((l.version(), txns))
-        })
+            Ok(())
+        });
+        #[cfg(not(feature = "delta"))]
+        Ok(())
     }
 
     pub fn usage_dir(&self) -> &Path {
@@ -151,23 +170,19 @@ impl Ledger {
         }
         // the Delta log says what the files now say (a flush written but not committed before
         // a crash is added; files deleted above or by compaction are removed)
-        self.with_log(|l| {
-            let found = self.scan()?;
-            let (resume, complete) = files::complete_view(&found);
-            let lasts: BTreeMap<i32, i64> = resume.iter().map(|(p, r)| (*p, r - 1)).collect();
-            let (added, removed) = l.reconcile(&complete, &lasts)?;
-            if added + removed > 0 {
-                tracing::warn!(added, removed, "delta log reconciled with the ledger files");
-            }
-            Ok(())
-        })?;
+        self.reconcile_log()?;
         Ok(resume_at)
     }
 
     /// Publishes a compaction to the Delta log (nothing without one).
     pub fn publish_compaction(&self, merged: &Path, originals: &[PathBuf]) -> Result<(), Error> {
-        self.with_log(|l| l.commit_compaction(merged, originals))?;
-        Ok(())
+        #[cfg(feature = "delta")]
+        return self.with_log(|l| l.commit_compaction(merged, originals));
+        #[cfg(not(feature = "delta"))]
+        {
+            let _ = (merged, originals);
+            Ok(())
+        }
     }
 
     /// Deletes originals a crashed compaction left next to their merged file.
@@ -203,7 +218,7 @@ impl Ledger {
                 // 1. the files, complete; 2. one Delta commit with their adds and the txn.
                 //    A failed commit is a failed flush: its files go again (below), so the
                 //    retry cannot leave the same rows in two flushes.
-                self.with_log(|l| l.commit_flush(partition, last, &written))
+                self.publish_flush(partition, last, &written)
             });
         match result {
             Ok(_) => Ok(written),
