@@ -74,7 +74,11 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+                // delta-rs's kernel logs every snapshot it builds at info (and an "error" while
+                // a new table's first commit is read): its failures reach us as errors anyway
+                .unwrap_or_else(|_| {
+                    "info,rdkafka=warn,buoyant_kernel=off,deltalake_core=warn".into()
+                }),
         )
         .init();
     let cli = Cli::parse();
