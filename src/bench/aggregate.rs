@@ -52,7 +52,7 @@ pub(super) async fn run(events: usize, brokers: Option<String>) -> anyhow::Resul
     std::fs::write(
         &cfg_path,
         format!(
-            "[kafka]\nbrokers = \"{bootstrap}\"\n[aggregate]\ngroup_id = \"{SINK_GROUP}\"\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nflush_ms = 2000\nbudgets = false\n[aggregate.alerts]\nenabled = false\n",
+            "[kafka]\nbrokers = \"{bootstrap}\"\n[aggregate]\ngroup_id = \"{SINK_GROUP}\"\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nflush_ms = 2000\n",
             free_port(),
             data.display()
         ),
