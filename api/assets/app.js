@@ -318,6 +318,7 @@ function spendChart(rows, dim, days) {
   const byCur = new Map();
   for (const r of rows) byCur.set(r.currency, (byCur.get(r.currency) || 0) + 1);
   const cur = [...byCur.keys()].sort((a, b) => byCur.get(b) - byCur.get(a))[0];
+  // float sums only rank the series; every amount shown is the API's own decimal text
   const totals = new Map();
   for (const r of rows) if (r.currency === cur) totals.set(r[dim] ?? '(none)', (totals.get(r[dim] ?? '(none)') || 0) + Number(r.cost));
   const ranked = [...totals.keys()].sort((a, b) => totals.get(b) - totals.get(a));
@@ -430,6 +431,7 @@ async function budgetsPage() {
 function budgetRow(b) {
   const limit = Number(b.limit_amount);
   const spendText = b.spend ?? b.signal_spend;
+  // a float only for the bar's length; the amount shown is spendText, the API's decimal
   const spend = Number(spendText || 0);
   const elapsed = b.bounds ? Math.min(Math.max((Date.now() - b.bounds[0]) / (b.bounds[1] - b.bounds[0]), 0), 1) : null;
   const W = 600, H = 38, max = Math.max(limit * 1.2, spend, 1e-18);
@@ -535,6 +537,7 @@ async function chargebackPage(params) {
   for (const l of report.lines) {
     const k = (l.group ?? '(none)') + ' · ' + l.currency;
     const g = groups.get(k) || { num: 0, lines: [] };
+    // num sizes the bar; the lines (shown) keep the API's decimal text
     g.num += Number(l.billed_cost); g.lines.push(l.billed_cost);
     groups.set(k, g);
   }

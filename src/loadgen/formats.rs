@@ -75,8 +75,8 @@ pub struct Call {
     pub gateway_cache_hit: bool,
     pub ttft_ms: u64,
     pub latency_ms: u64,
-    /// What the gateway says the call cost (USD), rounded to 9 decimals.
-    pub cost: f64,
+    /// What the gateway says the call cost (USD), exact at 9 decimals.
+    pub cost: rust_decimal::Decimal,
     pub environment: &'static str,
 }
 
@@ -139,7 +139,7 @@ pub fn native(c: &Call) -> (Value, String) {
         "status": "success",
         "http_status": 200,
         "latency_ms": c.latency_ms,
-        "gateway_reported_cost": format!("{:.9}", c.cost),
+        "gateway_reported_cost": c.cost.to_string(),
         "cache_hit": c.gateway_cache_hit,
     });
     if c.stream {
@@ -188,7 +188,13 @@ pub fn litellm(c: &Call) -> (Value, String) {
         usage["cache_read_input_tokens"] = json!(c.cached_tokens);
         usage["cache_creation_input_tokens"] = json!(0);
     }
-    let response_cost = if c.gateway_cache_hit { 0.0 } else { c.cost };
+    // LiteLLM sends a JSON number: written from the Decimal's text, never through a float
+    let response_cost = serde_json::value::RawValue::from_string(if c.gateway_cache_hit {
+        "0.0".to_string()
+    } else {
+        c.cost.to_string()
+    })
+    .expect("a decimal is a JSON number");
     let v = json!({
         "id": c.response_id(),
         "trace_id": format!("{}", uuid::Uuid::from_u128(c.uuid.as_u128().rotate_left(64)).hyphenated()),
@@ -289,7 +295,7 @@ pub fn cloudevent(c: &Call) -> (Value, String) {
         .collect();
     data.insert(
         "meterline.gateway_reported_cost".into(),
-        json!(format!("{:.9}", c.cost)),
+        json!(c.cost.to_string()),
     );
     let v = json!({
         "specversion": "1.0",

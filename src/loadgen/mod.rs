@@ -223,8 +223,9 @@ struct Model {
     weight: f64,
     /// Decode time per output token, ms.
     ms_per_token: f64,
-    /// USD per 1M tokens: input, cached input, output.
-    price: (f64, f64, f64),
+    /// Thousandths of a USD per 1M tokens (= 1e-9 USD per token): input, cached input,
+    /// output. Integers, so a call's cost is exact at 9 decimals (money is never a float).
+    price: (i64, i64, i64),
     thinking: bool,
 }
 
@@ -234,7 +235,7 @@ const MODELS: [Model; 4] = [
         name: "gpt-4o",
         weight: 0.25,
         ms_per_token: 12.0,
-        price: (2.5, 1.25, 10.0),
+        price: (2_500, 1_250, 10_000),
         thinking: false,
     },
     Model {
@@ -242,7 +243,7 @@ const MODELS: [Model; 4] = [
         name: "gpt-4o-mini",
         weight: 0.35,
         ms_per_token: 7.0,
-        price: (0.15, 0.075, 0.6),
+        price: (150, 75, 600),
         thinking: false,
     },
     Model {
@@ -250,7 +251,7 @@ const MODELS: [Model; 4] = [
         name: "claude-sonnet-4",
         weight: 0.25,
         ms_per_token: 14.0,
-        price: (3.0, 0.3, 15.0),
+        price: (3_000, 300, 15_000),
         thinking: false,
     },
     Model {
@@ -258,7 +259,7 @@ const MODELS: [Model; 4] = [
         name: "gemini-2.5-pro",
         weight: 0.15,
         ms_per_token: 9.0,
-        price: (1.25, 0.31, 10.0),
+        price: (1_250, 310, 10_000),
         thinking: true,
     },
 ];
@@ -422,12 +423,12 @@ impl Traffic {
             (ttft as u64, (ttft + decode) as u64)
         };
         let cost = if gateway_cache_hit {
-            0.0
+            rust_decimal::Decimal::new(0, 9)
         } else {
-            ((input - cached) as f64 * m.price.0
-                + cached as f64 * m.price.1
-                + output as f64 * m.price.2)
-                / 1e6
+            let nano_usd = (input - cached) as i64 * m.price.0
+                + cached as i64 * m.price.1
+                + output as i64 * m.price.2;
+            rust_decimal::Decimal::new(nano_usd, 9)
         };
         let bits = rng.random::<u128>() ^ self.nonce;
         Call {
@@ -450,7 +451,7 @@ impl Traffic {
             gateway_cache_hit,
             ttft_ms: ttft,
             latency_ms: latency,
-            cost: (cost * 1e9).round() / 1e9,
+            cost,
             environment: k.environment,
         }
     }
