@@ -26,7 +26,7 @@ pub enum PricesCmd {
         provider: String,
         model: String,
         /// The call's time (RFC 3339); default now.
-        #[arg(long)]
+        #[arg(long, value_parser = meterline_schemas::time::parse_rfc3339)]
         at: Option<DateTime<Utc>>,
     },
 }
@@ -40,7 +40,7 @@ pub struct ImportArgs {
     pub format: Option<String>,
     /// When the prices apply (RFC 3339). Required for LiteLLM files and for native entries
     /// without their own `effective_from`.
-    #[arg(long)]
+    #[arg(long, value_parser = meterline_schemas::time::parse_rfc3339)]
     pub effective_from: Option<DateTime<Utc>>,
     /// Why (kept with every change).
     #[arg(long, default_value = "price import")]
@@ -54,7 +54,7 @@ pub enum TenantsCmd {
     /// Publishes tenant rules (CSV or YAML) as TenantChange events.
     Import {
         file: PathBuf,
-        #[arg(long)]
+        #[arg(long, value_parser = meterline_schemas::time::parse_rfc3339)]
         effective_from: Option<DateTime<Utc>>,
         #[arg(long, default_value = "tenant import")]
         reason: String,
@@ -377,9 +377,9 @@ pub struct BudgetArgs {
     /// IANA time zone the periods follow.
     #[arg(long, default_value = "UTC")]
     pub timezone: String,
-    #[arg(long)]
+    #[arg(long, value_parser = meterline_schemas::time::parse_rfc3339)]
     pub from: Option<DateTime<Utc>>,
-    #[arg(long)]
+    #[arg(long, value_parser = meterline_schemas::time::parse_rfc3339)]
     pub to: Option<DateTime<Utc>>,
     /// `percent:action,…` with action notify | throttle | block.
     #[arg(long, default_value = "50:notify,80:notify,100:block")]
@@ -392,7 +392,7 @@ pub struct BudgetArgs {
     pub name: Option<String>,
     /// From when it applies; default: the start of the current period, so the period's
     /// spend so far counts.
-    #[arg(long)]
+    #[arg(long, value_parser = meterline_schemas::time::parse_rfc3339)]
     pub effective_from: Option<DateTime<Utc>>,
     #[arg(long, default_value = "budget change")]
     pub reason: String,

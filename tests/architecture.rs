@@ -110,3 +110,80 @@ fn no_source_names_another_stage() {
         }
     }
 }
+
+/// Every instant a person or a client writes is read through `schemas::time` (serde `with` /
+/// `deserialize_with`, clap `value_parser`), which keeps it at the wire's precision: a leap
+/// second or a nanosecond read any other way is accepted, then comes back different from the
+/// wire (fuzzing found both). Checked on every `DateTime<Utc>` field of a `Deserialize` or clap
+/// type in the workspace's sources.
+#[test]
+fn instants_from_outside_are_read_at_wire_precision() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let field = [": DateTime<Utc>,", ": Option<DateTime<Utc>>,"];
+    let mut unchecked = Vec::new();
+    let mut stack: Vec<_> = BASE
+        .iter()
+        .chain(STAGES.iter())
+        .map(|c| format!("{root}/{}/src", c.trim_start_matches("meterline-")))
+        .chain([format!("{root}/src")])
+        .map(std::path::PathBuf::from)
+        .collect();
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, l) in lines.iter().enumerate() {
+                let t = l.trim_start().trim_start_matches("pub ");
+                if !field.iter().any(|f| t.contains(f)) || t.starts_with("//") || t.contains('(') {
+                    continue;
+                }
+                // the type this field belongs to, and the attributes just above the field
+                let Some(decl) = (0..i).rev().find(|&j| {
+                    let d = lines[j].trim_start().trim_start_matches("pub ");
+                    d.starts_with("struct ") || d.starts_with("enum ")
+                }) else {
+                    continue;
+                };
+                let derives: String = (0..decl)
+                    .rev()
+                    .take_while(|&j| {
+                        let a = lines[j].trim_start();
+                        a.starts_with("#[") || a.starts_with("///") || a.starts_with(")]")
+                    })
+                    .map(|j| lines[j])
+                    .collect();
+                let read_from_outside = derives.contains("Deserialize")
+                    || derives.contains("clap::")
+                    || derives.contains("Args")
+                    || derives.contains("Subcommand");
+                let attrs: String = (0..i)
+                    .rev()
+                    .take_while(|&j| {
+                        let a = lines[j].trim_start();
+                        a.starts_with("#[") || a.starts_with("///")
+                    })
+                    .map(|j| lines[j])
+                    .collect();
+                let through_time = attrs.contains("with = \"")
+                    || attrs.contains("deserialize_with")
+                    || attrs.contains("value_parser = meterline_schemas::time::");
+                if read_from_outside && !through_time {
+                    unchecked.push(format!("{}:{}: {}", path.display(), i + 1, l.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        unchecked.is_empty(),
+        "instants read around schemas::time:\n{}",
+        unchecked.join("\n")
+    );
+}

@@ -158,9 +158,9 @@ pub struct BudgetDraft {
     /// IANA time zone the periods follow.
     #[serde(default = "default_timezone")]
     pub timezone: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "meterline_schemas::time::deserialize_opt")]
     pub from: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "meterline_schemas::time::deserialize_opt")]
     pub to: Option<DateTime<Utc>>,
     /// `percent:action,…` with action notify | throttle | block.
     #[serde(default = "default_thresholds")]
@@ -169,7 +169,7 @@ pub struct BudgetDraft {
     #[serde(default)]
     pub webhooks: Vec<String>,
     /// From when it applies; default: the start of the current period.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "meterline_schemas::time::deserialize_opt")]
     pub effective_from: Option<DateTime<Utc>>,
     #[serde(default = "default_reason")]
     pub reason: String,

@@ -83,7 +83,8 @@ pub fn classify(field: &str) -> Option<(&'static str, &'static str, i64)> {
             0
         } else {
             let k = rest.strip_prefix("_above_")?.strip_suffix("k_tokens")?;
-            k.parse::<i64>().ok()? * 1000
+            // checked: a 19-digit threshold overflowed (found by fuzzing)
+            k.parse::<u32>().ok().map(|k| i64::from(k) * 1000)?
         };
         return Some((unit, tier, above));
     }
@@ -253,6 +254,12 @@ mod tests {
             Some((unit::INPUT, "standard", 272_000))
         );
         assert_eq!(classify("input_cost_per_token_balanced"), None);
+        // a threshold beyond any context window is no price field (it overflowed: fuzzing)
+        assert_eq!(
+            classify("input_cost_per_token_above_9223372036854775807k_tokens"),
+            None
+        );
+        assert_eq!(classify("input_cost_per_token_above_-5k_tokens"), None);
         assert_eq!(classify("search_context_cost_per_query"), None);
     }
 

@@ -45,7 +45,9 @@ struct NativePrice {
     aliases: Vec<String>,
     #[serde(default = "usd")]
     currency: String,
+    #[serde(default, deserialize_with = "meterline_schemas::time::deserialize_opt")]
     effective_from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "meterline_schemas::time::deserialize_opt")]
     effective_to: Option<DateTime<Utc>>,
     #[serde(alias = "rates")]
     rate: Vec<NativeRate>,

@@ -198,7 +198,9 @@ struct YamlRule {
     #[serde(rename = "match", default)]
     matches: YamlMatch,
     tenant: YamlTenant,
+    #[serde(default, deserialize_with = "meterline_schemas::time::deserialize_opt")]
     effective_from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "meterline_schemas::time::deserialize_opt")]
     effective_to: Option<DateTime<Utc>>,
 }
 
@@ -243,8 +245,9 @@ struct CsvRow {
     team: Option<String>,
     project: Option<String>,
     environment: Option<String>,
+    #[serde(default, deserialize_with = "meterline_schemas::time::deserialize_opt")]
     effective_from: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "meterline_schemas::time::deserialize_opt")]
     effective_to: Option<DateTime<Utc>>,
 }
 
@@ -505,6 +508,17 @@ mod tests {
         assert_eq!(rules[0].effective_from, t(1, 1));
         assert_eq!(rules[1].effective_from, t(2, 1));
         assert_eq!(rules[1].matches.tag_key.as_deref(), Some("env"));
+        // a leap second is kept as the wire keeps it (it came back as 23:01:00: fuzzing)
+        let leap = parse_csv(
+            &csv.replace("2026-01-01T00:00:00Z", "2026-01-31T23:00:60Z"),
+            Some(t(2, 1)),
+            "me",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            leap[0].effective_from.to_rfc3339(),
+            "2026-01-31T23:01:00+00:00"
+        );
         let bad = csv.replace("env=dev", "envdev");
         assert_eq!(
             parse_csv(&bad, Some(t(2, 1)), "me")

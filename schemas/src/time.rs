@@ -11,6 +11,33 @@ pub fn from_micros(us: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_micros(us).single()
 }
 
+/// The instant as the contract keeps it: whole microseconds (Avro `timestamp-micros`), and a
+/// leap second (`23:59:60`) as the second after it. Every instant read from outside goes
+/// through this (events in `seal_event`, files through [`deserialize_opt`], flags through
+/// [`parse_rfc3339`]), so what is accepted is exactly what the wire gives back. Fuzzing found
+/// both halves: nanoseconds in OTLP and CloudEvents, `23:00:60` in a tenant CSV.
+pub fn at_wire_precision(t: DateTime<Utc>) -> DateTime<Utc> {
+    from_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// RFC 3339 text as an instant at wire precision (command-line flags: `value_parser`).
+pub fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(s).map(|t| at_wire_precision(t.with_timezone(&Utc)))
+}
+
+/// serde `deserialize_with` for an instant in JSON a client writes: see [`deserialize_opt`].
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    use serde::Deserialize;
+    Ok(at_wire_precision(DateTime::<Utc>::deserialize(d)?))
+}
+
+/// serde `deserialize_with` for optional instants in files people write (prices, tenants,
+/// budgets): chrono's own reading (so TOML datetimes work too), then [`at_wire_precision`].
+pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<DateTime<Utc>>::deserialize(d)?.map(at_wire_precision))
+}
+
 /// serde `with` module for `DateTime<Utc>` fields of Avro records.
 pub mod micros {
     use super::*;
@@ -43,9 +70,7 @@ impl<'de> serde::de::Visitor<'de> for TextOrMicros {
         f.write_str("an RFC 3339 timestamp or microseconds since the epoch")
     }
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(E::custom)
+        parse_rfc3339(s).map_err(E::custom)
     }
     fn visit_i64<E: serde::de::Error>(self, us: i64) -> Result<Self::Value, E> {
         from_micros(us).ok_or_else(|| E::custom("timestamp out of range"))
@@ -92,5 +117,30 @@ pub mod micros_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
         d.deserialize_option(OptTextOrMicros)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_from_outside_are_kept_as_the_wire_keeps_them() {
+        let leap = parse_rfc3339("2026-01-31T23:00:60Z").unwrap();
+        assert_eq!(leap, parse_rfc3339("2026-01-31T23:01:00Z").unwrap());
+        let nanos = parse_rfc3339("2026-01-31T23:00:00.123456789Z").unwrap();
+        assert_eq!(nanos.timestamp_subsec_nanos(), 123_456_000);
+        for t in [leap, nanos] {
+            assert_eq!(from_micros(to_micros(&t)), Some(t));
+        }
+        #[derive(serde::Deserialize)]
+        struct F {
+            #[serde(default, deserialize_with = "deserialize_opt")]
+            at: Option<DateTime<Utc>>,
+        }
+        let f: F = serde_json::from_str(r#"{"at":"2026-06-30T23:59:60.5Z"}"#).unwrap();
+        assert_eq!(f.at, Some(parse_rfc3339("2026-07-01T00:00:00.5Z").unwrap()));
+        let f: F = serde_json::from_str("{}").unwrap();
+        assert_eq!(f.at, None);
     }
 }

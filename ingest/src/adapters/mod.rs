@@ -105,11 +105,9 @@ pub fn split_items(
 /// microsecond precision: OTLP and CloudEvents carry nanoseconds, which the Avro wire would
 /// drop after the edge accepted them — found by fuzzing), then checked by [`check_event`].
 pub fn seal_event(mut e: UsageEvent) -> Result<UsageEvent, FieldError> {
-    let at_micros = |t: chrono::DateTime<chrono::Utc>| {
-        meterline_schemas::time::from_micros(t.timestamp_micros()).unwrap_or(t)
-    };
-    e.occurred_at = at_micros(e.occurred_at);
-    e.received_at = at_micros(e.received_at);
+    use meterline_schemas::time::at_wire_precision;
+    e.occurred_at = at_wire_precision(e.occurred_at);
+    e.received_at = at_wire_precision(e.received_at);
     check_event(&e)?;
     Ok(e)
 }

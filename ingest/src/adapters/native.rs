@@ -40,6 +40,7 @@ pub struct NativeEvent {
     /// Idempotency key. Defaults to `request_id` when absent.
     pub event_id: Option<String>,
     /// RFC 3339 time of the call.
+    #[serde(deserialize_with = "meterline_schemas::time::deserialize")]
     pub occurred_at: DateTime<Utc>,
     pub request_id: Option<String>,
     pub api_key_id: Option<String>,
