@@ -89,6 +89,9 @@ impl App {
             meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
                 .await
                 .map_err(Error::io)?;
+        // Counted from zero: on `/metrics` (and in `rate()`) before the first failure.
+        metrics::counter!(meterline_schemas::metric_names::AGGREGATE_WRITE_ERRORS).increment(0);
+        metrics::counter!(meterline_schemas::metric_names::AGGREGATE_POISON).increment(0);
         Ok(App {
             cfg,
             kafka: kafka.clone(),

@@ -321,6 +321,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/", get(web::index))
         .route("/assets/{name}", get(web::asset))
         .route("/healthz", get(|| async { "ok" }))
+        // Prometheus text, like every stage's `/metrics` (process metrics only, no data)
+        .route(
+            "/metrics",
+            get(|| async { meterline_runtime::telemetry::prometheus().render() }),
+        )
         .with_state(shared)
 }
 
@@ -341,6 +346,8 @@ impl App {
             k.validate().map_err(|e| Error::Config(e.to_string()))?;
         }
         let listener = TcpListener::bind(&cfg.listen).await.map_err(Error::io)?;
+        // the process's metrics recorder, before the first query is counted
+        let _ = meterline_runtime::telemetry::prometheus();
         let shared = Arc::new(Shared {
             tokens: TokenTable::new(&cfg.tokens),
             kafka: kafka.cloned(),

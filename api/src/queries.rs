@@ -30,6 +30,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::Error;
+use meterline_schemas::metric_names as m;
 
 /// Stack of every query thread (address space; only what is touched is resident).
 pub const STACK_BYTES: usize = 64 << 20;
@@ -43,13 +44,15 @@ pub struct QueryRuntime {
     running: Arc<AtomicUsize>,
 }
 
-/// Counts a query as running while alive (dropped when its task ends or is aborted).
-struct Running(Arc<AtomicUsize>);
+/// Counts a query as running while alive (dropped when its task ends or is aborted), and
+/// records how long it ran.
+struct Running(Arc<AtomicUsize>, std::time::Instant);
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
-        metrics::gauge!("meterline_api_queries_running").decrement(1.0);
+        metrics::gauge!(m::API_QUERIES_RUNNING).decrement(1.0);
+        metrics::histogram!(m::API_QUERY_SECONDS).record(self.1.elapsed().as_secs_f64());
     }
 }
 
@@ -84,8 +87,8 @@ impl QueryRuntime {
         f: impl Future<Output = T> + Send + 'static,
     ) -> JoinHandle<T> {
         self.running.fetch_add(1, Ordering::SeqCst);
-        metrics::gauge!("meterline_api_queries_running").increment(1.0);
-        let running = Running(self.running.clone());
+        metrics::gauge!(m::API_QUERIES_RUNNING).increment(1.0);
+        let running = Running(self.running.clone(), std::time::Instant::now());
         self.runtime
             .as_ref()
             .expect("query runtime")

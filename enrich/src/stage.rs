@@ -108,6 +108,10 @@ struct Counters {
 
 impl Counters {
     fn register() -> Counters {
+        // Aborts by reason counted from zero: on `/metrics` (and in `rate()`) before the first.
+        for reason in ["revoked", "fenced", "error"] {
+            metrics::counter!(m::ENRICH_TXN_ABORTS, m::LABEL_REASON => reason).increment(0);
+        }
         Counters {
             events_in: metrics::counter!(m::ENRICH_EVENTS_IN),
             priced: metrics::counter!(m::ENRICH_EVENTS_PRICED),

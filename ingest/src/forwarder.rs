@@ -55,6 +55,10 @@ impl Forwarder {
         let spooling = !spool.is_empty();
         metrics::gauge!(m::INGEST_SPOOL_DEPTH_EVENTS).set(spool.depth_records() as f64);
         metrics::gauge!(m::INGEST_SPOOL_DEPTH_BYTES).set(spool.depth_bytes() as f64);
+        // A restart with a non-empty spool starts in spooling mode; say so from the start.
+        metrics::gauge!(m::INGEST_MODE_SPOOLING).set(if spooling { 1.0 } else { 0.0 });
+        // Counted from zero: on `/metrics` (and in `rate()`) before the first refusal.
+        metrics::counter!(m::INGEST_SPOOL_FULL).increment(0);
         Arc::new(Forwarder {
             producer,
             topic: topic.to_string(),

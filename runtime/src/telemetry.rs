@@ -22,9 +22,25 @@ pub fn prometheus() -> PrometheusHandle {
             0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 1.75, 2.0,
             2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
         ];
-        let recorder = PrometheusBuilder::new()
+        // Sizes (records per transaction, rows per flush) are counts, not seconds.
+        let count_buckets = [
+            1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0, 50000.0, 100000.0,
+        ];
+        let mut builder = PrometheusBuilder::new()
             .set_buckets(&buckets)
-            .expect("non-empty buckets")
+            .expect("non-empty buckets");
+        for name in [
+            meterline_schemas::metric_names::ENRICH_TXN_RECORDS,
+            meterline_schemas::metric_names::AGGREGATE_FLUSH_ROWS,
+        ] {
+            builder = builder
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(name.into()),
+                    &count_buckets,
+                )
+                .expect("non-empty buckets");
+        }
+        let recorder = builder
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(
                     meterline_schemas::metric_names::AGGREGATE_BUDGET_LAG_SECONDS.into(),
@@ -160,6 +176,8 @@ pub fn supervise<E: std::fmt::Display>(
     mut attempt: impl FnMut(CancellationToken) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut backoff = Backoff::default();
+    // Counted from zero: on `/metrics` (and in `rate()`) before the first restart.
+    metrics::counter!(restarts_metric).increment(0);
     loop {
         // 1. Each attempt owns its threads and clients: a child token ends them with it.
         let token = stop.child_token();

@@ -57,6 +57,12 @@ pub const AGGREGATE_ANOMALIES: &str = "meterline_aggregate_anomalies_total";
 pub const ALERT_DELIVERIES: &str = "meterline_alert_deliveries_total";
 pub const ALERT_DELIVERY_SECONDS: &str = "meterline_alert_delivery_seconds";
 
+// api
+/// A query's time on the query runtime, from its start to its end or abort (a streamed
+/// answer counts until its last row is handed to the client).
+pub const API_QUERY_SECONDS: &str = "meterline_api_query_seconds";
+pub const API_QUERIES_RUNNING: &str = "meterline_api_queries_running";
+
 // enforcement (at the edge)
 pub const ENFORCEMENT_CHECKS: &str = "meterline_enforcement_checks_total";
 pub const ENFORCEMENT_BUDGETS: &str = "meterline_enforcement_budgets";

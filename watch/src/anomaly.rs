@@ -173,6 +173,13 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
+    pub const ALL: [FindingKind; 4] = [
+        FindingKind::SpendSpike,
+        FindingKind::CacheHitCollapse,
+        FindingKind::OutputRatioSpike,
+        FindingKind::ErrorCostShare,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             FindingKind::SpendSpike => "spend_spike",

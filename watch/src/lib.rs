@@ -95,6 +95,12 @@ impl App {
             meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
                 .await
                 .map_err(Error::io)?;
+        // Anomalies per kind counted from zero: on `/metrics` (and in `rate()`) before the first.
+        for kind in anomaly::FindingKind::ALL {
+            metrics::counter!(meterline_schemas::metric_names::AGGREGATE_ANOMALIES,
+                meterline_schemas::metric_names::LABEL_KIND => kind.as_str())
+            .increment(0);
+        }
         Ok(App {
             cfg,
             kafka: kafka.clone(),
