@@ -5,6 +5,7 @@ COPY . .
 RUN cargo build --release --locked --bin meterline
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y libcurl4 libsasl2-2 libssl3 ca-certificates && rm -rf /var/lib/apt/lists/*
+# curl: the healthchecks of docker-compose.yml (GET /healthz)
+RUN apt-get update && apt-get install -y libcurl4 libsasl2-2 libssl3 ca-certificates curl && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/meterline /usr/local/bin/meterline
 ENTRYPOINT ["meterline"]
