@@ -25,11 +25,20 @@ use crate::Error;
 /// `C` is the consumer or a borrow of it (a reader that goes on with the same consumer).
 pub struct TopicFollower<C: Borrow<BaseConsumer> = BaseConsumer> {
     consumer: C,
-    /// (topic, partition, end offset at start) of every non-empty partition.
-    ends: Vec<(String, i32, i64)>,
+    /// (topic, partition, first offset, end offset) at start, of every partition.
+    ranges: Vec<(String, i32, i64, i64)>,
     /// Next offset to read per (topic, partition), from records and positions.
     next: HashMap<(String, i32), i64>,
     caught_up: bool,
+}
+
+/// One record as read: where it is and its value (`None`: a tombstone).
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<&'a [u8]>,
 }
 
 /// A consumer for reading whole topics: assigned (no group membership), committed data only.
@@ -65,7 +74,7 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
     /// Assigns every partition of `topics` from its beginning and notes where each ends now.
     pub fn start(consumer: C, topics: &[&str]) -> Result<Self, Error> {
         let mut tpl = TopicPartitionList::new();
-        let mut ends = vec![];
+        let mut ranges = vec![];
         for &topic in topics {
             for p in 0..partition_count(consumer.borrow(), topic)? {
                 let (lo, hi) = consumer
@@ -80,9 +89,7 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
                         what: format!("assign {topic}/{p}"),
                         source,
                     })?;
-                if hi > lo {
-                    ends.push((topic.to_string(), p, hi));
-                }
+                ranges.push((topic.to_string(), p, lo, hi));
             }
         }
         consumer
@@ -92,10 +99,10 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
                 what: "assign".into(),
                 source,
             })?;
-        let caught_up = ends.is_empty();
+        let caught_up = ranges.iter().all(|(_, _, lo, hi)| hi <= lo);
         Ok(TopicFollower {
             consumer,
-            ends,
+            ranges,
             next: HashMap::new(),
             caught_up,
         })
@@ -114,19 +121,46 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
             .unwrap_or(0)
     }
 
-    /// Waits up to `wait` for one record and hands it to `apply(topic, payload)`.
+    /// Every partition of the topics with its first offset and its end offset (the offset
+    /// after its last record) at [`TopicFollower::start`]: what "caught up" reaches.
+    pub fn ranges(&self) -> impl Iterator<Item = (&str, i32, i64, i64)> + '_ {
+        self.ranges
+            .iter()
+            .map(|(t, p, lo, hi)| (t.as_str(), *p, *lo, *hi))
+    }
+
+    /// Waits up to `wait` for one record and hands it to `apply(topic, payload)` (tombstones
+    /// are skipped).
     pub fn poll(
         &mut self,
         wait: Duration,
         mut apply: impl FnMut(&str, &[u8]),
     ) -> Result<(), Error> {
+        self.poll_records(wait, |r| {
+            if let Some(v) = r.payload {
+                apply(r.topic, v)
+            }
+        })
+    }
+
+    /// As [`TopicFollower::poll`], with the record's partition and offset. Records past the
+    /// end noted at start are handed over too (the topics keep growing): a reader of a fixed
+    /// range compares the offset with [`TopicFollower::ranges`].
+    pub fn poll_records(
+        &mut self,
+        wait: Duration,
+        mut apply: impl FnMut(Record<'_>),
+    ) -> Result<(), Error> {
         match self.consumer.borrow().poll(wait) {
             Some(Ok(msg)) => {
                 self.next
                     .insert((msg.topic().to_string(), msg.partition()), msg.offset() + 1);
-                if let Some(v) = msg.payload() {
-                    apply(msg.topic(), v);
-                }
+                apply(Record {
+                    topic: msg.topic(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    payload: msg.payload(),
+                });
             }
             Some(Err(source)) => {
                 return Err(Error::Kafka {
@@ -149,10 +183,9 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
             }
         }
         if !self.caught_up {
-            self.caught_up = self
-                .ends
-                .iter()
-                .all(|(t, p, hi)| self.next.get(&(t.clone(), *p)).is_some_and(|n| n >= hi));
+            self.caught_up = self.ranges.iter().all(|(t, p, lo, hi)| {
+                hi <= lo || self.next.get(&(t.clone(), *p)).is_some_and(|n| n >= hi)
+            });
         }
         Ok(())
     }
@@ -166,7 +199,13 @@ impl<C: Borrow<BaseConsumer>> TopicFollower<C> {
         let deadline = Instant::now() + timeout;
         while !self.caught_up {
             if Instant::now() > deadline {
-                let topics: Vec<&str> = self.ends.iter().map(|(t, _, _)| t.as_str()).collect();
+                let mut topics: Vec<&str> = self
+                    .ranges
+                    .iter()
+                    .filter(|(_, _, lo, hi)| hi > lo)
+                    .map(|(t, _, _, _)| t.as_str())
+                    .collect();
+                topics.dedup();
                 return Err(Error::NotCaughtUp {
                     topics: topics.join(", "),
                     timeout,
