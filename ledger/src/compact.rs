@@ -59,6 +59,16 @@ pub fn compact_date(
     data_dir: &std::path::Path,
     date: chrono::NaiveDate,
 ) -> Result<Vec<Compacted>, Error> {
+    compact_date_with_progress(data_dir, date, |_, _| {})
+}
+
+/// As [`compact_date`], calling `progress(files_read, files_to_merge)`: once before anything
+/// is read, then after each file to merge is read.
+pub fn compact_date_with_progress(
+    data_dir: &std::path::Path,
+    date: chrono::NaiveDate,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<Compacted>, Error> {
     let ledger = Ledger::open_writer(data_dir)?;
     ledger.remove_superseded()?;
     let dir = ledger.usage_dir().join(files::date_dir(date));
@@ -71,16 +81,19 @@ pub fn compact_date(
             by_partition.entry(f.partition).or_default().push(f);
         }
     }
+    by_partition.retain(|_, group| group.len() >= 2);
+    let to_merge: usize = by_partition.values().map(Vec::len).sum();
+    let mut merged_so_far = 0;
+    progress(0, to_merge);
     let mut out = vec![];
     for (partition, group) in by_partition {
-        if group.len() < 2 {
-            continue;
-        }
         let mut batches = vec![];
         let mut flushes: Vec<Flush> = vec![];
         for f in &group {
             batches.extend(read_all(&f.path)?);
             flushes.extend(f.flushes.iter().copied());
+            merged_so_far += 1;
+            progress(merged_so_far, to_merge);
         }
         flushes.sort();
         flushes.dedup();

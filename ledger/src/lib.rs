@@ -6,6 +6,7 @@
 //! - `rows`: priced events → Arrow batches in the ledger schema;
 //! - `table`: the files on disk (atomic writes, scan, recovery);
 //! - `compact`: merging a date's files into one sorted file;
+//! - `totals`: rows per partition and exact cost sums per currency, as readers see them;
 //! - `delta`: the table's Delta Lake log, what other engines read;
 //! - `anomalies`: the anomalies table.
 
@@ -16,6 +17,7 @@ mod delta;
 pub mod files;
 pub mod rows;
 pub mod table;
+pub mod totals;
 
 use std::path::{Path, PathBuf};
 
