@@ -7,3 +7,4 @@ pub mod broker;
 pub mod config;
 pub mod dev;
 pub mod loadgen;
+pub mod progress;

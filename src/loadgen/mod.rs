@@ -19,7 +19,6 @@
 pub mod formats;
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +31,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use formats::{Call, Format};
+
+use crate::progress::Progress;
 
 /// The edge token of `meterline dev`.
 pub const DEFAULT_TOKEN: &str = crate::dev::DEV_EDGE_TOKEN;
@@ -657,79 +658,16 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-/// Progress: an indicatif bar on a terminal, a plain line every few seconds otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    plain: bool,
-    last_line: Instant,
-    every: Duration,
-}
-
-impl Progress {
-    fn new(quiet: bool, expected: u64, duration: Duration) -> Progress {
-        let tty = std::io::stdout().is_terminal();
-        let bar = (!quiet && tty).then(|| {
-            let b = indicatif::ProgressBar::with_draw_target(
-                Some(expected),
-                indicatif::ProgressDrawTarget::stdout(),
-            );
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} events  {msg}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            b
-        });
-        Progress {
-            bar,
-            plain: !quiet && !tty,
-            last_line: Instant::now(),
-            every: if duration <= Duration::from_secs(20) {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_secs(5)
-            },
-        }
-    }
-
-    fn line(stats: &Stats, start: Instant) -> String {
-        let sent = stats.sent.load(Ordering::Relaxed);
-        format!(
-            "{:.1}/s  accepted {}  rejected {}  retried {}  http errors {}",
-            sent as f64 / start.elapsed().as_secs_f64().max(1e-3),
-            stats.accepted.load(Ordering::Relaxed),
-            stats.rejected.load(Ordering::Relaxed),
-            stats.retried.load(Ordering::Relaxed),
-            stats.http_errors.load(Ordering::Relaxed),
-        )
-    }
-
-    fn tick(&mut self, stats: &Stats, start: Instant, spiking: bool) {
-        let spike = if spiking { "  SPIKE" } else { "" };
-        if let Some(b) = &self.bar {
-            b.set_position(stats.sent.load(Ordering::Relaxed));
-            if self.last_line.elapsed() >= Duration::from_millis(200) {
-                b.set_message(format!("{}{spike}", Progress::line(stats, start)));
-                self.last_line = Instant::now();
-            }
-        } else if self.plain && self.last_line.elapsed() >= self.every {
-            println!(
-                "loadgen {:>6.1} s  sent {}  {}{spike}",
-                start.elapsed().as_secs_f64(),
-                stats.sent.load(Ordering::Relaxed),
-                Progress::line(stats, start)
-            );
-            self.last_line = Instant::now();
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
+/// What the progress line says besides the rate (`crate::progress` draws it).
+fn progress_detail(stats: &Stats, spiking: bool) -> String {
+    format!(
+        "accepted {}  rejected {}  retried {}  http errors {}{}",
+        stats.accepted.load(Ordering::Relaxed),
+        stats.rejected.load(Ordering::Relaxed),
+        stats.retried.load(Ordering::Relaxed),
+        stats.http_errors.load(Ordering::Relaxed),
+        if spiking { "  SPIKE" } else { "" }
+    )
 }
 
 /// Sends traffic as `args` says and returns what happened. Errors only on bad arguments; an
@@ -770,10 +708,16 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
     let mut tasks = JoinSet::new();
     let mut by_format: BTreeMap<String, u64> = BTreeMap::new();
     let mut progress = Progress::new(
+        "loadgen",
+        "events",
+        Some((args.rate * args.duration.as_secs_f64()).round() as u64),
         args.quiet,
-        (args.rate * args.duration.as_secs_f64()).round() as u64,
-        args.duration,
-    );
+    )
+    .every(if args.duration <= Duration::from_secs(20) {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    });
 
     // Spikes: (start, end, multiplier), from 5 s in, one every 10–40 s.
     let mut spikes: Vec<(Duration, Duration, f64)> = Vec::new();
@@ -836,15 +780,19 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Summary> {
             // Reap finished tasks so the set stays small on long runs.
             while tasks.try_join_next().is_some() {}
         }
-        progress.tick(&stats, start, in_spike.is_some());
+        progress.update(stats.sent.load(Ordering::Relaxed), || {
+            progress_detail(&stats, in_spike.is_some())
+        });
         if finishing {
             break;
         }
     }
     while tasks.join_next().await.is_some() {
-        progress.tick(&stats, start, false);
+        progress.update(stats.sent.load(Ordering::Relaxed), || {
+            progress_detail(&stats, false)
+        });
     }
-    progress.finish();
+    progress.finish(&progress_detail(&stats, false));
 
     let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap());
     lat.sort_unstable();
