@@ -5,13 +5,15 @@
 //! - `spend`: the tracker — rebuilds running spend from the ledger, follows the priced
 //!   stream, publishes signals and anomalies;
 //! - `anomaly`: the detectors (pure); `anomaly_watch`: hourly series and the anomalies table;
-//! - `alerts`: webhook delivery of signals and anomalies; `config`: `[watch]`.
+//! - `alerts`: webhook delivery of signals and anomalies; `config`: `[watch]`;
+//! - `derive`: the same state derived offline from a ledger (`meterline rebuild`).
 
 pub mod alerts;
 pub mod anomaly;
 pub mod anomaly_watch;
 pub mod budget;
 pub mod config;
+pub mod derive;
 pub mod spend;
 
 use std::net::SocketAddr;
