@@ -8,3 +8,4 @@ pub mod config;
 pub mod dev;
 pub mod loadgen;
 pub mod progress;
+pub mod rebuild;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use meterline::admin_cli::{self, BudgetsCmd, PricesCmd, RejectedCmd, TenantsCmd};
-use meterline::{bench, config::Config, dev, loadgen};
+use meterline::{bench, config::Config, dev, loadgen, rebuild};
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +52,9 @@ enum Cmd {
         #[arg(long)]
         date: chrono::NaiveDate,
     },
+    /// Re-derives the ledger (and watch's state from it) from meterline.usage.priced into a new
+    /// directory, and reconciles it with the topic: a known-good ledger after a disaster.
+    Rebuild(rebuild::RebuildArgs),
     /// Prints the SHA-256 digest of a bearer token, for the `tokens` config. The token is read
     /// from standard input (`meterline hash-token < token.txt`, or typed): an argument would
     /// be visible to other users in `ps` and kept in shell history.
@@ -106,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)
         }
+        Cmd::Rebuild(args) => rebuild::cli(cfg()?.kafka, args).await,
         Cmd::Compact { date } => {
             let dir = cfg()?.aggregate.data_dir;
             let done = tokio::task::spawn_blocking(move || {
