@@ -10,6 +10,8 @@ use meterline_reference::{litellm, native, tenants};
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_schemas::{topics, PriceChange};
 
+use crate::progress::Progress;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum PricesCmd {
     /// Publishes a price file as PriceChange events (new and changed entries only).
@@ -152,18 +154,38 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
+/// `publish::publish_prices` with progress (a LiteLLM catalog has thousands of entries).
+fn publish_prices(
+    kafka: &KafkaConfig,
+    drafts: Vec<PriceChange>,
+    reason: &str,
+    dry_run: bool,
+) -> anyhow::Result<Publication> {
+    let label = if dry_run {
+        "prices diff"
+    } else {
+        "prices import"
+    };
+    let mut progress = Progress::new(label, "entries", Some(drafts.len() as u64), false);
+    let p = publish::publish_prices_with_progress(kafka, drafts, reason, dry_run, |done, _| {
+        progress.update(done as u64, String::new)
+    })?;
+    progress.finish("");
+    Ok(p)
+}
+
 pub async fn prices(kafka: KafkaConfig, cmd: PricesCmd) -> anyhow::Result<()> {
     topics_ready(&kafka).await?;
     blocking(move || {
         match cmd {
             PricesCmd::Import(a) => {
                 let drafts = read_price_file(&a)?;
-                let p = publish::publish_prices(&kafka, drafts, &a.reason, false)?;
+                let p = publish_prices(&kafka, drafts, &a.reason, false)?;
                 print_publication("prices", &p, false);
             }
             PricesCmd::Diff(a) => {
                 let drafts = read_price_file(&a)?;
-                let p = publish::publish_prices(&kafka, drafts, &a.reason, true)?;
+                let p = publish_prices(&kafka, drafts, &a.reason, true)?;
                 print_publication("prices", &p, true);
             }
             PricesCmd::List => {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use meterline::admin_cli::{self, BudgetsCmd, PricesCmd, RejectedCmd, TenantsCmd};
+use meterline::progress::Progress;
 use meterline::{bench, config::Config, dev, loadgen, rebuild};
 
 #[derive(Parser)]
@@ -113,7 +114,17 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Compact { date } => {
             let dir = cfg()?.aggregate.data_dir;
             let done = tokio::task::spawn_blocking(move || {
-                meterline_ledger::compact::compact_date(&dir, date)
+                let mut progress = Progress::new(format!("compact {date}"), "files", None, false);
+                let done = meterline_ledger::compact::compact_date_with_progress(
+                    &dir,
+                    date,
+                    |read, to_merge| {
+                        progress.set_total(to_merge as u64);
+                        progress.update(read as u64, String::new);
+                    },
+                );
+                progress.finish("");
+                done
             })
             .await??;
             for c in &done {

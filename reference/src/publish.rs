@@ -74,11 +74,25 @@ pub fn publish_prices(
     reason: &str,
     dry_run: bool,
 ) -> Result<Publication, Error> {
+    publish_prices_with_progress(kafka, drafts, reason, dry_run, |_, _| {})
+}
+
+/// As [`publish_prices`], calling `progress(entries_done, entries)` as it goes: before each
+/// entry is compared (and sent, unless unchanged or a dry run), and once all are acknowledged.
+pub fn publish_prices_with_progress(
+    kafka: &KafkaConfig,
+    drafts: Vec<PriceChange>,
+    reason: &str,
+    dry_run: bool,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Publication, Error> {
     let current = load(kafka)?;
     let book = current.prices.read().expect("price book lock");
     let mut out = Publication::default();
     let p = producer(kafka)?;
-    for mut d in drafts {
+    let entries = drafts.len();
+    for (i, mut d) in drafts.into_iter().enumerate() {
+        progress(i, entries);
         let latest = book.versions(&d.price_id).iter().max_by_key(|v| v.version);
         if latest.is_some_and(|l| same_price(l, &d)) {
             out.unchanged.push(d.price_id);
@@ -100,6 +114,7 @@ pub fn publish_prices(
         }
     }
     flush(&p)?;
+    progress(entries, entries);
     Ok(out)
 }
 

@@ -33,6 +33,7 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 
 use super::{cpu_micros, peak_rss_kib};
+use crate::progress::Progress;
 
 const PERIOD: &str = "2026-10";
 const PARTITIONS: i32 = 4;
@@ -59,6 +60,12 @@ fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
     let span_us = 31 * 86_400 * 1_000_000i64;
     let t = Instant::now();
     let per_part = events / PARTITIONS as usize;
+    let mut progress = Progress::new(
+        "bench api: writing the ledger",
+        "rows",
+        Some((per_part * PARTITIONS as usize) as u64),
+        false,
+    );
     for p in 0..PARTITIONS {
         let mut offset = 0i64;
         let mut done = 0usize;
@@ -119,8 +126,10 @@ fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
             ledger.write_flush(p, offset, offset + n as i64 - 1, &rows)?;
             offset += n as i64;
             done += n;
+            progress.inc(n as u64);
         }
     }
+    progress.finish("");
     Ok(events as f64 / t.elapsed().as_secs_f64())
 }
 

@@ -18,6 +18,7 @@ use meterline_schemas::topics;
 
 use super::{post, wait_healthy};
 use crate::broker::free_port;
+use crate::progress::Progress;
 
 /// Quantile `q` from Prometheus cumulative buckets `(le, count)`, linear within a bucket.
 pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
@@ -198,8 +199,10 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let t0 = Instant::now();
     let mut posts = vec![];
+    let mut progress = Progress::new("bench budget: sending", "events", Some(total as u64), false);
     for batch in bodies {
         tick.tick().await;
+        progress.inc(batch.len() as u64);
         // Fresh `occurred_at`: the events are "now" when sent.
         let batch: Vec<_> = batch
             .into_iter()
@@ -215,6 +218,7 @@ pub(super) async fn run(rate: u32, secs: u64) -> anyhow::Result<()> {
     for p in posts {
         p.await??;
     }
+    progress.finish("");
     let sent_secs = t0.elapsed().as_secs_f64();
     // all counted by the tracker
     let name = m::AGGREGATE_BUDGET_LAG_SECONDS;

@@ -15,6 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::{cpu_micros, peak_rss_kib, post, wait_healthy};
 use crate::broker::free_port;
+use crate::progress::Progress;
 
 pub(super) async fn run(
     events: usize,
@@ -139,9 +140,16 @@ pub(super) async fn run(
     let cpu0 = cpu_micros(pid)?;
     let t0 = Instant::now();
     let queue = Arc::new(std::sync::Mutex::new(bodies.into_iter()));
+    let progress = Arc::new(std::sync::Mutex::new(Progress::new(
+        "bench ingest: HTTP",
+        "events",
+        Some(events as u64),
+        false,
+    )));
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (q, client, base) = (queue.clone(), client.clone(), base.clone());
+            let progress = progress.clone();
             tokio::spawn(async move {
                 loop {
                     let next = q.lock().unwrap().next();
@@ -149,6 +157,9 @@ pub(super) async fn run(
                         return Ok::<_, anyhow::Error>(());
                     };
                     post(&client, &base, token, body).await?;
+                    let mut p = progress.lock().unwrap();
+                    let done = (p.position() + batch as u64).min(events as u64);
+                    p.update(done, String::new);
                 }
             })
         })
@@ -156,6 +167,7 @@ pub(super) async fn run(
     for w in join_all(workers).await {
         w??;
     }
+    progress.lock().unwrap().finish("");
     let ingest_secs = t0.elapsed().as_secs_f64();
     let cpu_us = cpu_micros(pid)? - cpu0;
     let rss_mib = peak_rss_kib(pid)? as f64 / 1024.0;

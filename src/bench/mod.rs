@@ -1,6 +1,7 @@
 //! Benchmarks (not tests): each runs a raw baseline and the stage on the same broker and the
 //! same records in one run, and prints both rates, their ratio, the stage's CPU µs per event
 //! and peak RSS. Ratios, not absolute numbers, are what compare across (noisy, 2-core) machines.
+//! Long phases show progress on standard error (`crate::progress`); results go to standard output.
 
 mod aggregate;
 mod api;
@@ -17,6 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::broker::KafkaBroker;
+use crate::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -223,6 +225,7 @@ pub(crate) async fn watch(
         let started = Instant::now();
         let tenth = events / 10;
         let mut at_tenth: Option<(Instant, u64)> = None;
+        let mut progress = Progress::new(group.clone(), "records", Some(events as u64), false);
         loop {
             let committed: i64 = c
                 .committed_offsets(tpl.clone(), Duration::from_secs(10))?
@@ -234,10 +237,12 @@ pub(crate) async fn watch(
                 })
                 .sum();
             let done = committed as usize;
+            progress.update(done.min(events) as u64, String::new);
             if at_tenth.is_none() && done >= tenth {
                 at_tenth = Some((Instant::now(), cpu_micros(pid)?));
             }
             if done >= events {
+                progress.finish("");
                 let (t0, cpu0) = at_tenth.expect("set at 10 %");
                 let n = (events - tenth) as f64;
                 return Ok(Measured {
