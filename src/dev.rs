@@ -24,9 +24,14 @@ pub struct DevArgs {
     /// HTTP address of the ingest edge.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Demo events per second (0 = none).
+    /// Events per second of `meterline loadgen` traffic against the edge, in every ingest
+    /// format (0 = none).
     #[arg(long, default_value_t = 20)]
     pub demo_rate: u32,
+    /// Also backfill 30 quiet hours of one team's spend and a spike in the last closed hour,
+    /// before the watch stage starts, so the dashboard's anomalies page has a finding.
+    #[arg(long)]
+    pub demo_anomaly: bool,
 }
 
 /// The bearer token `meterline dev` accepts from edges.
@@ -88,6 +93,7 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     let addr = app.local_addr();
     let stop = app.stop_token();
     stop_on_signal(stop.clone());
+    let ingest_task = tokio::spawn(app.run_until_stopped());
     // Demo reference data, as events (re-publishing unchanged entries is a no-op).
     let (prices, tenants) = publish_demo_reference(cfg.kafka.clone()).await?;
     let budget = publish_demo_budget(cfg.kafka.clone()).await?;
@@ -103,12 +109,6 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     let aggregate_addr = aggregate.local_addr();
     let aggregate_stop = aggregate.stop_token();
     let aggregate_task = tokio::spawn(aggregate.run_until_stopped());
-    cfg.watch.listen = "127.0.0.1:0".into();
-    cfg.watch.data_dir = args.data_dir.clone();
-    let watch = meterline_watch::App::build(&cfg.kafka, cfg.watch.clone()).await?;
-    let watch_addr = watch.local_addr();
-    let watch_stop = watch.stop_token();
-    let watch_task = tokio::spawn(watch.run_until_stopped());
     cfg.api.data_dir = args.data_dir.clone();
     for (principal, token, role, teams) in [
         ("dev-admin", DEV_ADMIN_TOKEN, Role::Admin, vec![]),
@@ -131,6 +131,19 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     let api_addr = api.local_addr();
     let api_stop = api.stop_token();
     let api_task = tokio::spawn(api.run_until_stopped());
+    // The anomaly demo needs its history in the ledger before the watch stage reads it at
+    // start (findings about hours closed before a start are published only if recent).
+    let anomaly = if args.demo_anomaly {
+        Some(demo_anomaly(&format!("http://{addr}"), &format!("http://{api_addr}")).await?)
+    } else {
+        None
+    };
+    cfg.watch.listen = "127.0.0.1:0".into();
+    cfg.watch.data_dir = args.data_dir.clone();
+    let watch = meterline_watch::App::build(&cfg.kafka, cfg.watch.clone()).await?;
+    let watch_addr = watch.local_addr();
+    let watch_stop = watch.stop_token();
+    let watch_task = tokio::spawn(watch.run_until_stopped());
     println!("meterline dev");
     match &broker {
         Some(b) => println!(
@@ -167,14 +180,24 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     println!(
         "  budgets  {budget}   check: curl -H 'Authorization: Bearer {DEV_EDGE_TOKEN}' http://{addr}/v1/enforcement/check -d '{{\"team_id\":\"search\"}}'"
     );
+    if let Some(a) = anomaly {
+        println!("  anomaly  {a}");
+    }
     if args.demo_rate > 0 {
+        println!(
+            "  traffic  meterline loadgen --rate {} --spike (native, LiteLLM, CloudEvents, OTLP)",
+            args.demo_rate
+        );
         tokio::spawn(demo_traffic(
             format!("http://{addr}"),
             args.demo_rate,
             stop.clone(),
         ));
     }
-    app.run_until_stopped().await?;
+    println!(
+        "\n  open     http://{api_addr}/#token={DEV_FINANCE_TOKEN}   (a team lead: http://{api_addr}/#token={DEV_LEAD_TOKEN})\n"
+    );
+    ingest_task.await??;
     enrich_stop.cancel();
     enrich_task.await??;
     watch_stop.cancel();
@@ -190,31 +213,31 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
 }
 
 /// Publishes the demo price book and tenant rules (unchanged entries publish nothing).
-/// A demo budget (team search, $25 a day, notify at 50 %, throttle at 80 %, block at 100 %),
-/// published once; returns what `budgets list` would print for it.
+/// A demo budget: team search, $10 a day, notify at 25 % and 50 %, throttle at 80 %, block at
+/// 100 % (at the demo traffic's rate the first crossing comes within a minute or two). Published
+/// when missing or different; returns what `budgets list` would print for it.
 async fn publish_demo_budget(
     kafka: meterline_runtime::kafka::KafkaConfig,
 ) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         use meterline_reference::budgets as budget_defs;
-        if budget_defs::load(&kafka)?.contains_key("demo-search-daily") {
-            return Ok("demo-search-daily (exists)".into());
-        }
         let now = Utc::now();
+        let limit: meterline_schemas::Money = "10".parse()?;
+        let thresholds = meterline_reference::budgets::parse_thresholds(
+            "25:notify,50:notify,80:throttle,100:block",
+        )?;
         let mut b = meterline_schemas::BudgetChange {
             budget_id: "demo-search-daily".into(),
             version: 0,
             name: "Search team, daily".into(),
             scope: meterline_reference::budgets::parse_scope("team=search")?,
-            limit: "25".parse()?,
+            limit,
             currency: "USD".into(),
             period: meterline_schemas::PeriodKind::Day,
             timezone: "UTC".into(),
             custom_from: None,
             custom_to: None,
-            thresholds: meterline_reference::budgets::parse_thresholds(
-                "50:notify,80:throttle,100:block",
-            )?,
+            thresholds,
             webhooks: vec![],
             effective_from: now,
             effective_to: None,
@@ -223,6 +246,11 @@ async fn publish_demo_budget(
             reason: "demo budget".into(),
             changed_at: now,
         };
+        if let Some(old) = budget_defs::load(&kafka)?.get(&b.budget_id) {
+            if old.limit == b.limit && old.thresholds == b.thresholds && !old.deleted {
+                return Ok(format!("{} v{} (exists)", old.budget_id, old.version));
+            }
+        }
         b.effective_from = budget_defs::current_period_start(&b, now)?;
         let b = budget_defs::publish(&kafka, b)?;
         Ok(format!(
@@ -292,31 +320,101 @@ pub fn demo_event(rng: &mut impl Rng, id: &str) -> serde_json::Value {
     })
 }
 
-async fn demo_traffic(base: String, rate: u32, stop: CancellationToken) {
-    let client = reqwest::Client::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut n = 0u64;
+/// `meterline loadgen` against the edge until `stop`, a day's run after another.
+async fn demo_traffic(target: String, rate: u32, stop: CancellationToken) {
+    let mut args =
+        crate::loadgen::LoadgenArgs::new(target, f64::from(rate), Duration::from_secs(24 * 3600));
+    args.spike = true;
+    args.quiet = true;
     while !stop.is_cancelled() {
-        tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
-        let batch: Vec<_> = {
-            let mut rng = rand::rng();
-            (0..rate)
-                .map(|_| {
-                    n += 1;
-                    demo_event(&mut rng, &format!("demo-{}-{n}", std::process::id()))
-                })
-                .collect()
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = crate::loadgen::run(args.clone()) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "demo traffic stopped; again in 10 s");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The anomaly demo's team and model.
+const ANOMALY_TEAM: &str = "data-science";
+
+/// Sends 30 quiet hours of [`ANOMALY_TEAM`]'s gpt-4o spend and a spike in the last hour the
+/// detector closes (ended at least its close delay ago), then waits until the ledger holds them
+/// (the API counts them). Event ids are fixed per hour, so a restart re-sends duplicates the
+/// edge and enrich drop, never new spend.
+async fn demo_anomaly(edge: &str, api: &str) -> anyhow::Result<String> {
+    use chrono::{DurationRound, TimeDelta};
+    let now = Utc::now();
+    let spike_hour = (now - TimeDelta::minutes(65)).duration_trunc(TimeDelta::hours(1))?;
+    let client = reqwest::Client::new();
+    let mut sent = 0usize;
+    for h in (0..=30).rev() {
+        let hour = spike_hour - TimeDelta::hours(h);
+        let spike = h == 0;
+        let (n, input, output) = if spike {
+            (200, 20_000, 2_000)
+        } else {
+            (25, 2_000, 300)
         };
-        let r = client
-            .post(format!("{base}/v1/events"))
+        let batch: Vec<_> = (0..n)
+            .map(|i| {
+                serde_json::json!({
+                    "event_id": format!("demo-anomaly-{}-{i}", hour.format("%Y%m%d%H")),
+                    "occurred_at": (hour + TimeDelta::seconds(i64::from(i) * 3600 / i64::from(n))).to_rfc3339(),
+                    "provider": "openai",
+                    "model": "gpt-4o",
+                    "operation": "chat",
+                    "api_key_id": format!("key-{ANOMALY_TEAM}-{}", if spike { 9 } else { 1 + i % 3 }),
+                    "team_id": ANOMALY_TEAM,
+                    "org_id": "acme",
+                    "usage": {"input_tokens": input, "output_tokens": output},
+                })
+            })
+            .collect();
+        client
+            .post(format!("{edge}/v1/events"))
             .bearer_auth(DEV_EDGE_TOKEN)
             .json(&batch)
             .send()
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "demo traffic post failed");
-        }
+            .await?
+            .error_for_status()?;
+        sent += batch.len();
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let counted = client
+            .post(format!("{api}/v1/sql"))
+            .bearer_auth(DEV_ADMIN_TOKEN)
+            .json(&serde_json::json!({"sql": "SELECT count(*) AS n FROM usage WHERE event_id LIKE 'demo-anomaly-%'"}))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success());
+        let n = match counted {
+            Some(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["rows"][0]["n"].as_u64()),
+            None => None,
+        };
+        if n.is_some_and(|n| n as usize >= sent) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the anomaly demo's {sent} events did not reach the ledger within 90 s (counted {n:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(format!(
+        "team {ANOMALY_TEAM}, gpt-4o: 30 quiet hours and a spike at {} UTC ({sent} events); see the anomalies page",
+        spike_hour.format("%Y-%m-%d %H:00")
+    ))
 }
 
 #[cfg(test)]

@@ -272,7 +272,12 @@ function table(rows, columns, { num = [] } = {}) {
   const cell = (v) => v === null || v === undefined ? '' : typeof v === 'object' ? JSON.stringify(v) : String(v);
   return h('div', { class: 'scroll' }, h('table', null,
     h('thead', null, h('tr', null, columns.map((c) => h('th', { class: num.includes(c) ? 'num' : null }, c)))),
-    h('tbody', null, rows.map((r) => h('tr', null, columns.map((c) => h('td', { class: num.includes(c) ? 'num' : null }, cell(r[c]))))))));
+    h('tbody', null, rows.map((r) => h('tr', null, columns.map((c) => {
+      const v = cell(r[c]);
+      // a long value (a hashed key) is cut on screen, whole in the title and in the text
+      const cls = num.includes(c) ? 'num' : v.length > 28 ? 'long' : null;
+      return h('td', { class: cls, title: cls === 'long' ? v : null }, v);
+    }))))));
 }
 
 const card = (title, ...kids) => h('section', { class: 'card' }, title ? h('h2', null, title) : null, ...kids);
