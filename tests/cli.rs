@@ -69,3 +69,46 @@ fn config_file_from_meterline_config_and_private_files() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("METERLINE_AGGREGATE_DATA_DIR"));
 }
+
+/// An unreachable broker is named with the setting that chose it, at the first contact.
+#[test]
+fn an_unreachable_broker_is_named_with_its_setting() {
+    let mut child = meterline()
+        .arg("enrich")
+        .env("METERLINE_KAFKA__BROKERS", "127.0.0.1:1")
+        .env("METERLINE_ENRICH__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn,librdkafka=off,rdkafka=off")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = child.stdout.take().unwrap(); // the log goes to stdout
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(logs)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let want = "cannot reach Kafka at 127.0.0.1:1 (set by kafka.brokers in the config file or \
+                METERLINE_KAFKA__BROKERS";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut found = None;
+    while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        if l.contains(want) || l.starts_with("Error") {
+            found = Some(l);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        found.as_deref().is_some_and(|l| l.contains(want)),
+        "{found:?}"
+    );
+}

@@ -180,16 +180,15 @@ fn authorize_route(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     s.tokens.authorize(h, roles).map_err(|f| match f {
-        AuthFailure::Unauthenticated => {
-            let mut r = error(StatusCode::UNAUTHORIZED, "missing or unknown bearer token");
+        f @ AuthFailure::Unauthenticated => {
+            let mut r = error(StatusCode::UNAUTHORIZED, f.to_string());
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             r
         }
-        AuthFailure::Forbidden => error(
-            StatusCode::FORBIDDEN,
-            format!("this token's role may not use {method} {path}"),
-        ),
+        f @ AuthFailure::Forbidden { .. } => {
+            error(StatusCode::FORBIDDEN, format!("{method} {path}: {f}"))
+        }
     })
 }
 

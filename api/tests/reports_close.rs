@@ -525,7 +525,14 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
     let (status, v) = close(&base, FINANCE, "2026-10").await;
     assert_eq!(status, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("2026-09"), "{v}");
-    assert_eq!(close(&base, LEAD, "2026-09").await.0, 403);
+    // a refusal a person can act on: the route, the token's role, the roles that would do
+    let (status, v) = close(&base, LEAD, "2026-09").await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        v["error"].as_str().unwrap(),
+        "POST /v1/periods/{period}/close: a token with role team_lead may not do this; it needs \
+         one of: admin, finance (tokens and roles: [[<stage>.tokens]] in the config)",
+    );
     let (status, sep) = close(&base, FINANCE, "2026-09").await;
     assert_eq!(status, 201, "{sep}");
     let (status, rec) = close(&base, FINANCE, "2026-10").await;

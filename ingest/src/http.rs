@@ -138,8 +138,8 @@ fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 r
             }
-            AuthFailure::Forbidden => {
-                error(StatusCode::FORBIDDEN, "token lacks the edge role", vec![])
+            f @ AuthFailure::Forbidden { .. } => {
+                error(StatusCode::FORBIDDEN, f.to_string(), vec![])
             }
         })
 }

@@ -15,6 +15,25 @@ pub enum Role {
     Edge,
 }
 
+impl Role {
+    /// The name configs and messages use (`team_lead`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Finance => "finance",
+            Role::TeamLead => "team_lead",
+            Role::Viewer => "viewer",
+            Role::Edge => "edge",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One configured token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,12 +62,29 @@ pub struct Principal {
 }
 
 /// Why a request was not authorised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     /// No or malformed `Authorization: Bearer …` header, or an unknown token (401).
     Unauthenticated,
-    /// Known token, role not allowed here (403).
-    Forbidden,
+    /// Known token, role not allowed here (403): which role it has, which ones would do.
+    Forbidden { role: Role, allowed: Vec<Role> },
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthFailure::Unauthenticated => f.write_str("missing or unknown bearer token"),
+            AuthFailure::Forbidden { role, allowed } => {
+                let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+                write!(
+                    f,
+                    "a token with role {role} may not do this; it needs one of: {} \
+                     (tokens and roles: [[<stage>.tokens]] in the config)",
+                    names.join(", ")
+                )
+            }
+        }
+    }
 }
 
 /// Token table keyed by digest.
@@ -96,7 +132,10 @@ impl TokenTable {
         if allowed.contains(&p.role) {
             Ok(p.clone())
         } else {
-            Err(AuthFailure::Forbidden)
+            Err(AuthFailure::Forbidden {
+                role: p.role,
+                allowed: allowed.to_vec(),
+            })
         }
     }
 }
@@ -119,9 +158,18 @@ mod tests {
                 .name,
             "edge-1"
         );
+        let refused = t.authorize(Some("Bearer s3cret"), &[Role::Finance, Role::Admin]);
         assert_eq!(
-            t.authorize(Some("Bearer s3cret"), &[Role::Admin]),
-            Err(AuthFailure::Forbidden)
+            refused,
+            Err(AuthFailure::Forbidden {
+                role: Role::Edge,
+                allowed: vec![Role::Finance, Role::Admin]
+            })
+        );
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "a token with role edge may not do this; it needs one of: finance, admin \
+             (tokens and roles: [[<stage>.tokens]] in the config)"
         );
         assert_eq!(
             t.authorize(Some("Bearer nope"), &[Role::Edge]),

@@ -125,6 +125,15 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
             }
         })
         .collect();
+    // First contact: a broker that cannot be reached is named with the setting that chose it,
+    // not left to a create-topics timeout 30 s later.
+    admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|source| Error::Unreachable {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(&new, &opts)

@@ -21,6 +21,16 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// No broker answered the first contact.
+    #[error(
+        "cannot reach Kafka at {brokers} (set by kafka.brokers in the config file or \
+         METERLINE_KAFKA__BROKERS; `meterline dev` starts a local one): {source}"
+    )]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     /// Topics could not be created or have no leader yet.
     #[error("topics: {0}")]
     Topics(String),
@@ -43,7 +53,9 @@ impl Error {
     /// Worth retrying after a backoff (the broker may come back); configuration is not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Kafka { source, .. } => kafka::retryable(source),
+            Error::Kafka { source, .. } | Error::Unreachable { source, .. } => {
+                kafka::retryable(source)
+            }
             Error::Topics(_) | Error::NotCaughtUp { .. } | Error::Thread { .. } => true,
             Error::Config(_) => false,
         }
