@@ -9,6 +9,11 @@
 //! refused and leaves it untouched; the sink, pointed at the rebuilt ledger, continues exactly
 //! where the rebuild ended. A topic whose oldest records were deleted is refused unless
 //! `--allow-truncated`.
+//!
+//! Measuring: `REBUILD_TEST_EVENTS=200000` (events produced), `REBUILD_TEST_FLUSH_ROWS` (the
+//! rebuild's `--flush-rows`, default 1000 so that the small run flushes several times) and
+//! `REBUILD_TEST_BIN` (the `meterline` that rebuilds, e.g. a release build) — the summary with
+//! its events/s is printed with `--nocapture`.
 
 mod common;
 
@@ -194,7 +199,9 @@ fn expected_sums(events: &BTreeMap<String, PricedUsage>) -> BTreeMap<String, i12
 }
 
 fn meterline(h: &Harness, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meterline"))
+    let bin = std::env::var("REBUILD_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_meterline").to_string());
+    Command::new(bin)
         .args(args)
         .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
         .env(
@@ -309,6 +316,7 @@ async fn the_rebuilt_ledger_equals_the_topic_and_the_sinks_ledger() {
         // the rebuild
         let into = h.dir.path().join("rebuilt");
         let t0 = Instant::now();
+        let flush_rows = std::env::var("REBUILD_TEST_FLUSH_ROWS").unwrap_or_else(|_| "1000".into());
         let out = meterline(
             &h,
             &[
@@ -316,7 +324,7 @@ async fn the_rebuilt_ledger_equals_the_topic_and_the_sinks_ledger() {
                 "--into",
                 into.to_str().unwrap(),
                 "--flush-rows",
-                "1000",
+                &flush_rows,
             ],
         );
         let secs = t0.elapsed().as_secs_f64();
