@@ -145,6 +145,37 @@ async fn admin_changes_are_reference_events_authored_by_the_principal() {
         "two versions published, nothing for unchanged or dry runs"
     );
     assert!(prices.iter().all(|p| p.author == "alice"));
+    // the history: both versions, in order, each with its own rates and reason
+    let (status, history) = api.get("/v1/admin/prices?history=true").await;
+    assert_eq!(status, 200, "{history}");
+    let versions: Vec<_> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["price_id"].clone(),
+                p["version"].clone(),
+                p["reason"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            (
+                json!("openai/gpt-4o"),
+                json!(1),
+                prices[0].reason.clone().into()
+            ),
+            (
+                json!("openai/gpt-4o"),
+                json!(2),
+                json!("negotiated discount")
+            ),
+        ],
+        "{history}"
+    );
     assert_eq!(prices[1].reason, "negotiated discount");
 
     // tenant rules (YAML)
@@ -157,6 +188,8 @@ async fn admin_changes_are_reference_events_authored_by_the_principal() {
     let (_, rules) = api.get("/v1/admin/tenants").await;
     assert_eq!(rules[0]["rule_id"], "search", "{rules}");
     assert_eq!(rules[0]["author"], "alice", "{rules}");
+    let (_, every) = api.get("/v1/admin/tenants?history=true").await;
+    assert_eq!(every, rules, "one version: the history is the list");
 
     // budgets: create, list, change, delete
     let budget = json!({"budget_id": "search-monthly", "scope": "team=search", "limit": "1000.00"});

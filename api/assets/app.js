@@ -621,30 +621,42 @@ async function sqlPage(params) {
 // ---------- prices and tenants (read-only) ----------
 const when = (micros) => (micros === null || micros === undefined ? '' : new Date(micros / 1000).toISOString().replace('.000Z', 'Z'));
 
+// Every version of every entry, newest first within an id; `latest` marks what applies to new
+// changes (the highest version), the effective window says when each one prices.
+function withHistory(all, id) {
+  const top = {};
+  for (const v of all) top[v[id]] = Math.max(top[v[id]] || 0, v.version);
+  return [...all].sort((a, b) => (a[id] < b[id] ? -1 : a[id] > b[id] ? 1 : b.version - a.version))
+    .map((v) => ({ ...v, latest: v.version === top[v[id]] ? 'latest' : '' }));
+}
+
 async function pricesPage() {
   return h('div', null, h('h1', null, 'Prices'), await part(async () => {
-    const prices = await api('/v1/admin/prices');
+    const prices = withHistory(await api('/v1/admin/prices?history=true'), 'price_id');
     const rows = prices.map((p) => ({
-      price_id: p.price_id, version: p.version, provider: p.provider, model: p.model, currency: p.currency,
+      price_id: p.price_id, version: p.version, latest: p.latest, provider: p.provider, model: p.model, currency: p.currency,
       rates: (p.rates || []).map((r) => Object.entries(r).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' ')).join('; '),
       effective: when(p.effective_from) + ' → ' + (when(p.effective_to) || '…'), deleted: p.deleted ? 'deleted' : '',
       changed: `${when(p.changed_at)} by ${p.author}: ${p.reason}`,
     }));
-    return card(`${prices.length} prices (latest version of each; the version number counts its changes)`,
-      table(rows, ['price_id', 'version', 'provider', 'model', 'currency', 'rates', 'effective', 'deleted', 'changed']));
+    const ids = new Set(prices.map((p) => p.price_id)).size;
+    return card(`${ids} prices, ${prices.length} versions (every version, newest first)`,
+      table(rows, ['price_id', 'version', 'latest', 'provider', 'model', 'currency', 'rates', 'effective', 'deleted', 'changed']));
   }));
 }
 
 async function tenantsPage() {
   return h('div', null, h('h1', null, 'Tenants'), await part(async () => {
-    const rules = await api('/v1/admin/tenants');
+    const rules = withHistory(await api('/v1/admin/tenants?history=true'), 'rule_id');
     const pairs = (o) => Object.entries(o || {}).filter(([, v]) => v !== null && v !== '').map(([k, v]) => `${k}=${v}`).join(' ');
     const rows = rules.map((r) => ({
-      rule_id: r.rule_id, version: r.version, priority: r.priority, matches: pairs(r.match), tenant: pairs(r.tenant),
+      rule_id: r.rule_id, version: r.version, latest: r.latest, priority: r.priority, matches: pairs(r.match), tenant: pairs(r.tenant),
       effective: when(r.effective_from) + ' → ' + (when(r.effective_to) || '…'), deleted: r.deleted ? 'deleted' : '',
       changed: `${when(r.changed_at)} by ${r.author}: ${r.reason}`,
     }));
-    return card(`${rules.length} tenant rules (latest version of each)`, table(rows, ['rule_id', 'version', 'priority', 'matches', 'tenant', 'effective', 'deleted', 'changed']));
+    const ids = new Set(rules.map((r) => r.rule_id)).size;
+    return card(`${ids} tenant rules, ${rules.length} versions (every version, newest first)`,
+      table(rows, ['rule_id', 'version', 'latest', 'priority', 'matches', 'tenant', 'effective', 'deleted', 'changed']));
   }));
 }
 

@@ -50,6 +50,15 @@ pub struct PublishQuery {
     pub dry_run: bool,
 }
 
+/// Query of the reference lists.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Every version (by id, then effective_from and version) instead of the latest of each.
+    #[serde(default)]
+    pub history: bool,
+}
+
 /// Runs `f` with the broker's config on a blocking thread and answers its value as JSON with
 /// `status`. No broker configured → 503; a refusal from `f` → its own status (Kafka: 502).
 async fn with_kafka<T: Serialize + Send + 'static>(
@@ -74,13 +83,20 @@ fn kafka_error(e: impl std::fmt::Display) -> (StatusCode, String) {
     (StatusCode::BAD_GATEWAY, format!("kafka: {e}"))
 }
 
-/// Current prices (latest version of each).
-#[utoipa::path(get, path = "/v1/admin/prices", description = "Roles: admin.",
+/// Current prices (latest version of each), or with `history=true` every version.
+#[utoipa::path(get, path = "/v1/admin/prices", params(ListQuery), description = "Roles: admin.",
     responses((status = 200), (status = 401), (status = 403), (status = 502)), security(("bearer" = [])))]
-pub async fn get_prices(State(s): State<Arc<Shared>>) -> Response {
-    with_kafka(&s, StatusCode::OK, |kafka| {
+pub async fn get_prices(State(s): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Response {
+    with_kafka(&s, StatusCode::OK, move |kafka| {
         let r = publish::load(kafka).map_err(kafka_error)?;
         let book = r.prices.read().expect("price book");
+        if q.history {
+            return Ok(book
+                .every_version()
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>());
+        }
         let mut latest: Vec<_> = book.latest().cloned().collect();
         latest.sort_by(|a, b| a.price_id.cmp(&b.price_id));
         Ok(latest)
@@ -119,13 +135,16 @@ pub async fn post_prices(
     .await
 }
 
-/// Current tenant rules (latest version of each).
-#[utoipa::path(get, path = "/v1/admin/tenants", description = "Roles: admin.",
+/// Current tenant rules (latest version of each), or with `history=true` every version.
+#[utoipa::path(get, path = "/v1/admin/tenants", params(ListQuery), description = "Roles: admin.",
     responses((status = 200), (status = 401), (status = 403), (status = 502)), security(("bearer" = [])))]
-pub async fn get_tenants(State(s): State<Arc<Shared>>) -> Response {
-    with_kafka(&s, StatusCode::OK, |kafka| {
+pub async fn get_tenants(State(s): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Response {
+    with_kafka(&s, StatusCode::OK, move |kafka| {
         let r = publish::load(kafka).map_err(kafka_error)?;
         let dir = r.tenants.read().expect("tenants");
+        if q.history {
+            return Ok(dir.every_version().into_iter().cloned().collect::<Vec<_>>());
+        }
         let mut latest: Vec<_> = dir.latest().cloned().collect();
         latest.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
         Ok(latest)

@@ -81,6 +81,13 @@ impl<T: Effective> History<T> {
         self.versions.get(id).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// Every version of every entity: by id, then (effective_from, version).
+    pub fn every_version(&self) -> Vec<&T> {
+        let mut ids: Vec<&String> = self.versions.keys().collect();
+        ids.sort();
+        ids.into_iter().flat_map(|id| &self.versions[id]).collect()
+    }
+
     /// The highest version of every entity.
     pub fn latest(&self) -> impl Iterator<Item = &T> {
         self.versions

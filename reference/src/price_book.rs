@@ -184,6 +184,11 @@ impl PriceBook {
         self.versions.versions(price_id)
     }
 
+    /// Every version of every entry: by price id, then (effective_from, version).
+    pub fn every_version(&self) -> Vec<&PriceChange> {
+        self.versions.every_version()
+    }
+
     /// The highest version of every entry.
     pub fn latest(&self) -> impl Iterator<Item = &PriceChange> {
         self.versions.latest()

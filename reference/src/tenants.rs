@@ -162,6 +162,11 @@ impl TenantDirectory {
         }
     }
 
+    /// Every version of every rule: by rule id, then (effective_from, version).
+    pub fn every_version(&self) -> Vec<&TenantChange> {
+        self.versions.every_version()
+    }
+
     /// Latest version of every rule (for `tenants list` and numbering new versions).
     pub fn latest(&self) -> impl Iterator<Item = &TenantChange> {
         self.versions.latest()
