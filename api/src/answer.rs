@@ -128,10 +128,7 @@ async fn open(
     sql: &str,
 ) -> Result<SendableRecordBatchStream, (StatusCode, String)> {
     let failed = |e: DataFusionError| status_of(&e);
-    let ctx = s
-        .session(scope)
-        .await
-        .map_err(|e| (e.status(), e.to_string()))?;
+    let ctx = s.session(scope).await.map_err(|e| e.reply())?;
     let statement = statement::check(sql, matches!(scope, Scope::Teams(_))).map_err(failed)?;
     let plan = ctx
         .state()

@@ -69,7 +69,12 @@ fn listing(dir: &std::path::Path, schema: SchemaRef) -> Result<Arc<dyn TableProv
     std::fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
     let url = ListingTableUrl::parse(format!(
         "{}/",
-        dir.canonicalize().map_err(Error::io)?.display()
+        dir.canonicalize()
+            .map_err(|source| Error::LedgerDir {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .display()
     ))
     .map_err(Error::query)?;
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))

@@ -61,7 +61,7 @@ fn sha256_hex(b: &[u8]) -> String {
 fn fsync_dir(p: &Path) -> Result<(), Error> {
     fs::File::open(p)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::Io(format!("{}: {e}", p.display())))
+        .map_err(Error::at(p))
 }
 
 impl Closes {
@@ -77,9 +77,9 @@ impl Closes {
         match fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| Error::Io(format!("{}: {e}", p.display()))),
+                .map_err(|source| Error::Manifest { path: p, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io(format!("{}: {e}", p.display()))),
+            Err(e) => Err(Error::at(&p)(e)),
         }
     }
 
@@ -91,7 +91,7 @@ impl Closes {
                 .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-            Err(e) => return Err(Error::io(e)),
+            Err(e) => return Err(Error::at(&self.dir)(e)),
         };
         months.sort();
         let mut out = vec![];
@@ -110,18 +110,23 @@ impl Closes {
     /// A snapshot file's bytes, checked against the manifest (a changed file is an error,
     /// never an answer).
     pub fn read(&self, rec: &CloseRecord, name: &str) -> Result<Vec<u8>, Error> {
+        let snapshot = self.dir.join(rec.period.to_string());
         let f = rec
             .files
             .iter()
             .find(|f| f.name == name)
-            .ok_or_else(|| Error::Io(format!("{} has no {name}", rec.period)))?;
-        let p = self.dir.join(rec.period.to_string()).join(name);
-        let b = fs::read(&p).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?;
+            .ok_or_else(|| Error::Corrupt {
+                path: snapshot.join(MANIFEST),
+                reason: format!("lists no {name}"),
+            })?;
+        let p = snapshot.join(name);
+        let b = fs::read(&p).map_err(Error::at(&p))?;
         if sha256_hex(&b) != f.sha256 {
-            return Err(Error::Io(format!(
-                "{} does not match its manifest digest: the closed snapshot was altered",
-                p.display()
-            )));
+            return Err(Error::Corrupt {
+                path: p,
+                reason: "does not match its manifest digest: the closed snapshot was altered"
+                    .into(),
+            });
         }
         Ok(b)
     }
@@ -132,15 +137,16 @@ impl Closes {
         mut rec: CloseRecord,
         files: Vec<(String, Vec<u8>)>,
     ) -> Result<CloseRecord, Error> {
-        fs::create_dir_all(&self.dir).map_err(Error::io)?;
+        fs::create_dir_all(&self.dir).map_err(Error::at(&self.dir))?;
         let staging = self.dir.join(format!(".tmp-{}", rec.period));
         let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(&staging).map_err(Error::io)?;
+        fs::create_dir_all(&staging).map_err(Error::at(&staging))?;
         // 1. every report file, fsynced, digests into the record
         for (name, bytes) in &files {
-            let mut f = fs::File::create(staging.join(name)).map_err(Error::io)?;
-            f.write_all(bytes).map_err(Error::io)?;
-            f.sync_all().map_err(Error::io)?;
+            let p = staging.join(name);
+            let mut f = fs::File::create(&p).map_err(Error::at(&p))?;
+            f.write_all(bytes).map_err(Error::at(&p))?;
+            f.sync_all().map_err(Error::at(&p))?;
             rec.files.push(SnapshotFile {
                 name: name.clone(),
                 sha256: sha256_hex(bytes),
@@ -148,19 +154,23 @@ impl Closes {
             });
         }
         // 2. the manifest last
-        let manifest = serde_json::to_vec_pretty(&rec).map_err(Error::io)?;
-        let mut f = fs::File::create(staging.join(MANIFEST)).map_err(Error::io)?;
-        f.write_all(&manifest).map_err(Error::io)?;
-        f.sync_all().map_err(Error::io)?;
+        let p = staging.join(MANIFEST);
+        let manifest = serde_json::to_vec_pretty(&rec).map_err(|source| Error::Manifest {
+            path: p.clone(),
+            source,
+        })?;
+        let mut f = fs::File::create(&p).map_err(Error::at(&p))?;
+        f.write_all(&manifest).map_err(Error::at(&p))?;
+        f.sync_all().map_err(Error::at(&p))?;
         fsync_dir(&staging)?;
         // 3. read-only, then one rename publishes the whole close
         for name in files.iter().map(|f| f.0.as_str()).chain([MANIFEST]) {
             let p = staging.join(name);
-            let mut perm = fs::metadata(&p).map_err(Error::io)?.permissions();
+            let mut perm = fs::metadata(&p).map_err(Error::at(&p))?.permissions();
             perm.set_readonly(true);
-            fs::set_permissions(&p, perm).map_err(Error::io)?;
+            fs::set_permissions(&p, perm).map_err(Error::at(&p))?;
         }
-        fs::rename(&staging, self.dir.join(rec.period.to_string())).map_err(Error::io)?;
+        fs::rename(&staging, self.dir.join(rec.period.to_string())).map_err(Error::at(&staging))?;
         fsync_dir(&self.dir)?;
         Ok(rec)
     }

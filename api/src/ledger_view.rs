@@ -118,15 +118,20 @@ impl LedgerView {
                     files: vec![],
                 })
             }
-            Err(e) => return Err(Error::io(e)),
+            Err(source) => return Err(Error::LedgerDir { path: dir, source }),
+        };
+        let listing = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| Error::LedgerDir { path, source }
         };
         for d in dates {
-            let d = d.map_err(Error::io)?;
+            let d = d.map_err(listing(&dir))?;
             if !d.file_name().to_string_lossy().starts_with("date=") {
                 continue;
             }
-            for f in std::fs::read_dir(d.path()).map_err(Error::io)? {
-                let f = f.map_err(Error::io)?;
+            let date_dir = d.path();
+            for f in std::fs::read_dir(&date_dir).map_err(listing(&date_dir))? {
+                let f = f.map_err(listing(&date_dir))?;
                 let name = f.file_name().to_string_lossy().to_string();
                 let Some((partition, _, _)) = files::parse_file_name(&name) else {
                     continue;
@@ -141,7 +146,7 @@ impl LedgerView {
                         }
                         // deleted meanwhile (compaction, recovery)
                         Err(_) if !path.exists() => continue,
-                        Err(e) => return Err(Error::io(e)),
+                        Err(e) => return Err(Error::Ledger(e)),
                     },
                 };
                 seen.insert(path.clone());

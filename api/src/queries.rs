@@ -74,7 +74,7 @@ impl QueryRuntime {
             .on_thread_start(lower_priority)
             .enable_all()
             .build()
-            .map_err(Error::io)?;
+            .map_err(Error::QueryRuntime)?;
         Ok(QueryRuntime {
             runtime: Some(runtime),
             running: Default::default(),

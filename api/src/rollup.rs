@@ -282,24 +282,28 @@ impl Rollups {
 
     /// Reads one ledger file's rows in `range` and sums them per key.
     fn rollup_file(&self, path: &std::path::Path, range: OffsetRange) -> Result<FileRollup, Error> {
-        let at = |e: &dyn std::fmt::Display| Error::Io(format!("{}: {e}", path.display()));
-        let file = std::fs::File::open(path).map_err(|e| at(&e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| at(&e))?;
+        let at = |e: Error| Error::LedgerFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        };
+        let file = std::fs::File::open(path).map_err(Error::at(path))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| at(Error::Parquet(e)))?;
         let schema = builder.schema().clone();
         let mut roots = vec![];
         for name in DIMENSIONS.iter().chain(MEASURES.iter()) {
-            roots.push(schema.index_of(name).map_err(|e| at(&e))?);
+            roots.push(schema.index_of(name).map_err(|e| at(Error::Arrow(e)))?);
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let reader = builder
             .with_projection(mask)
             .with_batch_size(64 * 1024)
             .build()
-            .map_err(|e| at(&e))?;
+            .map_err(|e| at(Error::Parquet(e)))?;
         let mut groups: HashMap<Key, Sums, FastHash> = HashMap::default();
         for batch in reader {
-            let b = batch.map_err(|e| at(&e))?;
-            self.add_batch(&b, range, &mut groups).map_err(|e| at(&e))?;
+            let b = batch.map_err(|e| at(Error::Arrow(e)))?;
+            self.add_batch(&b, range, &mut groups).map_err(at)?;
         }
         Ok(FileRollup {
             groups: groups.into_iter().collect(),

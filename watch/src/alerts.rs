@@ -270,7 +270,7 @@ pub async fn run(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .build()
-        .map_err(Error::io)?;
+        .map_err(Error::WebhookClient)?;
     let alerts: StreamConsumer = kafka
         .stage_consumer("alerts", &cfg.group_id, 10_000, 300_000)
         .create()
@@ -336,7 +336,7 @@ pub async fn run(
                 let alert = Arc::new(alert);
                 let mut tasks = vec![];
                 for t in targets {
-                    let permit = in_flight.clone().acquire_owned().await.map_err(Error::io)?;
+                    let permit = in_flight.clone().acquire_owned().await.map_err(Error::InFlight)?;
                     let (http, cfg, alert, stop) = (http.clone(), cfg.clone(), alert.clone(), stop.clone());
                     tasks.push(tokio::spawn(async move {
                         deliver(http, cfg, t, alert, stop).await;

@@ -190,7 +190,7 @@ fn anomaly_id(f: &Finding) -> String {
 }
 
 fn money(d: Decimal) -> Result<Money, Error> {
-    Money::new(d.round_dp(18)).map_err(Error::io)
+    Ok(Money::new(d.round_dp(18))?)
 }
 
 fn record(f: &Finding, now: DateTime<Utc>) -> Result<Anomaly, Error> {

@@ -17,6 +17,7 @@ pub mod derive;
 pub mod spend;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
@@ -29,11 +30,38 @@ pub use config::{AlertsConfig, WatchConfig};
 /// Errors of the watch stage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("io: {0}")]
-    Io(String),
-    /// A ledger file that cannot be read: stop rather than guess.
-    #[error("ledger file: {0}")]
-    Corrupt(String),
+    /// The metrics server could not listen on `[watch] listen` (the address in use, by an
+    /// instance still stopping for one).
+    #[error("metrics server: {0}")]
+    Metrics(#[source] std::io::Error),
+    /// The supervisor's blocking task panicked or was cancelled (a bug).
+    #[error("watch supervisor task: {0}")]
+    Supervisor(#[source] tokio::task::JoinError),
+    /// A ledger file could not be opened (permissions, a failing disk): worth retrying.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A ledger file that cannot be read (not Parquet, a column missing or of another type,
+    /// an amount out of range): stop rather than guess.
+    #[error("ledger file {}: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An amount outside the money type, or a signal or anomaly Avro cannot encode
+    /// (`meterline-schemas`): the same input fails the same way again.
+    #[error(transparent)]
+    Schemas(#[from] meterline_schemas::Error),
+    /// The webhook HTTP client could not be built (its TLS backend).
+    #[error("webhook client: {0}")]
+    WebhookClient(#[source] reqwest::Error),
+    /// The limit of deliveries in flight was closed (it is not, while delivery runs: a bug).
+    #[error("alert delivery in-flight limit: {0}")]
+    InFlight(#[source] tokio::sync::AcquireError),
     #[error("{0}")]
     Fatal(String),
     #[error("kafka: {0}")]
@@ -55,23 +83,27 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(e: impl std::fmt::Display) -> Error {
-        Error::Io(e.to_string())
-    }
     pub fn kafka(e: rdkafka::error::KafkaError) -> Error {
         Error::Kafka(e)
     }
 
-    /// Whether waiting and trying again can help: broker faults, a failing disk.
-    /// A corrupt ledger file, configuration and fatal Kafka errors cannot be waited out.
+    /// Whether waiting and trying again can help: broker faults, a failing disk, a metrics
+    /// address still held. A corrupt ledger file, an amount or record the schemas refuse,
+    /// configuration, fatal Kafka errors and bugs cannot be waited out.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Kafka(e) => meterline_runtime::kafka::retryable(e),
             Error::Runtime(e) => e.is_retryable(),
             Error::Reference(e) => e.is_retryable(),
             Error::Ledger(e) => e.is_retryable(),
-            Error::Broker(_) | Error::Io(_) => true,
-            Error::Corrupt(_) | Error::Fatal(_) | Error::Config(_) => false,
+            Error::Broker(_) | Error::Io { .. } | Error::Metrics(_) => true,
+            Error::Corrupt { .. }
+            | Error::Schemas(_)
+            | Error::WebhookClient(_)
+            | Error::InFlight(_)
+            | Error::Supervisor(_)
+            | Error::Fatal(_)
+            | Error::Config(_) => false,
         }
     }
 }
@@ -96,7 +128,7 @@ impl App {
         let metrics =
             meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
                 .await
-                .map_err(Error::io)?;
+                .map_err(Error::Metrics)?;
         // Anomalies per kind counted from zero: on `/metrics` (and in `rate()`) before the first.
         for kind in anomaly::FindingKind::ALL {
             metrics::counter!(meterline_schemas::metric_names::AGGREGATE_ANOMALIES,
@@ -149,7 +181,7 @@ impl App {
             )
         })
         .await
-        .map_err(Error::io)?;
+        .map_err(Error::Supervisor)?;
         stop.cancel();
         let _ = server.await;
         result
@@ -219,4 +251,67 @@ fn run_once(
         None => Ok(()),
     };
     tracked.and(delivered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    /// Every file of this crate's `src`, recursively.
+    fn sources(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push((p.clone(), std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+
+    /// The project rule: one error enum per crate, each variant saying what failed and keeping
+    /// its source. No catch-all that turns any error into text (spelled in pieces here so this
+    /// test does not find itself).
+    #[test]
+    fn no_catch_all_error() {
+        let banned = [
+            concat!("Io(", "String)"),
+            concat!("fn ", "io("),
+            concat!("Error::", "io"),
+        ];
+        let mut files = vec![];
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        assert!(files.len() > 1, "no sources found");
+        for (path, text) in files {
+            for b in banned {
+                assert!(!text.contains(b), "{} contains {b}", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn an_unopenable_ledger_file_is_retried_a_broken_one_is_not() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let since = chrono::Utc::now();
+        let missing = dir.path().join("part-0-0-9.parquet");
+        let e = crate::spend::read_spend_rows(&missing, since).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert!(e.is_retryable());
+        assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
+
+        let broken = dir.path().join("part-0-10-19.parquet");
+        std::fs::write(&broken, b"not parquet").unwrap();
+        let e = crate::spend::read_spend_rows(&broken, since).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("part-0-10-19.parquet"), "{e}");
+        assert!(e.source().is_some());
+
+        let money = Error::from(meterline_schemas::Money::from_unscaled(i128::MAX).unwrap_err());
+        assert!(!money.is_retryable());
+    }
 }

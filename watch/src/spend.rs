@@ -71,9 +71,15 @@ const READ_TO_END: Duration = Duration::from_secs(60);
 
 /// The rows of one ledger file that occurred at or after `since`.
 pub fn read_spend_rows(path: &Path, since: DateTime<Utc>) -> Result<Vec<SpendRow>, Error> {
-    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{}: {e}", path.display()));
-    let file = File::open(path).map_err(Error::io)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(&e))?;
+    let corrupt = |source: Reason| Error::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(e.into()))?;
     const COLUMNS: [&str; 16] = [
         "occurred_at",
         "input_tokens",
@@ -98,28 +104,32 @@ pub fn read_spend_rows(path: &Path, since: DateTime<Utc>) -> Result<Vec<SpendRow
         .map(|c| {
             (0..schema.num_columns())
                 .find(|i| schema.column(*i).name() == *c)
-                .ok_or_else(|| corrupt(&format!("no column {c}")))
+                .ok_or_else(|| corrupt(format!("no column {c}").into()))
         })
         .collect::<Result<_, _>>()?;
     let mask = ProjectionMask::leaves(schema, indices);
     let reader = builder
         .with_projection(mask)
         .build()
-        .map_err(|e| corrupt(&e))?;
+        .map_err(|e| corrupt(e.into()))?;
     let mut out = vec![];
     for batch in reader {
-        let batch = batch.map_err(|e| corrupt(&e))?;
-        rows_of(&batch, since, &mut out).map_err(|e| corrupt(&e))?;
+        let batch = batch.map_err(|e| corrupt(e.into()))?;
+        rows_of(&batch, since, &mut out).map_err(corrupt)?;
     }
     Ok(out)
 }
 
-fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Result<(), Error> {
-    let text = |name: &str| -> Result<Vec<Option<String>>, Error> {
+/// Why a ledger file's rows cannot be read: its own error (Parquet, Arrow, an amount out of
+/// range) or what is missing.
+type Reason = Box<dyn std::error::Error + Send + Sync>;
+
+fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Result<(), Reason> {
+    let text = |name: &str| -> Result<Vec<Option<String>>, Reason> {
         let col = b
             .column_by_name(name)
-            .ok_or_else(|| Error::Corrupt(format!("no column {name}")))?;
-        let col = arrow::compute::cast(col, &DataType::Utf8).map_err(Error::io)?;
+            .ok_or_else(|| format!("no column {name}"))?;
+        let col = arrow::compute::cast(col, &DataType::Utf8)?;
         let s = col.as_string::<i32>();
         Ok((0..s.len())
             .map(|i| s.is_valid(i).then(|| s.value(i).to_string()))
@@ -127,15 +137,15 @@ fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Re
     };
     let at = b
         .column_by_name("occurred_at")
-        .ok_or_else(|| Error::Corrupt("no occurred_at".into()))?
+        .ok_or("no occurred_at")?
         .as_primitive_opt::<TimestampMicrosecondType>()
-        .ok_or_else(|| Error::Corrupt("occurred_at type".into()))?
+        .ok_or("occurred_at type")?
         .clone();
     let cost = b
         .column_by_name("cost_total")
-        .ok_or_else(|| Error::Corrupt("no cost_total".into()))?
+        .ok_or("no cost_total")?
         .as_primitive_opt::<Decimal128Type>()
-        .ok_or_else(|| Error::Corrupt("cost_total type".into()))?
+        .ok_or("cost_total type")?
         .clone();
     let (org, cc, team, project) = (
         text("org")?,
@@ -146,11 +156,11 @@ fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Re
     let (key, user, tags) = (text("api_key_id")?, text("user_id")?, text("tags")?);
     let (provider, model, currency) = (text("provider")?, text("model")?, text("currency")?);
     let status = text("status")?;
-    let int = |name: &str| -> Result<arrow::array::Int64Array, Error> {
-        b.column_by_name(name)
+    let int = |name: &str| -> Result<arrow::array::Int64Array, Reason> {
+        Ok(b.column_by_name(name)
             .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
             .cloned()
-            .ok_or_else(|| Error::Corrupt(format!("column {name}")))
+            .ok_or_else(|| format!("column {name}"))?)
     };
     let (input, cache_read, output) = (
         int("input_tokens")?,
@@ -158,13 +168,13 @@ fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Re
         int("output_tokens")?,
     );
     for i in 0..b.num_rows() {
-        let occurred_at = meterline_schemas::time::from_micros(at.value(i))
-            .ok_or_else(|| Error::Corrupt("occurred_at out of range".into()))?;
+        let occurred_at =
+            meterline_schemas::time::from_micros(at.value(i)).ok_or("occurred_at out of range")?;
         if occurred_at < since {
             continue;
         }
         let tags = match &tags[i] {
-            Some(t) => serde_json::from_str(t).map_err(|e| Error::Corrupt(format!("tags: {e}")))?,
+            Some(t) => serde_json::from_str(t).map_err(|e| format!("tags: {e}"))?,
             None => Default::default(),
         };
         out.push(SpendRow {
@@ -180,7 +190,7 @@ fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Re
                 model: model[i].clone(),
             },
             occurred_at,
-            cost: Money::from_unscaled(cost.value(i)).map_err(Error::io)?,
+            cost: Money::from_unscaled(cost.value(i))?,
             currency: currency[i].clone().unwrap_or_default(),
             input_tokens: input.value(i),
             cache_read_tokens: cache_read.value(i),
@@ -350,7 +360,7 @@ impl SpendTracker {
             return Ok(());
         }
         for s in signals {
-            let bytes = s.to_avro().map_err(Error::io)?;
+            let bytes = s.to_avro()?;
             let key = signal_key(s);
             self.producer
                 .send(
@@ -373,7 +383,7 @@ impl SpendTracker {
             return Ok(());
         }
         for a in found {
-            let bytes = a.to_avro().map_err(Error::io)?;
+            let bytes = a.to_avro()?;
             self.producer
                 .send(
                     BaseRecord::to(topics::ANOMALIES)
@@ -437,7 +447,8 @@ impl SpendTracker {
     }
 
     /// The loop: priced rows and budget changes until `stop`. Kafka and file errors are
-    /// retried after a pause with a fresh rebuild; only a corrupt ledger file stops it.
+    /// retried after a pause with a fresh rebuild; a corrupt ledger file, or an amount or
+    /// record the schemas refuse, stops it.
     pub fn run(mut self) -> Result<(), Error> {
         let mut pruned = Instant::now();
         let mut healthy = false;
@@ -445,7 +456,8 @@ impl SpendTracker {
             if !healthy {
                 match self.rebuild() {
                     Ok(()) => healthy = true,
-                    Err(e @ Error::Corrupt(_)) => return Err(e),
+                    // the same files and records fail the same way again
+                    Err(e @ (Error::Corrupt { .. } | Error::Schemas(_))) => return Err(e),
                     Err(e) => {
                         warn!(error = %e, "budget rebuild failed; retrying in 5 s");
                         self.pause(Duration::from_secs(5));
@@ -474,7 +486,9 @@ impl SpendTracker {
             });
             match result {
                 Ok(()) => {}
-                Err(e @ (Error::Corrupt(_) | Error::Fatal(_))) => return Err(e),
+                Err(e @ (Error::Corrupt { .. } | Error::Schemas(_) | Error::Fatal(_))) => {
+                    return Err(e)
+                }
                 // Retryable (broker away, a file unreadable for a moment): start over from
                 // the ledger, which is always correct.
                 Err(e) => {

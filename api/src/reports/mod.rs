@@ -105,9 +105,10 @@ pub(crate) fn csv_bytes<H: AsRef<[u8]>>(
     rows: impl IntoIterator<Item = Result<Vec<String>, Error>>,
 ) -> Result<Vec<u8>, Error> {
     let mut w = csv::Writer::from_writer(vec![]);
-    w.write_record(header).map_err(Error::io)?;
+    w.write_record(header)?;
     for r in rows {
-        w.write_record(r?).map_err(Error::io)?;
+        w.write_record(r?)?;
     }
-    w.into_inner().map_err(Error::io)
+    w.into_inner()
+        .map_err(|e| Error::Csv(csv::Error::from(e.into_error())))
 }
