@@ -42,8 +42,10 @@ pub struct RebuildArgs {
     /// exist or be empty.
     #[arg(long)]
     pub into: PathBuf,
-    /// Rows a partition buffers before they are written (one file per event date per flush;
-    /// memory grows with it: ~1 KB per row, per partition).
+    /// Rows a partition buffers before they are written: one file per event date and one
+    /// Delta commit per flush, so small flushes are slow (1,000: 14k events/s; 50,000: 104k
+    /// events/s, peak RSS 276 MiB with 2 partitions, on a 2-core machine) and memory grows
+    /// with it (per partition).
     #[arg(long, default_value_t = 50_000)]
     pub flush_rows: usize,
     /// Rebuild although a partition no longer starts at offset 0 (retention deleted its
