@@ -85,10 +85,7 @@ fn an_unreachable_broker_is_named_with_its_setting() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(logs)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in std::io::BufReader::new(logs).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }

@@ -447,12 +447,33 @@ async fn a_topic_that_lost_records_to_retention_is_refused_unless_allowed() {
     let events = tokio::task::spawn_blocking(move || produce(&brokers, 0, 200))
         .await
         .unwrap();
-    // what retention does: the oldest records of partition 0 are deleted
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &h.kafka.brokers)
             .create()
             .unwrap();
+    // the priced log is created to be kept (retention by time would delete what a rebuild
+    // needs after the broker's default 7 days); the raw topic keeps the broker's default
+    let retention = |topic: &'static str| {
+        let admin = &admin;
+        async move {
+            let r = admin
+                .describe_configs(
+                    &[rdkafka::admin::ResourceSpecifier::Topic(topic)],
+                    &rdkafka::admin::AdminOptions::new(),
+                )
+                .await
+                .unwrap();
+            let cfg = r.into_iter().next().unwrap().unwrap();
+            cfg.get("retention.ms").and_then(|e| e.value.clone())
+        }
+    };
+    assert_eq!(retention(topics::USAGE_PRICED).await.as_deref(), Some("-1"));
+    assert_eq!(
+        retention(topics::USAGE_RAW).await.as_deref(),
+        Some("604800000")
+    );
+    // what retention does: the oldest records of partition 0 are deleted
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topics::USAGE_PRICED, 0, rdkafka::Offset::Offset(10))
         .unwrap();

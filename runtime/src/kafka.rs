@@ -118,6 +118,11 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
                 s.partitions,
                 TopicReplication::Fixed(cfg.replication_factor),
             );
+            let t = if s.kept_forever {
+                t.set("retention.ms", "-1")
+            } else {
+                t
+            };
             if s.compacted {
                 t.set("cleanup.policy", "compact")
             } else {

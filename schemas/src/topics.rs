@@ -24,6 +24,10 @@ pub struct TopicSpec {
     pub name: &'static str,
     pub partitions: i32,
     pub compacted: bool,
+    /// Never deleted by time (`retention.ms = -1`): the priced usage is the log the ledger is
+    /// re-derived from (`meterline rebuild`), so the broker's 7-day default would make every
+    /// rebuild after a week a partial one.
+    pub kept_forever: bool,
 }
 
 /// Every topic of the pipeline. Usage topics share one partition count so that enrich can
@@ -34,41 +38,49 @@ pub fn all(usage_partitions: i32) -> [TopicSpec; 8] {
             name: USAGE_RAW,
             partitions: usage_partitions,
             compacted: false,
+            kept_forever: false,
         },
         TopicSpec {
             name: USAGE_PRICED,
             partitions: usage_partitions,
             compacted: false,
+            kept_forever: true,
         },
         TopicSpec {
             name: USAGE_REJECTED,
             partitions: usage_partitions,
             compacted: false,
+            kept_forever: false,
         },
         TopicSpec {
             name: PRICES,
             partitions: 1,
             compacted: true,
+            kept_forever: false,
         },
         TopicSpec {
             name: TENANTS,
             partitions: 1,
             compacted: true,
+            kept_forever: false,
         },
         TopicSpec {
             name: BUDGETS,
             partitions: 1,
             compacted: true,
+            kept_forever: false,
         },
         TopicSpec {
             name: BUDGET_SIGNALS,
             partitions: 1,
             compacted: true,
+            kept_forever: false,
         },
         TopicSpec {
             name: ANOMALIES,
             partitions: 1,
             compacted: false,
+            kept_forever: false,
         },
     ]
 }

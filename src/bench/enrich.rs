@@ -54,6 +54,7 @@ pub(super) async fn run(
             name: PASSTHROUGH_TOPIC,
             partitions,
             compacted: false,
+            kept_forever: false,
         }],
     )
     .await?;

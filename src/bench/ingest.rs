@@ -40,6 +40,7 @@ pub(super) async fn run(
             name: "meterline.bench.baseline",
             partitions: kafka.usage_partitions,
             compacted: false,
+            kept_forever: false,
         }],
     )
     .await?;
