@@ -25,6 +25,35 @@ const STAGES: [&str; 5] = [
     "meterline-api",
 ];
 
+/// Every `.rs` file under `dir` (recursively) with its text.
+fn rust_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.push((path, text));
+            }
+        }
+    }
+    out
+}
+
+/// The `src/` of every crate of the workspace and of the root package.
+fn source_dirs() -> Vec<std::path::PathBuf> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    BASE.iter()
+        .chain(STAGES.iter())
+        .map(|c| format!("{root}/{}/src", c.trim_start_matches("meterline-")))
+        .chain([format!("{root}/src")])
+        .map(std::path::PathBuf::from)
+        .collect()
+}
+
 /// Every dependency name of `dir/Cargo.toml` (normal and dev).
 fn deps(dir: &str) -> BTreeSet<String> {
     let path = format!("{}/{dir}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
@@ -88,27 +117,38 @@ fn no_source_names_another_stage() {
     for stage in STAGES {
         let dir = stage.trim_start_matches("meterline-");
         let root = format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"));
-        let mut stack = vec![std::path::PathBuf::from(&root)];
-        while let Some(p) = stack.pop() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                let e = e.unwrap();
-                let path = e.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.extension().is_some_and(|x| x == "rs") {
-                    let text = std::fs::read_to_string(&path).unwrap();
-                    for other in STAGES.iter().filter(|o| **o != stage) {
-                        let krate = other.replace('-', "_");
-                        assert!(
-                            !text.contains(&format!("{krate}::")),
-                            "{} names {krate}",
-                            path.display()
-                        );
-                    }
-                }
+        for (path, text) in rust_files(std::path::Path::new(&root)) {
+            for other in STAGES.iter().filter(|o| **o != stage) {
+                let krate = other.replace('-', "_");
+                assert!(
+                    !text.contains(&format!("{krate}::")),
+                    "{} names {krate}",
+                    path.display()
+                );
             }
         }
     }
+}
+
+/// One error enum per crate whose variants say what failed and keep their source: no
+/// catch-all that turns any error into text (spelled in pieces so this test does not find
+/// itself).
+#[test]
+fn no_error_is_flattened_into_a_catch_all() {
+    let banned = [
+        concat!("Io(", "String)"),
+        concat!("fn ", "io("),
+        concat!("Error::", "io("),
+    ];
+    let mut found = vec![];
+    for dir in source_dirs() {
+        for (path, text) in rust_files(&dir) {
+            for b in banned.iter().filter(|b| text.contains(**b)) {
+                found.push(format!("{}: {b}", path.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
 /// Every instant a person or a client writes is read through `schemas::time` (serde `with` /
@@ -118,27 +158,10 @@ fn no_source_names_another_stage() {
 /// type in the workspace's sources.
 #[test]
 fn instants_from_outside_are_read_at_wire_precision() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let field = [": DateTime<Utc>,", ": Option<DateTime<Utc>>,"];
     let mut unchecked = Vec::new();
-    let mut stack: Vec<_> = BASE
-        .iter()
-        .chain(STAGES.iter())
-        .map(|c| format!("{root}/{}/src", c.trim_start_matches("meterline-")))
-        .chain([format!("{root}/src")])
-        .map(std::path::PathBuf::from)
-        .collect();
-    while let Some(p) = stack.pop() {
-        for e in std::fs::read_dir(&p).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|x| x != "rs") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
+    for dir in source_dirs() {
+        for (path, text) in rust_files(&dir) {
             let lines: Vec<&str> = text.lines().collect();
             for (i, l) in lines.iter().enumerate() {
                 let t = l.trim_start().trim_start_matches("pub ");
