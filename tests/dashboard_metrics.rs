@@ -27,10 +27,7 @@ const PROMETHEUS_SERIES: [&str; 1] = ["up"];
 const TARGET_LABELS: [&str; 2] = ["job", "instance"];
 
 /// Metric name constants deliberately on no dashboard, with why.
-const NOT_ON_DASHBOARDS: [(&str, &str); 1] = [(
-    "meterline_enforcement_budgets",
-    "declared, never recorded by any stage",
-)];
+const NOT_ON_DASHBOARDS: [(&str, &str); 0] = [];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

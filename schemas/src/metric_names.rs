@@ -65,7 +65,6 @@ pub const API_QUERIES_RUNNING: &str = "meterline_api_queries_running";
 
 // enforcement (at the edge)
 pub const ENFORCEMENT_CHECKS: &str = "meterline_enforcement_checks_total";
-pub const ENFORCEMENT_BUDGETS: &str = "meterline_enforcement_budgets";
 
 // label keys
 pub const LABEL_STATE: &str = "state";
