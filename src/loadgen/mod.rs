@@ -260,7 +260,7 @@ const MODELS: [Model; 4] = [
         name: "gemini-2.5-pro",
         weight: 0.15,
         ms_per_token: 9.0,
-        price: (1_250, 310, 10_000),
+        price: (1_250, 125, 10_000),
         thinking: true,
     },
 ];
