@@ -1,0 +1,208 @@
+//! The crate's one error type and how an error answers over HTTP.
+
+use std::path::PathBuf;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// Errors of the API crate.
+///
+/// What a caller reads is the `Display` text (see [`Error::status`] for the code). Every
+/// caller, team leads included, can meet the errors of a query's session (reading the
+/// ledger's directories and files): [`Error::LedgerDir`] names no path (`path` is for the
+/// log); [`Error::Ledger`] says what `meterline-ledger` says. The variants naming their file
+/// (`Io`, `LedgerFile`, `Manifest`, `Corrupt`) are met on finance's routes only (closes,
+/// chargeback rollups).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: {0}")]
+    Config(String),
+    /// The API could not listen on `[api] listen`.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server stopped on an error.
+    #[error("serving: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The query runtime's threads could not be started.
+    #[error("query runtime: {0}")]
+    QueryRuntime(#[source] std::io::Error),
+    /// A file system call on `path` failed (a close's snapshot, a ledger file for a rollup).
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Listing the ledger's directories failed (permissions, a failing disk). Any caller may
+    /// get this message, so it names no path; `path` is for the log.
+    #[error("reading the ledger's directory: {source}")]
+    LedgerDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A ledger file's flushes could not be read (`meterline-ledger`).
+    #[error(transparent)]
+    Ledger(#[from] meterline_ledger::Error),
+    /// A ledger file whose rows could not be summed into a rollup: what failed in it.
+    #[error("{}: {source}", path.display())]
+    LedgerFile {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+    /// Reading Parquet (a ledger file for a rollup; [`Error::LedgerFile`] names it).
+    #[error("parquet: {0}")]
+    Parquet(#[source] datafusion::parquet::errors::ParquetError),
+    /// A ledger file's schema lacks a rollup's column ([`Error::LedgerFile`] names it). Not
+    /// `From`: an Arrow error in a query is the caller's (`Query`, 422).
+    #[error("arrow: {0}")]
+    Arrow(#[source] datafusion::arrow::error::ArrowError),
+    /// A close's manifest could not be read or written as JSON.
+    #[error("{}: {source}", path.display())]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A closed snapshot that does not match its manifest: altered, never an answer.
+    #[error("{}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    /// Writing a CSV report.
+    #[error("csv: {0}")]
+    Csv(#[from] csv::Error),
+    #[error("query: {0}")]
+    Query(String),
+    /// Reading the budget topics (the follower, `meterline-runtime`).
+    #[error(transparent)]
+    Kafka(#[from] meterline_runtime::Error),
+    /// Budget definitions read from their topic (`meterline-reference`).
+    #[error(transparent)]
+    Reference(#[from] meterline_reference::Error),
+    /// The refresh task itself failed (a panic in it).
+    #[error("budget refresh task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The ledger is mid-change (a compaction); retry shortly.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// A bug or a panic; the log has the details.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Query(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Kafka(_) | Error::Reference(_) => StatusCode::BAD_GATEWAY,
+            Error::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Config(_)
+            | Error::Bind { .. }
+            | Error::Serve(_)
+            | Error::QueryRuntime(_)
+            | Error::Io { .. }
+            | Error::LedgerDir { .. }
+            | Error::Ledger(_)
+            | Error::LedgerFile { .. }
+            | Error::Parquet(_)
+            | Error::Arrow(_)
+            | Error::Manifest { .. }
+            | Error::Corrupt { .. }
+            | Error::Csv(_)
+            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn query(e: impl std::fmt::Display) -> Error {
+        Error::Query(e.to_string())
+    }
+
+    /// `map_err` for a file system call on `path`.
+    pub(crate) fn at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The status and message a caller gets; an internal error is logged in full first (with
+    /// the paths its message may leave out).
+    pub(crate) fn reply(&self) -> (StatusCode, String) {
+        let status = self.status();
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = ?self, "request failed");
+        }
+        (status, self.to_string())
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, msg) = self.reply();
+        error(status, msg)
+    }
+}
+
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({"error": msg.into()}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use axum::http::StatusCode;
+
+    /// A query's session lists the ledger for every caller, team leads included: a failure
+    /// there answers 500 without naming the data directory.
+    #[test]
+    fn an_unreadable_ledger_directory_names_no_path() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("usage"), b"not a directory").unwrap();
+        let e = crate::ledger_view::LedgerView::default()
+            .state(dir.path())
+            .unwrap_err();
+        assert!(matches!(e, Error::LedgerDir { .. }), "{e:?}");
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let shown = e.to_string();
+        let root = dir.path().display().to_string();
+        assert!(!shown.contains(&root), "{shown}");
+        assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
+    }
+
+    /// A closed snapshot altered on disk is an error naming the file, not an answer.
+    #[test]
+    fn an_altered_snapshot_is_corrupt() {
+        use crate::close::{CloseRecord, Closes};
+        let dir = tempfile::tempdir().unwrap();
+        let closes = Closes::new(dir.path());
+        let rec: CloseRecord = serde_json::from_value(serde_json::json!({
+            "period": "2026-01", "closed_at": "2026-02-01T00:00:00Z", "closed_by": "f",
+            "previous": null, "watermark": {}, "files": []
+        }))
+        .unwrap();
+        let rec = closes
+            .write(rec, vec![("a.json".into(), b"{}".to_vec())])
+            .unwrap();
+        assert_eq!(closes.read(&rec, "a.json").unwrap(), b"{}");
+        let f = dir.path().join("closes/2026-01/a.json");
+        let mut perm = std::fs::metadata(&f).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        std::fs::set_permissions(&f, perm).unwrap();
+        std::fs::write(&f, b"[]").unwrap();
+        let e = closes.read(&rec, "a.json").unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(e.to_string().contains("altered"), "{e}");
+        let e = closes.read(&rec, "b.json").unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+    }
+}
