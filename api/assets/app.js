@@ -210,6 +210,21 @@ const ts = (t) => new Date(/[zZ]|[+-]\d\d:?\d\d$/.test(t) ? t : t + 'Z');
 const isoDay = /^\d{4}-\d{2}-\d{2}$/;
 
 // ---------- charts (SVG) ----------
+// ---------- money ----------
+// Amounts are the API's exact decimal text. Adding them is exact: BigInt units of 1e-18, the
+// ledger's Decimal(38,18). A float exists only as a chart coordinate (`coordinate`): geometry,
+// never summed, never shown.
+const MONEY_SCALE = 18;
+function moneyUnits(text) {
+  const m = /^(-?)(\d*)(?:\.(\d*))?$/.exec(String(text ?? '0').trim());
+  if (!m) throw new Error('not a decimal amount: ' + text);
+  const frac = (m[3] || '').slice(0, MONEY_SCALE).padEnd(MONEY_SCALE, '0');
+  const u = BigInt((m[2] || '0') + frac);
+  return m[1] ? -u : u;
+}
+const coordinate = (u) => Number(u) / 10 ** MONEY_SCALE;
+const byAmountDesc = (a, b) => (a > b ? -1 : a < b ? 1 : 0);
+
 const COLORS = ['#2f6fdf', '#e07b39', '#2e9d5b', '#9b59b6', '#d23c3c', '#17a2b8', '#c9a400', '#7f8c8d', '#e84393', '#6c5ce7'];
 
 // Stacked columns: buckets (x, in order) × series; each rect carries data-series/-bucket/-value.
@@ -323,10 +338,10 @@ function spendChart(rows, dim, days) {
   const byCur = new Map();
   for (const r of rows) byCur.set(r.currency, (byCur.get(r.currency) || 0) + 1);
   const cur = [...byCur.keys()].sort((a, b) => byCur.get(b) - byCur.get(a))[0];
-  // float sums only rank the series; every amount shown is the API's own decimal text
+  // exact sums rank the series; every amount shown is the API's own decimal text
   const totals = new Map();
-  for (const r of rows) if (r.currency === cur) totals.set(r[dim] ?? '(none)', (totals.get(r[dim] ?? '(none)') || 0) + Number(r.cost));
-  const ranked = [...totals.keys()].sort((a, b) => totals.get(b) - totals.get(a));
+  for (const r of rows) if (r.currency === cur) totals.set(r[dim] ?? '(none)', (totals.get(r[dim] ?? '(none)') || 0n) + moneyUnits(r.cost));
+  const ranked = [...totals.keys()].sort((a, b) => byAmountDesc(totals.get(a), totals.get(b)));
   const top = ranked.slice(0, 8);
   const series = ranked.length > 8 ? top.concat(['other']) : top;
   const values = new Map();
@@ -337,7 +352,8 @@ function spendChart(rows, dim, days) {
     const k = day(ts(r.bucket)) + '\u0000' + sr;
     const v = values.get(k);
     // one API value per cell except folded "other" cells, which show their parts
-    values.set(k, v ? { num: v.num + Number(r.cost), text: v.text + ' + ' + r.cost } : { num: Number(r.cost), text: r.cost });
+    const units = (v ? v.units : 0n) + moneyUnits(r.cost);
+    values.set(k, { units, num: coordinate(units), text: v ? v.text + ' + ' + r.cost : r.cost });
   }
   const others = [...byCur.keys()].filter((c) => c !== cur);
   return h('div', null, stackedBars(days, series, values, { label: 'spend by ' + dim + ' in ' + cur }),
@@ -361,7 +377,7 @@ async function dayVersusDay(ref, prev) {
   const line = (d, color) => ({
     name: d, color,
     points: rows.filter((r) => String(r.date) === d && r.currency === cur)
-      .map((r) => ({ x: ts(r.hour).getUTCHours(), num: Number(r.cost), text: `${r.cost} ${cur}` })),
+      .map((r) => ({ x: ts(r.hour).getUTCHours(), num: coordinate(moneyUnits(r.cost)), text: `${r.cost} ${cur}` })),
   });
   const chart = cur ? lineChart(24, [line(ref, COLORS[0]), line(prev, '#9aa3b2')], { xLabel: (i) => String(i).padStart(2, '0') + 'h' }) : null;
   return h('div', null, kpis, chart, cur ? h('div', { class: 'legend' }, h('span', null, ref + ' (blue) vs ' + prev + ' (grey), per UTC hour, ' + cur)) : null);
@@ -434,10 +450,10 @@ async function budgetsPage() {
 }
 
 function budgetRow(b) {
-  const limit = Number(b.limit_amount);
+  const limit = coordinate(moneyUnits(b.limit_amount));
   const spendText = b.spend ?? b.signal_spend;
-  // a float only for the bar's length; the amount shown is spendText, the API's decimal
-  const spend = Number(spendText || 0);
+  // coordinates for the bar's length; the amount shown is spendText, the API's decimal
+  const spend = coordinate(moneyUnits(spendText || '0'));
   const elapsed = b.bounds ? Math.min(Math.max((Date.now() - b.bounds[0]) / (b.bounds[1] - b.bounds[0]), 0), 1) : null;
   const W = 600, H = 38, max = Math.max(limit * 1.2, spend, 1e-18);
   const X = (v) => W * v / max;
@@ -505,9 +521,9 @@ async function anomalyCard(a) {
     const points = [];
     for (let i = 0; i < 48; i++) {
       const c = byHour.get(i);
-      points.push({ x: i, num: Number(c || 0), text: c ?? '0', fill: i === 47 ? '#d23c3c' : undefined, r: i === 47 ? 5 : 2.5 });
+      points.push({ x: i, num: coordinate(moneyUnits(c ?? '0')), text: c ?? '0', fill: i === 47 ? '#d23c3c' : undefined, r: i === 47 ? 5 : 2.5 });
     }
-    const exp = Number(a.expected);
+    const exp = coordinate(moneyUnits(a.expected));
     // expected (dashed) and the lowest level the detector can flag: ≥ 2× the median and
     // z ≥ 6 with a scale of at least 10 % of the median or $0.05
     const band = { lo: 0, mid: exp, hi: Math.max(2 * exp, exp + 6 * Math.max(0.1 * exp, 0.05)) };
@@ -541,14 +557,15 @@ async function chargebackPage(params) {
   const groups = new Map();
   for (const l of report.lines) {
     const k = (l.group ?? '(none)') + ' · ' + l.currency;
-    const g = groups.get(k) || { num: 0, lines: [] };
-    // num sizes the bar; the lines (shown) keep the API's decimal text
-    g.num += Number(l.billed_cost); g.lines.push(l.billed_cost);
+    const g = groups.get(k) || { units: 0n, lines: [] };
+    // an exact sum; the lines (shown) keep the API's decimal text
+    g.units += moneyUnits(l.billed_cost); g.lines.push(l.billed_cost);
+    g.num = coordinate(g.units);
     groups.set(k, g);
   }
   const max = Math.max(...[...groups.values()].map((g) => g.num), 0) || 1;
   const bars = s('svg', { class: 'chart', viewBox: `0 0 760 ${groups.size * 24 + 4}` });
-  [...groups.entries()].sort((a, b) => b[1].num - a[1].num).forEach(([k, g], i) => {
+  [...groups.entries()].sort((a, b) => byAmountDesc(a[1].units, b[1].units)).forEach(([k, g], i) => {
     bars.append(s('text', { x: 0, y: i * 24 + 16 }, k),
       s('rect', { class: 'pt', x: 220, y: i * 24 + 4, width: Math.max(520 * g.num / max, 1), height: 16, fill: COLORS[i % COLORS.length], 'data-series': k, 'data-value': g.lines.join(' + ') },
         s('title', null, `${k}: lines ${g.lines.join(' + ')}`)));
