@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use meterline_ledger::files;
 use meterline_ledger::table::Ledger;
 use meterline_reference::budgets::period_at;
@@ -18,7 +18,7 @@ use meterline_schemas::{BudgetChange, BudgetSignal, Money};
 use crate::anomaly::DetectorConfig;
 use crate::anomaly_watch::AnomalyWatch;
 use crate::budget::BudgetBook;
-use crate::spend::read_spend_rows;
+use crate::spend::{files_since, read_spend_rows};
 use crate::Error;
 
 /// One live budget in its current period.
@@ -73,21 +73,11 @@ pub fn derive(
     let budget_since = book.open_since(now)?;
     let history_since = watch.history_since(now);
     let since = budget_since.map_or(history_since, |b| b.min(history_since));
-    // a period in a time zone can start up to a day before its UTC date directory
-    let first_dir = files::date_dir((since - Duration::days(1)).date_naive());
     let found = ledger.scan()?;
     let (_, usable) = files::complete_view(&found);
     let mut out = Derived::default();
     let mut crossings: BTreeMap<String, usize> = BTreeMap::new();
-    for f in usable {
-        let in_range = f
-            .path
-            .parent()
-            .and_then(|d| d.file_name())
-            .is_some_and(|d| d.to_string_lossy().as_ref() >= first_dir.as_str());
-        if !in_range {
-            continue;
-        }
+    for f in files_since(usable, since) {
         for row in read_spend_rows(&f.path, since)? {
             out.rows_read += 1;
             watch.add(&row);

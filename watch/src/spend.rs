@@ -70,6 +70,21 @@ pub struct SpendTracker {
 const READ_TO_END: Duration = Duration::from_secs(60);
 
 /// The rows of one ledger file that occurred at or after `since`.
+/// The files of `usable` that can hold rows at or after `since`: a period in a time zone can
+/// start up to a day before its UTC date directory, so one day earlier counts too.
+pub fn files_since<'a>(
+    usable: Vec<&'a files::FoundFile>,
+    since: DateTime<Utc>,
+) -> impl Iterator<Item = &'a files::FoundFile> {
+    let first_dir = files::date_dir((since - chrono::Duration::days(1)).date_naive());
+    usable.into_iter().filter(move |f| {
+        f.path
+            .parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|d| d.to_string_lossy().as_ref() >= first_dir.as_str())
+    })
+}
+
 pub fn read_spend_rows(path: &Path, since: DateTime<Utc>) -> Result<Vec<SpendRow>, Error> {
     let corrupt = |source: Reason| Error::Corrupt {
         path: path.to_path_buf(),
@@ -302,16 +317,7 @@ impl SpendTracker {
             (a, b) => a.or(b),
         };
         if let Some(since) = since {
-            let first_dir = files::date_dir((since - chrono::Duration::days(1)).date_naive());
-            for f in usable {
-                let in_range = f
-                    .path
-                    .parent()
-                    .and_then(|d| d.file_name())
-                    .is_some_and(|d| d.to_string_lossy().as_ref() >= first_dir.as_str());
-                if !in_range {
-                    continue;
-                }
+            for f in files_since(usable, since) {
                 for row in read_spend_rows(&f.path, since)? {
                     rows += 1;
                     if history_since.is_some() {
