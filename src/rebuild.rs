@@ -32,7 +32,7 @@ use meterline_ledger::totals::{self, Totals};
 use meterline_runtime::follow::{self, TopicFollower};
 use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::{topics, AvroRecord, BudgetSignal, Money, PricedUsage};
-use meterline_watch::derive::Derived;
+use meterline_watch::Derived;
 
 use crate::progress::Progress;
 
@@ -594,7 +594,7 @@ fn derive_watch(kafka: &KafkaConfig, ledger: &Ledger, into: &Path) -> anyhow::Re
         .iter()
         .filter_map(|b| BudgetSignal::from_avro(b).ok())
         .collect();
-    Ok(meterline_watch::derive::derive(
+    Ok(meterline_watch::derive(
         ledger,
         into,
         budgets.into_values(),

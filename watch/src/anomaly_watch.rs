@@ -1,6 +1,6 @@
 //! Spend anomalies from the priced stream: rows are summed into hourly buckets per series —
 //! each org (all models) and each team × model — and every closed hour goes through the
-//! detector in `anomaly.rs`. Findings become `Anomaly` records (published by the tracker to
+//! detector in `anomaly/`. Findings become `Anomaly` records (published by the tracker to
 //! `meterline.anomalies`) and one Parquet file per hour with findings under
 //! `<data_dir>/anomalies/date=YYYY-MM-DD/hour-HH.parquet`.
 //!

@@ -88,10 +88,6 @@ impl BudgetBook {
         self.budgets.values()
     }
 
-    pub fn budget(&self, id: &str) -> Option<&BudgetChange> {
-        self.budgets.get(id)
-    }
-
     /// A signal already on the topic: its threshold is not emitted again in its period — as
     /// long as it was emitted under the budget's current terms (limit and currency). A signal
     /// from before the limit changed does not hold back crossings of the new limit.

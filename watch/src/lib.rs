@@ -4,17 +4,21 @@
 //! - `budget`: budgets, periods in force, running spend and threshold crossings (pure);
 //! - `spend`: the tracker — rebuilds running spend from the ledger, follows the priced
 //!   stream, publishes signals and anomalies;
-//! - `anomaly`: the detectors (pure); `anomaly_watch`: hourly series and the anomalies table;
+//! - `anomaly`: the detectors (pure; its `mod.rs` says which file holds what);
+//!   `anomaly_watch`: hourly series and the anomalies table;
 //! - `alerts`: webhook delivery of signals and anomalies; `config`: `[watch]`;
 //! - `derive`: the same state derived offline from a ledger (`meterline rebuild`).
+//!
+//! The modules are private. Public: [`App`] and its [`Error`], [`WatchConfig`] (with
+//! [`AlertsConfig`]), and [`derive()`] with what it returns ([`Derived`], [`BudgetState`]).
 
-pub mod alerts;
-pub mod anomaly;
-pub mod anomaly_watch;
-pub mod budget;
-pub mod config;
-pub mod derive;
-pub mod spend;
+mod alerts;
+mod anomaly;
+mod anomaly_watch;
+mod budget;
+mod config;
+mod derive;
+mod spend;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +30,7 @@ use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{AlertsConfig, WatchConfig};
+pub use derive::{derive, BudgetState, Derived};
 
 /// Errors of the watch stage.
 #[derive(Debug, thiserror::Error)]
