@@ -4,7 +4,7 @@
 //! byte-stable across pulls and a restart and refuses tampering; usage arriving late for a
 //! closed month is billed as an adjustment in the next month.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -1007,6 +1007,36 @@ async fn focus_exports_are_clean_and_cents_do_not_move_with_the_grouping() {
             );
             let v = focus12::check_meterline(&focus, "meterline");
             assert!(v.is_empty(), "{month} by {by}: {v:#?}");
+            // the FinOps Foundation's validator: as served, only what a CSV cannot say
+            // (each listed with its reason); read with FOCUS's types, nothing
+            let official = focus12::official::validate(&focus);
+            let artefacts: BTreeSet<&str> = focus12::official::CSV_ARTEFACTS
+                .iter()
+                .map(|(rule, _)| *rule)
+                .collect();
+            let failures = official.failures();
+            let unexplained: Vec<_> = failures
+                .keys()
+                .filter(|r| !artefacts.contains(r.as_str()))
+                .collect();
+            assert!(
+                unexplained.is_empty() && official.passed.len() > 150,
+                "{month} by {by}: focus-validator: {unexplained:?}\n{}",
+                official.report
+            );
+            let typed = focus12::official::validate_typed(&focus);
+            assert!(
+                typed.failures().is_empty() && typed.passed.len() > 150,
+                "{month} by {by}, typed: focus-validator: {:?}\n{}",
+                typed.failures(),
+                typed.report
+            );
+            eprintln!(
+                "{month} by {by}: focus-validator {} passed, as CSV {:?}; typed {} passed, 0 failed",
+                official.passed.len(),
+                failures.keys().collect::<Vec<_>>(),
+                typed.passed.len()
+            );
             check_focus(&focus, &c);
             // per billing account × category × currency: the cents are the block's exact
             // total rounded half away from zero, and the lines sum to them
@@ -1069,6 +1099,22 @@ fn the_focus_rules_catch_the_export_from_before_issue_18() {
         ])
     );
     assert_eq!((rows.len(), paid, late), (29, 25, 13));
+    // the FinOps Foundation's validator (read with FOCUS's types) finds the same
+    let official = focus12::official::validate_typed(old).failures();
+    assert_eq!(
+        official.get("BilledCost-C-005-C"),
+        Some(&paid),
+        "{official:?}"
+    );
+    assert_eq!(official.get("ConsumedQuantity-C-004-C"), Some(&late));
+    assert!(
+        official.contains_key("CostAndUsage-D-067-C"),
+        "{official:?}"
+    );
+    assert!(
+        official.contains_key("CostAndUsage-D-033-O"),
+        "{official:?}"
+    );
     let mut own: BTreeMap<&str, usize> = BTreeMap::new();
     for v in focus12::check_meterline(old, "meterline") {
         *own.entry(v.rule).or_default() += 1;

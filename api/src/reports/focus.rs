@@ -22,6 +22,8 @@
 //!   `Tokens`. A line without tokens (a model priced per request, image, second or character)
 //!   is priced in `Requests` (its events). No unit price column: a line blends the rates of
 //!   several token kinds (and possibly price versions), so no single price × quantity exists;
+//! - `InvoiceId` = `<org>-<billing period>`: the org's statement for the month, provisional
+//!   while it is open, issued at the close;
 //! - late usage of a closed month (meterline's `Adjustment` lines) is `ChargeCategory`
 //!   `Usage` with `ChargeClass` `Correction`: it is consumption (FOCUS `Adjustment` is for
 //!   charges that fit no other category), billed in this billing period as a correction of an
@@ -60,8 +62,9 @@ pub const MANDATORY: [&str; 21] = [
 ];
 
 /// Conditional / recommended columns filled, then the extension columns.
-pub const OTHER: [&str; 17] = [
+pub const OTHER: [&str; 18] = [
     "ChargeFrequency",
+    "InvoiceId",
     "ConsumedQuantity",
     "ConsumedUnit",
     "PricingCategory",
@@ -86,6 +89,14 @@ fn iso(t: chrono::DateTime<chrono::Utc>) -> String {
 
 /// Tokens per `PricingUnit` (`1000000 Tokens`): the vendors' price lists are per million.
 const TOKENS_PER_UNIT: i64 = 1_000_000;
+
+/// `InvoiceId`: one statement per billing account and billing period, whatever the grouping
+/// (`acme-2026-10`). Provisional while the month is open (FOCUS 1.2 InvoiceId-C-006-O: it MAY
+/// be generated before the invoice is issued), issued when the month closes; late usage of an
+/// earlier month is on the statement of the month that bills it.
+fn invoice_id(org: &str, billing_period: &str) -> String {
+    format!("{org}-{billing_period}")
+}
 
 /// `SubAccountType` of a grouping.
 fn sub_account_type(by: GroupBy) -> &'static str {
@@ -170,6 +181,7 @@ fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
         format!("{} inference", l.provider),
         // other
         "Usage-Based".into(),
+        invoice_id(&l.org, &c.period),
         consumed_qty,
         consumed_unit.into(),
         "Standard".into(),

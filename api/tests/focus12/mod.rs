@@ -1,9 +1,10 @@
 //! FOCUS 1.2 rules checked over a chargeback export (the `format=focus` CSV), row by row and
 //! over the whole dataset.
 //!
-//! The official validator (PyPI `focus-validator`, Python ≥ 3.12) cannot run on the build
-//! machines, so the rules it applies that can be decided from the export alone are encoded
-//! here, under the validator's rule ids (its `model-1.2.json`). The quoted requirement texts
+//! The official validator (PyPI `focus-validator`) runs too (`official`: a Python process,
+//! seconds per export, verdicts per rule). The rules it applies that can be decided from the
+//! export alone are also encoded here, under the validator's rule ids (its `model-1.2.json`),
+//! with the row each violation is on, and without the validator's CSV type inference. The quoted requirement texts
 //! are excerpts of the FOCUS 1.2 specification, © FinOps Foundation, CC-BY-4.0
 //! (<https://github.com/FinOps-Open-Cost-and-Usage-Spec/FOCUS_Spec>, tag v1.2), as the
 //! validator carries them. Rules the validator itself calls "Dynamic" (they need the price list
@@ -15,6 +16,8 @@
 //! price list / unit pricing / negotiated pricing (a chargeback line blends the rates of several
 //! token kinds and price versions, so no single unit price exists for it), commitment discounts,
 //! regions, capacity reservations.
+
+pub mod official;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
