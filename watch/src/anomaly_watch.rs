@@ -141,6 +141,11 @@ impl AnomalyWatch {
             }
             let series = self.open.pop_first().map(|(_, s)| s).unwrap_or_default();
             self.closed_before = Some(hour + Duration::hours(1));
+            // A series that stopped reporting (a team renamed, a key revoked) has nothing left
+            // in the window once its last hour is older than the history: forget it, or the
+            // detector grows with every series ever seen until the stage restarts. Judged in
+            // event time, as the history is, so a replay forgets the same series.
+            self.detector.evict_idle(hour);
             let mut findings = vec![];
             for (key, (mut bucket, contributors)) in series {
                 bucket.contributors = contributors.into_iter().collect();
@@ -313,6 +318,31 @@ mod tests {
         // a late row of a closed hour is ignored; nothing is published twice
         w.add(&row(start, "k-1", "1000"));
         assert!(w.close_due(start + Duration::days(30)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_series_that_stops_reporting_is_forgotten_once_out_of_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let start: DateTime<Utc> = "2026-11-02T00:00:00Z".parse().unwrap();
+        let config = DetectorConfig::default();
+        let window = i64::from(config.history_hours());
+        let mut w =
+            AnomalyWatch::new(config, dir.path().to_path_buf(), HashSet::new(), start).unwrap();
+        let team = |at, team: &str| {
+            let mut r = row(at, "k-1", "0.1");
+            r.who.team = Some(team.into());
+            r
+        };
+        // `search` reports for one hour, `ads` every hour after it
+        w.add(&team(start, "search"));
+        for h in 0..=window {
+            let t = start + Duration::hours(h);
+            w.add(&team(t, "ads"));
+            w.close_due(t + Duration::hours(1) + CLOSE_DELAY).unwrap();
+            // org acme, team ads, and team search while its hour is in the window
+            let expected = if h < window { 3 } else { 2 };
+            assert_eq!(w.detector.series_count(), expected, "after hour {h}");
+        }
     }
 
     #[test]

@@ -128,13 +128,6 @@ impl AnomalyDetector {
 
     /// Forgets series whose last bucket is older than the history window ending at `now`
     /// (their history is all out of the window anyway). Returns how many were dropped.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "not called yet: the tracker keeps a series that stopped reporting until it restarts"
-        )
-    )]
     pub fn evict_idle(&mut self, now: DateTime<Utc>) -> usize {
         let now_hour = now.timestamp().div_euclid(SECONDS_PER_HOUR);
         let oldest_kept = now_hour - i64::from(self.config.history_hours()) + 1;

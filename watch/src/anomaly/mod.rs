@@ -86,7 +86,8 @@
 //! Per series the detector keeps at most `history_weeks × 168` hourly summaries of
 //! `STORED_HOUR_BYTES` (64) bytes: 672 hours = 42 KiB with the default 4 weeks (see
 //! `DetectorConfig::series_memory_bytes`), plus the key's strings. Contributors are not
-//! stored. Series that stop reporting can be dropped with [`AnomalyDetector::evict_idle`].
+//! stored. Series that stop reporting are dropped once their last hour leaves the window
+//! ([`AnomalyDetector::evict_idle`], called as each hour closes).
 //!
 //! # Files
 //!
