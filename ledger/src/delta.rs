@@ -15,13 +15,14 @@
 //!    the files say and the log does not: complete flushes written but not yet committed are
 //!    added, files deleted by recovery (incomplete flushes, compacted originals) are removed.
 //!
-//! A half-written flush is never in the log: readers of the log never see one.
+//! A half-written flush is never in the log: readers of the log never see one. Every 100th
+//! commit writes a checkpoint, so opening the table does not replay its whole history.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
@@ -219,7 +220,13 @@ impl DeltaLog {
         let log_store = self.table.log_store();
         let finalized = run(async {
             let snapshot = self.table.snapshot().map_err(delta)?;
-            CommitBuilder::default()
+            // Checkpoints: every `delta.checkpointInterval` commits (100 by default) the
+            // post-commit hook writes the state as a Parquet checkpoint, so opening the table
+            // (the writer on start, any reader) reads one checkpoint plus at most 99 JSON
+            // commits, not every commit since the table began; txn versions are in it too.
+            // Expired JSON commits (older than `delta.logRetentionDuration`, 30 days) are
+            // removed behind a checkpoint, as Delta's own writers do.
+            CommitBuilder::from(CommitProperties::default().with_create_checkpoint(true))
                 .with_actions(actions)
                 .build(Some(snapshot), log_store, operation)
                 .await

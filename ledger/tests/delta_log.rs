@@ -227,3 +227,55 @@ fn other_engines_read_exactly_the_complete_ledger_through_crashes_and_compaction
     assert_eq!(seen["cost"], "22.700000000000000003");
     assert_eq!(seen["txn"]["0"], 6, "{seen}");
 }
+
+/// Opening the table must not replay every commit since it began: every 100th commit writes a
+/// checkpoint (the writer's and any Delta reader's starting point), and a table reopened from
+/// it still knows every partition's last offset and every row.
+#[test]
+fn every_hundredth_commit_writes_a_checkpoint_that_keeps_the_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let w = Ledger::open_writer(d).unwrap();
+    // version 0 is the table's creation; 205 flushes alternate between two partitions
+    for i in 0..205i64 {
+        let (p, offset) = ((i % 2) as i32, i / 2);
+        w.write_flush(
+            p,
+            offset,
+            offset,
+            &[row(p, offset, 1 + (i % 28) as u32, "0.01")],
+        )
+        .unwrap();
+    }
+    drop(w);
+    let log = d.join("usage/_delta_log");
+    let mut checkpoints: Vec<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".checkpoint.parquet"))
+        .collect();
+    checkpoints.sort();
+    assert_eq!(
+        checkpoints,
+        [
+            // delta-rs checkpoints when (version + 1) is a multiple of the interval
+            "00000000000000000099.checkpoint.parquet",
+            "00000000000000000199.checkpoint.parquet"
+        ]
+    );
+    let last: Value =
+        serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
+    assert_eq!(last["version"], 199);
+    // the writer reopens the table (from the checkpoint) and resumes after each partition's
+    // last offset; its reconciliation finds nothing to add or remove (no new commit)
+    let reopened = Ledger::open_writer(d).unwrap();
+    assert_eq!(reopened.recover(0).unwrap(), Some(103));
+    assert_eq!(reopened.recover(1).unwrap(), Some(102));
+    // and a reader nobody here wrote sees every row and both offsets through it
+    let seen = assert_same(d, "after 205 flushes");
+    assert_eq!(seen["rows"], 205);
+    assert_eq!(seen["version"], 205);
+    assert_eq!(seen["cost"], "2.050000000000000000");
+    assert_eq!(seen["txn"]["0"], 102, "{seen}");
+    assert_eq!(seen["txn"]["1"], 101, "{seen}");
+}
