@@ -8,12 +8,11 @@ use axum::Json;
 
 /// Errors of the API crate.
 ///
-/// What a caller reads is the `Display` text (see [`Error::status`] for the code). Every
-/// caller, team leads included, can meet the errors of a query's session (reading the
-/// ledger's directories and files): [`Error::LedgerDir`] names no path (`path` is for the
-/// log); [`Error::Ledger`] says what `meterline-ledger` says. The variants naming their file
-/// (`Io`, `LedgerFile`, `Manifest`, `Corrupt`) are met on finance's routes only (closes,
-/// chargeback rollups).
+/// What a caller reads is [`Error::public_message`] (see [`Error::status`] for the code): the
+/// `Display` text without any path. Every caller, team leads included, can meet the errors of
+/// a query's session (reading the ledger's directories and files), so the paths variants
+/// carry (`Io`, `LedgerDir`, `LedgerFile`, `Manifest`, `Corrupt`, the ledger's own) are for
+/// the log only.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("config: {0}")]
@@ -133,13 +132,52 @@ impl Error {
     }
 
     /// The status and message a caller gets; an internal error is logged in full first (with
-    /// the paths its message may leave out).
+    /// the paths its message leaves out).
     pub(crate) fn reply(&self) -> (StatusCode, String) {
         let status = self.status();
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = ?self, "request failed");
         }
-        (status, self.to_string())
+        (status, self.public_message())
+    }
+
+    /// What a caller reads: the `Display` text without any file system path. Any caller, team
+    /// leads included, can meet a ledger error, and a ledger file's path names a date and an
+    /// offset range (other teams' volume) and the server's layout; so no variant that carries
+    /// a path shows it, and errors of `meterline-ledger` are shown by kind.
+    pub(crate) fn public_message(&self) -> String {
+        match self {
+            Error::Io { source, .. } => format!("a file could not be read or written: {source}"),
+            Error::Ledger(e) => ledger_message(e),
+            Error::LedgerFile { source, .. } => {
+                format!(
+                    "a ledger file could not be read: {}",
+                    source.public_message()
+                )
+            }
+            Error::Manifest { source, .. } => {
+                format!("a close's manifest could not be read: {source}")
+            }
+            Error::Corrupt { reason, .. } => format!("closed snapshot {reason}"),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// A `meterline-ledger` error without the path its variants carry.
+fn ledger_message(e: &meterline_ledger::Error) -> String {
+    use meterline_ledger::Error as L;
+    match e {
+        L::Io { source, .. } => format!("a ledger file could not be read: {source}"),
+        L::Corrupt { .. } => "a ledger file is unreadable (not the ledger's Parquet); \
+                              the server log names it"
+            .to_string(),
+        L::Fatal(_) => "the ledger is in a state it cannot be read in; the server log has \
+                        the details"
+            .to_string(),
+        L::Parquet(_) | L::Arrow(_) | L::Json(_) | L::Money(_) => e.to_string(),
+        #[allow(unreachable_patterns)]
+        _ => "the ledger could not be read; the server log has the details".to_string(),
     }
 }
 
@@ -175,6 +213,66 @@ mod tests {
         let root = dir.path().display().to_string();
         assert!(!shown.contains(&root), "{shown}");
         assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
+    }
+
+    /// No error a caller reads names a file: a ledger file's path tells a date and an offset
+    /// range of someone's rows. Every variant that carries a path, built with one, and the
+    /// ledger's own errors through a real unreadable file.
+    #[test]
+    fn no_answer_names_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir
+            .path()
+            .join("usage/date=2026-11-30/part-3-1200-1450.parquet");
+        std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+        std::fs::write(&secret, b"not parquet").unwrap();
+        let io = || std::io::Error::other("disk on fire");
+        let unreadable = meterline_ledger::table::read_flushes(&secret).unwrap_err();
+        let missing =
+            meterline_ledger::table::read_flushes(&secret.with_extension("x")).unwrap_err();
+        let errors = [
+            Error::Io {
+                path: secret.clone(),
+                source: io(),
+            },
+            Error::LedgerDir {
+                path: secret.clone(),
+                source: io(),
+            },
+            Error::Ledger(unreadable),
+            Error::Ledger(missing),
+            Error::LedgerFile {
+                path: secret.clone(),
+                source: Box::new(Error::Io {
+                    path: secret.clone(),
+                    source: io(),
+                }),
+            },
+            Error::Manifest {
+                path: secret.clone(),
+                source: serde_json::from_str::<u8>("x").unwrap_err(),
+            },
+            Error::Corrupt {
+                path: secret.clone(),
+                reason: "altered".into(),
+            },
+        ];
+        for e in &errors {
+            assert!(
+                format!("{e:?}").contains("part-3"),
+                "the log keeps it: {e:?}"
+            );
+            let (_, shown) = e.reply();
+            for leak in [
+                "part-3",
+                "1200",
+                "date=",
+                "/tmp",
+                &dir.path().display().to_string(),
+            ] {
+                assert!(!shown.contains(leak), "{leak} in {shown:?} ({e:?})");
+            }
+        }
     }
 
     /// A closed snapshot altered on disk is an error naming the file, not an answer.
