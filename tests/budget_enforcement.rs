@@ -302,6 +302,23 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
     }
     let mut aggregate = spawn_stage(&h, "aggregate", &aggregate_settings, &log);
     let mut watch = spawn_stage(&h, "watch", &watch_settings, &log);
+    // The restarted watch is active once the killed one's lease session has ended (6 s: it
+    // cannot tell a dead predecessor from a stalled one). Its first rebuild is waited for, so
+    // e-3 reaches it through the stream, not through a file the restarted sink flushed first.
+    eventually(
+        Duration::from_secs(60),
+        "the restarted watch is active and has rebuilt spend",
+        || async {
+            metric(
+                &client,
+                port,
+                "meterline_aggregate_budget_rebuild_seconds_count",
+            )
+            .await
+                >= 1.0
+        },
+    )
+    .await;
     let (s, b) = h
         .post(
             "/v1/events",

@@ -1,12 +1,14 @@
 //! What every stage runs on, apart from the contract (`meterline-schemas`): Kafka settings and
 //! clients (`kafka`), the one topic follower (`follow`: read to the end, then follow), consumer
-//! lag from librdkafka statistics (`lag`), telemetry — metrics endpoint, health, readiness and
+//! lag from librdkafka statistics (`lag`), a lease for stages that run as several instances
+//! with one active (`lease`), telemetry — metrics endpoint, health, readiness and
 //! the stage supervisor (`telemetry`) — and bearer-token roles (`auth`).
 
 pub mod auth;
 pub mod follow;
 pub mod kafka;
 pub mod lag;
+pub mod lease;
 pub mod telemetry;
 
 use std::time::Duration;

@@ -58,26 +58,63 @@ pub fn prometheus() -> PrometheusHandle {
 }
 
 /// Whether a stage is doing its work, for `/healthz`: not ready while it starts, and while it
-/// waits out a broker fault (with the reason).
+/// waits out a broker fault (with the reason). A stage that runs as several instances with
+/// one active (`meterline watch`) also says which this one is.
 #[derive(Clone, Default)]
-pub struct Readiness(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+pub struct Readiness(std::sync::Arc<std::sync::Mutex<Health>>);
+
+#[derive(Default)]
+struct Health {
+    /// `None` when ready, else why not.
+    not_ready: Option<String>,
+    /// `active` / `standby`, for stages with a lease.
+    role: Option<&'static str>,
+}
 
 impl Readiness {
     /// Starting: not ready until `ready()`.
     pub fn starting() -> Readiness {
-        Readiness(std::sync::Arc::new(std::sync::Mutex::new(Some(
-            "starting".into(),
-        ))))
+        let r = Readiness::default();
+        r.not_ready("starting");
+        r
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
     pub fn ready(&self) {
-        *self.0.lock().expect("readiness") = None;
+        self.lock().not_ready = None;
     }
     pub fn not_ready(&self, why: impl Into<String>) {
-        *self.0.lock().expect("readiness") = Some(why.into());
+        self.lock().not_ready = Some(why.into());
     }
     /// `None` when ready, else why not.
     pub fn reason(&self) -> Option<String> {
-        self.0.lock().expect("readiness").clone()
+        self.lock().not_ready.clone()
+    }
+    /// This instance's role (`active`, `standby`): on `/healthz` after `ok`. A standby is
+    /// healthy: it is ready to take over (an orchestrator must not restart it, nor hold a
+    /// rollout back waiting for it).
+    pub fn set_role(&self, role: &'static str) {
+        self.lock().role = Some(role);
+    }
+    pub fn role(&self) -> Option<&'static str> {
+        self.lock().role
+    }
+    /// The `/healthz` answer: 200 `ok` (`ok: <role>`), or 503 `not ready: <why>` (`not ready
+    /// (<role>): <why>`).
+    pub fn answer(&self) -> (axum::http::StatusCode, String) {
+        let h = self.lock();
+        match (&h.not_ready, h.role) {
+            (None, None) => (axum::http::StatusCode::OK, "ok".into()),
+            (None, Some(role)) => (axum::http::StatusCode::OK, format!("ok: {role}")),
+            (Some(why), role) => (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                match role {
+                    Some(role) => format!("not ready ({role}): {why}"),
+                    None => format!("not ready: {why}"),
+                },
+            ),
+        }
     }
 }
 
@@ -89,7 +126,8 @@ pub struct MetricsServer {
 }
 
 /// Binds `listen` (`host:0` picks a free port) and serves until `stop` is cancelled.
-/// `/healthz` answers 200 `ok` while `ready` says so, else 503 with the reason.
+/// `/healthz` answers 200 `ok` while `ready` says so, else 503 with the reason (see
+/// [`Readiness::answer`]).
 pub async fn serve_metrics(
     listen: &str,
     ready: Readiness,
@@ -109,15 +147,7 @@ pub async fn serve_metrics(
             "/healthz",
             axum::routing::get(move || {
                 let ready = ready.clone();
-                async move {
-                    match ready.reason() {
-                        None => (axum::http::StatusCode::OK, "ok".to_string()),
-                        Some(why) => (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {why}"),
-                        ),
-                    }
-                }
+                async move { ready.answer() }
             }),
         );
     let task = tokio::spawn(async move {
@@ -238,6 +268,37 @@ impl axum::serve::Listener for IdleTimeoutListener {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn healthz_names_the_role_and_a_standby_is_healthy() {
+        use axum::http::StatusCode;
+        let r = Readiness::starting();
+        assert_eq!(
+            r.answer(),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: starting".into()
+            )
+        );
+        r.ready();
+        assert_eq!(
+            r.answer(),
+            (StatusCode::OK, "ok".into()),
+            "no role: as before"
+        );
+        r.set_role("standby");
+        assert_eq!(r.answer(), (StatusCode::OK, "ok: standby".into()));
+        r.set_role("active");
+        r.not_ready("broker away");
+        assert_eq!(
+            r.answer(),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready (active): broker away".into()
+            )
+        );
+        assert_eq!(r.role(), Some("active"));
+    }
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -52,6 +52,11 @@ pub const AGGREGATE_BUDGET_LAG_SECONDS: &str = "meterline_aggregate_budget_lag_s
 pub const AGGREGATE_BUDGET_REBUILD_SECONDS: &str = "meterline_aggregate_budget_rebuild_seconds";
 pub const AGGREGATE_ANOMALIES: &str = "meterline_aggregate_anomalies_total";
 
+// watch
+/// 1 while this `meterline watch` instance holds the lease and runs the tracker and alert
+/// delivery, 0 while it is a standby: summed over instances it should be 1.
+pub const WATCH_ACTIVE: &str = "meterline_watch_active";
+
 // alerts (webhook delivery, in the aggregate process)
 /// Deliveries by `outcome`: `delivered`, `failed` (gave up after the last retry), `retried`.
 pub const ALERT_DELIVERIES: &str = "meterline_alert_deliveries_total";

@@ -16,6 +16,9 @@ pub const BUDGETS: &str = "meterline.budgets";
 pub const BUDGET_SIGNALS: &str = "meterline.budget.signals";
 /// Anomalies. Value = Anomaly.
 pub const ANOMALIES: &str = "meterline.anomalies";
+/// The lease of `meterline watch` (one partition, nothing written): the instance its group
+/// (`<[watch.lease] group_id>-lease`) assigns partition 0 is the active one.
+pub const WATCH_LEASE: &str = "meterline.watch.lease";
 
 /// How a topic is laid out when meterline creates it (dev, tests); production clusters may
 /// provision them themselves with at least these settings.
@@ -32,7 +35,7 @@ pub struct TopicSpec {
 
 /// Every topic of the pipeline. Usage topics share one partition count so that enrich can
 /// keep an event on the partition number it arrived on.
-pub fn all(usage_partitions: i32) -> [TopicSpec; 8] {
+pub fn all(usage_partitions: i32) -> [TopicSpec; 9] {
     [
         TopicSpec {
             name: USAGE_RAW,
@@ -78,6 +81,12 @@ pub fn all(usage_partitions: i32) -> [TopicSpec; 8] {
         },
         TopicSpec {
             name: ANOMALIES,
+            partitions: 1,
+            compacted: false,
+            kept_forever: false,
+        },
+        TopicSpec {
+            name: WATCH_LEASE,
             partitions: 1,
             compacted: false,
             kept_forever: false,

@@ -1,10 +1,15 @@
 //! Alert delivery: budget signals and anomalies → webhooks (generic JSON or Slack-shaped).
 //!
-//! The topics are the source of truth; this is a consumer group of its own, so delivery never
-//! holds up the ledger or the budget tracker. Each receiver of each alert is an independent
-//! task retried with exponential backoff; an alert's offset is committed once all of its
-//! deliveries have ended (delivered or given up), and only contiguously (see
-//! [`Completions`]), so a crash re-delivers at most what was in flight: at-least-once.
+//! The topics are the source of truth; delivery reads them on its own (the offsets of group
+//! `[watch.alerts] group_id`), so it never holds up the ledger or the budget tracker. Only the
+//! active instance delivers. Each receiver of each alert is an independent task retried with
+//! exponential backoff; an alert's offset is committed once all of its deliveries have ended
+//! (delivered or given up), and only contiguously (see [`Completions`]), so a crash or a
+//! takeover re-delivers at most what was in flight: at-least-once. Offsets are committed
+//! through the fenced producer, and every HTTP attempt is preceded by a fenced confirmation
+//! ([`FencedProgress`]): an instance that lost the lease while stalled delivers nothing more
+//! when it wakes. Every request carries the alert's id (`x-meterline-alert-id`:
+//! `<topic>/<partition>/<offset>`) for receivers that want to drop the rare repeat.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::AlertsConfig;
+use crate::fence::{FencedProducer, FencedProgress};
 use crate::Error;
 use meterline_reference::budgets::{WebhookFormat, WebhookTarget};
 
@@ -157,14 +163,30 @@ impl Completions {
     }
 }
 
-/// POSTs `alert` to `target` until it is accepted (2xx) or the attempts run out.
+/// The id of the alert at `offset` of `topic`/`partition`, sent as `x-meterline-alert-id`:
+/// the same on every attempt and from whichever instance delivers it.
+pub fn alert_id(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}/{partition}/{offset}")
+}
+
+/// One alert to one receiver.
+struct Delivery {
+    target: WebhookTarget,
+    alert: Arc<Alert>,
+    id: Arc<str>,
+}
+
+/// POSTs the alert to its receiver until it is accepted (2xx) or the attempts run out. Each
+/// attempt is confirmed first (`progress`): an error there (fenced, the broker away) ends the
+/// delivery unfinished, for the active instance to deliver.
 async fn deliver(
     http: reqwest::Client,
     cfg: Arc<AlertsConfig>,
-    target: WebhookTarget,
-    alert: Arc<Alert>,
+    d: Delivery,
+    progress: Arc<FencedProgress>,
     stop: CancellationToken,
-) {
+) -> Result<(), Error> {
+    let Delivery { target, alert, id } = d;
     let body = payload(target.format, &alert);
     for attempt in 1..=cfg.max_attempts {
         let wait = backoff(&cfg, attempt);
@@ -172,17 +194,30 @@ async fn deliver(
             metrics::counter!(m::ALERT_DELIVERIES, m::LABEL_OUTCOME => "retried").increment(1);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return Ok(()),
             }
         }
+        tokio::select! {
+            r = progress.confirm() => r?,
+            _ = stop.cancelled() => return Ok(()),
+        }
         let t0 = Instant::now();
-        let result = http.post(&target.url).json(&body).send().await;
+        let request = http
+            .post(&target.url)
+            .header("x-meterline-alert-id", &*id)
+            .json(&body)
+            .send();
+        // A term that ends (the lease lost, a stop) abandons the request at once.
+        let result = tokio::select! {
+            r = request => r,
+            _ = stop.cancelled() => return Ok(()),
+        };
         metrics::histogram!(m::ALERT_DELIVERY_SECONDS).record(t0.elapsed().as_secs_f64());
         match result {
             Ok(r) if r.status().is_success() => {
                 metrics::counter!(m::ALERT_DELIVERIES, m::LABEL_OUTCOME => "delivered")
                     .increment(1);
-                return;
+                return Ok(());
             }
             // A 4xx other than 408/429 will not change by asking again.
             Ok(r)
@@ -203,6 +238,7 @@ async fn deliver(
         }
     }
     metrics::counter!(m::ALERT_DELIVERIES, m::LABEL_OUTCOME => "failed").increment(1);
+    Ok(())
 }
 
 fn decode(topic: &str, bytes: &[u8], budgets: &HashMap<String, BudgetChange>) -> Option<Alert> {
@@ -215,6 +251,19 @@ fn decode(topic: &str, bytes: &[u8], budgets: &HashMap<String, BudgetChange>) ->
             }),
         topics::ANOMALIES => Anomaly::from_avro(bytes).ok().map(Alert::Anomaly),
         _ => None,
+    }
+}
+
+/// A budget change as delivery needs it (names, webhooks); an unreadable one is skipped.
+fn apply_budget(budgets: &mut HashMap<String, BudgetChange>, bytes: &[u8]) {
+    match BudgetChange::from_avro(bytes) {
+        Ok(b) if b.deleted => {
+            budgets.remove(&b.budget_id);
+        }
+        Ok(b) => {
+            budgets.insert(b.budget_id.clone(), b);
+        }
+        Err(e) => warn!(error = %e, "alerts: skipping an unreadable budget change"),
     }
 }
 
@@ -260,10 +309,12 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Runs until `stop`.
+/// Runs until `stop` (the end of the active term). Takes the deliverer's transactional id
+/// over first (`transactional_id`), so a previous holder's progress is final before it is read.
 pub async fn run(
     kafka: KafkaConfig,
     cfg: AlertsConfig,
+    transactional_id: String,
     stop: CancellationToken,
 ) -> Result<(), Error> {
     let cfg = Arc::new(cfg);
@@ -271,59 +322,99 @@ pub async fn run(
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .build()
         .map_err(Error::WebhookClient)?;
+    let k = kafka.clone();
+    let fence = tokio::task::spawn_blocking(move || {
+        FencedProducer::take_over(&k, "alerts-fence", transactional_id)
+    })
+    .await
+    .map_err(Error::Blocking)??;
+    // Assigned, not subscribed: only the active instance reads, from the group's committed
+    // offsets (no group membership to wait for at a takeover).
     let alerts: StreamConsumer = kafka
-        .stage_consumer("alerts", &cfg.group_id, 10_000, 300_000)
+        .client("alerts")
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "100")
         .create()
         .map_err(Error::kafka)?;
-    alerts
-        .subscribe(&[topics::BUDGET_SIGNALS, topics::ANOMALIES])
-        .map_err(Error::kafka)?;
-    // Budgets (for their names and own webhooks), followed from the beginning.
+    let mut tpl = TopicPartitionList::new();
+    for topic in [topics::BUDGET_SIGNALS, topics::ANOMALIES] {
+        let md = alerts
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(Error::kafka)?;
+        let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Stored)
+                .map_err(Error::kafka)?;
+        }
+    }
+    alerts.assign(&tpl).map_err(Error::kafka)?;
+    let group = alerts
+        .group_metadata()
+        .ok_or_else(|| Error::Fatal("the alerts consumer has no group metadata".into()))?;
+    let progress = Arc::new(FencedProgress::new(fence, group));
+    // Budgets (for their names and own webhooks): read to their end before the first alert
+    // (an alert of a budget not read yet would miss the budget's own receivers), then followed.
+    let mut budgets: HashMap<String, BudgetChange> = HashMap::new();
+    let k = kafka.clone();
+    let (changes, budgets_next) = tokio::task::spawn_blocking(move || {
+        let reader = meterline_runtime::follow::reader(&k, "alerts-budgets")?;
+        meterline_runtime::follow::read_to_end(&reader, topics::BUDGETS, Duration::from_secs(60))
+    })
+    .await
+    .map_err(Error::Blocking)??;
+    for bytes in changes {
+        apply_budget(&mut budgets, &bytes);
+    }
     let budget_reader: StreamConsumer = kafka
         .client("alerts-budgets")
         .set("group.id", "meterline-alerts-budgets")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .map_err(Error::kafka)?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topics::BUDGETS, 0, Offset::Beginning)
+    tpl.add_partition_offset(topics::BUDGETS, 0, Offset::Offset(budgets_next))
         .map_err(Error::kafka)?;
     budget_reader.assign(&tpl).map_err(Error::kafka)?;
-    let mut budgets: HashMap<String, BudgetChange> = HashMap::new();
 
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight));
     let mut completions: HashMap<(String, i32), Completions> = HashMap::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(String, i32, i64)>();
+    // A confirmation that failed (fenced, the broker away) ends the term.
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<Error>();
     info!(group = %cfg.group_id, receivers = cfg.webhooks.len(), "alert delivery started");
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            Some(e) = failed_rx.recv() => return Err(e),
             msg = budget_reader.recv() => match msg {
-                Ok(msg) => if let Some(Ok(b)) = msg.payload().map(BudgetChange::from_avro) {
-                    if b.deleted { budgets.remove(&b.budget_id); } else { budgets.insert(b.budget_id.clone(), b); }
-                },
+                Ok(msg) => if let Some(bytes) = msg.payload() { apply_budget(&mut budgets, bytes) },
                 Err(e) => warn!(error = %e, "alerts: reading budgets"),
             },
             Some((topic, p, offset)) = done_rx.recv() => {
                 let c = completions.entry((topic.clone(), p)).or_default();
                 c.finished(offset);
                 if let Some(next) = c.committable() {
-                    let mut tpl = TopicPartitionList::new();
-                    if tpl.add_partition_offset(&topic, p, Offset::Offset(next)).is_ok() {
-                        if let Err(e) = alerts.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
-                            warn!(error = %e, "alerts: commit");
-                        }
-                    }
+                    progress.advance(&topic, p, next);
+                    progress.confirm().await?;
                 }
             }
             msg = alerts.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
-                    Err(e) => { warn!(error = %e, "alerts: consumer"); continue; }
+                    Err(e) if meterline_runtime::kafka::retryable(&e) => {
+                        warn!(error = %e, "alerts: consumer"); continue;
+                    }
+                    Err(e) => return Err(Error::kafka(e)),
                 };
                 let (topic, p, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+                // An undecodable record (poison) is skipped: committed as done, never retried.
                 let alert = msg.payload().and_then(|b| decode(&topic, b, &budgets));
                 drop(msg);
+                progress.started_at(&topic, p, offset);
                 completions.entry((topic.clone(), p)).or_default().started(offset);
                 let fresh = alert.as_ref().is_some_and(|a| {
                     Utc::now() - a.at() <= chrono::Duration::seconds(cfg.max_age_secs as i64)
@@ -334,32 +425,55 @@ pub async fn run(
                 };
                 let targets = targets(&cfg, &alert, &budgets);
                 let alert = Arc::new(alert);
+                let id: Arc<str> = alert_id(&topic, p, offset).into();
                 let mut tasks = vec![];
-                for t in targets {
+                for target in targets {
                     let permit = in_flight.clone().acquire_owned().await.map_err(Error::InFlight)?;
-                    let (http, cfg, alert, stop) = (http.clone(), cfg.clone(), alert.clone(), stop.clone());
+                    let d = Delivery { target, alert: alert.clone(), id: id.clone() };
+                    let (http, cfg, progress, stop) = (http.clone(), cfg.clone(), progress.clone(), stop.clone());
+                    let failed_tx = failed_tx.clone();
                     tasks.push(tokio::spawn(async move {
-                        deliver(http, cfg, t, alert, stop).await;
+                        let r = deliver(http, cfg, d, progress, stop.clone()).await;
                         drop(permit);
+                        if let Err(e) = r {
+                            // unfinished: not committed, the active instance delivers it
+                            stop.cancel();
+                            let _ = failed_tx.send(e);
+                            return false;
+                        }
+                        true
                     }));
                 }
                 let done_tx = done_tx.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    for t in tasks { let _ = t.await; }
-                    // Cut short by a shutdown: not finished, so not committed.
-                    if !stop.is_cancelled() {
+                    let mut all = true;
+                    for t in tasks { all &= t.await.unwrap_or(false); }
+                    // Cut short by the end of the term: not finished, so not committed.
+                    if all && !stop.is_cancelled() {
                         let _ = done_tx.send((topic, p, offset));
                     }
                 });
             }
         }
     }
+    // The last failure, if the term ended for one.
+    if let Ok(e) = failed_rx.try_recv() {
+        return Err(e);
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_alert_id_names_its_record() {
+        assert_eq!(
+            alert_id(topics::BUDGET_SIGNALS, 0, 17),
+            "meterline.budget.signals/0/17"
+        );
+    }
 
     #[test]
     fn webhook_urls_are_redacted_for_logs() {

@@ -7,10 +7,18 @@
 //! - `anomaly`: the detectors (pure; its `mod.rs` says which file holds what);
 //!   `anomaly_watch`: hourly series and the anomalies table;
 //! - `alerts`: webhook delivery of signals and anomalies; `config`: `[watch]`;
+//! - `term`: one term as the active instance (the lease, below); `fence`: its writes,
+//!   fenced by the broker;
 //! - `derive`: the same state derived offline from a ledger (`meterline rebuild`).
 //!
+//! Any number of instances may run with the same `[watch]`: they join the lease group
+//! (`meterline_runtime::lease`), the one holding it is active and runs the tracker and alert
+//! delivery, the others wait as standbys; `/healthz` says `ok: active` or `ok: standby`, and
+//! `meterline_watch_active` is 1 on the active one.
+//!
 //! The modules are private. Public: [`App`] and its [`Error`], [`WatchConfig`] (with
-//! [`AlertsConfig`]), and [`derive()`] with what it returns ([`Derived`], [`BudgetState`]).
+//! [`AlertsConfig`] and [`LeaseConfig`]), and [`derive()`] with what it returns ([`Derived`],
+//! [`BudgetState`]).
 
 mod alerts;
 mod anomaly;
@@ -18,18 +26,22 @@ mod anomaly_watch;
 mod budget;
 mod config;
 mod derive;
+mod fence;
 mod spend;
+mod term;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
+use meterline_runtime::lease::Lease;
 use meterline_runtime::telemetry::{supervise, Readiness};
+use meterline_schemas::metric_names as m;
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
-pub use config::{AlertsConfig, WatchConfig};
+pub use config::{AlertsConfig, LeaseConfig, WatchConfig};
 pub use derive::{derive, BudgetState, Derived};
 
 /// Errors of the watch stage.
@@ -42,6 +54,26 @@ pub enum Error {
     /// The supervisor's blocking task panicked or was cancelled (a bug).
     #[error("watch supervisor task: {0}")]
     Supervisor(#[source] tokio::task::JoinError),
+    /// A blocking Kafka call's task panicked or was cancelled (a bug).
+    #[error("blocking kafka call: {0}")]
+    Blocking(#[source] tokio::task::JoinError),
+    /// Another instance took this one's transactional id over: it holds the lease now (this
+    /// one stalled past its session, or was cut off). Not an outage: the stage goes back to
+    /// standby with a new membership of the lease group.
+    #[error("fenced: another instance took {transactional_id} over (it is active now): {source}")]
+    Fenced {
+        transactional_id: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A transaction of the active instance failed (aborted): what it published is not on
+    /// the topics, and the work starts over from them.
+    #[error("{what}: {source}")]
+    Publish {
+        what: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     /// A ledger file could not be opened (permissions, a failing disk): worth retrying.
     #[error("{}: {source}", path.display())]
     Io {
@@ -97,7 +129,11 @@ impl Error {
     /// configuration, fatal Kafka errors and bugs cannot be waited out.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Kafka(e) => meterline_runtime::kafka::retryable(e),
+            Error::Kafka(e) | Error::Publish { source: e, .. } => {
+                meterline_runtime::kafka::retryable(e)
+            }
+            // back to standby, with a new membership of the lease group
+            Error::Fenced { .. } => true,
             Error::Runtime(e) => e.is_retryable(),
             Error::Reference(e) => e.is_retryable(),
             Error::Ledger(e) => e.is_retryable(),
@@ -107,9 +143,23 @@ impl Error {
             | Error::WebhookClient(_)
             | Error::InFlight(_)
             | Error::Supervisor(_)
+            | Error::Blocking(_)
             | Error::Fatal(_)
             | Error::Config(_) => false,
         }
+    }
+
+    /// Ends the budget tracker rather than being retried inside it: the same files and
+    /// records fail the same way again, and after a failed publication the tracker's book is
+    /// ahead of the topic (it must be read again).
+    fn ends_tracking(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. }
+                | Error::Schemas(_)
+                | Error::Fenced { .. }
+                | Error::Publish { .. }
+        )
     }
 }
 
@@ -134,6 +184,7 @@ impl App {
             meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
                 .await
                 .map_err(Error::Metrics)?;
+        metrics::gauge!(m::WATCH_ACTIVE).set(0.0);
         // Anomalies per kind counted from zero: on `/metrics` (and in `rate()`) before the first.
         for kind in anomaly::FindingKind::ALL {
             metrics::counter!(meterline_schemas::metric_names::AGGREGATE_ANOMALIES,
@@ -160,10 +211,12 @@ impl App {
         self.stop.clone()
     }
 
-    /// Runs the tracker and alert delivery until `stop`. A retryable error in either
-    /// (broker faults, an unreadable disk) restarts both after a backoff; each resumes where
-    /// its durable state ends (the tracker from the ledger and the signals topic, delivery at
-    /// its group's committed offsets); `/healthz` says why meanwhile. Other errors end it.
+    /// Waits for the lease, then runs the tracker and alert delivery while it is held, until
+    /// `stop`. A retryable error in either (broker faults, an unreadable disk, being fenced)
+    /// restarts the attempt after a backoff, with a new membership of the lease group; each
+    /// part resumes where its durable state ends (the tracker from the ledger and the signals
+    /// topic, delivery at its group's committed offsets); `/healthz` says why meanwhile.
+    /// Other errors end it.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
         let App {
             cfg,
@@ -193,8 +246,10 @@ impl App {
     }
 }
 
-/// One attempt: topics, then the tracker and alert delivery until one of them ends (which
-/// ends the other: `stop` is this attempt's token).
+/// One attempt: topics, the lease group, then terms as the active instance for as long as
+/// this membership lasts. Losing the lease ends the term's work (its token is cancelled),
+/// and the instance waits as a standby again; an error ends the attempt (and the membership:
+/// a standby takes over meanwhile).
 fn run_once(
     runtime: &tokio::runtime::Handle,
     kafka: &KafkaConfig,
@@ -205,57 +260,49 @@ fn run_once(
     if kafka.create_topics {
         runtime.block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))?;
     }
-    let tracker = if cfg.budgets {
-        let ledger = Arc::new(meterline_ledger::Ledger::open(&cfg.data_dir)?);
-        Some(spend::SpendTracker::new(
-            kafka,
-            ledger,
-            cfg.data_dir.clone(),
-            stop.clone(),
-        )?)
-    } else {
-        None
-    };
-    ready.ready();
-    let tracker = tracker.map(|t| {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let r = t.run();
-            if let Err(e) = &r {
-                tracing::error!(error = %e, "budget tracker stopped");
-            }
-            stop.cancel();
-            r
-        })
-    });
-    let alerts = cfg.alerts.enabled.then(|| {
-        let (kafka, alerts, stop) = (kafka.clone(), cfg.alerts.clone(), stop.clone());
-        runtime.spawn(async move {
-            let r = alerts::run(kafka, alerts, stop.clone()).await;
-            if let Err(e) = &r {
-                tracing::error!(error = %e, "alert delivery stopped");
-            }
-            stop.cancel();
-            r
-        })
-    });
-    if tracker.is_none() && alerts.is_none() {
-        // nothing to do in this instance: wait for the stop
+    if !cfg.budgets && !cfg.alerts.enabled {
+        // nothing to do in this instance: no lease either
+        ready.ready();
         runtime.block_on(stop.cancelled());
+        return Ok(());
     }
-    let tracked = match tracker {
-        Some(t) => t
-            .join()
-            .map_err(|_| Error::Fatal("budget tracker panicked".into()))?,
-        None => Ok(()),
-    };
-    let delivered = match alerts {
-        Some(a) => runtime
-            .block_on(a)
-            .map_err(|_| Error::Fatal("alert delivery panicked".into()))?,
-        None => Ok(()),
-    };
-    tracked.and(delivered)
+    let lease = Lease::join(
+        kafka,
+        "watch-lease",
+        topics::WATCH_LEASE,
+        &cfg.lease.lease_group(),
+        cfg.lease.session_timeout(),
+    )?;
+    loop {
+        ready.set_role("standby");
+        ready.ready();
+        let Some(term) = lease.acquire(&stop)? else {
+            return Ok(()); // stopped
+        };
+        info!(group = %cfg.lease.lease_group(), "active: this instance holds the lease");
+        ready.set_role("active");
+        metrics::gauge!(m::WATCH_ACTIVE).set(1.0);
+        let result = term::run(runtime, kafka, cfg, ready, term.clone());
+        metrics::gauge!(m::WATCH_ACTIVE).set(0.0);
+        ready.set_role("standby");
+        if stop.is_cancelled() {
+            return result;
+        }
+        match result {
+            // the lease was lost: the work has ended, wait for it again
+            Ok(()) if term.is_cancelled() => {
+                info!("standby: the lease was lost and the work stopped");
+            }
+            // woken from a stall: the lease was lost and a write was refused meanwhile
+            Err(e @ Error::Fenced { .. }) if !lease.held() => {
+                info!(error = %e, "standby: the lease was lost and the work stopped");
+            }
+            Ok(()) => return Ok(()), // a part ended on its own: the supervisor restarts
+            // Fenced while still believing to hold the lease: this membership is stale, a
+            // new one (the supervisor's next attempt) finds out who holds it
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,12 +9,16 @@
 //! it is already in a file or still only in the topic, so spend equals what the ledger holds
 //! or will hold.
 //!
-//! Once across restarts: at start the signals topic is read to its end and every signal
-//! already there is restored into the book before the first row is counted. A crash between
-//! a crossing and its publication loses nothing: the rebuild reaches the same crossing again.
+//! Once across restarts and takeovers: the tracker publishes through the active instance's
+//! fenced producer (`fence.rs`), created — fencing any previous holder and aborting its open
+//! transaction — before the signals topic is read to its end and every signal already there
+//! is restored into the book, before the first row is counted. A crash between a crossing and
+//! its publication loses nothing: the rebuild reaches the same crossing again. A publication
+//! that fails ends the tracker (its book marked the crossing as signalled): the stage starts
+//! over from the topics, which is always correct.
 //!
-//! One instance tracks budgets (`[aggregate] budgets = true`); the Parquet writer itself may
-//! run in several instances, since the tracker reads every partition of the topic.
+//! Only the active instance tracks budgets (the lease, `lib.rs`); every tracker reads every
+//! partition of the priced topic.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,7 +36,6 @@ use meterline_schemas::{topics, AvroRecord, BudgetChange, BudgetSignal, Money, P
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -40,6 +43,7 @@ use tracing::{info, warn};
 use crate::anomaly::DetectorConfig;
 use crate::anomaly_watch::AnomalyWatch;
 use crate::budget::{BudgetBook, SpendRow};
+use crate::fence::{FencedProducer, Out};
 use crate::Error;
 use meterline_ledger::files;
 use meterline_ledger::table::Ledger;
@@ -53,7 +57,7 @@ pub struct SpendTracker {
     ledger: Arc<Ledger>,
     book: BudgetBook,
     consumer: BaseConsumer,
-    producer: BaseProducer,
+    producer: FencedProducer,
     /// Offset of the next budget change to read (the budgets topic has one partition).
     budgets_next: i64,
     /// Hourly series and the anomaly detector.
@@ -218,10 +222,13 @@ fn rows_of(b: &RecordBatch, since: DateTime<Utc>, out: &mut Vec<SpendRow>) -> Re
 
 impl SpendTracker {
     /// Reads the budgets and the signals already emitted; the first rebuild happens in `run`.
+    /// `producer` has taken its transactional id over already: nothing a previous holder
+    /// publishes from now on can be committed, so what is read here is all there will be.
     pub fn new(
         kafka: &KafkaConfig,
         ledger: Arc<Ledger>,
         data_dir: std::path::PathBuf,
+        producer: FencedProducer,
         stop: CancellationToken,
     ) -> Result<SpendTracker, Error> {
         let consumer: BaseConsumer = kafka
@@ -233,13 +240,6 @@ impl SpendTracker {
             // Latency matters more than fetch efficiency here (librdkafka's default waits up
             // to 500 ms for data).
             .set("fetch.wait.max.ms", "50")
-            .create()
-            .map_err(Error::kafka)?;
-        let producer: BaseProducer = kafka
-            .client("aggregate-signals")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
             .create()
             .map_err(Error::kafka)?;
         let mut book = BudgetBook::default();
@@ -359,50 +359,47 @@ impl SpendTracker {
         Ok(())
     }
 
-    /// Publishes crossings and waits for the broker's ack: a crossing is only done once it is
-    /// on the topic (a crash before that re-derives it on restart).
+    /// Publishes crossings in one transaction: a crossing is only done once that commits (a
+    /// crash before re-derives it on restart; a fenced instance's never commits).
     fn publish(&self, signals: &[BudgetSignal]) -> Result<(), Error> {
-        if signals.is_empty() {
-            return Ok(());
-        }
+        let keys: Vec<String> = signals.iter().map(signal_key).collect();
+        let records = signals
+            .iter()
+            .zip(&keys)
+            .map(|(s, key)| {
+                Ok(Out {
+                    topic: topics::BUDGET_SIGNALS,
+                    key,
+                    payload: s.to_avro()?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.producer.publish(&records)?;
         for s in signals {
-            let bytes = s.to_avro()?;
-            let key = signal_key(s);
-            self.producer
-                .send(
-                    BaseRecord::to(topics::BUDGET_SIGNALS)
-                        .key(&key)
-                        .payload(&bytes),
-                )
-                .map_err(|(e, _)| Error::kafka(e))?;
             metrics::counter!(m::AGGREGATE_BUDGET_SIGNALS, m::LABEL_STATE => format!("{:?}", s.state).to_lowercase())
                 .increment(1);
             info!(budget = %s.budget_id, threshold = ?s.threshold_percent, state = ?s.state, spend = %s.spend, "budget signal");
         }
-        self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(Error::kafka)
+        Ok(())
     }
 
     fn publish_anomalies(&self, found: &[meterline_schemas::Anomaly]) -> Result<(), Error> {
-        if found.is_empty() {
-            return Ok(());
-        }
+        let records = found
+            .iter()
+            .map(|a| {
+                Ok(Out {
+                    topic: topics::ANOMALIES,
+                    key: &a.anomaly_id,
+                    payload: a.to_avro()?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.producer.publish(&records)?;
         for a in found {
-            let bytes = a.to_avro()?;
-            self.producer
-                .send(
-                    BaseRecord::to(topics::ANOMALIES)
-                        .key(&a.anomaly_id)
-                        .payload(&bytes),
-                )
-                .map_err(|(e, _)| Error::kafka(e))?;
             metrics::counter!(m::AGGREGATE_ANOMALIES, m::LABEL_KIND => a.kind.clone()).increment(1);
             info!(id = %a.anomaly_id, observed = %a.observed, expected = %a.expected, score = a.score, "anomaly");
         }
-        self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(Error::kafka)
+        Ok(())
     }
 
     fn on_budget_change(&mut self, bytes: &[u8], offset: i64) -> Result<(), Error> {
@@ -453,8 +450,8 @@ impl SpendTracker {
     }
 
     /// The loop: priced rows and budget changes until `stop`. Kafka and file errors are
-    /// retried after a pause with a fresh rebuild; a corrupt ledger file, or an amount or
-    /// record the schemas refuse, stops it.
+    /// retried after a pause with a fresh rebuild; a corrupt ledger file, an amount or record
+    /// the schemas refuse, or a publication that failed (fenced or not) stops it.
     pub fn run(mut self) -> Result<(), Error> {
         let mut pruned = Instant::now();
         let mut healthy = false;
@@ -462,8 +459,9 @@ impl SpendTracker {
             if !healthy {
                 match self.rebuild() {
                     Ok(()) => healthy = true,
-                    // the same files and records fail the same way again
-                    Err(e @ (Error::Corrupt { .. } | Error::Schemas(_))) => return Err(e),
+                    // the same files and records fail the same way again; a failed
+                    // publication left the book ahead of the topic
+                    Err(e) if e.ends_tracking() => return Err(e),
                     Err(e) => {
                         warn!(error = %e, "budget rebuild failed; retrying in 5 s");
                         self.pause(Duration::from_secs(5));
@@ -492,9 +490,7 @@ impl SpendTracker {
             });
             match result {
                 Ok(()) => {}
-                Err(e @ (Error::Corrupt { .. } | Error::Schemas(_) | Error::Fatal(_))) => {
-                    return Err(e)
-                }
+                Err(e) if e.ends_tracking() || matches!(e, Error::Fatal(_)) => return Err(e),
                 // Retryable (broker away, a file unreadable for a moment): start over from
                 // the ledger, which is always correct.
                 Err(e) => {
@@ -508,7 +504,6 @@ impl SpendTracker {
                 pruned = Instant::now();
             }
         }
-        let _ = self.producer.flush(Duration::from_secs(5));
         Ok(())
     }
 
