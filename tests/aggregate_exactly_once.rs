@@ -280,3 +280,73 @@ async fn killed_at_random_moments_the_ledger_equals_the_topic_exactly() {
     .await
     .unwrap();
 }
+
+/// One sink per ledger directory: a second `meterline aggregate` on the same data dir stands by
+/// (it does not join the consumer group, so no partition is split between the two) until the
+/// first is gone, then takes over within its poll; the ledger stays exact. Before the claim, two
+/// sinks on one directory recovered each other's partitions and adopted each other's
+/// uncommitted files into the Delta log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sink_on_the_same_ledger_stands_by_then_takes_over() {
+    let h = Harness::start().await;
+    tokio::task::spawn_blocking(move || {
+        let data = h.dir.path().join("data");
+        let (log_a, log_b) = (h.dir.path().join("a.log"), h.dir.path().join("b.log"));
+        let brokers = h.kafka.brokers.clone();
+        let mut expected_sum = produce_priced(&brokers, 0, 600);
+        let mut active = spawn_aggregate(&h, &data, &log_a);
+        let wait_for = |what: &str, log: &Path, done: &dyn Fn() -> bool| {
+            let t0 = Instant::now();
+            while !done() {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "{what}; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        wait_for("the first sink writes", &log_a, &|| {
+            read_ledger(&data).positions.len() >= 600
+        });
+        let mut standby = spawn_aggregate(&h, &data, &log_b);
+        let log_says = |log: &Path, text: &str| {
+            std::fs::read_to_string(log).unwrap_or_default().contains(text)
+        };
+        wait_for("the second sink stands by", &log_b, &|| {
+            log_says(&log_b, "another sink holds this ledger")
+        });
+        // traffic while both run: only the first writes it
+        expected_sum += produce_priced(&brokers, 600, 300);
+        wait_for("the first sink keeps writing", &log_a, &|| {
+            read_ledger(&data).positions.len() >= 900
+        });
+        assert!(
+            !log_says(&log_b, "took over partition"),
+            "the standby consumed while the first held the ledger"
+        );
+        active.kill().unwrap(); // SIGKILL: the kernel releases its claim
+        active.wait().unwrap();
+        let killed = Instant::now();
+        // (a partition is taken over when a record of it arrives)
+        expected_sum += produce_priced(&brokers, 900, 300);
+        wait_for("the standby takes over", &log_b, &|| {
+            log_says(&log_b, "took over partition")
+        });
+        let takeover = killed.elapsed();
+        wait_for("the standby catches up", &log_b, &|| {
+            let l = read_ledger(&data);
+            l.positions.len() >= 1200 && l.temp_files == 0
+        });
+        unsafe { libc::kill(standby.id() as i32, libc::SIGTERM) };
+        standby.wait().unwrap();
+        let l = read_ledger(&data);
+        assert_eq!((l.rows, l.duplicates), (1200, 0), "every record once");
+        assert_eq!(l.sum, expected_sum, "the Decimal sum equals the topic's");
+        let seen = common::delta_summary(&data.join("usage"));
+        assert_eq!(seen["rows"], 1200, "rows in the Delta table");
+        println!("standby took over {} ms after the kill", takeover.as_millis());
+    })
+    .await
+    .unwrap();
+}

@@ -159,7 +159,9 @@ fn run_once(
         runtime.block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))?;
     }
     let ledger = Arc::new(meterline_ledger::Ledger::open_writer(&cfg.data_dir)?);
-    let stage = stage::Stage::new(kafka, cfg.clone(), ledger, stop)?;
+    let Some(stage) = stage::Stage::new(kafka, cfg.clone(), ledger, stop)? else {
+        return Ok(()); // stopped while standing by for the ledger
+    };
     ready.ready();
     stage.run()
 }

@@ -100,6 +100,8 @@ pub struct Stage {
     ledger: Arc<Ledger>,
     owned: HashMap<i32, Buffer>,
     stop: CancellationToken,
+    /// This process's claim on the ledger, held while the stage runs.
+    _claim: meterline_ledger::table::SinkClaim,
 }
 
 impl Stage {
@@ -108,7 +110,13 @@ impl Stage {
         cfg: AggregateConfig,
         ledger: Arc<Ledger>,
         stop: CancellationToken,
-    ) -> Result<Stage, Error> {
+    ) -> Result<Option<Stage>, Error> {
+        // 1. One sink per ledger directory: a second instance stands by here, before joining
+        //    the consumer group (so no partition is assigned to it), until the first is gone.
+        let Some(claim) = ledger.claim_sink(|| stop.is_cancelled())? else {
+            return Ok(None);
+        };
+        // 2. Only then clean up after a crash: these files are ours to remove.
         let removed = ledger.remove_temp_files()?;
         if removed > 0 {
             info!(removed, "removed temp files left by a crash");
@@ -128,13 +136,14 @@ impl Stage {
         consumer
             .subscribe(&[topics::USAGE_PRICED])
             .map_err(Error::kafka)?;
-        Ok(Stage {
+        Ok(Some(Stage {
             cfg,
             consumer,
             ledger,
             owned: HashMap::new(),
             stop,
-        })
+            _claim: claim,
+        }))
     }
 
     /// The loop. Returns when `stop` is cancelled (after writing what is buffered) or on an

@@ -102,6 +102,40 @@ impl Ledger {
         &self.usage_dir
     }
 
+    /// Claims the ledger for one sink: an exclusive lock on `usage/_sink.lock` (the `_`
+    /// prefix keeps it out of the table for Delta readers), held until the returned guard is
+    /// dropped or the process dies (kill -9 included: the kernel releases it). Two sinks on
+    /// one directory would recover each other's partitions and adopt each other's uncommitted
+    /// files into the Delta log, so a second one waits here, as a standby, until the first is
+    /// gone, asking `stop` every 200 ms; `Ok(None)` if it was told to stop first. A writer that
+    /// does not write flushes (`meterline compact`) does not need it. The lock is advisory
+    /// (`flock`): a file system without it (some network mounts) does not enforce it.
+    pub fn claim_sink(&self, stop: impl Fn() -> bool) -> Result<Option<SinkClaim>, Error> {
+        let path = self.usage_dir.join(SINK_LOCK);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut next_note = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(SinkClaim { _file: file })),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            }
+            if stop() {
+                return Ok(None);
+            }
+            if std::time::Instant::now() >= next_note {
+                tracing::warn!(lock = %path.display(), "another sink holds this ledger: standing by until it stops");
+                next_note += std::time::Duration::from_secs(30);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     fn date_dirs(&self) -> Result<Vec<PathBuf>, Error> {
         let mut out = vec![];
         for e in fs::read_dir(&self.usage_dir).map_err(io(&self.usage_dir))? {
@@ -269,6 +303,15 @@ impl Ledger {
     }
 }
 
+/// The lock file of the ledger's one sink (see [`Ledger::claim_sink`]).
+pub const SINK_LOCK: &str = "_sink.lock";
+
+/// The ledger claimed by this process's sink; released when dropped.
+#[derive(Debug)]
+pub struct SinkClaim {
+    _file: File,
+}
+
 /// Writer settings of every ledger file.
 pub fn writer_properties(partition: i32, flushes: &[Flush]) -> WriterProperties {
     WriterProperties::builder()
@@ -349,6 +392,26 @@ pub fn read_flushes(path: &Path) -> Result<Vec<Flush>, Error> {
 mod tests {
     use super::*;
     use meterline_schemas::{CostLines, PricedUsage, TenantPath, UsageEvent};
+
+    /// One sink per ledger: a second claim stands by while the first is held (here: until
+    /// told to stop), and gets the ledger once the first is released.
+    #[test]
+    fn a_second_sink_stands_by_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Ledger::open(dir.path()).unwrap();
+        let second = Ledger::open(dir.path()).unwrap();
+        let held = first.claim_sink(|| false).unwrap().expect("free");
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let gave_up = second
+            .claim_sink(|| asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2)
+            .unwrap();
+        assert!(gave_up.is_none(), "claimed while another sink holds it");
+        assert_eq!(asked.into_inner(), 3, "it waited, asking whether to stop");
+        drop(held);
+        assert!(second.claim_sink(|| true).unwrap().is_some());
+        // the lock file is not part of the table: no reader lists it
+        assert!(first.scan().unwrap().is_empty());
+    }
 
     fn row(offset: i64, day: u32, total: &str) -> Row {
         let mut event = UsageEvent::example();
