@@ -294,7 +294,15 @@ async fn a_second_sink_on_the_same_ledger_stands_by_then_takes_over() {
         let (log_a, log_b) = (h.dir.path().join("a.log"), h.dir.path().join("b.log"));
         let brokers = h.kafka.brokers.clone();
         let mut expected_sum = produce_priced(&brokers, 0, 600);
-        let mut active = spawn_aggregate(&h, &data, &log_a);
+        // killed on the way out, also when an assertion fails
+        struct Killed(Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut active = Killed(spawn_aggregate(&h, &data, &log_a));
         let wait_for = |what: &str, log: &Path, done: &dyn Fn() -> bool| {
             let t0 = Instant::now();
             while !done() {
@@ -309,9 +317,11 @@ async fn a_second_sink_on_the_same_ledger_stands_by_then_takes_over() {
         wait_for("the first sink writes", &log_a, &|| {
             read_ledger(&data).positions.len() >= 600
         });
-        let mut standby = spawn_aggregate(&h, &data, &log_b);
+        let mut standby = Killed(spawn_aggregate(&h, &data, &log_b));
         let log_says = |log: &Path, text: &str| {
-            std::fs::read_to_string(log).unwrap_or_default().contains(text)
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains(text)
         };
         wait_for("the second sink stands by", &log_b, &|| {
             log_says(&log_b, "another sink holds this ledger")
@@ -325,8 +335,8 @@ async fn a_second_sink_on_the_same_ledger_stands_by_then_takes_over() {
             !log_says(&log_b, "took over partition"),
             "the standby consumed while the first held the ledger"
         );
-        active.kill().unwrap(); // SIGKILL: the kernel releases its claim
-        active.wait().unwrap();
+        active.0.kill().unwrap(); // SIGKILL: the kernel releases its claim
+        active.0.wait().unwrap();
         let killed = Instant::now();
         // (a partition is taken over when a record of it arrives)
         expected_sum += produce_priced(&brokers, 900, 300);
@@ -338,14 +348,17 @@ async fn a_second_sink_on_the_same_ledger_stands_by_then_takes_over() {
             let l = read_ledger(&data);
             l.positions.len() >= 1200 && l.temp_files == 0
         });
-        unsafe { libc::kill(standby.id() as i32, libc::SIGTERM) };
-        standby.wait().unwrap();
+        unsafe { libc::kill(standby.0.id() as i32, libc::SIGTERM) };
+        standby.0.wait().unwrap();
         let l = read_ledger(&data);
         assert_eq!((l.rows, l.duplicates), (1200, 0), "every record once");
         assert_eq!(l.sum, expected_sum, "the Decimal sum equals the topic's");
         let seen = common::delta_summary(&data.join("usage"));
         assert_eq!(seen["rows"], 1200, "rows in the Delta table");
-        println!("standby took over {} ms after the kill", takeover.as_millis());
+        println!(
+            "standby took over {} ms after the kill",
+            takeover.as_millis()
+        );
     })
     .await
     .unwrap();
