@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
-use meterline_runtime::telemetry::{supervise, Readiness};
+use meterline_runtime::telemetry::{Readiness, StageHost};
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
 
@@ -76,74 +76,50 @@ impl Error {
 pub struct App {
     cfg: AggregateConfig,
     kafka: KafkaConfig,
-    ready: Readiness,
-    local_addr: SocketAddr,
-    stop: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
+    host: StageHost,
 }
 
 impl App {
     pub async fn build(kafka: &KafkaConfig, cfg: AggregateConfig) -> Result<App, Error> {
         cfg.validate()?;
         kafka.validate().map_err(|e| Error::Config(e.to_string()))?;
-        let stop = CancellationToken::new();
-        let ready = Readiness::starting();
-        let metrics =
-            meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
-                .await
-                .map_err(Error::Metrics)?;
+        let host = StageHost::start(&cfg.listen)
+            .await
+            .map_err(Error::Metrics)?;
         // Counted from zero: on `/metrics` (and in `rate()`) before the first failure.
         metrics::counter!(meterline_schemas::metric_names::AGGREGATE_WRITE_ERRORS).increment(0);
         metrics::counter!(meterline_schemas::metric_names::AGGREGATE_POISON).increment(0);
         Ok(App {
             cfg,
             kafka: kafka.clone(),
-            ready,
-            local_addr: metrics.local_addr,
-            stop,
-            server: metrics.task,
+            host,
         })
     }
 
     /// Address of the metrics server.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.host.local_addr()
     }
 
     /// Cancel to stop: buffered rows are written, then the stage returns.
     pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
+        self.host.stop_token()
     }
 
     /// Runs the ledger writer until `stop`. A retryable error (broker faults, a failing write)
     /// restarts it after a backoff, from the ledger and the topic as they are (it resumes
     /// exactly where the files end); `/healthz` says why meanwhile. Other errors end it.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
-        let App {
-            cfg,
-            kafka,
-            ready,
-            stop,
-            server,
-            ..
-        } = self;
-        let stop2 = stop.clone();
+        let App { cfg, kafka, host } = self;
         let runtime = tokio::runtime::Handle::current();
-        let result = tokio::task::spawn_blocking(move || {
-            supervise(
-                "aggregate",
-                &stop2,
-                &ready,
-                meterline_schemas::metric_names::AGGREGATE_STAGE_RESTARTS,
-                Error::is_retryable,
-                |attempt| run_once(&runtime, &kafka, &cfg, &ready, attempt),
-            )
-        })
+        host.run_supervised(
+            "aggregate",
+            meterline_schemas::metric_names::AGGREGATE_STAGE_RESTARTS,
+            Error::is_retryable,
+            move |ready, attempt| run_once(&runtime, &kafka, &cfg, ready, attempt),
+        )
         .await
-        .map_err(Error::Supervisor)?;
-        stop.cancel();
-        let _ = server.await;
-        result
+        .map_err(Error::Supervisor)?
     }
 }
 

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
-use meterline_runtime::telemetry::{supervise, Readiness};
+use meterline_runtime::telemetry::{Readiness, StageHost};
 use meterline_schemas::metric_names as m;
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
@@ -97,69 +97,44 @@ impl Error {
 pub struct App {
     kafka: KafkaConfig,
     cfg: EnrichConfig,
-    ready: Readiness,
-    local_addr: SocketAddr,
-    stop: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
+    host: StageHost,
 }
 
 impl App {
     pub async fn build(kafka: &KafkaConfig, cfg: EnrichConfig) -> Result<App, Error> {
         cfg.validate()?;
         kafka.validate().map_err(|e| Error::Config(e.to_string()))?;
-        let stop = CancellationToken::new();
-        let ready = Readiness::starting();
-        let metrics =
-            meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
-                .await?;
+        let host = StageHost::start(&cfg.listen).await?;
         Ok(App {
             kafka: kafka.clone(),
             cfg,
-            ready,
-            local_addr: metrics.local_addr,
-            stop,
-            server: metrics.task,
+            host,
         })
     }
 
     /// Address of the metrics server.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.host.local_addr()
     }
 
     /// Cancel to stop: open transactions are committed, then the stage returns.
     pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
+        self.host.stop_token()
     }
 
     /// Provisions topics, loads the reference data, and prices until stopped. A retryable
     /// error (the broker down, restarting, slow) restarts that work after a backoff, with
     /// `/healthz` saying why meanwhile; only an error no wait can cure ends it.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
-        let App {
-            kafka,
-            cfg,
-            ready,
-            stop,
-            server,
-            ..
-        } = self;
-        let stop2 = stop.clone();
+        let App { kafka, cfg, host } = self;
         let runtime = tokio::runtime::Handle::current();
-        let result = tokio::task::spawn_blocking(move || {
-            supervise(
-                "enrich",
-                &stop2,
-                &ready,
-                m::ENRICH_STAGE_RESTARTS,
-                Error::is_retryable,
-                |attempt| run_once(&runtime, &kafka, &cfg, &ready, attempt),
-            )
-        })
-        .await?;
-        stop.cancel();
-        let _ = server.await;
-        result
+        host.run_supervised(
+            "enrich",
+            m::ENRICH_STAGE_RESTARTS,
+            Error::is_retryable,
+            move |ready, attempt| run_once(&runtime, &kafka, &cfg, ready, attempt),
+        )
+        .await?
     }
 }
 

@@ -235,6 +235,78 @@ pub fn supervise<E: std::fmt::Display>(
     }
 }
 
+/// What every supervised Kafka stage (enrich, aggregate, watch) runs inside: its metrics
+/// server with `/healthz`, its readiness and its stop token. A stage's `App` is its own
+/// configuration plus one of these; [`StageHost::run_supervised`] is its run loop.
+pub struct StageHost {
+    ready: Readiness,
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl StageHost {
+    /// Serves `/metrics` and `/healthz` on `listen` (`host:0` picks a free port), not ready
+    /// until the stage says so.
+    pub async fn start(listen: &str) -> std::io::Result<StageHost> {
+        let stop = CancellationToken::new();
+        let ready = Readiness::starting();
+        let metrics = serve_metrics(listen, ready.clone(), stop.clone()).await?;
+        Ok(StageHost {
+            ready,
+            local_addr: metrics.local_addr,
+            stop,
+            server: metrics.task,
+        })
+    }
+
+    /// Address of the metrics server.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancel to stop the stage.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Runs `attempt` under [`supervise`] on a blocking thread until the stop token is
+    /// cancelled or an error `retryable` refuses ends it; then stops the metrics server. The
+    /// outer error is the supervisor thread's own end (a panic).
+    pub async fn run_supervised<E>(
+        self,
+        stage: &'static str,
+        restarts_metric: &'static str,
+        retryable: fn(&E) -> bool,
+        mut attempt: impl FnMut(&Readiness, CancellationToken) -> Result<(), E> + Send + 'static,
+    ) -> Result<Result<(), E>, tokio::task::JoinError>
+    where
+        E: std::fmt::Display + Send + 'static,
+    {
+        let StageHost {
+            ready,
+            stop,
+            server,
+            ..
+        } = self;
+        let supervisor_stop = stop.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            supervise(
+                stage,
+                &supervisor_stop,
+                &ready,
+                restarts_metric,
+                retryable,
+                |token| attempt(&ready, token),
+            )
+        })
+        .await;
+        stop.cancel();
+        let _ = server.await;
+        result
+    }
+}
+
 /// A TCP listener for axum whose connections are closed when the client keeps the server
 /// waiting to read for longer than `idle` (a silent or trickling client — slowloris — holds
 /// no connection and no task forever). Writes are not limited: a long streamed answer to a

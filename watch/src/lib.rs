@@ -35,7 +35,7 @@ use std::path::PathBuf;
 
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_runtime::lease::Lease;
-use meterline_runtime::telemetry::{supervise, Readiness};
+use meterline_runtime::telemetry::{Readiness, StageHost};
 use meterline_schemas::metric_names as m;
 use meterline_schemas::topics;
 use tokio_util::sync::CancellationToken;
@@ -168,22 +168,16 @@ impl Error {
 pub struct App {
     cfg: WatchConfig,
     kafka: KafkaConfig,
-    ready: Readiness,
-    local_addr: SocketAddr,
-    stop: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
+    host: StageHost,
 }
 
 impl App {
     pub async fn build(kafka: &KafkaConfig, cfg: WatchConfig) -> Result<App, Error> {
         cfg.validate()?;
         kafka.validate()?;
-        let stop = CancellationToken::new();
-        let ready = Readiness::starting();
-        let metrics =
-            meterline_runtime::telemetry::serve_metrics(&cfg.listen, ready.clone(), stop.clone())
-                .await
-                .map_err(Error::Metrics)?;
+        let host = StageHost::start(&cfg.listen)
+            .await
+            .map_err(Error::Metrics)?;
         metrics::gauge!(m::WATCH_ACTIVE).set(0.0);
         // Anomalies per kind counted from zero: on `/metrics` (and in `rate()`) before the first.
         for kind in anomaly::FindingKind::ALL {
@@ -194,21 +188,18 @@ impl App {
         Ok(App {
             cfg,
             kafka: kafka.clone(),
-            ready,
-            local_addr: metrics.local_addr,
-            stop,
-            server: metrics.task,
+            host,
         })
     }
 
     /// Address of the metrics server.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.host.local_addr()
     }
 
     /// Cancel to stop.
     pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
+        self.host.stop_token()
     }
 
     /// Waits for the lease, then runs the tracker and alert delivery while it is held, until
@@ -218,31 +209,16 @@ impl App {
     /// topic, delivery at its group's committed offsets); `/healthz` says why meanwhile.
     /// Other errors end it.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
-        let App {
-            cfg,
-            kafka,
-            ready,
-            stop,
-            server,
-            ..
-        } = self;
-        let stop2 = stop.clone();
+        let App { cfg, kafka, host } = self;
         let runtime = tokio::runtime::Handle::current();
-        let result = tokio::task::spawn_blocking(move || {
-            supervise(
-                "watch",
-                &stop2,
-                &ready,
-                meterline_schemas::metric_names::WATCH_STAGE_RESTARTS,
-                Error::is_retryable,
-                |attempt| run_once(&runtime, &kafka, &cfg, &ready, attempt),
-            )
-        })
+        host.run_supervised(
+            "watch",
+            meterline_schemas::metric_names::WATCH_STAGE_RESTARTS,
+            Error::is_retryable,
+            move |ready, attempt| run_once(&runtime, &kafka, &cfg, ready, attempt),
+        )
         .await
-        .map_err(Error::Supervisor)?;
-        stop.cancel();
-        let _ = server.await;
-        result
+        .map_err(Error::Supervisor)?
     }
 }
 
