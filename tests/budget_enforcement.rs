@@ -7,12 +7,8 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::routing::post;
-use axum::Json;
 use common::{drain_topic, eventually, spawn_stage, Harness, EDGE_TOKEN};
 use meterline_schemas::{topics, AvroRecord, BudgetSignal, BudgetState};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -24,34 +20,6 @@ const TENANTS: &str = r#"
   match: { api_key_id: key-7 }
   tenant: { org: acme, cost_center: CC-100, team: search }
 "#;
-
-/// A webhook receiver on port 0 that keeps every body.
-async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let g = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |Json(v): Json<Value>| {
-            let g = g.clone();
-            async move {
-                g.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (url, got)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn check(h: &Harness) -> Value {
     let (status, body) = h
@@ -113,7 +81,7 @@ async fn metric(client: &reqwest::Client, port: u16, name: &str) -> f64 {
 async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
     let h = Harness::start().await;
     let log = h.dir.path().join("stages.log");
-    let (hook, calls) = receiver().await;
+    let (hook, calls) = common::webhook_receiver().await;
 
     // 1. reference data: prices (gpt-4o $2.50 / $10 per M tokens) and key-7 → team search
     meterline::dev::publish_demo_reference(h.kafka.clone())
@@ -139,7 +107,10 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
         &[("METERLINE_ENRICH__LISTEN", "127.0.0.1:0".into())],
         &log,
     );
-    let (sink_port, port) = (free_port(), free_port());
+    let (sink_port, port) = (
+        meterline::broker::free_port(),
+        meterline::broker::free_port(),
+    );
     let data = h.dir.path().join("data");
     let aggregate_settings = [
         (
@@ -280,10 +251,11 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
     {
         let c = calls.lock().unwrap();
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0]["type"], "budget_signal");
-        assert_eq!(c[0]["budget_name"], "search-monthly");
-        assert_eq!(c[0]["signal"]["state"], "exceeded");
-        assert_eq!(c[0]["signal"]["spend"], "0.0125");
+        let body = &c[0].1;
+        assert_eq!(body["type"], "budget_signal");
+        assert_eq!(body["budget_name"], "search-monthly");
+        assert_eq!(body["signal"]["state"], "exceeded");
+        assert_eq!(body["signal"]["spend"], "0.0125");
     }
 
     // 6. SIGKILL and restart: rebuilt from the ledger + stream, nothing signalled again. Both

@@ -11,13 +11,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::routing::post;
-use axum::Json;
 use common::{eventually, spawn_stage, Harness, FINANCE_TOKEN};
 use serde_json::{json, Value};
 
@@ -338,33 +334,6 @@ const TENANTS: &str = r#"
   tenant: { org: acme, cost_center: CC-100, team: search }
 "#;
 
-async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let g = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |Json(v): Json<Value>| {
-            let g = g.clone();
-            async move {
-                g.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (url, got)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn event(id: &str, key: &str, model: &str, input: u64, output: u64) -> String {
     json!({"event_id": id, "occurred_at": chrono::Utc::now().to_rfc3339(), "provider": "openai",
            "model": model, "operation": "chat", "api_key_id": key,
@@ -426,7 +395,7 @@ async fn every_dashboard_metric_is_exported_by_a_running_stage() {
     let health = compose_health_paths();
     let mut h = Harness::start().await;
     let log = h.dir.path().join("stages.log");
-    let (hook, calls) = receiver().await;
+    let (hook, calls) = common::webhook_receiver().await;
     let client = reqwest::Client::new();
 
     // 1. reference data: prices (gpt-4o) and key-7 → team search
@@ -456,7 +425,7 @@ async fn every_dashboard_metric_is_exported_by_a_running_stage() {
     let data = h.dir.path().join("data");
     let ports: BTreeMap<&str, u16> = ["enrich", "aggregate", "watch", "api"]
         .into_iter()
-        .map(|s| (s, free_port()))
+        .map(|s| (s, meterline::broker::free_port()))
         .collect();
     let api_config = h.dir.path().join("api.toml");
     std::fs::write(

@@ -12,19 +12,14 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::Json;
 use common::{eventually, spawn_stage, Harness};
 use meterline_schemas::{topics, AvroRecord, BudgetSignal};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const TENANTS: &str = r#"
 - rule_id: key-1
@@ -38,40 +33,7 @@ const TENANTS: &str = r#"
   tenant: { org: acme, team: t3 }
 "#;
 
-/// One webhook call: its `x-meterline-alert-id` and body.
-type Calls = Arc<Mutex<Vec<(String, Value)>>>;
-
-async fn receiver() -> (String, Calls) {
-    let got: Calls = Arc::default();
-    let g = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |headers: HeaderMap, Json(v): Json<Value>| {
-            let g = g.clone();
-            async move {
-                let id = headers
-                    .get("x-meterline-alert-id")
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                g.lock().unwrap().push((id, v));
-                "ok"
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (url, got)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+type Calls = common::WebhookCalls;
 
 /// Webhook calls for `budget`.
 fn calls_for(calls: &Calls, budget: &str) -> usize {
@@ -291,7 +253,7 @@ async fn one_watch_is_active_a_standby_takes_over_and_every_crossing_is_signalle
     let h = Harness::start().await;
     let log = h.dir.path().join("stages.log");
     let data = h.dir.path().join("data");
-    let (hook, calls) = receiver().await;
+    let (hook, calls) = common::webhook_receiver().await;
     let client = reqwest::Client::new();
 
     // 1. reference data (gpt-4o $2.50 / $10 per M tokens; key-N → team tN) and a budget per
@@ -355,7 +317,10 @@ async fn one_watch_is_active_a_standby_takes_over_and_every_crossing_is_signalle
         ],
         &log,
     ));
-    let ports = [free_port(), free_port()];
+    let ports = [
+        meterline::broker::free_port(),
+        meterline::broker::free_port(),
+    ];
     let mut w = [
         Some(Watch::spawn(&h, ports[0], &data, &log)),
         Some(Watch::spawn(&h, ports[1], &data, &log)),

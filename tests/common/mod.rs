@@ -484,3 +484,36 @@ pub fn delta_summary(usage: &std::path::Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The calls a test's webhook receiver got: each call's `x-meterline-alert-id` header (empty
+/// without one) and its JSON body.
+#[allow(dead_code)]
+pub type WebhookCalls = std::sync::Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// A webhook receiver on port 0 (`POST /hook`) that keeps every call; returns its URL.
+#[allow(dead_code)]
+pub async fn webhook_receiver() -> (String, WebhookCalls) {
+    let got: WebhookCalls = Default::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(v): axum::Json<serde_json::Value>| {
+                let g = g.clone();
+                async move {
+                    let id = headers
+                        .get("x-meterline-alert-id")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    g.lock().unwrap().push((id, v));
+                    "ok"
+                }
+            },
+        ),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, got)
+}
