@@ -278,7 +278,7 @@ mod tests {
     /// A closed snapshot altered on disk is an error naming the file, not an answer.
     #[test]
     fn an_altered_snapshot_is_corrupt() {
-        use crate::close::{CloseRecord, Closes};
+        use crate::closes::{CloseRecord, Closes};
         let dir = tempfile::tempdir().unwrap();
         let closes = Closes::new(dir.path());
         let rec: CloseRecord = serde_json::from_value(serde_json::json!({

@@ -17,6 +17,7 @@ pub mod answer;
 pub mod budgets;
 pub mod catalog;
 pub mod close;
+pub mod closes;
 pub mod config;
 mod error;
 pub mod functions;

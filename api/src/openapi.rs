@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{admin, close, reports, roles_of, sql, web};
+use crate::{admin, close, closes, reports, roles_of, sql, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use crate::{admin, close, reports, roles_of, sql, web};
           admin::get_budgets, admin::post_budget, admin::delete_budget),
     components(schemas(web::Me, sql::SqlRequest, reports::chargeback::Chargeback, reports::chargeback::Line,
           reports::chargeback::Total, reports::chargeback::GroupBy, reports::chargeback::Category,
-          close::CloseRecord, close::SnapshotFile, admin::PublicationReport, admin::BudgetRequest)),
+          closes::CloseRecord, closes::SnapshotFile, admin::PublicationReport, admin::BudgetRequest)),
     modifiers(&SecurityAndRoles)
 )]
 pub struct ApiDoc;

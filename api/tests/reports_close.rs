@@ -1130,7 +1130,7 @@ fn the_focus_rules_catch_the_export_from_before_issue_18() {
 /// it (its FOCUS file still has PricingUnit=Requests, Adjustment rows and its cents).
 #[tokio::test]
 async fn a_month_closed_before_the_change_is_served_byte_for_byte() {
-    use meterline_api::close::{CloseRecord, Closes};
+    use meterline_api::closes::{CloseRecord, Closes};
     let dir = tempfile::tempdir().unwrap();
     let old = include_bytes!("fixtures/focus_before_issue18.csv").to_vec();
     let name = "chargeback-cost_center.focus.csv";

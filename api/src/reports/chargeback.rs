@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{cents, collect, ints, money, strings, Shared};
 use crate::catalog::Scope;
-use crate::close::{CloseRecord, Closes};
+use crate::closes::{CloseRecord, Closes};
 use crate::ledger_view::{LedgerFile, LedgerState, Watermark};
 use crate::period::Month;
 use crate::rollup::{self, OffsetRange, Rollups, Sums};
