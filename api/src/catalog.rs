@@ -10,6 +10,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
+use datafusion::common::config::{TableOptions, TableParquetOptions};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -65,7 +66,30 @@ pub const VIEWS: [(&str, &str); 2] = [
     ),
 ];
 
-fn listing(dir: &std::path::Path, schema: SchemaRef) -> Result<Arc<dyn TableProvider>, Error> {
+/// The session's `datafusion.execution.parquet.*` options as a table's Parquet options: a
+/// `ParquetFormat::default()` would read with the library defaults instead, whatever the
+/// session says (no filter pushdown into the decoder, for one).
+fn parquet_options(config: &SessionConfig) -> TableParquetOptions {
+    TableOptions::default_from_session_config(config.options()).parquet
+}
+
+/// Parquet reading of every session: filters (the scope's `team IN (…)`, the watermark of
+/// complete flushes, a caller's own on a non-private table) are applied while decoding, so
+/// the other columns of rows they drop are never decoded (late materialization), and the
+/// page index skips pages no row of which can pass.
+fn set_parquet_options(config: &mut SessionConfig) {
+    let parquet = &mut config.options_mut().execution.parquet;
+    parquet.pushdown_filters = true;
+    parquet.reorder_filters = true;
+    parquet.enable_page_index = true;
+    parquet.pruning = true;
+}
+
+fn listing(
+    dir: &std::path::Path,
+    schema: SchemaRef,
+    parquet: &TableParquetOptions,
+) -> Result<Arc<dyn TableProvider>, Error> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
     let url = ListingTableUrl::parse(format!(
         "{}/",
@@ -77,9 +101,11 @@ fn listing(dir: &std::path::Path, schema: SchemaRef) -> Result<Arc<dyn TableProv
             .display()
     ))
     .map_err(Error::query)?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![("date".to_string(), DataType::Utf8)]);
+    let options = ListingOptions::new(Arc::new(
+        ParquetFormat::default().with_options(parquet.clone()),
+    ))
+    .with_file_extension(".parquet")
+    .with_table_partition_cols(vec![("date".to_string(), DataType::Utf8)]);
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);
@@ -88,14 +114,17 @@ fn listing(dir: &std::path::Path, schema: SchemaRef) -> Result<Arc<dyn TableProv
     ))
 }
 
-/// The ledger table as every reader gets it: only rows of complete flushes.
+/// The ledger table as every reader gets it: only rows of complete flushes, read with
+/// `parquet`'s options.
 pub fn ledger_table(
     cfg: &ApiConfig,
     ledger: &LedgerState,
+    parquet: &TableParquetOptions,
 ) -> Result<Arc<dyn TableProvider>, Error> {
     let raw = listing(
         &cfg.data_dir.join("usage"),
         meterline_schemas::arrow_schema::usage_ledger_schema(),
+        parquet,
     )?;
     Ok(if ledger.all_complete {
         raw
@@ -129,6 +158,8 @@ pub async fn session(
         .with_round_robin_repartition(false);
     // A recursive CTE can double a value per step without bound; not offered.
     config.options_mut().execution.enable_recursive_ctes = false;
+    set_parquet_options(&mut config);
+    let parquet = parquet_options(&config);
     let limits = crate::functions::Limits::new(
         runtime.memory_pool.clone(),
         cfg.query_memory_bytes,
@@ -136,10 +167,11 @@ pub async fn session(
     );
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     crate::functions::install(&ctx, &limits);
-    let usage = ledger_table(cfg, ledger)?;
+    let usage = ledger_table(cfg, ledger, &parquet)?;
     let anomalies = listing(
         &cfg.data_dir.join("anomalies"),
         meterline_ledger::anomalies::anomalies_schema(),
+        &parquet,
     )?;
     let budgets: Arc<dyn TableProvider> =
         Arc::new(MemTable::try_new(budgets.schema(), vec![vec![budgets]]).map_err(Error::query)?);

@@ -31,6 +31,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::datasource::TableType;
@@ -40,7 +41,10 @@ use datafusion::logical_expr::{
     cast, col, lit, BinaryExpr, Expr, Operator, TableProviderFilterPushDown,
 };
 use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
@@ -68,13 +72,40 @@ pub struct FilteredTable {
     schema: SchemaRef,
 }
 
-/// Rows whose `column` is one of `allowed` (NULL never matches; no teams: no rows).
+/// Rows whose `column` is one of `allowed` (NULL never matches; no teams: no rows), for a
+/// column of text (`Utf8`); see [`team_predicate_for`] for the others.
 pub fn team_predicate(column: &str, allowed: &[String]) -> Expr {
+    team_predicate_for(column, &DataType::Utf8, allowed)
+}
+
+/// Rows whose `column`, of type `data_type`, is one of `allowed` (NULL never matches; no
+/// teams: no rows). The names are compared in the column's own type — a dictionary column
+/// (the ledger's `team`) against dictionary literals, so the kernel compares the few
+/// dictionary values and maps the keys, instead of decoding every row to text first (what
+/// `CAST(team AS Utf8) IN (…)` did); the parquet reader can also apply it while decoding
+/// and prune pages with it. Any other type is compared as text, as before.
+pub fn team_predicate_for(column: &str, data_type: &DataType, allowed: &[String]) -> Expr {
     if allowed.is_empty() {
         return lit(false);
     }
-    cast(col(column), DataType::Utf8)
-        .in_list(allowed.iter().map(|t| lit(t.clone())).collect(), false)
+    let literal = |t: &String| -> Option<ScalarValue> {
+        Some(match data_type {
+            DataType::Utf8 => ScalarValue::Utf8(Some(t.clone())),
+            DataType::LargeUtf8 => ScalarValue::LargeUtf8(Some(t.clone())),
+            DataType::Utf8View => ScalarValue::Utf8View(Some(t.clone())),
+            DataType::Dictionary(key, value)
+                if key.is_dictionary_key_type() && **value == DataType::Utf8 =>
+            {
+                ScalarValue::Dictionary(key.clone(), Box::new(ScalarValue::Utf8(Some(t.clone()))))
+            }
+            _ => return None,
+        })
+    };
+    match allowed.iter().map(literal).collect::<Option<Vec<_>>>() {
+        Some(values) => col(column).in_list(values.into_iter().map(lit).collect(), false),
+        None => cast(col(column), DataType::Utf8)
+            .in_list(allowed.iter().map(|t| lit(t.clone())).collect(), false),
+    }
 }
 
 impl FilteredTable {
@@ -136,7 +167,12 @@ impl FilteredTable {
         hidden: &[&str],
     ) -> Self {
         let label = format!("{column} in {teams:?}");
-        FilteredTable::private(inner, team_predicate(column, teams), label, hidden)
+        let schema = inner.schema();
+        let predicate = match schema.field_with_name(column) {
+            Ok(f) => team_predicate_for(column, f.data_type(), teams),
+            Err(_) => team_predicate(column, teams),
+        };
+        FilteredTable::private(inner, predicate, label, hidden)
     }
 
     /// The predicate every row must pass.
@@ -255,7 +291,14 @@ impl TableProvider for FilteredTable {
         let scanned = inner.schema();
         let df_schema = DFSchema::try_from(scanned.as_ref().clone())?;
         let predicate = state.create_physical_expr(self.predicate.clone(), &df_schema)?;
-        // 3. the columns asked for: from the scan, or NULL
+        // 3. our predicate, and only ours, into the scan below: a listing table prunes by
+        //    partition values only, the rest is left to the physical optimizer, which never
+        //    sees below a ScopeExec. Pushed here, the Parquet reader skips row groups and
+        //    pages by their statistics and, with `pushdown_filters`, decodes the other
+        //    columns only for rows passing it (a lead's team is a few pages of each sorted
+        //    file). The ScopeExec still evaluates it on every row it emits.
+        let inner = push_into_scan(inner, predicate.clone(), state.config_options())?;
+        // 4. the columns asked for: from the scan, or NULL
         let mut outputs = vec![];
         let mut fields = vec![];
         for i in wanted {
@@ -286,6 +329,18 @@ impl TableProvider for FilteredTable {
             partitions,
         )))
     }
+}
+
+/// `inner` with `predicate` pushed into its data source where the source takes it (a
+/// `FilterExec` is left above it where the source does not apply it row by row). The
+/// subtree holds our predicate and the inner scan only, never a caller's expression.
+fn push_into_scan(
+    inner: Arc<dyn ExecutionPlan>,
+    predicate: Arc<dyn PhysicalExpr>,
+    config: &ConfigOptions,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, inner)?);
+    FilterPushdown::new().optimize(filtered, config)
 }
 
 /// Where an output column of a [`ScopeExec`] comes from.
@@ -457,5 +512,50 @@ impl ExecutionPlan for ScopeExec {
         Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
             RecordBatchStreamAdapter::new(self.schema.clone(), rows),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, DictionaryArray, Int32Array, StringArray};
+    use datafusion::prelude::SessionContext;
+
+    /// The predicate for `allowed` on a `team` column of type `t` (as shown), and which rows
+    /// of `column` pass it.
+    fn kept(t: &DataType, column: ArrayRef, allowed: &[&str]) -> (String, Vec<bool>) {
+        let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
+        let p = team_predicate_for("team", t, &allowed);
+        let schema = Schema::new(vec![Field::new("team", t.clone(), true)]);
+        let batch = RecordBatch::try_new(Arc::new(schema.clone()), vec![column]).unwrap();
+        let df = DFSchema::try_from(schema).unwrap();
+        // as a scan plans it (coerced and simplified)
+        let e = SessionContext::new()
+            .state()
+            .create_physical_expr(p.clone(), &df)
+            .unwrap();
+        let out = e.evaluate(&batch).unwrap();
+        let out = out.into_array(batch.num_rows()).unwrap();
+        let out = out.as_boolean();
+        let kept = (0..out.len())
+            .map(|i| out.is_valid(i) && out.value(i))
+            .collect();
+        (p.to_string(), kept)
+    }
+
+    #[test]
+    fn a_dictionary_team_is_compared_in_its_own_type_with_the_same_answer() {
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let keys = Int32Array::from(vec![Some(0), Some(1), None, Some(2), Some(0)]);
+        let values = StringArray::from(vec!["a", "b", "c"]);
+        let column: ArrayRef = Arc::new(DictionaryArray::try_new(keys, Arc::new(values)).unwrap());
+        let (shown, rows) = kept(&dict, column.clone(), &["a", "c"]);
+        assert!(!shown.to_uppercase().contains("CAST"), "{shown}");
+        assert_eq!(rows, [true, false, false, true, true], "NULL never matches");
+        // text as text; the same rows as the cast of the dictionary
+        let text = datafusion::arrow::compute::cast(&column, &DataType::Utf8).unwrap();
+        assert_eq!(kept(&DataType::Utf8, text, &["a", "c"]).1, rows);
+        // no teams: no rows
+        assert_eq!(kept(&dict, column, &[]).1, [false; 5]);
     }
 }

@@ -1,4 +1,8 @@
-//! `meterline compact --date D`: merges each partition's files of one date into one file.
+//! `meterline compact --date D`: merges each partition's files of one date into one file,
+//! sorted in the ledger's order and written as one large row group (up to
+//! `table::ROW_GROUP_ROWS`, pages of `table::PAGE_ROWS` with their index): a scan then pays
+//! one reader, one set of dictionaries and one footer per partition and day instead of one
+//! per flush, and a lead's `team IN (…)` reads only its teams' pages.
 //!
 //! Safe beside a running stage: only files whose flushes are all complete are merged, the
 //! merged file lists every flush it took in (so recovery counts them as before), and:

@@ -15,9 +15,16 @@ use crate::files::{self, meta, Flush, FoundFile, Recovery};
 use crate::rows::{self, Row};
 use crate::{io, Error};
 
-/// Rows per Parquet row group: large enough for good compression and few footer entries,
-/// small enough that pruning by sorted statistics skips useful amounts.
-pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Rows per Parquet row group: a compacted day of a partition is one row group up to a
+/// million rows. A scan pays per row group (a reader, dictionaries, statistics, a short last
+/// batch), so few large ones scan fastest; pruning inside them is by pages ([`PAGE_ROWS`],
+/// page statistics and index), not by row groups.
+pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
+
+/// Rows per data page (at most): the unit the page index lets a reader skip. The ledger is
+/// sorted by org, cost center, team, …, so a team's rows of a file are a few consecutive
+/// pages and a lead's scan (its `team IN (…)` pushed into the reader) decodes only those.
+pub const PAGE_ROWS: usize = 16 * 1024;
 
 pub struct Ledger {
     usage_dir: PathBuf,
@@ -321,6 +328,7 @@ pub fn writer_properties(partition: i32, flushes: &[Flush]) -> WriterProperties 
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_key_value_metadata(Some(vec![
             KeyValue::new(meta::PARTITION.to_string(), partition.to_string()),
             KeyValue::new(meta::FLUSHES.to_string(), Flush::encode(flushes)),
@@ -525,6 +533,12 @@ mod tests {
         assert_eq!(after, vec![done[0].into.clone()]);
         assert!(after[0].ends_with("part-0-0-5.parquet"));
         assert_eq!(read_rows(&after[0]), 5);
+        let merged = SerializedFileReader::new(File::open(&after[0]).unwrap()).unwrap();
+        assert_eq!(
+            merged.metadata().num_row_groups(),
+            1,
+            "a compacted day is one large row group"
+        );
         assert_eq!(read_flushes(&after[0]).unwrap().len(), 3);
         // the day-2 file of the second flush still completes it: recovery resumes after 5
         assert_eq!(l.recover(0).unwrap(), Some(6));

@@ -11,10 +11,20 @@
 //!    allocation and JSON;
 //! 4. API with rollups (the default): the first call reads every file once into its rollup,
 //!    later calls add up rollups;
-//! 5. the same month once closed: served from its snapshot.
+//! 5. the same month once closed: served from its snapshot;
+//! 6. a team lead (`team_lead` of one team): `POST /v1/sql` with the chargeback's own GROUP BY
+//!    by team, under the scope barrier (`ScopeExec`);
+//! 7. DuckDB (PyPI `duckdb`, pinned in `tests/fixtures/delta_reader/constraints.txt`, from the
+//!    venv `scripts/setup-python` builds in `$METERLINE_DELTA_PY_HOME`) as a Python subprocess
+//!    with `SET threads=2`, reading the same Parquet files (`read_parquet` over the ledger's
+//!    glob, Hive `date`): the same chargeback GROUP BY for finance (every team) and for the
+//!    lead (`team IN (…)`). Not through the Delta log: DuckDB's `delta` extension is a
+//!    download at first use, which a machine without internet access cannot do; the glob
+//!    reads the same files (the bench leaves no superseded or temp files).
 //!
-//! Raw and SQL sides run 3 times after one warm-up; medians are compared. Peak RSS is read per side
-//! (VmHWM, reset between sides through /proc/self/clear_refs).
+//! Every side runs 3 times after one warm-up; medians are compared (API ÷ DuckDB, API ÷ raw
+//! DataFusion), with the totals checked equal. Peak RSS is read per side (VmHWM, reset between
+//! sides through /proc/self/clear_refs; DuckDB's is its process's).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +49,9 @@ const PERIOD: &str = "2026-10";
 const PARTITIONS: i32 = 4;
 const FLUSH_ROWS: usize = 200_000;
 const TOKEN: &str = "bench-finance";
+const LEAD_TOKEN: &str = "bench-lead";
+/// The lead's one team.
+const LEAD_TEAM: &str = "team-3";
 
 const MODELS: [(&str, &str, i64, i64); 8] = [
     // provider, model, input and output price in 1e-9 USD per token
@@ -52,9 +65,10 @@ const MODELS: [(&str, &str, i64, i64); 8] = [
     ("self-hosted", "qwen-2.5-32b", 100, 100),
 ];
 
-/// Writes the month's ledger; returns the rows written per second.
+/// Writes the month's ledger as the sink does (with its Delta log), then compacts each day
+/// as `meterline compact` does; returns the rows written per second (compaction excluded).
 fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
-    let ledger = Ledger::open(data)?;
+    let ledger = Ledger::open_writer(data)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(29);
     let start = chrono::DateTime::parse_from_rfc3339("2026-10-01T00:00:00Z")?.to_utc();
     let span_us = 31 * 86_400 * 1_000_000i64;
@@ -130,7 +144,23 @@ fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
         }
     }
     progress.finish("");
-    Ok(events as f64 / t.elapsed().as_secs_f64())
+    let rate = events as f64 / t.elapsed().as_secs_f64();
+    // what the aggregate stage leaves after `meterline compact`: one sorted file per partition
+    // and day, one large row group
+    let t = Instant::now();
+    let (mut merged, mut into) = (0, 0);
+    let first = start.date_naive();
+    for day in 0..31 {
+        for c in meterline_ledger::compact::compact_date(data, first + chrono::Days::new(day))? {
+            merged += c.merged_files;
+            into += 1;
+        }
+    }
+    println!(
+        "  compacted {merged} files into {into} in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(rate)
 }
 
 fn event_time(start: chrono::DateTime<chrono::Utc>, at_us: i64) -> chrono::DateTime<chrono::Utc> {
@@ -143,6 +173,118 @@ const RAW_SQL: &str = "SELECT substr(date, 1, 7) AS charge_period, org, cost_cen
      sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens, \
      sum(cost_total) AS list_cost FROM usage WHERE date >= '2026-10-01' AND date < '2026-11-01' \
      GROUP BY substr(date, 1, 7), org, cost_center, provider, model, currency";
+
+/// The lead's chargeback for DuckDB: the same GROUP BY, by team, of the lead's team only.
+fn duck_lead_sql() -> String {
+    format!(
+        "SELECT substr(date, 1, 7) AS charge_period, org, team AS grp, provider, model, currency, \
+         count(*) AS events, sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens, \
+         sum(cache_write_5m_tokens + cache_write_1h_tokens) AS cache_write_tokens, \
+         sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens, \
+         sum(cost_total) AS list_cost FROM usage WHERE date >= '2026-10-01' AND date < '2026-11-01' \
+         AND team IN ('{LEAD_TEAM}') \
+         GROUP BY substr(date, 1, 7), org, team, provider, model, currency"
+    )
+}
+
+/// Runs each query in DuckDB: a warm-up, then 3 timed runs (medians), CPU of the timed runs.
+const DUCKDB_PY: &str = r#"
+import json, resource, sys, time
+from decimal import Decimal
+import duckdb
+req = json.load(sys.stdin)
+con = duckdb.connect()
+con.execute("SET threads=2")
+glob = req["glob"].replace("'", "''")
+con.execute("CREATE VIEW usage AS SELECT * FROM read_parquet('" + glob + "', hive_partitioning=true, hive_types={'date': 'VARCHAR'})")
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+out = []
+for q in req["queries"]:
+    con.execute(q).fetchall()
+    times = []
+    c0 = cpu()
+    for _ in range(3):
+        t = time.perf_counter()
+        cur = con.execute(q)
+        rows = cur.fetchall()
+        times.append(time.perf_counter() - t)
+    c1 = cpu()
+    i = [d[0] for d in cur.description].index("list_cost")
+    total = sum((r[i] for r in rows), Decimal(0))
+    out.append({"median_s": sorted(times)[1], "rows": len(rows), "list_cost": str(total), "cpu_us": (c1 - c0) * 1e6})
+print(json.dumps({"version": duckdb.__version__, "results": out,
+                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"#;
+
+/// One query's DuckDB figures.
+struct Duck {
+    median: Duration,
+    rows: usize,
+    list_cost: Decimal,
+    cpu_us: f64,
+}
+
+/// DuckDB over the ledger's files, or why not (no venv, no `duckdb` in it).
+fn duckdb(
+    data: &std::path::Path,
+    queries: &[String],
+) -> anyhow::Result<Result<(String, Vec<Duck>, u64), String>> {
+    let home = std::env::var("METERLINE_DELTA_PY_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/meterline/py-delta")
+        });
+    let python = home.join("bin/python");
+    if !python.is_file() {
+        return Ok(Err(format!(
+            "no {} (run scripts/setup-python)",
+            python.display()
+        )));
+    }
+    let glob = format!(
+        "{}/date=*/*.parquet",
+        data.join("usage").canonicalize()?.display()
+    );
+    let req = serde_json::json!({ "glob": glob, "queries": queries });
+    let mut child = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(DUCKDB_PY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(req.to_string().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Ok(Err(format!(
+            "DuckDB failed ({}): {} (is `duckdb` in the venv? run scripts/setup-python)",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut results = vec![];
+    for r in v["results"].as_array().into_iter().flatten() {
+        results.push(Duck {
+            median: Duration::from_secs_f64(r["median_s"].as_f64().unwrap_or(0.0)),
+            rows: r["rows"].as_u64().unwrap_or(0) as usize,
+            list_cost: r["list_cost"].as_str().unwrap_or("0").parse()?,
+            cpu_us: r["cpu_us"].as_f64().unwrap_or(0.0),
+        });
+    }
+    Ok(Ok((
+        v["version"].as_str().unwrap_or("?").to_string(),
+        results,
+        v["peak_rss_kib"].as_u64().unwrap_or(0),
+    )))
+}
 
 async fn raw_once(data: &std::path::Path) -> anyhow::Result<(Duration, usize)> {
     let t = Instant::now();
@@ -160,6 +302,15 @@ async fn raw_once(data: &std::path::Path) -> anyhow::Result<(Duration, usize)> {
 }
 
 async fn api_once(client: &reqwest::Client, base: &str) -> anyhow::Result<(Duration, usize)> {
+    let (d, n, _) = api_once_total(client, base).await?;
+    Ok((d, n))
+}
+
+/// The finance chargeback: time, lines, the exact total.
+async fn api_once_total(
+    client: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<(Duration, usize, Decimal)> {
     let t = Instant::now();
     let r = client
         .get(format!(
@@ -172,7 +323,43 @@ async fn api_once(client: &reqwest::Client, base: &str) -> anyhow::Result<(Durat
     let body = r.bytes().await?;
     let elapsed = t.elapsed();
     let v: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok((elapsed, v["lines"].as_array().map_or(0, |l| l.len())))
+    let mut total = Decimal::ZERO;
+    for t in v["totals"].as_array().into_iter().flatten() {
+        total += t["list_cost"].as_str().unwrap_or("0").parse::<Decimal>()?;
+    }
+    Ok((elapsed, v["lines"].as_array().map_or(0, |l| l.len()), total))
+}
+
+/// The lead's chargeback through `POST /v1/sql`: time, lines, the exact total.
+async fn lead_once(
+    client: &reqwest::Client,
+    base: &str,
+    sql: &str,
+) -> anyhow::Result<(Duration, usize, Decimal)> {
+    let t = Instant::now();
+    let r = client
+        .post(format!("{base}/v1/sql"))
+        .bearer_auth(LEAD_TOKEN)
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "lead sql: {}",
+        r.text().await.unwrap_or_default()
+    );
+    let body = r.bytes().await?;
+    let elapsed = t.elapsed();
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    let mut total = Decimal::ZERO;
+    for row in &rows {
+        total += row["list_cost"]
+            .as_str()
+            .unwrap_or("0")
+            .parse::<Decimal>()?;
+    }
+    Ok((elapsed, rows.len(), total))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -195,9 +382,16 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
         let rate = write_ledger(&data, events)?;
         println!("  {rate:.0} rows/s written");
     }
+    // a kept directory's close from an earlier run (each run closes the month at its end):
+    // the month must be open for the scans to be measured
+    match std::fs::remove_dir_all(data.join("closes")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     let bytes: u64 = walk_bytes(&data.join("usage"))?;
+    let (files, row_groups) = layout(&data.join("usage"))?;
     println!(
-        "ledger: {:.1} MiB ({:.1} B/row)",
+        "ledger: {:.1} MiB ({:.1} B/row), {files} files, {row_groups} row groups",
         bytes as f64 / 1048576.0,
         bytes as f64 / events as f64
     );
@@ -222,19 +416,57 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
     let cpu0 = cpu_micros(me)?;
     let mut api = vec![];
     let mut api_lines = 0;
+    let mut api_total = Decimal::ZERO;
     for _ in 0..3 {
-        let (d, n) = api_once(&client, &base).await?;
+        let (d, n, total) = api_once_total(&client, &base).await?;
         api.push(d);
         api_lines = n;
+        api_total = total;
     }
     let cpu = cpu_micros(me)? - cpu0;
     let api_rss = peak_rss_kib(me)?;
-    stop.cancel();
-    server.await??;
     anyhow::ensure!(
         api_lines == raw_lines,
         "API {api_lines} lines, raw {raw_lines} groups"
     );
+
+    // a team lead: the chargeback's GROUP BY by team through SQL, under the scope barrier
+    let period: meterline_api::period::Month = PERIOD.parse().map_err(anyhow::Error::msg)?;
+    let lead_sql = meterline_api::reports::chargeback::usage_lines_sql(
+        period,
+        meterline_api::reports::chargeback::GroupBy::Team,
+    );
+    reset_peak_rss();
+    let _ = lead_once(&client, &base, &lead_sql).await?;
+    let cpu0 = cpu_micros(me)?;
+    let mut lead = vec![];
+    let (mut lead_lines, mut lead_total) = (0, Decimal::ZERO);
+    for _ in 0..3 {
+        let (d, n, total) = lead_once(&client, &base, &lead_sql).await?;
+        lead.push(d);
+        (lead_lines, lead_total) = (n, total);
+    }
+    let lead_cpu = cpu_micros(me)? - cpu0;
+    let lead_rss = peak_rss_kib(me)?;
+    stop.cancel();
+    server.await??;
+
+    // DuckDB on the same files, same GROUP BYs, 2 threads
+    let duck = duckdb(&data, &[RAW_SQL.to_string(), duck_lead_sql()])?;
+    if let Ok((_, d, _)) = &duck {
+        anyhow::ensure!(
+            d[0].rows == api_lines && d[0].list_cost.normalize() == api_total.normalize(),
+            "finance: DuckDB {} lines {}, API {api_lines} lines {api_total}",
+            d[0].rows,
+            d[0].list_cost
+        );
+        anyhow::ensure!(
+            d[1].rows == lead_lines && d[1].list_cost.normalize() == lead_total.normalize(),
+            "lead: DuckDB {} lines {}, API {lead_lines} lines {lead_total}",
+            d[1].rows,
+            d[1].list_cost
+        );
+    }
 
     let (base, stop, server) = serve(&data, true).await?;
     reset_peak_rss();
@@ -269,6 +501,7 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
     stop.cancel();
     server.await??;
 
+    let lead_m = median(lead);
     let (raw_m, api_m, warm_m, closed_m) = (median(raw), median(api), median(warm), median(closed));
     let ratio = |d: Duration| d.as_secs_f64() / raw_m.as_secs_f64();
     println!("chargeback of {PERIOD} over {events} rows, by cost_center ({raw_lines} lines):");
@@ -304,6 +537,34 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
         "  API, closed month         {:>9.1} ms (median of 5, from the snapshot)",
         closed_m.as_secs_f64() * 1000.0
     );
+    println!(
+        "  API, team lead (SQL)      {:>9.3} s  (median of 3)   peak RSS {:>5} MiB   {:.3} CPU µs/row   {lead_lines} lines of {LEAD_TEAM}",
+        lead_m.as_secs_f64(),
+        lead_rss / 1024,
+        lead_cpu as f64 / (3.0 * events as f64),
+    );
+    match duck {
+        Ok((version, d, rss)) => {
+            let (f, l) = (&d[0], &d[1]);
+            println!(
+                "  DuckDB {version}, finance    {:>9.3} s  (median of 3)   peak RSS {:>5} MiB   {:.3} CPU µs/row   (2 threads, read_parquet)",
+                f.median.as_secs_f64(),
+                rss / 1024,
+                f.cpu_us / (3.0 * events as f64)
+            );
+            println!(
+                "  DuckDB {version}, team lead  {:>9.3} s  (median of 3)                     {:.3} CPU µs/row",
+                l.median.as_secs_f64(),
+                l.cpu_us / (3.0 * events as f64)
+            );
+            println!(
+                "  API ÷ DuckDB: finance {:.2}, team lead {:.2} (target ≤ 1.3 each; totals equal)",
+                api_m.as_secs_f64() / f.median.as_secs_f64(),
+                lead_m.as_secs_f64() / l.median.as_secs_f64()
+            );
+        }
+        Err(why) => println!("  DuckDB: not run: {why}"),
+    }
     Ok(())
 }
 
@@ -317,19 +578,51 @@ async fn serve(
     let cfg = meterline_api::ApiConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: data.to_path_buf(),
-        tokens: vec![TokenConfig {
-            principal: "bench".into(),
-            sha256: hash_token(TOKEN),
-            role: Role::Finance,
-            teams: vec![],
-        }],
+        tokens: vec![
+            TokenConfig {
+                principal: "bench".into(),
+                sha256: hash_token(TOKEN),
+                role: Role::Finance,
+                teams: vec![],
+            },
+            TokenConfig {
+                principal: "bench-lead".into(),
+                sha256: hash_token(LEAD_TOKEN),
+                role: Role::TeamLead,
+                teams: vec![LEAD_TEAM.into()],
+            },
+        ],
         rollups,
+        query_timeout_ms: 600_000,
+        client_idle_timeout_ms: 605_000,
         ..Default::default()
     };
     let app = meterline_api::App::build(None, cfg).await?;
     let base = format!("http://{}", app.local_addr());
     let stop = app.stop_token();
     Ok((base, stop, tokio::spawn(app.run_until_stopped())))
+}
+
+/// Parquet files under `usage` (the ledger's, not its Delta log) and their row groups.
+fn layout(usage: &std::path::Path) -> anyhow::Result<(usize, usize)> {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let (mut files, mut groups) = (0, 0);
+    for d in std::fs::read_dir(usage)? {
+        let d = d?;
+        if !d.file_name().to_string_lossy().starts_with("date=") {
+            continue;
+        }
+        for f in std::fs::read_dir(d.path())? {
+            let p = f?.path();
+            if p.extension().is_some_and(|e| e == "parquet") {
+                files += 1;
+                groups += SerializedFileReader::new(std::fs::File::open(&p)?)?
+                    .metadata()
+                    .num_row_groups();
+            }
+        }
+    }
+    Ok((files, groups))
 }
 
 fn walk_bytes(p: &std::path::Path) -> anyhow::Result<u64> {

@@ -59,8 +59,9 @@ pub enum BenchWhat {
         #[arg(long)]
         brokers: Option<String>,
     },
-    /// The monthly chargeback through the API vs. the same hand-written DataFusion SQL on the
-    /// same Parquet files (no broker involved).
+    /// The monthly chargeback through the API (finance, and a team lead by SQL) vs. the same
+    /// hand-written DataFusion SQL and vs. DuckDB on the same Parquet files (no broker
+    /// involved).
     Api {
         /// Priced rows written for the month.
         #[arg(long, default_value_t = 10_000_000)]

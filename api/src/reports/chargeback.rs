@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{cents, collect, ints, money, strings, Shared};
+use super::{cents, collect, ints, strings, unscaled_money, Shared};
 use crate::catalog::Scope;
 use crate::closes::{CloseRecord, Closes};
 use crate::ledger_view::{LedgerFile, LedgerState, Watermark};
@@ -130,29 +130,60 @@ pub struct Cut {
     pub adjustments_after: Option<Watermark>,
 }
 
+/// The SQL of one category's lines. Its keys are text as DataFusion groups text fastest: the
+/// ledger's dictionary columns cast to `VARCHAR` (`Utf8View`, built from each batch's few
+/// dictionary values and gathered by key), so the GROUP BY runs on DataFusion's column-wise
+/// group values; dictionary keys send it to the row-format fallback, which encodes every
+/// key of every row. The month is no key: usage lines all have the report's month (the
+/// WHERE says so), and adjustments are grouped by `date` — the partition value, one per
+/// file — and folded into months by [`compute_sql`], instead of `substr(date, 1, 7)` on
+/// every row.
 fn lines_sql(period: Month, by: GroupBy, cut: &Cut, category: Category) -> Option<String> {
     let (from, to) = period.date_bounds();
-    let mut filter = match category {
-        Category::Usage => format!("date >= '{from}' AND date < '{to}'"),
+    let (mut filter, day) = match category {
+        Category::Usage => (format!("date >= '{from}' AND date < '{to}'"), ""),
         Category::Adjustment => {
             let after = cut.adjustments_after.as_ref()?;
-            format!("date < '{from}' AND ({})", after.sql(true))
+            (
+                format!("date < '{from}' AND ({})", after.sql(true)),
+                "date AS charge_date, ",
+            )
         }
     };
     if let Some(upto) = &cut.upto {
         filter.push_str(&format!(" AND ({})", upto.sql(false)));
     }
-    let g = by.column();
+    let keys = [
+        ("org", "org"),
+        (by.column(), "grp"),
+        ("provider", "provider"),
+        ("model", "model"),
+        ("currency", "currency"),
+    ]
+    .map(|(c, name)| (format!("CAST({c} AS VARCHAR)"), name));
+    let select: Vec<String> = keys.iter().map(|(e, n)| format!("{e} AS {n}")).collect();
+    let mut group: Vec<String> = keys.into_iter().map(|(e, _)| e).collect();
+    if category == Category::Adjustment {
+        group.insert(0, "date".into());
+    }
     Some(format!(
-        "SELECT substr(date, 1, 7) AS charge_period, org, {g} AS grp, provider, model, currency, \
+        "SELECT {day}{}, \
          count(*) AS events, sum(input_tokens) AS input_tokens, \
          sum(cache_read_tokens) AS cache_read_tokens, \
          sum(cache_write_5m_tokens + cache_write_1h_tokens) AS cache_write_tokens, \
          sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens, \
          sum(cost_total) AS list_cost \
          FROM usage WHERE {filter} \
-         GROUP BY substr(date, 1, 7), org, {g}, provider, model, currency"
+         GROUP BY {}",
+        select.join(", "),
+        group.join(", ")
     ))
+}
+
+/// The SQL a month's usage lines are computed with (no close, no adjustments): what
+/// `meterline bench api` also sends as a team lead's query.
+pub fn usage_lines_sql(period: Month, by: GroupBy) -> String {
+    lines_sql(period, by, &Cut::default(), Category::Usage).expect("usage lines always have SQL")
 }
 
 /// Computes a chargeback from the daily rollups (status `open`; a close sets its own). The
@@ -235,17 +266,35 @@ pub async fn compute_sql(
     by: GroupBy,
     cut: &Cut,
 ) -> Result<Chargeback, Error> {
-    let mut lines = vec![];
+    // a line per (category, month, org, group, provider, model, currency); adjustments come
+    // per day and are folded into their month here
+    type Key = (
+        Category,
+        String,
+        String,
+        Option<String>,
+        String,
+        String,
+        String,
+    );
+    // money summed unscaled (`Decimal128(38, 18)` as i128, checked), made a decimal once
+    let mut lines: BTreeMap<Key, (Line, i128)> = BTreeMap::new();
+    let overflow = || Error::Query("a chargeback sum overflowed".into());
+    let add = |a: &mut i64, b: i64| -> Result<(), Error> {
+        *a = a.checked_add(b).ok_or_else(overflow)?;
+        Ok(())
+    };
+    let usage_period = period.to_string();
     for category in [Category::Usage, Category::Adjustment] {
         let Some(sql) = lines_sql(period, by, cut, category) else {
             continue;
         };
         for b in collect(ctx, &sql).await? {
-            let (cp, org, grp) = (
-                strings(&b, "charge_period")?,
-                strings(&b, "org")?,
-                strings(&b, "grp")?,
-            );
+            let days = match category {
+                Category::Usage => None,
+                Category::Adjustment => Some(strings(&b, "charge_date")?),
+            };
+            let (org, grp) = (strings(&b, "org")?, strings(&b, "grp")?);
             let (prov, model, cur) = (
                 strings(&b, "provider")?,
                 strings(&b, "model")?,
@@ -259,28 +308,67 @@ pub async fn compute_sql(
                 ints(&b, "output_tokens")?,
                 ints(&b, "reasoning_tokens")?,
             );
-            let cost = money(&b, "list_cost")?;
+            let cost = unscaled_money(&b, "list_cost")?;
             for i in 0..b.num_rows() {
-                lines.push(Line {
+                let charge_period = match &days {
+                    None => usage_period.clone(),
+                    // `YYYY-MM-DD`: its month
+                    Some(d) => d[i]
+                        .as_deref()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(7)
+                        .collect(),
+                };
+                let key = (
                     category,
-                    charge_period: cp[i].clone().unwrap_or_default(),
-                    org: org[i].clone().unwrap_or_default(),
-                    group: grp[i].clone(),
-                    provider: prov[i].clone().unwrap_or_default(),
-                    model: model[i].clone().unwrap_or_default(),
-                    currency: cur[i].clone().unwrap_or_default(),
-                    events: ev[i],
-                    input_tokens: inp[i],
-                    cache_read_tokens: cr[i],
-                    cache_write_tokens: cw[i],
-                    output_tokens: out[i],
-                    reasoning_tokens: rs[i],
-                    list_cost: cost[i].normalize(),
-                    billed_cost: Decimal::ZERO,
+                    charge_period.clone(),
+                    org[i].clone().unwrap_or_default(),
+                    grp[i].clone(),
+                    prov[i].clone().unwrap_or_default(),
+                    model[i].clone().unwrap_or_default(),
+                    cur[i].clone().unwrap_or_default(),
+                );
+                let (line, sum) = lines.entry(key).or_insert_with_key(|k| {
+                    let line = Line {
+                        category,
+                        charge_period,
+                        org: k.2.clone(),
+                        group: k.3.clone(),
+                        provider: k.4.clone(),
+                        model: k.5.clone(),
+                        currency: k.6.clone(),
+                        events: 0,
+                        input_tokens: 0,
+                        cache_read_tokens: 0,
+                        cache_write_tokens: 0,
+                        output_tokens: 0,
+                        reasoning_tokens: 0,
+                        list_cost: Decimal::ZERO,
+                        billed_cost: Decimal::ZERO,
+                    };
+                    (line, 0)
                 });
+                add(&mut line.events, ev[i])?;
+                add(&mut line.input_tokens, inp[i])?;
+                add(&mut line.cache_read_tokens, cr[i])?;
+                add(&mut line.cache_write_tokens, cw[i])?;
+                add(&mut line.output_tokens, out[i])?;
+                add(&mut line.reasoning_tokens, rs[i])?;
+                *sum = sum.checked_add(cost[i]).ok_or_else(overflow)?;
             }
         }
     }
+    let lines = lines
+        .into_values()
+        .map(|(mut line, sum)| {
+            line.list_cost = meterline_schemas::Money::from_unscaled(sum)
+                .map_err(|e| Error::Query(format!("list_cost: {e}")))?
+                .decimal()
+                .normalize();
+            Ok(line)
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     Ok(assemble(period, by, lines))
 }
 
@@ -849,8 +937,11 @@ mod tests {
         let usage = lines_sql(m, GroupBy::Project, &cut, Category::Usage).unwrap();
         assert!(usage.contains("date >= '2026-11-01' AND date < '2026-12-01'"));
         assert!(usage.contains("kafka_offset < 10"));
+        // no per-row month: usage lines have the report's, adjustments are grouped by day
+        assert!(!usage.contains("substr") && !usage.contains("GROUP BY date"));
         let adj = lines_sql(m, GroupBy::Project, &cut, Category::Adjustment).unwrap();
         assert!(adj.contains("date < '2026-11-01'") && adj.contains("kafka_offset >= 4"));
+        assert!(!adj.contains("substr") && adj.contains("GROUP BY date, "));
         assert!(lines_sql(m, GroupBy::Team, &Cut::default(), Category::Adjustment).is_none());
     }
 }

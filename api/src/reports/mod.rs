@@ -16,7 +16,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type};
-use rust_decimal::Decimal;
 
 use crate::Error;
 
@@ -43,20 +42,21 @@ pub(crate) fn ints(b: &RecordBatch, name: &str) -> Result<Vec<i64>, Error> {
         .collect())
 }
 
-/// A `Decimal128(38, 18)` money column as exact decimals (NULL as zero: sums of no rows).
-pub(crate) fn money(b: &RecordBatch, name: &str) -> Result<Vec<Decimal>, Error> {
+/// A `Decimal128(38, 18)` money column unscaled (NULL as zero: sums of no rows): summed
+/// exactly as integers (checked), made a decimal once (`Money::from_unscaled`).
+pub(crate) fn unscaled_money(b: &RecordBatch, name: &str) -> Result<Vec<i128>, Error> {
     let a = column(b, name)?;
+    let money = DataType::Decimal128(38, meterline_schemas::money::MONEY_SCALE as i8);
+    if a.data_type() != &money {
+        return Err(Error::Query(format!(
+            "{name}: {} is not money ({money})",
+            a.data_type()
+        )));
+    }
     let a = a.as_primitive::<Decimal128Type>();
-    (0..a.len())
-        .map(|i| {
-            if a.is_null(i) {
-                return Ok(Decimal::ZERO);
-            }
-            meterline_schemas::Money::from_unscaled(a.value(i))
-                .map(|m| m.decimal())
-                .map_err(|e| Error::Query(format!("{name}: {e}")))
-        })
-        .collect()
+    Ok((0..a.len())
+        .map(|i| if a.is_null(i) { 0 } else { a.value(i) })
+        .collect())
 }
 
 /// Every row of `sql` (a report query built from validated parameters only).
