@@ -35,7 +35,7 @@ pub struct DevArgs {
 }
 
 /// The bearer token `meterline dev` accepts from edges.
-pub const DEV_EDGE_TOKEN: &str = "dev-edge-token";
+pub const DEV_EDGE_TOKEN: &str = crate::loadgen::DEFAULT_TOKEN;
 pub const DEV_FINANCE_TOKEN: &str = "dev-finance-token";
 pub const DEV_LEAD_TOKEN: &str = "dev-lead-search-token";
 pub const DEV_ADMIN_TOKEN: &str = "dev-admin-token";

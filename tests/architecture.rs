@@ -210,3 +210,111 @@ fn instants_from_outside_are_read_at_wire_precision() {
         unchecked.join("\n")
     );
 }
+
+/// The module a file is (`["reports", "chargeback"]` for `src/reports/chargeback.rs`; the
+/// crate root is `[]`).
+fn module_of(src: &std::path::Path, file: &std::path::Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    if parts == ["lib"] || parts == ["main"] {
+        parts.clear();
+    }
+    parts
+}
+
+/// The modules `text` (of module `from`) names through `crate::…` and `super::…` paths, test
+/// code left out; each path is resolved to the longest module of `known` it starts with.
+fn modules_named(
+    from: &[String],
+    text: &str,
+    known: &BTreeSet<Vec<String>>,
+) -> BTreeSet<Vec<String>> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let mut out = BTreeSet::new();
+    for (prefix, base) in [
+        ("crate::", Vec::new()),
+        ("super::", from[..from.len().saturating_sub(1)].to_vec()),
+    ] {
+        for (at, _) in code.match_indices(prefix) {
+            let before = code[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue; // `my_crate::`, not `crate::`
+            }
+            let mut path = base.clone();
+            for seg in code[at + prefix.len()..].split("::") {
+                let name: String = seg
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.is_empty() || name.len() != seg.len() && !seg.starts_with(&name) {
+                    break;
+                }
+                path.push(name.clone());
+                if name.len() != seg.len() {
+                    break;
+                }
+            }
+            while !path.is_empty() && !known.contains(&path) {
+                path.pop();
+            }
+            if !path.is_empty() {
+                out.insert(path);
+            }
+        }
+    }
+    out
+}
+
+/// Within each crate no module reaches itself through the modules it names (`crate::` and
+/// `super::` paths; a module and its own parents or children excepted: a parent declares and
+/// re-exports its children). A cycle is how `close ↔ chargeback ↔ focus` (api) and
+/// `codec → events → time → codec` (schemas) grew; cut them by moving what both sides need
+/// into a module of its own.
+#[test]
+fn no_crate_has_a_module_cycle() {
+    let mut cycles = vec![];
+    for src in source_dirs() {
+        let files = rust_files(&src);
+        let known: BTreeSet<Vec<String>> = files.iter().map(|(p, _)| module_of(&src, p)).collect();
+        let mut edges: std::collections::BTreeMap<Vec<String>, BTreeSet<Vec<String>>> =
+            Default::default();
+        for (path, text) in &files {
+            let from = module_of(&src, path);
+            let related = |a: &[String], b: &[String]| a.starts_with(b) || b.starts_with(a);
+            let to: BTreeSet<_> = modules_named(&from, text, &known)
+                .into_iter()
+                .filter(|m| !related(&from, m))
+                .collect();
+            edges.entry(from).or_default().extend(to);
+        }
+        // a module on a cycle reaches itself
+        for start in edges.keys() {
+            let mut seen = BTreeSet::new();
+            let mut stack: Vec<(Vec<String>, Vec<Vec<String>>)> = vec![(start.clone(), vec![])];
+            while let Some((m, trail)) = stack.pop() {
+                for next in edges.get(&m).into_iter().flatten() {
+                    let mut trail = trail.clone();
+                    trail.push(next.clone());
+                    if next == start {
+                        let names: Vec<String> = std::iter::once(start)
+                            .chain(trail.iter())
+                            .map(|p| p.join("::"))
+                            .collect();
+                        cycles.push(format!("{}: {}", src.display(), names.join(" → ")));
+                    } else if seen.insert(next.clone()) {
+                        stack.push((next.clone(), trail));
+                    }
+                }
+            }
+        }
+    }
+    cycles.sort();
+    cycles.dedup();
+    assert!(cycles.is_empty(), "module cycles:\n{}", cycles.join("\n"));
+}

@@ -18,31 +18,6 @@ use serde::Serialize;
 use crate::events::*;
 use crate::Error;
 
-thread_local! {
-    static AVRO_FAST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Marks this thread as encoding Avro through serde_avro_fast while alive.
-struct AvroFastScope(bool);
-
-impl AvroFastScope {
-    fn enter() -> Self {
-        AvroFastScope(AVRO_FAST.with(|f| f.replace(true)))
-    }
-}
-
-impl Drop for AvroFastScope {
-    fn drop(&mut self) {
-        AVRO_FAST.with(|f| f.set(self.0));
-    }
-}
-
-/// Whether a serializer that claims to be human-readable is really writing Avro binary
-/// (serde_avro_fast), so timestamps must go out as µs.
-pub(crate) fn writing_avro() -> bool {
-    AVRO_FAST.with(|f| f.get())
-}
-
 /// Single-object encoding marker.
 pub const MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -147,10 +122,10 @@ impl<T: AvroRecord> Codec<T> {
         buf.extend_from_slice(&self.fingerprint);
         let body = buf.len();
         // 1. The fast path. serde_avro_fast's serializer calls itself human-readable, so the
-        //    timestamp impls are told through `AvroFastScope` to write µs, not text.
+        //    timestamp impls are told through `time::AvroFastScope` to write µs, not text.
         let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.fast);
         let fast = {
-            let _scope = AvroFastScope::enter();
+            let _scope = crate::time::AvroFastScope::enter();
             serde_avro_fast::to_datum(value, &mut *buf, &mut config)
         };
         if fast.is_ok() {

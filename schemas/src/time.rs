@@ -3,6 +3,32 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserializer, Serializer};
 
+thread_local! {
+    static AVRO_FAST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as encoding Avro through serde_avro_fast while alive (the codec holds
+/// one around each encode), so the instants below go out as µs, not text.
+pub(crate) struct AvroFastScope(bool);
+
+impl AvroFastScope {
+    pub(crate) fn enter() -> Self {
+        AvroFastScope(AVRO_FAST.with(|f| f.replace(true)))
+    }
+}
+
+impl Drop for AvroFastScope {
+    fn drop(&mut self) {
+        AVRO_FAST.with(|f| f.set(self.0));
+    }
+}
+
+/// Whether a serializer that claims to be human-readable is really writing Avro binary
+/// (serde_avro_fast), so timestamps must go out as µs.
+fn writing_avro() -> bool {
+    AVRO_FAST.with(|f| f.get())
+}
+
 pub fn to_micros(t: &DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -43,7 +69,7 @@ pub mod micros {
     use super::*;
 
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() && !crate::codec::writing_avro() {
+        if s.is_human_readable() && !writing_avro() {
             s.collect_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         } else {
             s.serialize_i64(to_micros(t))
@@ -108,7 +134,7 @@ pub mod micros_opt {
     pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
         match t {
             None => s.serialize_none(),
-            Some(t) if s.is_human_readable() && !crate::codec::writing_avro() => {
+            Some(t) if s.is_human_readable() && !writing_avro() => {
                 s.serialize_some(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
             }
             Some(t) => s.serialize_some(&to_micros(t)),

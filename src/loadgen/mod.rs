@@ -35,7 +35,7 @@ pub use formats::{Call, Format};
 use crate::progress::Progress;
 
 /// The edge token of `meterline dev`.
-pub const DEFAULT_TOKEN: &str = crate::dev::DEV_EDGE_TOKEN;
+pub const DEFAULT_TOKEN: &str = "dev-edge-token";
 
 const REQUESTS_CSV: &str = include_str!("requests.csv");
 

@@ -32,7 +32,7 @@
 
 use rust_decimal::Decimal;
 
-use super::chargeback::{Category, Chargeback, GroupBy, Line};
+use super::statement::{Category, Chargeback, GroupBy, Line};
 use crate::period::Month;
 use crate::Error;
 

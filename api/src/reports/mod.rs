@@ -1,14 +1,18 @@
 //! Reports: stable HTTP endpoints with SQL inside.
-//! - `chargeback`: a month's cost per cost center / team / project and model, in cents that
-//!   sum exactly (`cents`), as JSON, CSV or FOCUS 1.2 (`focus`); closed months from their
-//!   snapshot (`crate::close`);
+//! - `chargeback`: a month's cost per cost center / team / project and model (the SQL, which
+//!   rows a month holds, the route); closed months from their snapshot (`crate::closes`);
+//! - `statement`: what a chargeback is (lines, totals) and its cents, allocated so they sum
+//!   exactly (`cents`); `render`: as JSON, CSV or FOCUS 1.2 (`focus`). Neither knows how a
+//!   statement is computed, so nothing here depends back on `chargeback`;
 //! - `showback`: spend over any range by any dimensions and time bucket;
 //! - `status`: anomalies and budget status.
 
 pub mod cents;
 pub mod chargeback;
 pub mod focus;
+mod render;
 pub mod showback;
+mod statement;
 pub mod status;
 
 use std::sync::Arc;
