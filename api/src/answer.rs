@@ -290,6 +290,14 @@ pub async fn run(s: &Arc<Shared>, scope: Scope, sql: String, format: Format) -> 
         let mut truncated = ended.unwrap_or(false);
         if ended.is_none() {
             loop {
+                // Checked on every batch, not only while waiting: `timeout_at` polls the
+                // channel first, so a query that always has its next batch ready would never
+                // let it see the deadline (an endless answer ran 30-70 s past a 1.5 s limit
+                // and the client buffered 16-24 GB of it).
+                if tokio::time::Instant::now() >= deadline {
+                    failure = Some(too_slow(timeout_ms));
+                    break;
+                }
                 let next = match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Err(_) => {
                         failure = Some(too_slow(timeout_ms));
