@@ -464,10 +464,20 @@ function budgetRow(b) {
   s('title', null, `spend ${spendText ?? 'unknown'} of ${b.limit_amount} ${b.currency}`)));
   let thresholds = [];
   try { thresholds = JSON.parse(b.thresholds); } catch (_) { /* shown as text below */ }
-  for (const t of Array.isArray(thresholds) ? thresholds : []) {
-    const x = X(limit * t.percent / 100), label = `${t.percent} % ${t.action}`;
-    svg.append(s('line', { x1: x, x2: x, y1: 12, y2: 34, stroke: '#1d2430', 'stroke-width': 1, 'data-threshold': label }, s('title', null, label)),
-      s('text', { x: x - 2, y: 10, 'text-anchor': 'end' }, label));
+  const marks = (Array.isArray(thresholds) ? thresholds : [])
+    .map((t) => ({ x: X(limit * t.percent / 100), label: `${t.percent} % ${t.action}` }))
+    .sort((a, b) => b.x - a.x);
+  // Every mark is drawn with its label as a tooltip; the label is also written, right-aligned
+  // at the mark, from the highest down, only where it fits (spend far past the limit squeezes
+  // the marks together and their labels would print over each other).
+  let free = W;
+  for (const m of marks) {
+    svg.append(s('line', { x1: m.x, x2: m.x, y1: 12, y2: 34, stroke: '#1d2430', 'stroke-width': 1, 'data-threshold': m.label }, s('title', null, m.label)));
+    const width = 6.5 * m.label.length;
+    if (m.x <= free && m.x - 2 - width >= 0) {
+      svg.append(s('text', { x: m.x - 2, y: 10, 'text-anchor': 'end' }, m.label));
+      free = m.x - 2 - width - 6;
+    }
   }
   if (elapsed !== null) svg.append(s('line', { x1: X(limit * elapsed), x2: X(limit * elapsed), y1: 10, y2: 36, stroke: '#2f6fdf', 'stroke-width': 2, 'stroke-dasharray': '3 2', 'data-elapsed': elapsed.toFixed(3) },
     s('title', null, `${(elapsed * 100).toFixed(1)} % of the period elapsed`)));
