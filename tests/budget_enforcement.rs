@@ -84,21 +84,7 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
     let (hook, calls) = common::webhook_receiver().await;
 
     // 1. reference data: prices (gpt-4o $2.50 / $10 per M tokens) and key-7 → team search
-    meterline::dev::publish_demo_reference(h.kafka.clone())
-        .await
-        .unwrap();
-    let k = h.kafka.clone();
-    tokio::task::spawn_blocking(move || {
-        let rules = meterline_reference::tenants::parse_yaml(
-            TENANTS,
-            Some("2020-01-01T00:00:00Z".parse().unwrap()),
-            "t",
-        )
-        .unwrap();
-        meterline_reference::publish::publish_tenants(&k, rules, "test", false).unwrap()
-    })
-    .await
-    .unwrap();
+    common::publish_reference(&h, TENANTS).await;
 
     // 2. the stages
     let mut enrich = spawn_stage(

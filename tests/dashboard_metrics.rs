@@ -399,21 +399,7 @@ async fn every_dashboard_metric_is_exported_by_a_running_stage() {
     let client = reqwest::Client::new();
 
     // 1. reference data: prices (gpt-4o) and key-7 → team search
-    meterline::dev::publish_demo_reference(h.kafka.clone())
-        .await
-        .unwrap();
-    let k = h.kafka.clone();
-    tokio::task::spawn_blocking(move || {
-        let rules = meterline_reference::tenants::parse_yaml(
-            TENANTS,
-            Some("2020-01-01T00:00:00Z".parse().unwrap()),
-            "t",
-        )
-        .unwrap();
-        meterline_reference::publish::publish_tenants(&k, rules, "test", false).unwrap()
-    })
-    .await
-    .unwrap();
+    common::publish_reference(&h, TENANTS).await;
 
     // 2. the edge with a small client-side message size (an event over it is refused by the
     //    producer: spooled, then dead-lettered), and the other stages as processes

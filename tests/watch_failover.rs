@@ -258,21 +258,7 @@ async fn one_watch_is_active_a_standby_takes_over_and_every_crossing_is_signalle
 
     // 1. reference data (gpt-4o $2.50 / $10 per M tokens; key-N → team tN) and a budget per
     //    team: 0.01 USD this month, block at 100 %, the receiver as its webhook
-    meterline::dev::publish_demo_reference(h.kafka.clone())
-        .await
-        .unwrap();
-    let k = h.kafka.clone();
-    tokio::task::spawn_blocking(move || {
-        let rules = meterline_reference::tenants::parse_yaml(
-            TENANTS,
-            Some("2020-01-01T00:00:00Z".parse().unwrap()),
-            "t",
-        )
-        .unwrap();
-        meterline_reference::publish::publish_tenants(&k, rules, "test", false).unwrap()
-    })
-    .await
-    .unwrap();
+    common::publish_reference(&h, TENANTS).await;
     for n in 1..=3 {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
             .args([

@@ -517,3 +517,24 @@ pub async fn webhook_receiver() -> (String, WebhookCalls) {
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     (url, got)
 }
+
+/// Publishes the demo prices (`meterline dev`'s) and the tenant rules of `tenants_yaml`
+/// (effective since 2020) to the harness's broker.
+#[allow(dead_code)]
+pub async fn publish_reference(h: &Harness, tenants_yaml: &'static str) {
+    meterline::dev::publish_demo_reference(h.kafka.clone())
+        .await
+        .unwrap();
+    let k = h.kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let rules = meterline_reference::tenants::parse_yaml(
+            tenants_yaml,
+            Some("2020-01-01T00:00:00Z".parse().unwrap()),
+            "t",
+        )
+        .unwrap();
+        meterline_reference::publish::publish_tenants(&k, rules, "test", false).unwrap()
+    })
+    .await
+    .unwrap();
+}
