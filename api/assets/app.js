@@ -224,6 +224,7 @@ function moneyUnits(text) {
 }
 const coordinate = (u) => Number(u) / 10 ** MONEY_SCALE;
 const byAmountDesc = (a, b) => (a > b ? -1 : a < b ? 1 : 0);
+const maxUnits = (...units) => units.reduce((m, u) => (u > m ? u : m));
 
 const COLORS = ['#2f6fdf', '#e07b39', '#2e9d5b', '#9b59b6', '#d23c3c', '#17a2b8', '#c9a400', '#7f8c8d', '#e84393', '#6c5ce7'];
 
@@ -450,16 +451,19 @@ async function budgetsPage() {
 }
 
 function budgetRow(b) {
-  const limit = coordinate(moneyUnits(b.limit_amount));
+  const limitUnits = moneyUnits(b.limit_amount);
   const spendText = b.spend ?? b.signal_spend;
-  // coordinates for the bar's length; the amount shown is spendText, the API's decimal
-  const spend = coordinate(moneyUnits(spendText || '0'));
+  const spendUnits = moneyUnits(spendText || '0');
   const elapsed = b.bounds ? Math.min(Math.max((Date.now() - b.bounds[0]) / (b.bounds[1] - b.bounds[0]), 0), 1) : null;
-  const W = 600, H = 38, max = Math.max(limit * 1.2, spend, 1e-18);
-  const X = (v) => W * v / max;
+  // the scale's end in exact units (120 % of the limit, or the spend past it), then only
+  // coordinates: the amounts shown are the API's decimals
+  const scaleUnits = maxUnits(limitUnits * 12n / 10n, spendUnits, 1n);
+  const W = 600, H = 38;
+  const X = (v) => W * v / coordinate(scaleUnits);
+  const limit = coordinate(limitUnits), spend = coordinate(spendUnits);
   const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, 'data-budget': b.budget_id });
   svg.append(s('rect', { x: 0, y: 14, width: X(limit), height: 16, fill: '#eef1f5' }));
-  svg.append(s('rect', { class: 'pt', x: 0, y: 14, width: Math.max(X(spend), spend > 0 ? 1 : 0), height: 16,
+  svg.append(s('rect', { class: 'pt', x: 0, y: 14, width: Math.max(X(spend), spendUnits > 0n ? 1 : 0), height: 16,
     fill: b.state === 'exceeded' ? '#d23c3c' : b.state === 'warning' ? '#d99100' : '#2e9d5b', 'data-value': spendText ?? '' },
   s('title', null, `spend ${spendText ?? 'unknown'} of ${b.limit_amount} ${b.currency}`)));
   let thresholds = [];
@@ -533,10 +537,11 @@ async function anomalyCard(a) {
       const c = byHour.get(i);
       points.push({ x: i, num: coordinate(moneyUnits(c ?? '0')), text: c ?? '0', fill: i === 47 ? '#d23c3c' : undefined, r: i === 47 ? 5 : 2.5 });
     }
-    const exp = coordinate(moneyUnits(a.expected));
     // expected (dashed) and the lowest level the detector can flag: ≥ 2× the median and
-    // z ≥ 6 with a scale of at least 10 % of the median or $0.05
-    const band = { lo: 0, mid: exp, hi: Math.max(2 * exp, exp + 6 * Math.max(0.1 * exp, 0.05)) };
+    // z ≥ 6 with a scale of at least 10 % of the median or $0.05 — in exact units
+    const expUnits = moneyUnits(a.expected);
+    const flagUnits = maxUnits(2n * expUnits, expUnits + 6n * maxUnits(expUnits / 10n, moneyUnits('0.05')));
+    const band = { lo: 0, mid: coordinate(expUnits), hi: coordinate(flagUnits) };
     const hourLabel = (i) => new Date(start + i * 3600e3).toISOString().slice(5, 13).replace('T', ' ') + 'h';
     return h('div', null, lineChart(48, [{ name: 'spend', points }], { band, xLabel: hourLabel }),
       h('div', { class: 'legend' }, h('span', null, 'hourly spend (UTC), window in red · dashed: expected ' + a.expected + ' · green band: below the lowest level the detector flags')));
