@@ -252,11 +252,12 @@ fn modules_named(
                     .chars()
                     .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
                     .collect();
-                if name.is_empty() || name.len() != seg.len() && !seg.starts_with(&name) {
+                if name.is_empty() {
                     break;
                 }
-                path.push(name.clone());
-                if name.len() != seg.len() {
+                let whole = name.len() == seg.len(); // `x::` goes on; `x;`, `x}`, `X` end it
+                path.push(name);
+                if !whole {
                     break;
                 }
             }

@@ -115,29 +115,7 @@ async fn a_crossing_is_signalled_once_delivered_once_and_blocks_at_the_edge() {
     let mut watch = spawn_stage(&h, "watch", &watch_settings, &log);
 
     // 3. a budget through the CLI: team search, 0.01 USD this month, block at 100 %
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
-        .args([
-            "budgets",
-            "create",
-            "search-monthly",
-            "--scope",
-            "team=search",
-            "--limit",
-            "0.01",
-            "--thresholds",
-            "100:block",
-            "--webhook",
-            &hook,
-        ])
-        .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
-        .env("METERLINE_KAFKA__USAGE_PARTITIONS", "2")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::create_blocking_budget(&h, "search-monthly", "team=search", "0.01", &hook);
 
     // 4. below the limit: 1000 input tokens = 0.0025 (25 %) → still allowed
     eventually(

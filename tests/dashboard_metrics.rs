@@ -464,30 +464,7 @@ async fn every_dashboard_metric_is_exported_by_a_running_stage() {
     ]);
 
     // 3. a budget to cross: team search, 0.01 USD this month, block at 100 %, with a webhook
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
-        .args([
-            "budgets",
-            "create",
-            "search-monthly",
-            "--scope",
-            "team=search",
-            "--limit",
-            "0.01",
-            "--thresholds",
-            "100:block",
-            "--webhook",
-            &hook,
-        ])
-        .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
-        .env("METERLINE_KAFKA__USAGE_PARTITIONS", "2")
-        .env_remove("METERLINE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::create_blocking_budget(&h, "search-monthly", "team=search", "0.01", &hook);
 
     // 4. traffic: one event the broker refuses (spooled, dead-lettered) …
     let tags: serde_json::Map<String, Value> = (0..20)

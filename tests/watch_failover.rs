@@ -260,29 +260,7 @@ async fn one_watch_is_active_a_standby_takes_over_and_every_crossing_is_signalle
     //    team: 0.01 USD this month, block at 100 %, the receiver as its webhook
     common::publish_reference(&h, TENANTS).await;
     for n in 1..=3 {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
-            .args([
-                "budgets",
-                "create",
-                &format!("b{n}"),
-                "--scope",
-                &format!("team=t{n}"),
-                "--limit",
-                "0.01",
-                "--thresholds",
-                "100:block",
-                "--webhook",
-                &hook,
-            ])
-            .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
-            .env("METERLINE_KAFKA__USAGE_PARTITIONS", "2")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::create_blocking_budget(&h, &format!("b{n}"), &format!("team=t{n}"), "0.01", &hook);
     }
 
     // 2. the pipeline, and two watch instances with the same [watch] (their own ports)

@@ -538,3 +538,25 @@ pub async fn publish_reference(h: &Harness, tenants_yaml: &'static str) {
     .await
     .unwrap();
 }
+
+/// `meterline budgets create <id> --scope <scope> --limit <limit> --thresholds 100:block
+/// --webhook <webhook>` against the harness's broker (no config file), asserted to succeed.
+#[allow(dead_code)]
+pub fn create_blocking_budget(h: &Harness, id: &str, scope: &str, limit: &str, webhook: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meterline"))
+        .args(["budgets", "create", id, "--scope", scope, "--limit", limit])
+        .args(["--thresholds", "100:block", "--webhook", webhook])
+        .env("METERLINE_KAFKA__BROKERS", &h.kafka.brokers)
+        .env(
+            "METERLINE_KAFKA__USAGE_PARTITIONS",
+            h.kafka.usage_partitions.to_string(),
+        )
+        .env_remove("METERLINE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

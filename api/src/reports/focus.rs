@@ -152,7 +152,7 @@ fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
     let tags = serde_json::json!({ by: l.group }).to_string();
     let (pricing_qty, pricing_unit, consumed_qty, consumed_unit) = quantities(l);
     let exact = l.list_cost.to_string();
-    let cells = [
+    let mut cells = vec![
         // mandatory
         l.billed_cost.to_string(),
         l.org.clone(),
@@ -196,14 +196,11 @@ fn row(c: &Chargeback, l: &Line, issuer: &str) -> Result<Vec<String>, Error> {
         },
         tags,
         l.model.clone(),
-        l.events.to_string(),
-        l.input_tokens.to_string(),
-        l.cache_read_tokens.to_string(),
-        l.cache_write_tokens.to_string(),
-        l.output_tokens.to_string(),
-        l.reasoning_tokens.to_string(),
     ];
-    Ok(cells.to_vec())
+    // x_Requests, x_InputTokens, x_CacheReadTokens, x_CacheWriteTokens, x_OutputTokens,
+    // x_ReasoningTokens
+    cells.extend(l.count_cells());
+    Ok(cells)
 }
 
 /// FOCUS CSV: header, then one row per line (empty cell = null).

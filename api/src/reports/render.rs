@@ -83,7 +83,7 @@ fn to_csv(c: &Chargeback) -> Result<Vec<u8>, Error> {
         "billed_cost",
     ];
     let rows = c.lines.iter().map(|l| {
-        Ok(vec![
+        let mut cells = vec![
             c.period.clone(),
             format!("{:?}", l.category),
             l.charge_period.clone(),
@@ -92,15 +92,10 @@ fn to_csv(c: &Chargeback) -> Result<Vec<u8>, Error> {
             l.provider.clone(),
             l.model.clone(),
             l.currency.clone(),
-            l.events.to_string(),
-            l.input_tokens.to_string(),
-            l.cache_read_tokens.to_string(),
-            l.cache_write_tokens.to_string(),
-            l.output_tokens.to_string(),
-            l.reasoning_tokens.to_string(),
-            l.list_cost.to_string(),
-            l.billed_cost.to_string(),
-        ])
+        ];
+        cells.extend(l.count_cells());
+        cells.extend([l.list_cost.to_string(), l.billed_cost.to_string()]);
+        Ok(cells)
     });
     super::csv_bytes(header, rows)
 }

@@ -78,6 +78,22 @@ pub struct Line {
     pub billed_cost: Decimal,
 }
 
+impl Line {
+    /// The line's counts as CSV cells, in the exports' column order: events, then input,
+    /// cache read, cache write, output and reasoning tokens.
+    pub fn count_cells(&self) -> [String; 6] {
+        [
+            self.events,
+            self.input_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+        ]
+        .map(|n| n.to_string())
+    }
+}
+
 /// Per currency: the exact and the billed total.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Total {
