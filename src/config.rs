@@ -28,7 +28,9 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Pricing and attribution.
     pub enrich: EnrichConfig,
-    /// The Parquet ledger.
+    /// Where the ledger's Delta tables live (local directory or bucket), for every stage.
+    pub ledger: meterline_ledger::LedgerConfig,
+    /// The ledger's writer (the sink).
     pub aggregate: AggregateConfig,
     /// Budgets, anomalies and alerts.
     pub watch: WatchConfig,
@@ -51,6 +53,7 @@ impl Config {
         cfg.kafka.validate()?;
         cfg.ingest.validate()?;
         cfg.enrich.validate()?;
+        cfg.ledger.validate()?;
         cfg.aggregate.validate()?;
         cfg.watch.validate()?;
         cfg.api.validate()?;

@@ -105,7 +105,9 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     cfg.aggregate.listen = "127.0.0.1:0".into();
     cfg.aggregate.data_dir = args.data_dir.clone();
     cfg.aggregate.flush_ms = 5_000;
-    let aggregate = meterline_aggregate::App::build(&cfg.kafka, cfg.aggregate.clone()).await?;
+    let aggregate =
+        meterline_aggregate::App::build(&cfg.kafka, cfg.aggregate.clone(), cfg.ledger.clone())
+            .await?;
     let aggregate_addr = aggregate.local_addr();
     let aggregate_stop = aggregate.stop_token();
     let aggregate_task = tokio::spawn(aggregate.run_until_stopped());
@@ -127,7 +129,8 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
             teams,
         });
     }
-    let api = meterline_api::App::build(Some(&cfg.kafka), cfg.api.clone()).await?;
+    let api =
+        meterline_api::App::build(Some(&cfg.kafka), cfg.api.clone(), cfg.ledger.clone()).await?;
     let api_addr = api.local_addr();
     let api_stop = api.stop_token();
     let api_task = tokio::spawn(api.run_until_stopped());
@@ -140,7 +143,8 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
     };
     cfg.watch.listen = "127.0.0.1:0".into();
     cfg.watch.data_dir = args.data_dir.clone();
-    let watch = meterline_watch::App::build(&cfg.kafka, cfg.watch.clone()).await?;
+    let watch =
+        meterline_watch::App::build(&cfg.kafka, cfg.watch.clone(), cfg.ledger.clone()).await?;
     let watch_addr = watch.local_addr();
     let watch_stop = watch.stop_token();
     let watch_task = tokio::spawn(watch.run_until_stopped());
@@ -162,7 +166,7 @@ pub async fn run(mut cfg: Config, brokers_configured: bool, args: DevArgs) -> an
         tenants.added.len()
     );
     println!(
-        "  ledger   {}  (Parquet, flushed every {} s)   metrics http://{aggregate_addr}/metrics",
+        "  ledger   {}  (Delta table, a commit every {} s)   metrics http://{aggregate_addr}/metrics",
         args.data_dir.join("usage").display(),
         cfg.aggregate.flush_ms / 1000
     );

@@ -47,11 +47,20 @@ enum Cmd {
     /// Events that could not be priced: list, replay.
     #[command(subcommand)]
     Rejected(RejectedCmd),
-    /// Merges each partition's ledger files of one date into one (safe while aggregate runs).
+    /// Merges each partition's ledger files of one date into one, in one Delta commit (safe
+    /// while aggregate runs; the replaced files stay for readers until `vacuum`).
     Compact {
-        /// The event date (UTC) whose directory is compacted, e.g. 2026-11-22.
+        /// The event date (UTC) whose files are compacted, e.g. 2026-11-22.
         #[arg(long)]
         date: chrono::NaiveDate,
+    },
+    /// Deletes ledger files no recent version of the table needs: files a compaction replaced
+    /// and files of flushes that never committed, once older than
+    /// `ledger.vacuum_retention_hours`.
+    Vacuum {
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Re-derives the ledger (and watch's state from it) from meterline.usage.priced into a new
     /// directory, and reconciles it with the topic: a known-good ledger after a disaster.
@@ -100,48 +109,58 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Aggregate => {
             let cfg = cfg()?;
-            let app = meterline_aggregate::App::build(&cfg.kafka, cfg.aggregate).await?;
+            let app =
+                meterline_aggregate::App::build(&cfg.kafka, cfg.aggregate, cfg.ledger).await?;
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)
         }
         Cmd::Watch => {
             let cfg = cfg()?;
-            let app = meterline_watch::App::build(&cfg.kafka, cfg.watch).await?;
+            let app = meterline_watch::App::build(&cfg.kafka, cfg.watch, cfg.ledger).await?;
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)
         }
         Cmd::Rebuild(args) => rebuild::cli(cfg()?.kafka, args).await,
         Cmd::Compact { date } => {
-            let dir = cfg()?.aggregate.data_dir;
+            let cfg = cfg()?;
             let done = tokio::task::spawn_blocking(move || {
+                let ledger = meterline_ledger::Ledger::open(&cfg.ledger, &cfg.aggregate.data_dir)?;
                 let mut progress = Progress::new(format!("compact {date}"), "files", None, false);
-                let done = meterline_ledger::compact::compact_date_with_progress(
-                    &dir,
-                    date,
-                    |read, to_merge| {
-                        progress.set_total(to_merge as u64);
-                        progress.update(read as u64, String::new);
-                    },
-                );
+                let done = ledger.compact_date(date, |read, to_merge| {
+                    progress.set_total(to_merge as u64);
+                    progress.update(read as u64, String::new);
+                });
                 progress.finish("");
-                done
+                Ok::<_, meterline_ledger::Error>(done?)
             })
             .await??;
             for c in &done {
                 println!(
-                    "partition {}: {} files → {} ({} rows)",
-                    c.partition,
-                    c.merged_files,
-                    c.into.display(),
-                    c.rows
+                    "partition {}: {} files → {} ({} rows, version {})",
+                    c.partition, c.merged_files, c.into, c.rows, c.version
                 );
             }
             println!("{date}: {} partitions compacted", done.len());
             Ok(())
         }
+        Cmd::Vacuum { dry_run } => {
+            let cfg = cfg()?;
+            let retention =
+                std::time::Duration::from_secs(cfg.ledger.vacuum_retention_hours * 3600);
+            let done = tokio::task::spawn_blocking(move || {
+                meterline_ledger::Ledger::open(&cfg.ledger, &cfg.aggregate.data_dir)?
+                    .vacuum(retention, dry_run)
+            })
+            .await??;
+            for f in &done.files {
+                println!("{}{f}", if dry_run { "would delete " } else { "deleted " });
+            }
+            println!("{} files", done.files.len());
+            Ok(())
+        }
         Cmd::Api => {
             let cfg = cfg()?;
-            let app = meterline_api::App::build(Some(&cfg.kafka), cfg.api).await?;
+            let app = meterline_api::App::build(Some(&cfg.kafka), cfg.api, cfg.ledger).await?;
             tracing::info!(addr = %app.local_addr(), "api listening");
             dev::stop_on_signal(app.stop_token());
             Ok(app.run_until_stopped().await?)

@@ -7,7 +7,7 @@
 //!    records produced meanwhile are left for the sink). A partition whose first offset is
 //!    not 0 lost records to retention: refused unless `--allow-truncated`.
 //! 3. Priced records become ledger rows exactly as the aggregate sink makes them
-//!    (`meterline_ledger::rows::Row`, `Ledger::write_flush`: one file per event date per
+//!    (`meterline_ledger::Row`, `Ledger::write_flush`: one file per event date per
 //!    flush, the Delta log committed per flush). Each partition's last flush ends at the end
 //!    noted in 2, so `meterline aggregate` pointed at DIR resumes exactly there. Undecodable
 //!    records are skipped and counted, as the sink does.
@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use meterline_ledger::rows::Row;
-use meterline_ledger::table::Ledger;
 use meterline_ledger::totals::{self, Totals};
+use meterline_ledger::Row;
+use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_runtime::follow::{self, TopicFollower};
 use meterline_runtime::kafka::KafkaConfig;
 use meterline_schemas::{topics, AvroRecord, BudgetSignal, Money, PricedUsage};
@@ -343,6 +343,8 @@ fn check_target(into: &Path) -> anyhow::Result<()> {
 struct Buffer {
     rows: Vec<Row>,
     first: Option<i64>,
+    /// The partition's txn version in the new table (its last flush's end).
+    after: Option<i64>,
     /// Offset after the last record buffered.
     next: i64,
 }
@@ -438,7 +440,7 @@ pub fn run(kafka: &KafkaConfig, args: &RebuildArgs) -> anyhow::Result<Report> {
     }
     std::fs::create_dir_all(&args.into)
         .with_context(|| format!("creating {}", args.into.display()))?;
-    let ledger = Ledger::open_writer(&args.into)?;
+    let ledger = Ledger::open(&LedgerConfig::default(), &args.into)?;
     let total: u64 = ranges.values().map(|(lo, hi)| (hi - lo) as u64).sum();
     let mut progress = Progress::new("rebuild", "offsets", Some(total), args.quiet);
 
@@ -536,7 +538,7 @@ pub fn run(kafka: &KafkaConfig, args: &RebuildArgs) -> anyhow::Result<Report> {
     drop(ledger);
 
     // read back through the ledger crate, as every reader of the ledger sees it
-    let reader = Ledger::open(&args.into)?;
+    let reader = Ledger::open(&LedgerConfig::default(), &args.into)?;
     let mut back = Progress::new("reading back", "files", None, args.quiet);
     let ledger_totals = totals::totals(&reader, |done, total| {
         back.set_total(total as u64);
@@ -572,10 +574,12 @@ fn flush(
     let Some(first) = b.first.take() else {
         return Ok(());
     };
+    // (only undecodable records: the commit holds just the partition's txn)
+    ledger
+        .write_flush(partition, b.after, first, last, &b.rows)
+        .with_context(|| format!("writing partition {partition}, offsets {first}..={last}"))?;
+    b.after = Some(last);
     if !b.rows.is_empty() {
-        ledger
-            .write_flush(partition, first, last, &b.rows)
-            .with_context(|| format!("writing partition {partition}, offsets {first}..={last}"))?;
         report.rows_written += b.rows.len() as u64;
         report.flushes += 1;
     }

@@ -49,7 +49,9 @@ impl Api {
             ],
             ..Default::default()
         };
-        let app = App::build(Some(&h.kafka), cfg).await.expect("api builds");
+        let app = App::build(Some(&h.kafka), cfg, Default::default())
+            .await
+            .expect("api builds");
         let base = format!("http://{}", app.local_addr());
         tokio::spawn(app.run_until_stopped());
         Api {

@@ -114,17 +114,16 @@ struct Sent {
 
 /// The ledger's rows as the API reads them (complete flushes only): event id → count, sum.
 fn read_ledger(data: &Path) -> (HashMap<String, usize>, i128) {
-    let ledger = meterline_ledger::table::Ledger::open(data).unwrap();
-    let found = ledger.scan().unwrap();
-    let (_, usable) = meterline_ledger::files::complete_view(&found);
+    let ledger =
+        meterline_ledger::Ledger::open(&meterline_ledger::LedgerConfig::default(), data).unwrap();
+    let snapshot = ledger.snapshot().unwrap();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut sum = 0i128;
-    for f in usable {
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f.path).unwrap())
-                .unwrap()
-                .build()
-                .unwrap();
+    for f in &snapshot.files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(snapshot.read(f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         for b in reader {
             let b = b.unwrap();
             let id = b

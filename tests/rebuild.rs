@@ -131,16 +131,15 @@ fn produce_in_transaction(
 /// Every row of the ledger under `data` (complete view, as readers see it), with our own
 /// Parquet reader; panics on a (partition, offset) seen twice.
 fn read_rows(data: &Path) -> Rows {
-    let ledger = meterline_ledger::table::Ledger::open(data).unwrap();
-    let found = ledger.scan().unwrap();
-    let (_, usable) = meterline_ledger::files::complete_view(&found);
+    let ledger =
+        meterline_ledger::Ledger::open(&meterline_ledger::LedgerConfig::default(), data).unwrap();
+    let snapshot = ledger.snapshot().unwrap();
     let mut rows = Rows::new();
-    for f in usable {
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f.path).unwrap())
-                .unwrap()
-                .build()
-                .unwrap();
+    for f in &snapshot.files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(snapshot.read(f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         for b in reader {
             let b = b.unwrap();
             let text = |c: &str| {

@@ -10,6 +10,7 @@ pub mod stage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use meterline_ledger::LedgerConfig;
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_runtime::telemetry::{Readiness, StageHost};
 use meterline_schemas::topics;
@@ -75,13 +76,19 @@ impl Error {
 /// ledger and runs the sink under a supervisor.
 pub struct App {
     cfg: AggregateConfig,
+    ledger: LedgerConfig,
     kafka: KafkaConfig,
     host: StageHost,
 }
 
 impl App {
-    pub async fn build(kafka: &KafkaConfig, cfg: AggregateConfig) -> Result<App, Error> {
+    pub async fn build(
+        kafka: &KafkaConfig,
+        cfg: AggregateConfig,
+        ledger: LedgerConfig,
+    ) -> Result<App, Error> {
         cfg.validate()?;
+        ledger.validate()?;
         kafka.validate().map_err(|e| Error::Config(e.to_string()))?;
         let host = StageHost::start(&cfg.listen)
             .await
@@ -91,6 +98,7 @@ impl App {
         metrics::counter!(meterline_schemas::metric_names::AGGREGATE_POISON).increment(0);
         Ok(App {
             cfg,
+            ledger,
             kafka: kafka.clone(),
             host,
         })
@@ -110,34 +118,38 @@ impl App {
     /// restarts it after a backoff, from the ledger and the topic as they are (it resumes
     /// exactly where the files end); `/healthz` says why meanwhile. Other errors end it.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
-        let App { cfg, kafka, host } = self;
+        let App {
+            cfg,
+            ledger,
+            kafka,
+            host,
+        } = self;
         let runtime = tokio::runtime::Handle::current();
         host.run_supervised(
             "aggregate",
             meterline_schemas::metric_names::AGGREGATE_STAGE_RESTARTS,
             Error::is_retryable,
-            move |ready, attempt| run_once(&runtime, &kafka, &cfg, ready, attempt),
+            move |ready, attempt| run_once(&runtime, &kafka, &cfg, &ledger, ready, attempt),
         )
         .await
         .map_err(Error::Supervisor)?
     }
 }
 
-/// One attempt: topics, ledger recovery, then the sink until `stop` or an error.
+/// One attempt: topics, the table, then the sink until `stop` or an error.
 fn run_once(
     runtime: &tokio::runtime::Handle,
     kafka: &KafkaConfig,
     cfg: &AggregateConfig,
+    ledger: &LedgerConfig,
     ready: &Readiness,
     stop: CancellationToken,
 ) -> Result<(), Error> {
     if kafka.create_topics {
         runtime.block_on(ensure_topics(kafka, &topics::all(kafka.usage_partitions)))?;
     }
-    let ledger = Arc::new(meterline_ledger::Ledger::open_writer(&cfg.data_dir)?);
-    let Some(stage) = stage::Stage::new(kafka, cfg.clone(), ledger, stop)? else {
-        return Ok(()); // stopped while standing by for the ledger
-    };
+    let ledger = Arc::new(meterline_ledger::Ledger::open(ledger, &cfg.data_dir)?);
+    let stage = stage::Stage::new(kafka, cfg.clone(), ledger, stop)?;
     ready.ready();
     stage.run()
 }

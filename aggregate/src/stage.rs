@@ -1,7 +1,9 @@
-//! The consume → Parquet loop. One blocking thread: a `read_committed` group consumer on
+//! The consume → Delta loop. One blocking thread: a `read_committed` group consumer on
 //! `meterline.usage.priced` and, per owned partition, the rows buffered since the last flush.
-//! Exactly-once comes from `files.rs`: on taking over a partition it is sought to where its
-//! files end; offsets committed to Kafka afterwards only inform lag tooling.
+//! Exactly-once comes from the table's `txn` versions: on taking over a partition it is sought
+//! to its txn version + 1, and each flush commits only if the partition is still there (the
+//! fence: another instance of the group may have taken it over meanwhile); offsets committed
+//! to Kafka afterwards only inform lag tooling.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,8 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::config::AggregateConfig;
 use crate::Error;
-use meterline_ledger::rows::Row;
-use meterline_ledger::table::Ledger;
+use meterline_ledger::{Ledger, Row};
 
 /// Rebalance callbacks record what happened; the loop acts after `poll` returns. Statistics
 /// (lag) are published from here, on the poll thread, without broker round trips.
@@ -61,6 +62,9 @@ struct Buffer {
     rows: Vec<Row>,
     /// First input offset of the buffer (the flush range starts here).
     first: Option<i64>,
+    /// The partition's txn version in the table this buffer continues (`first - 1` once
+    /// something is buffered; `None`: the table had nothing of the partition).
+    after: Option<i64>,
     /// The next offset expected: the flush range ends just before it.
     next: i64,
     bytes: usize,
@@ -72,10 +76,11 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn new(start: i64) -> Buffer {
+    fn new(after: Option<i64>, start: i64) -> Buffer {
         Buffer {
             rows: vec![],
             first: None,
+            after,
             next: start,
             bytes: 0,
             opened: Instant::now(),
@@ -100,8 +105,6 @@ pub struct Stage {
     ledger: Arc<Ledger>,
     owned: HashMap<i32, Buffer>,
     stop: CancellationToken,
-    /// This process's claim on the ledger, held while the stage runs.
-    _claim: meterline_ledger::table::SinkClaim,
 }
 
 impl Stage {
@@ -110,20 +113,7 @@ impl Stage {
         cfg: AggregateConfig,
         ledger: Arc<Ledger>,
         stop: CancellationToken,
-    ) -> Result<Option<Stage>, Error> {
-        // 1. One sink per ledger directory: a second instance stands by here, before joining
-        //    the consumer group (so no partition is assigned to it), until the first is gone.
-        let Some(claim) = ledger.claim_sink(|| stop.is_cancelled())? else {
-            return Ok(None);
-        };
-        // 2. Only then clean up after a crash: these files are ours to remove.
-        let removed = ledger.remove_temp_files()?;
-        if removed > 0 {
-            info!(removed, "removed temp files left by a crash");
-        }
-        // Also at start, not only when a partition is taken over: a partition with nothing new
-        // to read is never taken over, and its merged originals would stay next to the merge.
-        ledger.remove_superseded()?;
+    ) -> Result<Stage, Error> {
         let consumer: BaseConsumer<Callbacks> = kafka
             .stage_consumer(
                 "aggregate",
@@ -136,14 +126,13 @@ impl Stage {
         consumer
             .subscribe(&[topics::USAGE_PRICED])
             .map_err(Error::kafka)?;
-        Ok(Some(Stage {
+        Ok(Stage {
             cfg,
             consumer,
             ledger,
             owned: HashMap::new(),
             stop,
-            _claim: claim,
-        }))
+        })
     }
 
     /// The loop. Returns when `stop` is cancelled (after writing what is buffered) or on an
@@ -191,12 +180,13 @@ impl Stage {
         }
     }
 
-    /// Takes over partition `p`: recovery from the files, then a seek. Returns the start.
+    /// Takes over partition `p`: where the table has it, then a seek. Returns the start.
     fn take_over(&mut self, p: i32) -> Result<i64, Error> {
-        // 1. the files say where p's ledger ends (an incomplete last flush is deleted)
-        let start = match self.ledger.recover(p)? {
-            Some(o) => Offset::Offset(o),
-            // 2. no file yet: everything still in the topic
+        // 1. the table's txn version says where p's ledger ends
+        let after = self.ledger.txn_version(p)?;
+        let start = match after {
+            Some(last) => Offset::Offset(last + 1),
+            // 2. nothing of p yet: everything still in the topic
             None => Offset::Beginning,
         };
         // 3. read from there, whatever the group's committed offset says
@@ -213,7 +203,7 @@ impl Stage {
             }
         };
         info!(partition = p, start, "took over partition");
-        self.owned.insert(p, Buffer::new(start));
+        self.owned.insert(p, Buffer::new(after, start));
         Ok(start)
     }
 
@@ -298,20 +288,13 @@ impl Stage {
         let b = self.owned.get_mut(&p).expect("owned");
         let (first, last) = (b.first.expect("due"), b.next - 1);
         let n = b.rows.len();
-        let result = if b.rows.is_empty() {
-            Ok(vec![]) // only poison records: nothing to write, nothing to lose
-        } else {
-            self.ledger.write_flush(p, first, last, &b.rows)
-        };
-        match result {
-            Ok(files) => {
-                let bytes: u64 = files
-                    .iter()
-                    .filter_map(|f| std::fs::metadata(f).ok())
-                    .map(|m| m.len())
-                    .sum();
+        // (only poison records: the commit holds just the txn, so they are not read again)
+        match self.ledger.write_flush(p, b.after, first, last, &b.rows) {
+            Ok(flushed) => {
+                let (files, bytes) = (flushed.files, flushed.bytes);
                 b.rows.clear();
                 b.first = None;
+                b.after = Some(last);
                 b.bytes = 0;
                 b.retry_at = None;
                 if b.paused {
@@ -330,7 +313,7 @@ impl Stage {
                 metrics::counter!(m::AGGREGATE_BYTES_WRITTEN).increment(bytes);
                 metrics::histogram!(m::AGGREGATE_FLUSH_ROWS).record(n as f64);
                 metrics::histogram!(m::AGGREGATE_FLUSH_SECONDS).record(t0.elapsed().as_secs_f64());
-                // Informational only (lag tooling); the files are the progress.
+                // Informational only (lag tooling); the table's txn versions are the progress.
                 let mut tpl = TopicPartitionList::new();
                 if tpl
                     .add_partition_offset(topics::USAGE_PRICED, p, Offset::Offset(last + 1))
@@ -338,6 +321,20 @@ impl Stage {
                 {
                     let _ = self.consumer.commit(&tpl, CommitMode::Async);
                 }
+            }
+            Err(e @ meterline_ledger::Error::Fenced { .. }) => {
+                // Another instance of the group owns p now (a rebalance this one has not seen
+                // yet, or it stalled past its session): its rows are in the table once, by the
+                // other writer. Drop the buffer; if p is still assigned here, the next record
+                // takes it over again from the table.
+                warn!(partition = p, error = %e, dropped = n, "flush fenced: partition given up");
+                metrics::counter!(m::AGGREGATE_FENCED).increment(1);
+                if b.paused {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(topics::USAGE_PRICED, p);
+                    let _ = self.consumer.resume(&tpl);
+                }
+                self.owned.remove(&p);
             }
             Err(e) if e.is_retryable() => {
                 // Retryable (disk full, permissions fixed by an operator): keep the rows, try

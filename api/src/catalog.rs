@@ -1,6 +1,7 @@
 //! The tables and views a principal's query sees. A session is built per query:
-//! - `usage`: the ledger as a listing table over `<data_dir>/usage` (Hive partitions `date=…`),
-//!   without rows of a flush still being written, wrapped in the principal's scope;
+//! - `usage`: the ledger's Delta table at one version — a listing table (Hive partitions
+//!   `date=…`) over a store that lists exactly the snapshot's files — wrapped in the
+//!   principal's scope;
 //! - `anomalies`: `<data_dir>/anomalies`, scoped to the principal's teams' anomalies;
 //! - `budgets`: live budgets with their latest signal, scoped to team budgets of its teams;
 //! - the views in [`VIEWS`], defined over those tables — so they are scoped too.
@@ -86,21 +87,11 @@ fn set_parquet_options(config: &mut SessionConfig) {
 }
 
 fn listing(
-    dir: &std::path::Path,
+    url: &str,
     schema: SchemaRef,
     parquet: &TableParquetOptions,
 ) -> Result<Arc<dyn TableProvider>, Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
-    let url = ListingTableUrl::parse(format!(
-        "{}/",
-        dir.canonicalize()
-            .map_err(|source| Error::LedgerDir {
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .display()
-    ))
-    .map_err(Error::query)?;
+    let url = ListingTableUrl::parse(url).map_err(Error::query)?;
     let options = ListingOptions::new(Arc::new(
         ParquetFormat::default().with_options(parquet.clone()),
     ))
@@ -114,23 +105,29 @@ fn listing(
     ))
 }
 
-/// The ledger table as every reader gets it: only rows of complete flushes, read with
-/// `parquet`'s options.
+/// A local directory's URL (created if missing).
+fn dir_url(dir: &std::path::Path) -> Result<String, Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+    let dir = dir.canonicalize().map_err(|source| Error::LedgerDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(format!("{}/", dir.display()))
+}
+
+/// The ledger table at the version of `ledger`, read with `parquet`'s options. Its files are
+/// listed by the snapshot's store (registered in the session's runtime for the table's
+/// store, see [`session`]), so the table is exactly that version: no file of a flush not yet
+/// committed, none a compaction replaced.
 pub fn ledger_table(
-    cfg: &ApiConfig,
     ledger: &LedgerState,
     parquet: &TableParquetOptions,
 ) -> Result<Arc<dyn TableProvider>, Error> {
-    let raw = listing(
-        &cfg.data_dir.join("usage"),
+    listing(
+        ledger.snapshot.table_url().as_str(),
         meterline_schemas::arrow_schema::usage_ledger_schema(),
         parquet,
-    )?;
-    Ok(if ledger.all_complete {
-        raw
-    } else {
-        Arc::new(FilteredTable::new(raw, ledger.watermark.before()))
-    })
+    )
 }
 
 /// A fresh session for one query under `scope`, with its memory limit.
@@ -148,6 +145,11 @@ pub async fn session(
         .with_memory_limit(cfg.query_memory_bytes, 1.0)
         .build_arc()
         .map_err(Error::query)?;
+    // the table's store as the snapshot sees it: listing gives exactly its files
+    runtime.register_object_store(
+        &ledger.snapshot.store_url(),
+        ledger.snapshot.listing_store(),
+    );
     let scoped = matches!(scope, Scope::Teams(_));
     // information_schema lists every table of the catalog: not for scoped principals.
     // Parallel by file groups only: a one-partition source (VALUES, generate_series) is not
@@ -167,9 +169,9 @@ pub async fn session(
     );
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     crate::functions::install(&ctx, &limits);
-    let usage = ledger_table(cfg, ledger, &parquet)?;
+    let usage = ledger_table(ledger, &parquet)?;
     let anomalies = listing(
-        &cfg.data_dir.join("anomalies"),
+        &dir_url(&cfg.data_dir.join("anomalies"))?,
         meterline_ledger::anomalies::anomalies_schema(),
         &parquet,
     )?;

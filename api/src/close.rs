@@ -42,7 +42,7 @@ pub async fn close(
     // 1. the ledger as it is now: its complete rows are what the snapshot holds
     let state = s
         .ledger
-        .settled_state(&s.cfg.data_dir)
+        .settled_state()
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     // 2. the first close: not before the ledger's first usage (a month before it has nothing

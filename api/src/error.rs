@@ -49,9 +49,9 @@ pub enum Error {
     #[error(transparent)]
     Ledger(#[from] meterline_ledger::Error),
     /// A ledger file whose rows could not be summed into a rollup: what failed in it.
-    #[error("{}: {source}", path.display())]
+    #[error("{path}: {source}")]
     LedgerFile {
-        path: PathBuf,
+        path: String,
         #[source]
         source: Box<Error>,
     },
@@ -175,6 +175,13 @@ fn ledger_message(e: &meterline_ledger::Error) -> String {
         L::Fatal(_) => "the ledger is in a state it cannot be read in; the server log has \
                         the details"
             .to_string(),
+        // object store and Delta log errors name the objects they were about
+        L::Store(_) | L::Delta(_) => {
+            "the ledger's storage could not be read; the server log has the details".to_string()
+        }
+        L::Config(_) | L::Fenced { .. } => {
+            "the ledger is not usable as configured; the server log has the details".to_string()
+        }
         L::Parquet(_) | L::Arrow(_) | L::Json(_) | L::Money(_) => e.to_string(),
         #[allow(unreachable_patterns)]
         _ => "the ledger could not be read; the server log has the details".to_string(),
@@ -204,15 +211,18 @@ mod tests {
         use std::error::Error as _;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("usage"), b"not a directory").unwrap();
-        let e = crate::ledger_view::LedgerView::default()
-            .state(dir.path())
-            .unwrap_err();
-        assert!(matches!(e, Error::LedgerDir { .. }), "{e:?}");
+        let e = crate::ledger_view::LedgerView::open(
+            &meterline_ledger::LedgerConfig::default(),
+            dir.path(),
+        )
+        .err()
+        .expect("no table where a file is");
+        assert!(matches!(e, Error::Ledger(_)), "{e:?}");
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let shown = e.to_string();
+        let (_, shown) = e.reply();
         let root = dir.path().display().to_string();
         assert!(!shown.contains(&root), "{shown}");
-        assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
+        assert!(e.source().is_some());
     }
 
     /// No error a caller reads names a file: a ledger file's path tells a date and an offset
@@ -227,9 +237,33 @@ mod tests {
         std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
         std::fs::write(&secret, b"not parquet").unwrap();
         let io = || std::io::Error::other("disk on fire");
-        let unreadable = meterline_ledger::table::read_flushes(&secret).unwrap_err();
-        let missing =
-            meterline_ledger::table::read_flushes(&secret.with_extension("x")).unwrap_err();
+        let unreadable = meterline_ledger::Error::Corrupt {
+            path: "date=2026-11-30/part-3-1200-1450-ab.parquet".into(),
+            reason: "not parquet".into(),
+        };
+        // the store's own error for a file a snapshot lists but storage lacks
+        let ledger = meterline_ledger::Ledger::open(
+            &meterline_ledger::LedgerConfig::default(),
+            &dir.path().join("data"),
+        )
+        .unwrap();
+        let missing = ledger
+            .snapshot()
+            .unwrap()
+            .read(&meterline_ledger::TableFile {
+                path: "date=2026-11-30/part-3-1200-1450-ab.parquet".into(),
+                date: "2026-11-30".into(),
+                partition: 3,
+                first: 1200,
+                last: 1450,
+                bytes: 11,
+                modified_ms: 0,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(missing, meterline_ledger::Error::Store(_)),
+            "{missing:?}"
+        );
         let errors = [
             Error::Io {
                 path: secret.clone(),
@@ -242,7 +276,7 @@ mod tests {
             Error::Ledger(unreadable),
             Error::Ledger(missing),
             Error::LedgerFile {
-                path: secret.clone(),
+                path: secret.display().to_string(),
                 source: Box::new(Error::Io {
                     path: secret.clone(),
                     source: io(),

@@ -75,7 +75,7 @@ impl Shared {
 
     /// A query session of `scope` over the ledger as it is now.
     pub async fn session(&self, scope: &catalog::Scope) -> Result<SessionContext, Error> {
-        let state = self.ledger.settled_state(&self.cfg.data_dir).await?;
+        let state = self.ledger.settled_state().await?;
         catalog::session(&self.cfg, scope, &state, self.budget_batch()).await
     }
 }
@@ -138,8 +138,13 @@ impl App {
     /// Binds. With a broker, the budget topics are read in the background once serving and
     /// the admin routes publish to it; without one (`None`, e.g. over a copied data
     /// directory) reports and SQL work, admin routes answer 503 and `budgets` is empty.
-    pub async fn build(kafka: Option<&KafkaConfig>, cfg: ApiConfig) -> Result<App, Error> {
+    pub async fn build(
+        kafka: Option<&KafkaConfig>,
+        cfg: ApiConfig,
+        ledger: meterline_ledger::LedgerConfig,
+    ) -> Result<App, Error> {
         cfg.validate()?;
+        ledger.validate()?;
         if let Some(k) = kafka {
             k.validate().map_err(|e| Error::Config(e.to_string()))?;
         }
@@ -154,7 +159,7 @@ impl App {
         let shared = Arc::new(Shared {
             tokens: TokenTable::new(&cfg.tokens),
             kafka: kafka.cloned(),
-            ledger: Default::default(),
+            ledger: ledger_view::LedgerView::open(&ledger, &cfg.data_dir)?,
             rollups: Default::default(),
             budgets: Default::default(),
             close_lock: Default::default(),

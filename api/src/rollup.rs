@@ -15,7 +15,6 @@
 //! (checked: an overflow is an error, never a wrapped total).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -25,8 +24,9 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ProjectionMask;
 use futures::StreamExt;
 
-use crate::ledger_view::LedgerFile;
+use crate::ledger_view::{LedgerFile, LedgerState};
 use crate::Error;
+use meterline_ledger::Snapshot;
 
 /// The dimensions a rollup keeps, in key order.
 pub const DIMENSIONS: [&str; 7] = [
@@ -167,7 +167,7 @@ struct FileRollup {
 #[derive(Default)]
 pub struct Rollups {
     interner: Mutex<Interner>,
-    files: Mutex<HashMap<(PathBuf, u64), Arc<FileRollup>>>,
+    files: Mutex<HashMap<(String, u64), Arc<FileRollup>>>,
     /// One builder at a time: a second chargeback waits and then finds the rollups made.
     building: tokio::sync::Mutex<()>,
 }
@@ -193,11 +193,13 @@ impl Rollups {
     /// longer in it are dropped.
     pub async fn sum_by<'a, G: std::hash::Hash + Eq>(
         self: &Arc<Self>,
-        files: &'a [LedgerFile],
+        ledger: &'a LedgerState,
         wanted: impl Fn(&LedgerFile) -> Option<OffsetRange>,
         group: impl Fn(&'a LedgerFile, &[u32; 7]) -> G,
     ) -> Result<HashMap<G, Sums, FastHash>, Error> {
         let _one = self.building.lock().await;
+        let files = &ledger.files;
+        let snapshot = &ledger.snapshot;
         let mut whole = vec![];
         let mut part = vec![];
         for f in files {
@@ -210,7 +212,7 @@ impl Rollups {
         // 1. forget files that are gone (a compaction replaced them)
         let missing: Vec<LedgerFile> = {
             let mut cache = self.files.lock().expect("rollups");
-            let live: std::collections::HashSet<(&PathBuf, u64)> =
+            let live: std::collections::HashSet<(&String, u64)> =
                 files.iter().map(|f| (&f.path, f.bytes)).collect();
             cache.retain(|(p, b), _| live.contains(&(p, *b)));
             whole
@@ -220,7 +222,7 @@ impl Rollups {
                 .collect()
         };
         // 2. read the files not seen yet, as many at once as there are cores
-        let built = self.build_all(missing, OffsetRange::ALL).await?;
+        let built = self.build_all(snapshot, missing, OffsetRange::ALL).await?;
         {
             let mut cache = self.files.lock().expect("rollups");
             for (f, r) in built {
@@ -230,7 +232,7 @@ impl Rollups {
         // 3. straddling files: read with their offset filter, not kept
         let mut partial = vec![];
         for (f, r) in &part {
-            partial.push((*f, self.build_one((*f).clone(), *r).await?));
+            partial.push((*f, self.build_one(snapshot, (*f).clone(), *r).await?));
         }
         // 4. add up
         let mut sums: HashMap<G, Sums, FastHash> = HashMap::default();
@@ -238,7 +240,7 @@ impl Rollups {
         for f in whole {
             let r = cache
                 .get(&(f.path.clone(), f.bytes))
-                .ok_or_else(|| Error::Query(format!("no rollup of {}", f.path.display())))?;
+                .ok_or_else(|| Error::Query(format!("no rollup of {}", f.path)))?;
             for (k, s) in &r.groups {
                 sums.entry(group(f, k)).or_default().add(s)?;
             }
@@ -253,24 +255,27 @@ impl Rollups {
 
     async fn build_one(
         self: &Arc<Self>,
+        snapshot: &Snapshot,
         f: LedgerFile,
         range: OffsetRange,
     ) -> Result<Arc<FileRollup>, Error> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.rollup_file(&f.path, range).map(Arc::new))
+        let snapshot = snapshot.clone();
+        tokio::task::spawn_blocking(move || me.rollup_file(&snapshot, &f, range).map(Arc::new))
             .await
             .map_err(Error::query)?
     }
 
     async fn build_all(
         self: &Arc<Self>,
+        snapshot: &Snapshot,
         files: Vec<LedgerFile>,
         range: OffsetRange,
     ) -> Result<Vec<(LedgerFile, Arc<FileRollup>)>, Error> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         futures::stream::iter(files)
             .map(|f| async move {
-                let r = self.build_one(f.clone(), range).await?;
+                let r = self.build_one(snapshot, f.clone(), range).await?;
                 Ok::<_, Error>((f, r))
             })
             .buffer_unordered(cores)
@@ -281,12 +286,17 @@ impl Rollups {
     }
 
     /// Reads one ledger file's rows in `range` and sums them per key.
-    fn rollup_file(&self, path: &std::path::Path, range: OffsetRange) -> Result<FileRollup, Error> {
+    fn rollup_file(
+        &self,
+        snapshot: &Snapshot,
+        f: &LedgerFile,
+        range: OffsetRange,
+    ) -> Result<FileRollup, Error> {
         let at = |e: Error| Error::LedgerFile {
-            path: path.to_path_buf(),
+            path: f.path.clone(),
             source: Box::new(e),
         };
-        let file = std::fs::File::open(path).map_err(Error::at(path))?;
+        let file = snapshot.read(f)?;
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| at(Error::Parquet(e)))?;
         let schema = builder.schema().clone();

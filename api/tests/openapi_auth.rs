@@ -36,7 +36,7 @@ async fn every_route_in_the_spec_refuses_missing_tokens_and_wrong_roles() {
             .collect(),
         ..Default::default()
     };
-    let app = App::build(None, cfg).await.unwrap();
+    let app = App::build(None, cfg, Default::default()).await.unwrap();
     let base = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();
@@ -126,7 +126,7 @@ async fn credentials_come_before_the_query_string_path_and_body() {
             .collect(),
         ..Default::default()
     };
-    let app = App::build(None, cfg).await.unwrap();
+    let app = App::build(None, cfg, Default::default()).await.unwrap();
     let base = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use meterline_api::{ApiConfig, App};
-use meterline_ledger::rows::Row;
-use meterline_ledger::table::Ledger;
+use meterline_ledger::Row;
+use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
 use rust_decimal::Decimal;
@@ -66,11 +66,11 @@ fn row(partition: i32, r: &R) -> Row {
 
 /// One flush of `rows` (offsets must be first..=last) into the ledger, one file per date.
 fn flush(dir: &Path, partition: i32, rows: &[R]) {
-    let l = Ledger::open(dir).unwrap();
+    let l = Ledger::open(&LedgerConfig::default(), dir).unwrap();
     let first = rows.first().unwrap().offset;
     let last = rows.last().unwrap().offset;
     let rows: Vec<Row> = rows.iter().map(|r| row(partition, r)).collect();
-    l.write_flush(partition, first, last, &rows).unwrap();
+    l.append(partition, first, last, &rows).unwrap();
 }
 
 fn r(
@@ -188,7 +188,9 @@ async fn start(dir: &Path) -> String {
         ],
         ..Default::default()
     };
-    let app = App::build(None, cfg).await.unwrap();
+    let app = App::build(None, cfg, LedgerConfig::default())
+        .await
+        .unwrap();
     let base = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped());
     base
@@ -930,9 +932,9 @@ fn demo_flush(dir: &Path, rows: &[Row]) {
         rows[0].offset,
         rows.last().unwrap().offset,
     );
-    Ledger::open(dir)
+    Ledger::open(&LedgerConfig::default(), dir)
         .unwrap()
-        .write_flush(p, first, last, rows)
+        .append(p, first, last, rows)
         .unwrap();
 }
 

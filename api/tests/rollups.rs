@@ -12,8 +12,8 @@ use meterline_api::period::Month;
 use meterline_api::reports::chargeback::{compute, compute_sql, Cut, GroupBy};
 use meterline_api::rollup::{coverage, Coverage, OffsetRange, Rollups};
 use meterline_api::ApiConfig;
-use meterline_ledger::rows::Row;
-use meterline_ledger::table::Ledger;
+use meterline_ledger::Row;
+use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
 
 /// xorshift: reproducible rows without a dependency.
@@ -86,7 +86,7 @@ fn row(rng: &mut Rng, partition: i32, offset: i64) -> Row {
 }
 
 fn write_ledger(dir: &Path) {
-    let ledger = Ledger::open(dir).unwrap();
+    let ledger = Ledger::open(&LedgerConfig::default(), dir).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for p in 0..PARTITIONS {
         for f in 0..FLUSHES {
@@ -94,9 +94,7 @@ fn write_ledger(dir: &Path) {
             let rows: Vec<Row> = (first..first + FLUSH)
                 .map(|o| row(&mut rng, p, o))
                 .collect();
-            ledger
-                .write_flush(p, first, first + FLUSH - 1, &rows)
-                .unwrap();
+            ledger.append(p, first, first + FLUSH - 1, &rows).unwrap();
         }
     }
 }
@@ -177,11 +175,10 @@ async fn rollup_chargeback_equals_the_sql_scan_before_and_after_compaction() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_ledger(dir);
-    let view = LedgerView::default();
+    let view = LedgerView::open(&LedgerConfig::default(), dir).unwrap();
     let rollups = Arc::new(Rollups::default());
 
-    let before = view.state(dir).unwrap();
-    assert!(before.all_complete);
+    let before = view.state().unwrap();
     let lines = assert_same(dir, &before, &rollups).await;
     assert!(lines > 300, "only {lines} lines compared");
     let kept = rollups.len();
@@ -193,9 +190,11 @@ async fn rollup_chargeback_equals_the_sql_scan_before_and_after_compaction() {
     let dates: std::collections::BTreeSet<String> =
         before.files.iter().map(|f| f.date.clone()).collect();
     for d in &dates {
-        meterline_ledger::compact::compact_date(dir, d.parse().unwrap()).unwrap();
+        view.ledger()
+            .compact_date(d.parse().unwrap(), |_, _| {})
+            .unwrap();
     }
-    let after = view.state(dir).unwrap();
+    let after = view.state().unwrap();
     assert!(after.files.len() < before.files.len(), "compaction merged");
     assert!(
         straddling(&after) > straddling(&before),
@@ -209,20 +208,24 @@ async fn rollup_chargeback_equals_the_sql_scan_before_and_after_compaction() {
     );
 }
 
+/// A flush whose commit never happened (a crash between the files and the commit, or a
+/// writer fenced off) leaves its files on storage, in the table's directories: neither the
+/// rollups nor SQL over the snapshot count them.
 #[tokio::test]
-async fn rows_of_an_unfinished_flush_are_not_counted() {
+async fn rows_of_an_uncommitted_flush_are_not_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_ledger(dir);
     let m: Month = "2026-10".parse().unwrap();
     let rollups = Arc::new(Rollups::default());
-    let complete = LedgerView::default().state(dir).unwrap();
-    let before = compute(&rollups, &complete, m, GroupBy::Team, &Cut::default())
+    let view = LedgerView::open(&LedgerConfig::default(), dir).unwrap();
+    let committed = view.state().unwrap();
+    let before = compute(&rollups, &committed, m, GroupBy::Team, &Cut::default())
         .await
         .unwrap();
 
-    // a flush of partition 0 over two dates, of which only the first file is renamed in
-    let ledger = Ledger::open(dir).unwrap();
+    // a flush of partition 0 over two dates whose commit is refused
+    let ledger = view.ledger();
     let mut rng = Rng(7);
     let first = FLUSHES * FLUSH;
     let rows: Vec<Row> = (first..first + FLUSH)
@@ -238,19 +241,26 @@ async fn rows_of_an_unfinished_flush_are_not_counted() {
             r
         })
         .collect();
-    ledger
-        .write_flush(0, first, first + FLUSH - 1, &rows)
-        .unwrap();
-    let second = dir
-        .join("usage/date=2026-10-31")
-        .join(format!("part-0-{first}-{}.parquet", first + FLUSH - 1));
-    std::fs::remove_file(&second).unwrap();
+    let refused = ledger.write_flush(0, Some(-7), first, first + FLUSH - 1, &rows);
+    assert!(matches!(
+        refused,
+        Err(meterline_ledger::Error::Fenced { .. })
+    ));
+    let on_disk = std::fs::read_dir(dir.join("usage/date=2026-10-31"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy()
+                .starts_with(&format!("part-0-{first}-"))
+        })
+        .count();
+    assert_eq!(on_disk, 1, "its files are written, next to the table's");
 
-    let state = LedgerView::default().state(dir).unwrap();
-    assert!(!state.all_complete, "half a flush on disk");
+    let state = view.state().unwrap();
+    assert_eq!(state.version, committed.version);
     let during = compute(&rollups, &state, m, GroupBy::Team, &Cut::default())
         .await
         .unwrap();
-    assert_eq!(during, before, "the renamed half is not counted");
+    assert_eq!(during, before, "the uncommitted files are not counted");
     assert_same(dir, &state, &rollups).await;
 }

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use meterline_api::{ApiConfig, App};
-use meterline_ledger::rows::Row;
-use meterline_ledger::table::Ledger;
+use meterline_ledger::Row;
+use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{
     Anomaly, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
@@ -53,8 +53,8 @@ fn row(offset: i64, team: Option<&str>, model: &str, cost: &str, day: u32) -> Ro
 
 /// search: 3 rows (1.25 + 2.5 + 0.000000000000000001); others carry "secret" and 999.
 fn write_fixture(dir: &Path) {
-    let l = Ledger::open(dir).unwrap();
-    l.write_flush(
+    let l = Ledger::open(&LedgerConfig::default(), dir).unwrap();
+    l.append(
         0,
         0,
         5,
@@ -118,7 +118,9 @@ async fn start(cfg_edit: impl FnOnce(&mut ApiConfig)) -> (String, tempfile::Temp
         ..Default::default()
     };
     cfg_edit(&mut cfg);
-    let app = App::build(None, cfg).await.unwrap();
+    let app = App::build(None, cfg, LedgerConfig::default())
+        .await
+        .unwrap();
     let base = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped());
     (base, dir)

@@ -25,9 +25,14 @@ pub fn write_hour_file(
         .join(format!("date={}", hour.format("%Y-%m-%d")));
     std::fs::create_dir_all(&dir).map_err(crate::io(&dir))?;
     let path = dir.join(format!("hour-{:02}.parquet", hour.hour()));
-    let tmp = dir.join(format!(".tmp-hour-{:02}.parquet.part", hour.hour()));
     let batch = to_batch(records)?;
-    crate::table::write_parquet_atomically(&tmp, &path, &batch, WriterProperties::default())
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        Vec::new(),
+        batch.schema(),
+        Some(WriterProperties::default()),
+    )?;
+    w.write(&batch)?;
+    crate::table::write_durably(&path, &w.into_inner()?)
 }
 
 /// Arrow schema of `data/anomalies` (the API's `anomalies` view).

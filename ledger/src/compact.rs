@@ -1,29 +1,33 @@
-//! `meterline compact --date D`: merges each partition's files of one date into one file,
+//! `meterline compact` and `meterline vacuum`.
+//!
+//! Compaction (Delta's optimize): each partition's files of one date are merged into one file,
 //! sorted in the ledger's order and written as one large row group (up to
-//! `table::ROW_GROUP_ROWS`, pages of `table::PAGE_ROWS` with their index): a scan then pays
-//! one reader, one set of dictionaries and one footer per partition and day instead of one
-//! per flush, and a lead's `team IN (…)` reads only its teams' pages.
+//! [`crate::ROW_GROUP_ROWS`], pages of [`crate::PAGE_ROWS`] with their index): a scan then
+//! pays one reader, one set of dictionaries and one footer per partition and day instead of
+//! one per flush, and a lead's `team IN (…)` reads only its teams' pages. Safe beside
+//! writers:
+//! 1. the merged file is written first, outside the table;
+//! 2. one commit removes the originals and adds it, `dataChange = false` (the same rows): a
+//!    reader of any version sees each row exactly once. Sinks' appends do not conflict with
+//!    it; a second compaction of the same files does, and loses;
+//! 3. the originals stay on storage for readers of older snapshots until vacuum deletes them.
 //!
-//! Safe beside a running stage: only files whose flushes are all complete are merged, the
-//! merged file lists every flush it took in (so recovery counts them as before), and:
-//!
-//! 1. the merged file is written to a temp name, fsynced and renamed,
-//! 2. only then are the originals deleted.
-//!
-//! A crash between 1 and 2 leaves originals that the merged file supersedes; recovery (and
-//! the next compaction) deletes them (`files::superseded`), and readers of the ledger skip
-//! them meanwhile.
+//! Vacuum deletes files no version newer than the retention needs: the originals of
+//! compactions, and files of flushes that never committed (a crash, a fenced writer).
 
-use std::fs::File;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use deltalake::operations::vacuum::VacuumMode;
+use deltalake::protocol::DeltaOperation;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::files::{self, Flush};
-use crate::table::{self, Ledger};
-use crate::{io, Error};
+use crate::snapshot::{Snapshot, TableFile};
+use crate::storage::run;
+use crate::table::{encode, remove, NewFile};
+use crate::{delta, files, Error, Ledger};
 
 /// What one partition's compaction did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +35,18 @@ pub struct Compacted {
     pub partition: i32,
     pub merged_files: usize,
     pub rows: usize,
-    pub into: PathBuf,
+    /// The merged file, relative to the table root.
+    pub into: String,
+    /// The version that committed it.
+    pub version: u64,
+}
+
+/// What a vacuum deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vacuumed {
+    pub dry_run: bool,
+    /// Relative paths.
+    pub files: Vec<String>,
 }
 
 /// The ledger's sort order (see `rows::sort`), applied to a merged batch.
@@ -44,103 +59,214 @@ const SORT: [&str; 6] = [
     "occurred_at",
 ];
 
-fn read_all(path: &std::path::Path) -> Result<Vec<RecordBatch>, Error> {
-    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    ParquetRecordBatchReaderBuilder::try_new(File::open(path).map_err(io(path))?)
-        .map_err(|e| corrupt(&e))?
-        .build()
-        .map_err(|e| corrupt(&e))?
-        .map(|b| b.map_err(|e| corrupt(&e)))
-        .collect()
-}
+impl Ledger {
+    fn read_batches(snapshot: &Snapshot, f: &TableFile) -> Result<Vec<RecordBatch>, Error> {
+        let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt {
+            path: f.path.clone(),
+            reason: e.to_string(),
+        };
+        ParquetRecordBatchReaderBuilder::try_new(snapshot.read(f)?)
+            .map_err(|e| corrupt(&e))?
+            .build()
+            .map_err(|e| corrupt(&e))?
+            .map(|b| b.map_err(|e| corrupt(&e)))
+            .collect()
+    }
 
-/// Compacts `date` of the ledger under `data_dir`; partitions with fewer than two files are
-/// left alone.
-pub fn compact_date(
-    data_dir: &std::path::Path,
-    date: chrono::NaiveDate,
-) -> Result<Vec<Compacted>, Error> {
-    compact_date_with_progress(data_dir, date, |_, _| {})
-}
-
-/// As [`compact_date`], calling `progress(files_read, files_to_merge)`: once before anything
-/// is read, then after each file to merge is read.
-pub fn compact_date_with_progress(
-    data_dir: &std::path::Path,
-    date: chrono::NaiveDate,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<Vec<Compacted>, Error> {
-    let ledger = Ledger::open_writer(data_dir)?;
-    ledger.remove_superseded()?;
-    let dir = ledger.usage_dir().join(files::date_dir(date));
-    let found = ledger.scan()?;
-    let (_, usable) = files::complete_view(&found);
-    let mut by_partition: std::collections::BTreeMap<i32, Vec<&files::FoundFile>> =
-        Default::default();
-    for f in usable {
-        if f.path.parent() == Some(dir.as_path()) {
+    /// Compacts `date`; partitions with fewer than two files that day are left alone.
+    /// `progress(files_read, files_to_merge)`: once before anything is read, then after each
+    /// file read.
+    pub fn compact_date(
+        &self,
+        date: chrono::NaiveDate,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<Compacted>, Error> {
+        let snapshot = self.snapshot()?;
+        let day = date.format("%Y-%m-%d").to_string();
+        let mut by_partition: BTreeMap<i32, Vec<&TableFile>> = BTreeMap::new();
+        for f in snapshot.files.iter().filter(|f| f.date == day) {
             by_partition.entry(f.partition).or_default().push(f);
         }
+        by_partition.retain(|_, group| group.len() >= 2);
+        let to_merge: usize = by_partition.values().map(Vec::len).sum();
+        let mut read = 0;
+        progress(0, to_merge);
+        let mut out = vec![];
+        for (partition, group) in by_partition {
+            let mut batches = vec![];
+            for f in &group {
+                batches.extend(Self::read_batches(&snapshot, f)?);
+                read += 1;
+                progress(read, to_merge);
+            }
+            let schema = meterline_schemas::arrow_schema::usage_ledger_schema();
+            let merged = concat_batches(&schema, &batches)?;
+            let columns: Vec<SortColumn> = SORT
+                .iter()
+                .map(|c| SortColumn {
+                    values: merged.column_by_name(c).expect("ledger column").clone(),
+                    options: None,
+                })
+                .collect();
+            let order = lexsort_to_indices(&columns, None)?;
+            let merged = take_record_batch(&merged, &order)?;
+            let first = group.iter().map(|f| f.first).min().unwrap_or_default();
+            let last = group.iter().map(|f| f.last).max().unwrap_or_default();
+            // 1. the merged file, outside the table
+            let rel = format!(
+                "{}/{}",
+                files::date_dir(date),
+                files::file_name(partition, first, last)
+            );
+            let bytes = self.put(&rel, encode(&merged)?)?;
+            let new = NewFile {
+                rel: rel.clone(),
+                date: day.clone(),
+                bytes,
+                rows: merged.num_rows(),
+                offsets: (partition, first, last),
+            };
+            // 2. swapped in for the originals in one commit, no data changed
+            let mut actions = vec![new.add(false)];
+            actions.extend(group.iter().map(|f| remove(f, false)));
+            let version = self.commit_actions(
+                actions,
+                DeltaOperation::Optimize {
+                    predicate: None,
+                    target_size: crate::ROW_GROUP_ROWS as i64,
+                },
+            )?;
+            out.push(Compacted {
+                partition,
+                merged_files: group.len(),
+                rows: merged.num_rows(),
+                into: rel,
+                version,
+            });
+        }
+        Ok(out)
     }
-    by_partition.retain(|_, group| group.len() >= 2);
-    let to_merge: usize = by_partition.values().map(Vec::len).sum();
-    let mut merged_so_far = 0;
-    progress(0, to_merge);
-    let mut out = vec![];
-    for (partition, group) in by_partition {
-        let mut batches = vec![];
-        let mut flushes: Vec<Flush> = vec![];
-        for f in &group {
-            batches.extend(read_all(&f.path)?);
-            flushes.extend(f.flushes.iter().copied());
-            merged_so_far += 1;
-            progress(merged_so_far, to_merge);
-        }
-        flushes.sort();
-        flushes.dedup();
-        let schema = meterline_schemas::arrow_schema::usage_ledger_schema();
-        let merged = concat_batches(&schema, &batches)?;
-        let columns: Vec<SortColumn> = SORT
-            .iter()
-            .map(|c| SortColumn {
-                values: merged.column_by_name(c).expect("ledger column").clone(),
-                options: None,
-            })
-            .collect();
-        let order = lexsort_to_indices(&columns, None)?;
-        let merged = take_record_batch(&merged, &order)?;
-        let (first, last) = (
-            flushes.iter().map(|f| f.first).min().unwrap_or(0),
-            flushes.iter().map(|f| f.last).max().unwrap_or(0),
-        );
-        let into = dir.join(files::file_name(partition, first, last));
-        // 1. the merged file, atomically (its name may equal an original's only if that
-        //    original already covered the whole range, i.e. there is nothing to merge)
-        if group.iter().any(|f| f.path == into) {
-            continue;
-        }
-        table::write_atomically(&dir, &into, &merged, partition, &flushes)?;
-        // 2. published: one Delta commit swaps the originals for the merged file, before any
-        //    original is deleted (a reader of the log never sees both, nor neither)
-        let originals: Vec<PathBuf> = group.iter().map(|f| f.path.clone()).collect();
-        ledger.publish_compaction(&into, &originals)?;
-        // 3. the originals
-        for f in &group {
-            match std::fs::remove_file(&f.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&f.path)(e)),
+
+    /// Deletes the files no version of the last `retention` needs: originals a compaction
+    /// replaced and files no commit lists, once older than `retention`. `dry_run`: only lists
+    /// them.
+    pub fn vacuum(&self, retention: Duration, dry_run: bool) -> Result<Vacuumed, Error> {
+        let retention = chrono::Duration::from_std(retention)
+            .map_err(|e| Error::Config(format!("vacuum retention: {e}")))?;
+        let table = self.with_table(|t| Ok(t.clone()))?;
+        let (_, metrics) = run(async {
+            table
+                .vacuum()
+                .with_retention_period(retention)
+                // our retention is checked by config (at least an hour), not against the
+                // table's 7-day default
+                .with_enforce_retention_duration(false)
+                .with_mode(VacuumMode::Full)
+                .with_dry_run(dry_run)
+                .await
+                .map_err(delta)
+        })?;
+        let mut files = metrics.files_deleted;
+        files.sort();
+        Ok(Vacuumed { dry_run, files })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::example_row as row;
+    use crate::LedgerConfig;
+
+    fn rows_of(s: &Snapshot) -> Vec<i64> {
+        let mut offsets = vec![];
+        for f in &s.files {
+            for b in Ledger::read_batches(s, f).unwrap() {
+                let o = b.column_by_name("kafka_offset").unwrap();
+                let o = o
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap();
+                offsets.extend(o.values().iter().copied());
             }
         }
-        out.push(Compacted {
-            partition,
-            merged_files: group.len(),
-            rows: merged.num_rows(),
-            into,
-        });
+        offsets.sort();
+        offsets
     }
-    Ok(out)
+
+    #[test]
+    fn compaction_swaps_a_day_for_one_file_in_one_commit_and_vacuum_removes_the_originals() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&LedgerConfig::default(), dir.path()).unwrap();
+        l.write_flush(
+            0,
+            None,
+            0,
+            1,
+            &[row(0, 0, 1, "1", "USD"), row(0, 1, 1, "2", "USD")],
+        )
+        .unwrap();
+        l.write_flush(
+            0,
+            Some(1),
+            2,
+            4,
+            &[
+                row(0, 2, 1, "3", "USD"),
+                row(0, 3, 2, "4", "USD"),
+                row(0, 4, 1, "5", "USD"),
+            ],
+        )
+        .unwrap();
+        l.write_flush(0, Some(4), 5, 5, &[row(0, 5, 1, "6", "USD")])
+            .unwrap();
+        let before = l.snapshot().unwrap();
+        assert_eq!(before.files.len(), 4);
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let mut seen = vec![];
+        let done = l.compact_date(date, |a, b| seen.push((a, b))).unwrap();
+        assert_eq!(seen, [(0, 3), (1, 3), (2, 3), (3, 3)]);
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].merged_files, done[0].rows), (3, 5));
+        let after = l.snapshot().unwrap();
+        assert_eq!(after.version, done[0].version);
+        let day1: Vec<_> = after
+            .files
+            .iter()
+            .filter(|f| f.date == "2026-03-01")
+            .cloned()
+            .collect();
+        assert_eq!(day1.len(), 1);
+        assert_eq!((day1[0].first, day1[0].last), (0, 5));
+        let mut only_day1 = after.clone();
+        only_day1.files = day1.clone();
+        assert_eq!(rows_of(&only_day1), [0, 1, 2, 4, 5]);
+        assert_eq!(rows_of(&after), [0, 1, 2, 3, 4, 5], "each row once");
+        assert_eq!(after.ends, before.ends, "a compaction moves no partition");
+        let merged =
+            parquet::file::reader::SerializedFileReader::new(after.read(&day1[0]).unwrap())
+                .unwrap();
+        use parquet::file::reader::FileReader;
+        assert_eq!(
+            merged.metadata().num_row_groups(),
+            1,
+            "a compacted day is one row group"
+        );
+        // the version before still reads (a query that started before the compaction)
+        assert_eq!(
+            rows_of(&l.snapshot_at(before.version).unwrap()),
+            [0, 1, 2, 3, 4, 5]
+        );
+        // nothing to do twice
+        assert!(l.compact_date(date, |_, _| {}).unwrap().is_empty());
+        // vacuum within the retention keeps the originals; past it, deletes exactly them
+        assert!(l
+            .vacuum(Duration::from_secs(3600), false)
+            .unwrap()
+            .files
+            .is_empty());
+        let v = l.vacuum(Duration::ZERO, false).unwrap();
+        assert_eq!(v.files.len(), 3, "{v:?}");
+        assert_eq!(rows_of(&l.snapshot().unwrap()), [0, 1, 2, 3, 4, 5]);
+    }
 }

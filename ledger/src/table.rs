@@ -1,19 +1,37 @@
-//! The Parquet ledger on disk: `<data_dir>/usage/date=YYYY-MM-DD/part-<p>-<first>-<last>.parquet`.
-//! Writing a flush and recovering from the files; the rules are in `files.rs`.
+//! [`Ledger`]: the usage table. Flushes are fenced commits; readers take snapshots.
+//!
+//! A flush of input partition `p`, offsets `first..=last`:
+//! 1. writes one Parquet file per event date under a fresh name (locally: a temp name, fsync,
+//!    rename, fsync of the directory; on a bucket: one PUT), none of them in the table yet;
+//! 2. commits them in one Delta transaction with `txn(p) = last`, after checking that the
+//!    table's `txn(p)` is still what this writer continued from (`after`): another writer that
+//!    took the partition over (a rebalance, a zombie waking up) has moved it, and this flush
+//!    is refused ([`Error::Fenced`]). delta-rs's conflict check refuses the same race inside
+//!    the commit (two commits setting one `appId`);
+//! 3. a commit that fails leaves its files where they are: the outcome of a failed PUT of the
+//!    commit file can be unknown, and a file the log may list is never deleted. The next
+//!    attempt looks at the table first (was it committed after all?); files no commit lists are
+//!    deleted by vacuum once older than its retention.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::DeltaTable;
+use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use url::Url;
 
-use crate::files::{self, meta, Flush, FoundFile, Recovery};
-use crate::rows::{self, Row};
-use crate::{io, Error};
+use crate::snapshot::{Snapshot, TableFile};
+use crate::storage::{self, run};
+use crate::{delta, files, io, rows, txn_app_id, Error, LedgerConfig, Row, DATE_COLUMN};
 
 /// Rows per Parquet row group: a compacted day of a partition is one row group up to a
 /// million rows. A scan pays per row group (a reader, dictionaries, statistics, a short last
@@ -26,301 +44,53 @@ pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
 /// pages and a lead's scan (its `team IN (…)` pushed into the reader) decodes only those.
 pub const PAGE_ROWS: usize = 16 * 1024;
 
+/// The usage table.
 pub struct Ledger {
-    usage_dir: PathBuf,
-    /// The Delta log, for a ledger opened to write ([`Ledger::open_writer`]).
-    #[cfg(feature = "delta")]
-    log: Option<std::sync::Mutex<crate::delta::DeltaLog>>,
+    url: Url,
+    /// The table's directory when it is on the local file system (writes are fsynced there).
+    local_dir: Option<PathBuf>,
+    table: Mutex<DeltaTable>,
+    /// The ends of the last snapshot taken, by version (asking the log for a partition's txn
+    /// version replays its txn actions; a version's ends never change).
+    ends: Mutex<Option<(u64, BTreeMap<i32, i64>)>>,
 }
 
-impl Ledger {
-    /// The ledger under `data_dir`, to read.
-    pub fn open(data_dir: &Path) -> Result<Ledger, Error> {
-        let usage_dir = data_dir.join("usage");
-        fs::create_dir_all(&usage_dir).map_err(io(&usage_dir))?;
-        Ok(Ledger {
-            usage_dir,
-            #[cfg(feature = "delta")]
-            log: None,
+/// What a committed flush wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flushed {
+    /// The files, relative to the table root.
+    pub files: Vec<String>,
+    pub bytes: u64,
+    /// The Delta version of its commit (`None`: nothing to commit).
+    pub version: Option<u64>,
+}
+
+/// The table's schema: the ledger's columns (dictionary strings as strings) plus `date`.
+fn table_schema() -> Result<StructType, Error> {
+    let arrow = meterline_schemas::arrow_schema::usage_ledger_schema();
+    let mut fields: Vec<arrow::datatypes::Field> = arrow
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            arrow::datatypes::DataType::Dictionary(_, v) => {
+                f.as_ref().clone().with_data_type(v.as_ref().clone())
+            }
+            _ => f.as_ref().clone(),
         })
-    }
-
-    /// The ledger under `data_dir`, to write: with the `delta` feature (the sink and
-    /// `meterline compact` have it) every flush and compaction is also published to the
-    /// table's Delta log (created if missing; see `delta.rs`).
-    pub fn open_writer(data_dir: &Path) -> Result<Ledger, Error> {
-        let mut ledger = Ledger::open(data_dir)?;
-        ledger.usage_dir = fs::canonicalize(&ledger.usage_dir).map_err(io(&ledger.usage_dir))?;
-        #[cfg(feature = "delta")]
-        {
-            ledger.log = Some(std::sync::Mutex::new(crate::delta::DeltaLog::open(
-                &ledger.usage_dir,
-            )?));
-        }
-        Ok(ledger)
-    }
-
-    /// Runs `f` on the Delta log, if this ledger writes one.
-    #[cfg(feature = "delta")]
-    fn with_log(
-        &self,
-        f: impl FnOnce(&mut crate::delta::DeltaLog) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        match &self.log {
-            Some(l) => {
-                let mut l = l
-                    .lock()
-                    .map_err(|_| Error::Fatal("delta log lock poisoned".into()))?;
-                f(&mut l)
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Publishes one flush (its files, and `last` as the partition's txn version).
-    fn publish_flush(&self, partition: i32, last: i64, files: &[PathBuf]) -> Result<(), Error> {
-        #[cfg(feature = "delta")]
-        return self.with_log(|l| l.commit_flush(partition, last, files));
-        #[cfg(not(feature = "delta"))]
-        {
-            let _ = (partition, last, files);
-            Ok(())
-        }
-    }
-
-    /// Makes the Delta log say what the files now say (after recovery deleted some).
-    fn reconcile_log(&self) -> Result<(), Error> {
-        #[cfg(feature = "delta")]
-        return self.with_log(|l| {
-            let found = self.scan()?;
-            let (resume, complete) = files::complete_view(&found);
-            let lasts: BTreeMap<i32, i64> = resume.iter().map(|(p, r)| (*p, r - 1)).collect();
-            let (added, removed) = l.reconcile(&complete, &lasts)?;
-            if added + removed > 0 {
-                tracing::warn!(added, removed, "delta log reconciled with the ledger files");
-            }
-            Ok(())
-        });
-        #[cfg(not(feature = "delta"))]
-        Ok(())
-    }
-
-    pub fn usage_dir(&self) -> &Path {
-        &self.usage_dir
-    }
-
-    /// Claims the ledger for one sink: an exclusive lock on `usage/_sink.lock` (the `_`
-    /// prefix keeps it out of the table for Delta readers), held until the returned guard is
-    /// dropped or the process dies (kill -9 included: the kernel releases it). Two sinks on
-    /// one directory would recover each other's partitions and adopt each other's uncommitted
-    /// files into the Delta log, so a second one waits here, as a standby, until the first is
-    /// gone, asking `stop` every 200 ms; `Ok(None)` if it was told to stop first. A writer that
-    /// does not write flushes (`meterline compact`) does not need it. The lock is advisory
-    /// (`flock`): a file system without it (some network mounts) does not enforce it.
-    pub fn claim_sink(&self, stop: impl Fn() -> bool) -> Result<Option<SinkClaim>, Error> {
-        let path = self.usage_dir.join(SINK_LOCK);
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        let mut next_note = std::time::Instant::now();
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(Some(SinkClaim { _file: file })),
-                Err(fs::TryLockError::WouldBlock) => {}
-                Err(fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
-            }
-            if stop() {
-                return Ok(None);
-            }
-            if std::time::Instant::now() >= next_note {
-                tracing::warn!(lock = %path.display(), "another sink holds this ledger: standing by until it stops");
-                next_note += std::time::Duration::from_secs(30);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    }
-
-    fn date_dirs(&self) -> Result<Vec<PathBuf>, Error> {
-        let mut out = vec![];
-        for e in fs::read_dir(&self.usage_dir).map_err(io(&self.usage_dir))? {
-            let e = e.map_err(io(&self.usage_dir))?;
-            if e.file_name().to_string_lossy().starts_with("date=") && e.path().is_dir() {
-                out.push(e.path());
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// Deletes temp files left by a crash (they were never renamed, so never counted).
-    pub fn remove_temp_files(&self) -> Result<usize, Error> {
-        let mut n = 0;
-        for d in self.date_dirs()? {
-            for e in fs::read_dir(&d).map_err(io(&d))? {
-                let e = e.map_err(io(&d))?;
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with(files::TEMP_PREFIX)
-                {
-                    fs::remove_file(e.path()).map_err(io(&e.path()))?;
-                    n += 1;
-                }
-            }
-        }
-        Ok(n)
-    }
-
-    /// Every ledger file with the flushes its footer lists.
-    pub fn scan(&self) -> Result<Vec<FoundFile>, Error> {
-        let mut out = vec![];
-        for d in self.date_dirs()? {
-            for e in fs::read_dir(&d).map_err(io(&d))? {
-                let e = e.map_err(io(&d))?;
-                let name = e.file_name().to_string_lossy().to_string();
-                let Some((partition, _, _)) = files::parse_file_name(&name) else {
-                    continue;
-                };
-                let flushes = match read_flushes(&e.path()) {
-                    Ok(f) => f,
-                    // deleted meanwhile by a compaction running beside the stage
-                    Err(_) if !e.path().exists() => continue,
-                    Err(err) => return Err(err),
-                };
-                out.push(FoundFile {
-                    path: e.path(),
-                    partition,
-                    flushes,
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// Recovery of one partition: deletes the files of a flush cut short and returns where to
-    /// resume.
-    pub fn recover(&self, partition: i32) -> Result<Option<i64>, Error> {
-        self.remove_superseded()?;
-        let found = self.scan()?;
-        let Recovery { resume_at, delete } = files::recover(partition, &found);
-        for p in &delete {
-            tracing::warn!(file = %p.display(), "deleting a file of an incomplete flush (crash); its rows are read again");
-            fs::remove_file(p).map_err(io(p))?;
-        }
-        // the Delta log says what the files now say (a flush written but not committed before
-        // a crash is added; files deleted above or by compaction are removed)
-        self.reconcile_log()?;
-        Ok(resume_at)
-    }
-
-    /// Publishes a compaction to the Delta log (nothing without one).
-    pub fn publish_compaction(&self, merged: &Path, originals: &[PathBuf]) -> Result<(), Error> {
-        #[cfg(feature = "delta")]
-        return self.with_log(|l| l.commit_compaction(merged, originals));
-        #[cfg(not(feature = "delta"))]
-        {
-            let _ = (merged, originals);
-            Ok(())
-        }
-    }
-
-    /// Deletes originals a crashed compaction left next to their merged file.
-    pub fn remove_superseded(&self) -> Result<usize, Error> {
-        let gone = files::superseded(&self.scan()?);
-        for p in &gone {
-            tracing::warn!(file = %p.display(), "deleting a file already merged by compaction");
-            match fs::remove_file(p) {
-                Ok(()) => {}
-                // a concurrent compaction or recovery got there first
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(p)(e)),
-            }
-        }
-        Ok(gone.len())
-    }
-
-    /// Writes one flush of `partition` (input offsets `first..=last`): one file per event date.
-    /// Returns the files written. On an I/O error the files already renamed are removed again,
-    /// so the same rows can be retried (with a longer range) without leaving an incomplete
-    /// flush behind; if even that fails the error is `Fatal` and a restart's recovery cleans up.
-    pub fn write_flush(
-        &self,
-        partition: i32,
-        first: i64,
-        last: i64,
-        rows: &[Row],
-    ) -> Result<Vec<PathBuf>, Error> {
-        let mut written = vec![];
-        let result = self
-            .write_flush_files(partition, first, last, rows, &mut written)
-            .and_then(|()| {
-                // 1. the files, complete; 2. one Delta commit with their adds and the txn.
-                //    A failed commit is a failed flush: its files go again (below), so the
-                //    retry cannot leave the same rows in two flushes.
-                self.publish_flush(partition, last, &written)
-            });
-        match result {
-            Ok(_) => Ok(written),
-            Err(e) => {
-                for p in &written {
-                    fs::remove_file(p).map_err(|re| {
-                        Error::Fatal(format!(
-                            "{e}; and removing {} of the failed flush failed too: {re}",
-                            p.display()
-                        ))
-                    })?;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn write_flush_files(
-        &self,
-        partition: i32,
-        first: i64,
-        last: i64,
-        rows: &[Row],
-        written: &mut Vec<PathBuf>,
-    ) -> Result<(), Error> {
-        let mut by_date: BTreeMap<chrono::NaiveDate, Vec<&Row>> = BTreeMap::new();
-        for r in rows {
-            by_date
-                .entry(r.priced.event.occurred_at.date_naive())
-                .or_default()
-                .push(r);
-        }
-        let flush = Flush {
-            first,
-            last,
-            files: by_date.len() as u32,
-        };
-        for (date, mut rows) in by_date {
-            let dir = self.usage_dir.join(files::date_dir(date));
-            fs::create_dir_all(&dir).map_err(io(&dir))?;
-            rows::sort(&mut rows);
-            let batch = rows::to_batch(&rows)?;
-            let path = dir.join(files::file_name(partition, first, last));
-            write_atomically(&dir, &path, &batch, partition, &[flush])?;
-            written.push(path);
-        }
-        Ok(())
-    }
-}
-
-/// The lock file of the ledger's one sink (see [`Ledger::claim_sink`]).
-pub const SINK_LOCK: &str = "_sink.lock";
-
-/// The ledger claimed by this process's sink; released when dropped.
-#[derive(Debug)]
-pub struct SinkClaim {
-    _file: File,
+        .collect();
+    fields.push(arrow::datatypes::Field::new(
+        DATE_COLUMN,
+        arrow::datatypes::DataType::Utf8,
+        false,
+    ));
+    let schema = arrow::datatypes::Schema::new(fields);
+    (&schema)
+        .try_into_kernel()
+        .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))
 }
 
 /// Writer settings of every ledger file.
-pub fn writer_properties(partition: i32, flushes: &[Flush]) -> WriterProperties {
+pub(crate) fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
@@ -329,246 +99,546 @@ pub fn writer_properties(partition: i32, flushes: &[Flush]) -> WriterProperties 
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(PAGE_ROWS)
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(meta::PARTITION.to_string(), partition.to_string()),
-            KeyValue::new(meta::FLUSHES.to_string(), Flush::encode(flushes)),
-        ]))
         .build()
 }
 
-/// Writes a ledger file: write to a temp name in the same directory, fsync the file, rename
-/// over the final name, fsync the directory so the rename itself survives a power cut.
-pub fn write_atomically(
-    dir: &Path,
-    path: &Path,
-    batch: &arrow::array::RecordBatch,
-    partition: i32,
-    flushes: &[Flush],
-) -> Result<(), Error> {
-    // not `*.parquet`: readers listing the directory (the API) must never pick it up
-    let tmp = dir.join(format!(
-        "{}{:016x}.parquet.part",
-        files::TEMP_PREFIX,
-        rand::random::<u64>()
-    ));
-    write_parquet_atomically(&tmp, path, batch, writer_properties(partition, flushes))
+/// `batch` as a Parquet file's bytes.
+pub(crate) fn encode(batch: &arrow::array::RecordBatch) -> Result<Vec<u8>, Error> {
+    let mut w = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(writer_properties()))?;
+    w.write(batch)?;
+    Ok(w.into_inner()?)
 }
 
-/// Writes `batch` to `tmp`, fsyncs it, renames it to `path` and fsyncs the directory: a
-/// reader sees the whole file or none of it.
-pub fn write_parquet_atomically(
-    tmp: &Path,
-    path: &Path,
-    batch: &arrow::array::RecordBatch,
-    props: WriterProperties,
-) -> Result<(), Error> {
+/// A data file about to be committed.
+pub(crate) struct NewFile {
+    pub rel: String,
+    pub date: String,
+    pub bytes: u64,
+    pub rows: usize,
+    pub offsets: (i32, i64, i64),
+}
+
+impl NewFile {
+    pub(crate) fn add(&self, data_change: bool) -> Action {
+        let (p, lo, hi) = self.offsets;
+        // per-file statistics, so an engine reading the log can skip files by partition and
+        // offset (a close's cut) without opening them
+        let stats = serde_json::json!({
+            "numRecords": self.rows,
+            "minValues": {"kafka_partition": p, "kafka_offset": lo},
+            "maxValues": {"kafka_partition": p, "kafka_offset": hi},
+            "nullCount": {"kafka_partition": 0, "kafka_offset": 0},
+        });
+        Action::Add(Add {
+            partition_values: HashMap::from([(DATE_COLUMN.to_string(), Some(self.date.clone()))]),
+            path: self.rel.clone(),
+            size: self.bytes as i64,
+            modification_time: chrono::Utc::now().timestamp_millis(),
+            data_change,
+            stats: Some(stats.to_string()),
+            ..Default::default()
+        })
+    }
+}
+
+pub(crate) fn remove(file: &TableFile, data_change: bool) -> Action {
+    Action::Remove(Remove {
+        path: file.path.clone(),
+        data_change,
+        deletion_timestamp: Some(chrono::Utc::now().timestamp_millis()),
+        partition_values: Some(HashMap::from([(
+            DATE_COLUMN.to_string(),
+            Some(file.date.clone()),
+        )])),
+        size: Some(file.bytes as i64),
+        extended_file_metadata: Some(true),
+        ..Default::default()
+    })
+}
+
+impl Ledger {
+    /// The usage table of `cfg` (under `data_dir` when `cfg.url` is empty), created if there
+    /// is none yet.
+    pub fn open(cfg: &LedgerConfig, data_dir: &Path) -> Result<Ledger, Error> {
+        cfg.validate()?;
+        let url = storage::table_url(cfg, data_dir, "usage")?;
+        let mut table = storage::open_table(&url, &cfg.storage)?;
+        if table.version().is_none() {
+            let created = run(async {
+                table
+                    .clone()
+                    .create()
+                    .with_table_name("usage")
+                    .with_comment("meterline usage ledger: one row per priced model call")
+                    .with_columns(table_schema()?.fields().cloned())
+                    .with_partition_columns([DATE_COLUMN])
+                    .await
+                    .map_err(delta)
+            });
+            table = match created {
+                Ok(t) => t,
+                // another process created it meanwhile
+                Err(_) => {
+                    let t = storage::open_table(&url, &cfg.storage)?;
+                    if t.version().is_none() {
+                        return Err(created.err().expect("an error"));
+                    }
+                    t
+                }
+            };
+        }
+        let local_dir = (url.scheme() == "file")
+            .then(|| url.to_file_path().ok())
+            .flatten();
+        Ok(Ledger {
+            url,
+            local_dir,
+            table: Mutex::new(table),
+            ends: Mutex::new(None),
+        })
+    }
+
+    /// The table's URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    fn table(&self) -> Result<std::sync::MutexGuard<'_, DeltaTable>, Error> {
+        self.table
+            .lock()
+            .map_err(|_| Error::Fatal("ledger table lock poisoned".into()))
+    }
+
+    /// The table now (its newest version).
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
+        let mut t = self.table()?;
+        run(t.update_state()).map_err(delta)?;
+        self.snapshot_of(&t)
+    }
+
+    /// The table as it was at `version` (files a compaction replaced since are still there
+    /// until vacuum removes them).
+    pub fn snapshot_at(&self, version: u64) -> Result<Snapshot, Error> {
+        let mut t = self.table()?.clone();
+        run(t.load_version(version)).map_err(delta)?;
+        self.snapshot_of(&t)
+    }
+
+    fn snapshot_of(&self, t: &DeltaTable) -> Result<Snapshot, Error> {
+        let state = t.snapshot().map_err(delta)?;
+        let version = state.version();
+        let mut files = vec![];
+        for f in state.log_data().iter() {
+            let path = f.path().to_string();
+            let name = path.rsplit('/').next().unwrap_or_default();
+            let (partition, first, last) =
+                files::parse_file_name(name).ok_or_else(|| Error::Corrupt {
+                    path: path.clone(),
+                    reason: "not a ledger data file name (written by another engine?)".into(),
+                })?;
+            let date = f
+                .partition_values_map()
+                .get(DATE_COLUMN)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| Error::Corrupt {
+                    path: path.clone(),
+                    reason: "no date partition value".into(),
+                })?;
+            files.push(TableFile {
+                path,
+                date,
+                partition,
+                first,
+                last,
+                bytes: f.size().max(0) as u64,
+                modified_ms: f.modification_time(),
+            });
+        }
+        files.sort();
+        let ends = {
+            let cached = self.ends.lock().expect("ends").clone();
+            match cached {
+                Some((v, ends)) if v == version => ends,
+                _ => {
+                    let mut ends = BTreeMap::new();
+                    let partitions: std::collections::BTreeSet<i32> =
+                        files.iter().map(|f| f.partition).collect();
+                    for p in partitions {
+                        if let Some(last) = txn_version(t, p)? {
+                            ends.insert(p, last + 1);
+                        }
+                    }
+                    *self.ends.lock().expect("ends") = Some((version, ends.clone()));
+                    ends
+                }
+            }
+        };
+        let log_store = t.log_store();
+        Ok(Snapshot {
+            version,
+            files,
+            ends,
+            table_url: self.url.clone(),
+            prefix: object_store::path::Path::from_url_path(self.url.path())
+                .map_err(|e| Error::Config(format!("{}: {e}", self.url)))?,
+            root: log_store.root_object_store(None),
+        })
+    }
+
+    /// Where a sink continues `partition`: 1 + its txn version in the newest table (`None`:
+    /// the table has nothing of it).
+    pub fn resume_at(&self, partition: i32) -> Result<Option<i64>, Error> {
+        Ok(self.txn_version(partition)?.map(|v| v + 1))
+    }
+
+    /// `partition`'s txn version (its last offset) in the newest table.
+    pub fn txn_version(&self, partition: i32) -> Result<Option<i64>, Error> {
+        let mut t = self.table()?;
+        run(t.update_state()).map_err(delta)?;
+        txn_version(&t, partition)
+    }
+
+    /// Writes one flush of `partition` (input offsets `first..=last`, of which `rows` are the
+    /// decodable ones) and commits it with `txn(partition) = last`, fenced: the table's txn
+    /// version must still be `after` (what this writer continued from: `first - 1`, or `None`
+    /// for a partition the table had nothing of). With no rows only the txn is committed, so
+    /// the offsets (all poison) are not read again.
+    pub fn write_flush(
+        &self,
+        partition: i32,
+        after: Option<i64>,
+        first: i64,
+        last: i64,
+        rows: &[Row],
+    ) -> Result<Flushed, Error> {
+        let mut by_date: BTreeMap<chrono::NaiveDate, Vec<&Row>> = BTreeMap::new();
+        for r in rows {
+            by_date
+                .entry(r.priced.event.occurred_at.date_naive())
+                .or_default()
+                .push(r);
+        }
+        // 1. the files, none of them in the table yet
+        let mut new = vec![];
+        for (date, mut rows) in by_date {
+            rows::sort(&mut rows);
+            let batch = rows::to_batch(&rows)?;
+            let (lo, hi) = rows.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
+                (lo.min(r.offset), hi.max(r.offset))
+            });
+            let rel = format!(
+                "{}/{}",
+                files::date_dir(date),
+                files::file_name(partition, first, last)
+            );
+            let bytes = self.put(&rel, encode(&batch)?)?;
+            new.push(NewFile {
+                rel,
+                date: date.format("%Y-%m-%d").to_string(),
+                bytes,
+                rows: batch.num_rows(),
+                offsets: (partition, lo, hi),
+            });
+        }
+        // 2. one commit: the files and txn(partition) = last, if the partition is still where
+        //    this writer left it
+        let version = self.commit_fenced(partition, after, last, &new)?;
+        Ok(Flushed {
+            bytes: new.iter().map(|f| f.bytes).sum(),
+            files: new.into_iter().map(|f| f.rel).collect(),
+            version: Some(version),
+        })
+    }
+
+    /// [`Self::write_flush`] continuing wherever the table has `partition` now: for a writer
+    /// that is alone by construction (`meterline rebuild` into a new directory, benchmarks,
+    /// tests). A sink in a consumer group must fence with what it took over from instead.
+    pub fn append(
+        &self,
+        partition: i32,
+        first: i64,
+        last: i64,
+        rows: &[Row],
+    ) -> Result<Flushed, Error> {
+        let after = self.txn_version(partition)?;
+        self.write_flush(partition, after, first, last, rows)
+    }
+
+    /// Stores a data file at `rel` (not yet part of the table); returns its size.
+    pub(crate) fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<u64, Error> {
+        let n = bytes.len() as u64;
+        match &self.local_dir {
+            Some(dir) => write_durably(&dir.join(rel), &bytes)?,
+            None => {
+                let store = self.table()?.log_store().object_store(None);
+                let path = object_store::path::Path::from(rel);
+                run(store.put(&path, bytes.into()))?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn commit_fenced(
+        &self,
+        partition: i32,
+        after: Option<i64>,
+        last: i64,
+        new: &[NewFile],
+    ) -> Result<u64, Error> {
+        let mut t = self.table()?;
+        run(t.update_state()).map_err(delta)?;
+        let found = txn_version(&t, partition)?;
+        if found == Some(last) && committed(&t, new)? {
+            return Ok(t.version().unwrap_or_default()); // an earlier attempt did commit
+        }
+        if found != after {
+            return Err(Error::Fenced {
+                partition,
+                expected: after,
+                found,
+            });
+        }
+        let mut actions: Vec<Action> = new.iter().map(|f| f.add(true)).collect();
+        actions.push(Action::Txn(Transaction::new_with_last_update(
+            txn_app_id(partition),
+            last,
+            Some(chrono::Utc::now().timestamp_millis()),
+        )));
+        let op = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(vec![DATE_COLUMN.to_string()]),
+            predicate: None,
+        };
+        match commit(&mut t, actions, op) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // Who won? A conflict on the txn (another writer committed the partition) is a
+                // fence; a commit that landed although its call failed is a success.
+                drop(t);
+                let found = self.txn_version(partition)?;
+                let t = self.table()?;
+                if found == Some(last) && committed(&t, new)? {
+                    Ok(t.version().unwrap_or_default())
+                } else if found != after {
+                    Err(Error::Fenced {
+                        partition,
+                        expected: after,
+                        found,
+                    })
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Commits `actions` on the newest table (delta-rs retries a lost race when the winner's
+    /// actions do not conflict, e.g. another writer's appends).
+    pub(crate) fn commit_actions(
+        &self,
+        actions: Vec<Action>,
+        op: DeltaOperation,
+    ) -> Result<u64, Error> {
+        let mut t = self.table()?;
+        commit(&mut t, actions, op)
+    }
+
+    /// Runs `f` with the table loaded (newest version).
+    pub(crate) fn with_table<T>(
+        &self,
+        f: impl FnOnce(&DeltaTable) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut t = self.table()?;
+        run(t.update_state()).map_err(delta)?;
+        f(&t)
+    }
+}
+
+/// `partition`'s txn version in `t`'s loaded version.
+fn txn_version(t: &DeltaTable, partition: i32) -> Result<Option<i64>, Error> {
+    let state = t.snapshot().map_err(delta)?;
+    let log_store = t.log_store();
+    run(state.transaction_version(log_store.as_ref(), txn_app_id(partition))).map_err(delta)
+}
+
+/// Whether every one of `new` is in `t`'s loaded version (an empty flush: trivially).
+fn committed(t: &DeltaTable, new: &[NewFile]) -> Result<bool, Error> {
+    if new.is_empty() {
+        return Ok(true);
+    }
+    let state = t.snapshot().map_err(delta)?;
+    let live: std::collections::HashSet<String> = state
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect();
+    Ok(new.iter().all(|f| live.contains(&f.rel)))
+}
+
+/// One commit on `t`'s newest version; `t` then holds the committed version.
+fn commit(t: &mut DeltaTable, actions: Vec<Action>, op: DeltaOperation) -> Result<u64, Error> {
+    let log_store = t.log_store();
+    let finalized = run(async {
+        let snapshot = t.snapshot().map_err(delta)?;
+        // Checkpoints: every `delta.checkpointInterval` commits (100 by default) the
+        // post-commit hook writes the state as a Parquet checkpoint, so opening the table
+        // (a writer on start, any reader) reads one checkpoint plus at most 99 JSON commits,
+        // not every commit since the table began; txn versions are in it too. Expired JSON
+        // commits (older than `delta.logRetentionDuration`, 30 days) are removed behind a
+        // checkpoint, as Delta's own writers do.
+        CommitBuilder::from(CommitProperties::default().with_create_checkpoint(true))
+            .with_actions(actions)
+            .build(Some(snapshot), log_store, op)
+            .await
+            .map_err(delta)
+    })?;
+    let version = finalized.version();
+    t.state = Some(finalized.snapshot());
+    Ok(version)
+}
+
+/// Writes `bytes` to `path` so that a reader sees all of it or nothing, and it survives a
+/// power cut before the commit that lists it: a temp name in the same directory, fsync,
+/// rename, fsync of the directory.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let file = File::create(tmp).map_err(io(tmp))?;
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-    w.write(batch)?;
-    let file = w.into_inner()?;
-    file.sync_all().map_err(io(tmp))?;
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    // `.`-prefixed: not a data file for any reader listing the directory, and vacuum skips it
+    let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+    let mut file = File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
     drop(file);
-    fs::rename(tmp, path).map_err(io(path))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
     Ok(())
 }
 
-/// The flushes listed in a ledger file's footer.
-pub fn read_flushes(path: &Path) -> Result<Vec<Flush>, Error> {
-    let file = File::open(path).map_err(io(path))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| Error::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    reader
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|k| k.key == meta::FLUSHES))
-        .and_then(|k| k.value.as_deref())
-        .and_then(Flush::decode)
-        .ok_or_else(|| Error::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("no {} metadata", meta::FLUSHES),
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meterline_schemas::{CostLines, PricedUsage, TenantPath, UsageEvent};
+    use crate::rows::example_row as row;
 
-    /// One sink per ledger: a second claim stands by while the first is held (here: until
-    /// told to stop), and gets the ledger once the first is released.
-    #[test]
-    fn a_second_sink_stands_by_until_the_first_is_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = Ledger::open(dir.path()).unwrap();
-        let second = Ledger::open(dir.path()).unwrap();
-        let held = first.claim_sink(|| false).unwrap().expect("free");
-        let asked = std::sync::atomic::AtomicUsize::new(0);
-        let gave_up = second
-            .claim_sink(|| asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2)
-            .unwrap();
-        assert!(gave_up.is_none(), "claimed while another sink holds it");
-        assert_eq!(asked.into_inner(), 3, "it waited, asking whether to stop");
-        drop(held);
-        assert!(second.claim_sink(|| true).unwrap().is_some());
-        // the lock file is not part of the table: no reader lists it
-        assert!(first.scan().unwrap().is_empty());
+    fn ledger(dir: &Path) -> Ledger {
+        Ledger::open(&LedgerConfig::default(), dir).unwrap()
     }
 
-    fn row(offset: i64, day: u32, total: &str) -> Row {
-        let mut event = UsageEvent::example();
-        event.event_id = format!("e-{offset}");
-        event.occurred_at = format!("2026-03-{day:02}T12:00:00Z").parse().unwrap();
-        let total = total.parse().unwrap();
-        Row {
-            priced: PricedUsage {
-                event,
-                tenant: TenantPath {
-                    org: "acme".into(),
-                    ..Default::default()
-                },
-                tenant_rule_id: None,
-                price_id: "p".into(),
-                price_version: 1,
-                price_resolution: "exact".into(),
-                model: String::new(),
-                currency: "USD".into(),
-                cost: CostLines {
-                    output: total,
-                    total,
-                    ..Default::default()
-                },
-                priced_at: chrono::Utc::now(),
-            },
-            partition: 0,
-            offset,
-        }
-    }
-
-    fn read_rows(path: &Path) -> usize {
-        let r = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
-        r.metadata().file_metadata().num_rows() as usize
-    }
-
-    #[test]
-    fn a_flush_writes_one_file_per_date_and_recovery_resumes_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::open(dir.path()).unwrap();
-        let rows = vec![row(10, 1, "0.5"), row(11, 2, "0.25"), row(12, 1, "1")];
-        let files = l.write_flush(0, 10, 12, &rows).unwrap();
-        assert_eq!(files.len(), 2);
-        assert!(files[0].ends_with("usage/date=2026-03-01/part-0-10-12.parquet"));
-        assert_eq!(read_rows(&files[0]), 2);
-        assert_eq!(read_rows(&files[1]), 1);
-        assert_eq!(
-            read_flushes(&files[0]).unwrap(),
-            vec![Flush {
-                first: 10,
-                last: 12,
-                files: 2
-            }]
-        );
-        assert_eq!(l.recover(0).unwrap(), Some(13));
-        assert_eq!(l.recover(1).unwrap(), None);
-    }
-
-    #[test]
-    fn a_crash_between_the_files_of_a_flush_is_undone_on_recovery() {
-        let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::open(dir.path()).unwrap();
-        l.write_flush(0, 0, 1, &[row(0, 1, "1"), row(1, 1, "1")])
-            .unwrap();
-        let second = l
-            .write_flush(0, 2, 3, &[row(2, 1, "1"), row(3, 2, "1")])
-            .unwrap();
-        // the crash: the second file of the second flush was never renamed, a temp is left
-        fs::remove_file(&second[1]).unwrap();
-        let tmp = second[1].parent().unwrap().join(".tmp-dead.parquet");
-        fs::write(&tmp, b"partial").unwrap();
-        assert_eq!(l.remove_temp_files().unwrap(), 1);
-        assert_eq!(
-            l.recover(0).unwrap(),
-            Some(2),
-            "resume at the incomplete flush"
-        );
-        assert!(
-            !second[0].exists(),
-            "its renamed file is gone, so no row is written twice"
-        );
-        assert_eq!(l.scan().unwrap().len(), 1);
-    }
-
-    fn date_files(dir: &Path, day: u32) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(dir.join(format!("usage/date=2026-03-{day:02}")))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn compaction_merges_a_date_keeps_recovery_and_survives_a_crash_before_deleting() {
-        let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::open(dir.path()).unwrap();
-        // three flushes of partition 0; the second also writes day 2
-        l.write_flush(0, 0, 1, &[row(0, 1, "1"), row(1, 1, "2")])
-            .unwrap();
-        l.write_flush(0, 2, 4, &[row(2, 1, "3"), row(3, 2, "4"), row(4, 1, "5")])
-            .unwrap();
-        l.write_flush(0, 5, 5, &[row(5, 1, "6")]).unwrap();
-        let before = date_files(dir.path(), 1);
-        assert_eq!(before.len(), 3);
-        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
-        let done = crate::compact::compact_date(dir.path(), date).unwrap();
-        assert_eq!(done.len(), 1);
-        assert_eq!((done[0].merged_files, done[0].rows), (3, 5));
-        let after = date_files(dir.path(), 1);
-        assert_eq!(after, vec![done[0].into.clone()]);
-        assert!(after[0].ends_with("part-0-0-5.parquet"));
-        assert_eq!(read_rows(&after[0]), 5);
-        let merged = SerializedFileReader::new(File::open(&after[0]).unwrap()).unwrap();
-        assert_eq!(
-            merged.metadata().num_row_groups(),
-            1,
-            "a compacted day is one large row group"
-        );
-        assert_eq!(read_flushes(&after[0]).unwrap().len(), 3);
-        // the day-2 file of the second flush still completes it: recovery resumes after 5
-        assert_eq!(l.recover(0).unwrap(), Some(6));
-        assert_eq!(date_files(dir.path(), 2).len(), 1, "other dates untouched");
-        // a second run has nothing to do
-        assert!(crate::compact::compact_date(dir.path(), date)
-            .unwrap()
-            .is_empty());
-
-        // a crash between writing the merged file and deleting the originals: put an original
-        // back next to it; recovery deletes it, and nothing is counted twice meanwhile
-        l.write_flush(0, 6, 6, &[row(6, 1, "7")]).unwrap();
-        let orig6 = date_files(dir.path(), 1)
-            .into_iter()
-            .find(|p| p.ends_with("part-0-6-6.parquet"))
-            .unwrap();
-        let saved = fs::read(&orig6).unwrap();
-        let done = crate::compact::compact_date(dir.path(), date).unwrap();
-        assert_eq!(done[0].rows, 6);
-        fs::write(&orig6, saved).unwrap(); // "not yet deleted"
-        let found = l.scan().unwrap();
-        let (resume, usable) = files::complete_view(&found);
-        assert_eq!(resume.get(&0), Some(&7));
-        let rows: usize = usable
+    fn rows_in(s: &Snapshot) -> usize {
+        s.files
             .iter()
-            .filter(|f| f.path.parent() == orig6.parent())
-            .map(|f| read_rows(&f.path))
-            .sum();
-        assert_eq!(rows, 6, "the superseded original is not read");
-        assert_eq!(l.recover(0).unwrap(), Some(7));
-        assert!(!orig6.exists(), "recovery deleted the merged original");
+            .map(|f| {
+                parquet::file::reader::SerializedFileReader::new(s.read(f).unwrap())
+                    .map(|r| {
+                        use parquet::file::reader::FileReader;
+                        r.metadata().file_metadata().num_rows() as usize
+                    })
+                    .unwrap()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_flush_is_one_commit_with_its_files_and_the_partition_resumes_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path());
+        assert_eq!(l.resume_at(0).unwrap(), None);
+        let rows = [
+            row(0, 10, 1, "0.5", "USD"),
+            row(0, 11, 2, "0.25", "USD"),
+            row(0, 12, 1, "1", "USD"),
+        ];
+        let f = l.write_flush(0, None, 10, 12, &rows).unwrap();
+        assert_eq!(f.files.len(), 2, "one file per event date");
+        assert!(f.files[0].starts_with("date=2026-03-01/part-0-10-12-"));
+        assert_eq!(l.resume_at(0).unwrap(), Some(13));
+        assert_eq!(l.resume_at(1).unwrap(), None);
+        let s = l.snapshot().unwrap();
+        assert_eq!(s.version, f.version.unwrap());
+        assert_eq!(s.ends, BTreeMap::from([(0, 13)]));
+        assert_eq!(rows_in(&s), 3);
+        // a flush of poison only: no file, but the offsets are done
+        let f = l.write_flush(0, Some(12), 13, 20, &[]).unwrap();
+        assert!(f.files.is_empty());
+        assert_eq!(l.resume_at(0).unwrap(), Some(21));
+        // a second handle (another process) sees the same table
+        assert_eq!(ledger(dir.path()).resume_at(0).unwrap(), Some(21));
+    }
+
+    /// Two writers continue one partition from the same point (a rebalance, a zombie): the
+    /// second commit is refused, its files are not in the table, and every row is in it once.
+    #[test]
+    fn the_txn_version_fences_a_second_writer_of_a_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (ledger(dir.path()), ledger(dir.path()));
+        a.write_flush(
+            3,
+            None,
+            0,
+            1,
+            &[row(3, 0, 1, "1", "USD"), row(3, 1, 1, "1", "USD")],
+        )
+        .unwrap();
+        // both took the partition over at offset 2
+        let after = a.txn_version(3).unwrap();
+        assert_eq!(after, Some(1));
+        b.write_flush(
+            3,
+            after,
+            2,
+            3,
+            &[row(3, 2, 1, "1", "USD"), row(3, 3, 1, "1", "USD")],
+        )
+        .unwrap();
+        let late = a.write_flush(3, after, 2, 2, &[row(3, 2, 1, "1", "USD")]);
+        match late {
+            Err(Error::Fenced {
+                partition: 3,
+                expected: Some(1),
+                found: Some(3),
+            }) => {}
+            other => panic!("not fenced: {other:?}"),
+        }
+        assert!(!late.as_ref().unwrap_err().is_retryable());
+        let s = a.snapshot().unwrap();
+        assert_eq!(rows_in(&s), 4);
+        assert_eq!(s.ends, BTreeMap::from([(3, 4)]));
+        // the refused flush's file is on disk, outside the table, until vacuum
+        let on_disk = std::fs::read_dir(dir.path().join("usage/date=2026-03-01"))
+            .unwrap()
+            .count();
+        assert_eq!(on_disk, 3);
+        let v = a.vacuum(std::time::Duration::ZERO, false).unwrap();
+        assert_eq!(v.files.len(), 1, "{v:?}");
+        assert_eq!(rows_in(&a.snapshot().unwrap()), 4);
+    }
+
+    /// Writers race on different partitions: delta-rs retries the lost race (appends do not
+    /// conflict), every flush lands.
+    #[test]
+    fn concurrent_writers_of_different_partitions_all_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        ledger(dir.path());
+        std::thread::scope(|s| {
+            for p in 0..4 {
+                let dir = dir.path();
+                s.spawn(move || {
+                    let l = ledger(dir);
+                    let mut after = None;
+                    for i in 0..5i64 {
+                        l.write_flush(p, after, i, i, &[row(p, i, 1, "0.1", "USD")])
+                            .unwrap();
+                        after = Some(i);
+                    }
+                });
+            }
+        });
+        let l = ledger(dir.path());
+        let s = l.snapshot().unwrap();
+        assert_eq!(s.files.len(), 20);
+        assert_eq!(s.ends, (0..4).map(|p| (p, 5)).collect());
     }
 }

@@ -1,19 +1,16 @@
-//! What the ledger holds, counted as a reader sees it (the complete view: files of complete
-//! flushes, a compaction's originals skipped): rows and offsets per Kafka partition, and the
-//! exact sum of `cost_total` per currency. `meterline rebuild` reconciles a rebuilt ledger
-//! with the topic it was read from through this.
+//! What the ledger holds, counted as a reader sees it (a snapshot: the files the Delta log
+//! lists): rows and offsets per Kafka partition, and the exact sum of `cost_total` per
+//! currency. `meterline rebuild` reconciles a rebuilt ledger with the topic it was read from
+//! through this.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 
-use crate::files;
-use crate::table::Ledger;
-use crate::{io, Error};
+use crate::{Error, Ledger};
 
 /// One Kafka partition's rows in the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,14 +19,15 @@ pub struct PartitionTotals {
     /// Smallest and largest `kafka_offset` of its rows.
     pub first_offset: i64,
     pub last_offset: i64,
-    /// Where a sink using this ledger resumes the partition: 1 + the last offset of its
-    /// newest complete flush.
+    /// Where a sink using this ledger resumes the partition: its txn version + 1.
     pub resume_at: i64,
 }
 
 /// The ledger, counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
+    /// The Delta version counted.
+    pub version: u64,
     pub files: usize,
     pub partitions: BTreeMap<i32, PartitionTotals>,
     /// Sum of `cost_total` per currency, unscaled at the money scale (exact; i128 holds any
@@ -45,24 +43,26 @@ impl Totals {
 
 const COLUMNS: [&str; 4] = ["kafka_partition", "kafka_offset", "currency", "cost_total"];
 
-fn corrupt(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
+fn corrupt(path: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupt {
-        path: path.to_path_buf(),
+        path: path.to_string(),
         reason: e.to_string(),
     }
 }
 
-/// Counts the complete view of `ledger`; `on_file(done, total)` after each file read.
+/// Counts the newest snapshot of `ledger`; `on_file(done, total)` after each file read.
 pub fn totals(ledger: &Ledger, mut on_file: impl FnMut(usize, usize)) -> Result<Totals, Error> {
-    let found = ledger.scan()?;
-    let (resume, usable) = files::complete_view(&found);
+    let snapshot = ledger.snapshot()?;
+    let resume = &snapshot.ends;
+    let usable = &snapshot.files;
     let mut out = Totals {
+        version: snapshot.version,
         files: usable.len(),
         ..Default::default()
     };
     for (i, f) in usable.iter().enumerate() {
-        let path = &f.path;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).map_err(io(path))?)
+        let path = f.path.as_str();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(snapshot.read(f)?)
             .map_err(|e| corrupt(path, e))?;
         let schema = builder.parquet_schema();
         let indices = COLUMNS
@@ -128,45 +128,16 @@ pub fn totals(ledger: &Ledger, mut on_file: impl FnMut(usize, usize)) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rows::Row;
-    use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
-
-    fn row(partition: i32, offset: i64, day: u32, total: &str, currency: &str) -> Row {
-        let mut event = UsageEvent::example();
-        event.event_id = format!("e-{partition}-{offset}");
-        event.occurred_at = format!("2026-03-{day:02}T12:00:00Z").parse().unwrap();
-        let total: Money = total.parse().unwrap();
-        Row {
-            priced: PricedUsage {
-                event,
-                tenant: TenantPath {
-                    org: "acme".into(),
-                    ..Default::default()
-                },
-                tenant_rule_id: None,
-                price_id: "p".into(),
-                price_version: 1,
-                price_resolution: "exact".into(),
-                model: String::new(),
-                currency: currency.into(),
-                cost: CostLines {
-                    output: total,
-                    total,
-                    ..Default::default()
-                },
-                priced_at: chrono::Utc::now(),
-            },
-            partition,
-            offset,
-        }
-    }
+    use crate::rows::example_row as row;
+    use meterline_schemas::Money;
 
     #[test]
-    fn counts_rows_offsets_and_exact_sums_per_currency_of_complete_flushes() {
+    fn counts_rows_offsets_and_exact_sums_per_currency_of_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::open(dir.path()).unwrap();
+        let l = Ledger::open(&crate::LedgerConfig::default(), dir.path()).unwrap();
         l.write_flush(
             0,
+            None,
             0,
             9,
             &[
@@ -176,17 +147,11 @@ mod tests {
             ],
         )
         .unwrap();
-        l.write_flush(1, 4, 4, &[row(1, 4, 1, "2", "USD")]).unwrap();
-        // a flush cut short by a crash (declares 2 files, has 1) is not counted
-        let cut = l
-            .write_flush(
-                1,
-                5,
-                6,
-                &[row(1, 5, 1, "100", "USD"), row(1, 6, 3, "1", "USD")],
-            )
+        l.write_flush(1, None, 4, 4, &[row(1, 4, 1, "2", "USD")])
             .unwrap();
-        std::fs::remove_file(&cut[1]).unwrap();
+        // a flush whose commit is fenced (partition 1 is not at 3) is not in the table
+        let fenced = l.write_flush(1, Some(3), 5, 6, &[row(1, 5, 1, "100", "USD")]);
+        assert!(matches!(fenced, Err(Error::Fenced { partition: 1, .. })));
 
         let mut seen = vec![];
         let t = totals(&l, |done, total| seen.push((done, total))).unwrap();

@@ -42,6 +42,8 @@ pub const AGGREGATE_BYTES_WRITTEN: &str = "meterline_aggregate_bytes_written_tot
 pub const AGGREGATE_FLUSH_SECONDS: &str = "meterline_aggregate_flush_seconds";
 pub const AGGREGATE_FLUSH_ROWS: &str = "meterline_aggregate_flush_rows";
 pub const AGGREGATE_WRITE_ERRORS: &str = "meterline_aggregate_write_errors_total";
+/// Flushes refused because another writer moved the partition on (a rebalance, a stall).
+pub const AGGREGATE_FENCED: &str = "meterline_aggregate_fenced_flushes_total";
 pub const AGGREGATE_POISON: &str = "meterline_aggregate_poison_records_total";
 pub const AGGREGATE_BUFFERED_ROWS: &str = "meterline_aggregate_buffered_rows";
 pub const AGGREGATE_CONSUMER_LAG: &str = "meterline_aggregate_consumer_lag";

@@ -35,8 +35,8 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
-use meterline_ledger::rows::Row;
-use meterline_ledger::table::Ledger;
+use meterline_ledger::Row;
+use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
 use rand::{Rng, SeedableRng};
@@ -68,7 +68,7 @@ const MODELS: [(&str, &str, i64, i64); 8] = [
 /// Writes the month's ledger as the sink does (with its Delta log), then compacts each day
 /// as `meterline compact` does; returns the rows written per second (compaction excluded).
 fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
-    let ledger = Ledger::open_writer(data)?;
+    let ledger = Ledger::open(&LedgerConfig::default(), data)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(29);
     let start = chrono::DateTime::parse_from_rfc3339("2026-10-01T00:00:00Z")?.to_utc();
     let span_us = 31 * 86_400 * 1_000_000i64;
@@ -137,7 +137,8 @@ fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
                     offset: offset + i as i64,
                 });
             }
-            ledger.write_flush(p, offset, offset + n as i64 - 1, &rows)?;
+            let after = (offset > 0).then_some(offset - 1);
+            ledger.write_flush(p, after, offset, offset + n as i64 - 1, &rows)?;
             offset += n as i64;
             done += n;
             progress.inc(n as u64);
@@ -151,7 +152,7 @@ fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
     let (mut merged, mut into) = (0, 0);
     let first = start.date_naive();
     for day in 0..31 {
-        for c in meterline_ledger::compact::compact_date(data, first + chrono::Days::new(day))? {
+        for c in ledger.compact_date(first + chrono::Days::new(day), |_, _| {})? {
             merged += c.merged_files;
             into += 1;
         }
@@ -481,10 +482,10 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
     }
 
     // what every open-month request pays before adding up: the ledger listing (footers cached)
-    let view = meterline_api::ledger_view::LedgerView::default();
-    let files = view.state(&data)?.files.len();
+    let view = meterline_api::ledger_view::LedgerView::open(&LedgerConfig::default(), &data)?;
+    let files = view.state()?.files.len();
     let t = Instant::now();
-    view.state(&data)?;
+    view.state()?;
     let listing = t.elapsed();
 
     // closed: from the snapshot
@@ -597,7 +598,7 @@ async fn serve(
         client_idle_timeout_ms: 605_000,
         ..Default::default()
     };
-    let app = meterline_api::App::build(None, cfg).await?;
+    let app = meterline_api::App::build(None, cfg, LedgerConfig::default()).await?;
     let base = format!("http://{}", app.local_addr());
     let stop = app.stop_token();
     Ok((base, stop, tokio::spawn(app.run_until_stopped())))

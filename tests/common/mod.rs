@@ -461,6 +461,12 @@ pub fn spawn_stage(
 /// txn versions). Fails if `scripts/setup-python` has not installed it.
 #[allow(dead_code)]
 pub fn delta_summary(usage: &std::path::Path) -> serde_json::Value {
+    delta_summary_of(usage.to_str().unwrap(), &[])
+}
+
+/// [`delta_summary`] of the table at `location` (a path or a URL such as `s3://…`), the
+/// reader's process given `env` (an object store's endpoint and credentials).
+pub fn delta_summary_of(location: &str, env: &[(String, String)]) -> serde_json::Value {
     let home = std::env::var("METERLINE_DELTA_PY_HOME").unwrap_or_else(|_| {
         format!(
             "{}/.cache/meterline/py-delta",
@@ -475,7 +481,8 @@ pub fn delta_summary(usage: &std::path::Path) -> serde_json::Value {
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/delta_summary.py");
     let out = std::process::Command::new(python)
-        .args([script, usage.to_str().unwrap()])
+        .args([script, location])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .unwrap();
     assert!(

@@ -4,14 +4,13 @@
 //! would publish on its first rebuild over this ledger), and the anomalies table of the
 //! detector's history window (`<data_dir>/anomalies/…`, written as watch writes it).
 //! `meterline rebuild` runs it over the ledger it rebuilt. The same pieces as the tracker's
-//! rebuild (`spend.rs`): `BudgetBook`, `AnomalyWatch`, `read_spend_rows`, the complete view.
+//! rebuild (`spend.rs`): `BudgetBook`, `AnomalyWatch`, `read_spend_rows`, a snapshot of the table.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use meterline_ledger::files;
-use meterline_ledger::table::Ledger;
+use meterline_ledger::Ledger;
 use meterline_reference::budgets::period_at;
 use meterline_schemas::{BudgetChange, BudgetSignal, Money};
 
@@ -47,7 +46,7 @@ pub struct Derived {
     pub anomaly_hours: usize,
 }
 
-/// Derives watch's state at `now` from `ledger` (its complete view), given the budgets and the
+/// Derives watch's state at `now` from `ledger` (a snapshot of it), given the budgets and the
 /// signals already published; writes the anomalies table under `data_dir`.
 pub fn derive(
     ledger: &Ledger,
@@ -73,12 +72,11 @@ pub fn derive(
     let budget_since = book.open_since(now)?;
     let history_since = watch.history_since(now);
     let since = budget_since.map_or(history_since, |b| b.min(history_since));
-    let found = ledger.scan()?;
-    let (_, usable) = files::complete_view(&found);
+    let snapshot = ledger.snapshot()?;
     let mut out = Derived::default();
     let mut crossings: BTreeMap<String, usize> = BTreeMap::new();
-    for f in files_since(usable, since) {
-        for row in read_spend_rows(&f.path, since)? {
+    for f in files_since(&snapshot.files, since) {
+        for row in read_spend_rows(&snapshot, f, since)? {
             out.rows_read += 1;
             watch.add(&row);
             if budget_since.is_some_and(|b| row.occurred_at >= b) {

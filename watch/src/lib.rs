@@ -33,6 +33,7 @@ mod term;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use meterline_ledger::LedgerConfig;
 use meterline_runtime::kafka::{ensure_topics, KafkaConfig};
 use meterline_runtime::lease::Lease;
 use meterline_runtime::telemetry::{Readiness, StageHost};
@@ -83,9 +84,9 @@ pub enum Error {
     },
     /// A ledger file that cannot be read (not Parquet, a column missing or of another type,
     /// an amount out of range): stop rather than guess.
-    #[error("ledger file {}: {source}", path.display())]
+    #[error("ledger file {path}: {source}")]
     Corrupt {
-        path: PathBuf,
+        path: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -167,13 +168,19 @@ impl Error {
 /// budget tracker (with anomaly detection) and alert delivery under a supervisor.
 pub struct App {
     cfg: WatchConfig,
+    ledger: LedgerConfig,
     kafka: KafkaConfig,
     host: StageHost,
 }
 
 impl App {
-    pub async fn build(kafka: &KafkaConfig, cfg: WatchConfig) -> Result<App, Error> {
+    pub async fn build(
+        kafka: &KafkaConfig,
+        cfg: WatchConfig,
+        ledger: LedgerConfig,
+    ) -> Result<App, Error> {
         cfg.validate()?;
+        ledger.validate()?;
         kafka.validate()?;
         let host = StageHost::start(&cfg.listen)
             .await
@@ -187,6 +194,7 @@ impl App {
         }
         Ok(App {
             cfg,
+            ledger,
             kafka: kafka.clone(),
             host,
         })
@@ -209,13 +217,18 @@ impl App {
     /// topic, delivery at its group's committed offsets); `/healthz` says why meanwhile.
     /// Other errors end it.
     pub async fn run_until_stopped(self) -> Result<(), Error> {
-        let App { cfg, kafka, host } = self;
+        let App {
+            cfg,
+            ledger,
+            kafka,
+            host,
+        } = self;
         let runtime = tokio::runtime::Handle::current();
         host.run_supervised(
             "watch",
             meterline_schemas::metric_names::WATCH_STAGE_RESTARTS,
             Error::is_retryable,
-            move |ready, attempt| run_once(&runtime, &kafka, &cfg, ready, attempt),
+            move |ready, attempt| run_once(&runtime, &kafka, &cfg, &ledger, ready, attempt),
         )
         .await
         .map_err(Error::Supervisor)?
@@ -230,6 +243,7 @@ fn run_once(
     runtime: &tokio::runtime::Handle,
     kafka: &KafkaConfig,
     cfg: &WatchConfig,
+    ledger: &LedgerConfig,
     ready: &Readiness,
     stop: CancellationToken,
 ) -> Result<(), Error> {
@@ -258,7 +272,7 @@ fn run_once(
         info!(group = %cfg.lease.lease_group(), "active: this instance holds the lease");
         ready.set_role("active");
         metrics::gauge!(m::WATCH_ACTIVE).set(1.0);
-        let result = term::run(runtime, kafka, cfg, ready, term.clone());
+        let result = term::run(runtime, kafka, cfg, ledger, ready, term.clone());
         metrics::gauge!(m::WATCH_ACTIVE).set(0.0);
         ready.set_role("standby");
         if stop.is_cancelled() {
@@ -286,22 +300,50 @@ mod tests {
     use super::Error;
 
     #[test]
-    fn an_unopenable_ledger_file_is_retried_a_broken_one_is_not() {
+    fn an_unreadable_ledger_file_is_retried_a_broken_one_is_not() {
+        use meterline_ledger::{Ledger, LedgerConfig, TableFile};
         use std::error::Error as _;
         let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&LedgerConfig::default(), dir.path()).unwrap();
         let since = chrono::Utc::now();
-        let missing = dir.path().join("part-0-0-9.parquet");
-        let e = crate::spend::read_spend_rows(&missing, since).unwrap_err();
-        assert!(matches!(e, Error::Io { .. }), "{e:?}");
-        assert!(e.is_retryable());
-        assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
+        let file = |name: &str| TableFile {
+            path: format!("date=2026-03-01/{name}"),
+            date: "2026-03-01".into(),
+            partition: 0,
+            first: 0,
+            last: 9,
+            bytes: 11,
+            modified_ms: 0,
+        };
+        let e = crate::spend::read_spend_rows(
+            &ledger.snapshot().unwrap(),
+            &file("part-0-0-9-a.parquet"),
+            since,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Ledger(_)), "{e:?}");
+        assert!(
+            e.is_retryable(),
+            "a file the store does not give now may be given later"
+        );
+        assert!(e.source().is_some());
 
-        let broken = dir.path().join("part-0-10-19.parquet");
-        std::fs::write(&broken, b"not parquet").unwrap();
-        let e = crate::spend::read_spend_rows(&broken, since).unwrap_err();
+        std::fs::create_dir_all(dir.path().join("usage/date=2026-03-01")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("usage/date=2026-03-01/part-0-10-19-b.parquet"),
+            b"not parquet",
+        )
+        .unwrap();
+        let e = crate::spend::read_spend_rows(
+            &ledger.snapshot().unwrap(),
+            &file("part-0-10-19-b.parquet"),
+            since,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
         assert!(!e.is_retryable());
-        assert!(e.to_string().contains("part-0-10-19.parquet"), "{e}");
+        assert!(e.to_string().contains("part-0-10-19-b.parquet"), "{e}");
         assert!(e.source().is_some());
 
         let money = Error::from(meterline_schemas::Money::from_unscaled(i128::MAX).unwrap_err());

@@ -21,8 +21,6 @@
 //! partition of the priced topic.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,8 +43,7 @@ use crate::anomaly_watch::AnomalyWatch;
 use crate::budget::{BudgetBook, SpendRow};
 use crate::fence::{FencedProducer, Out};
 use crate::Error;
-use meterline_ledger::files;
-use meterline_ledger::table::Ledger;
+use meterline_ledger::{Ledger, Snapshot, TableFile};
 
 /// Key of a signal on the compacted topic: one live state per budget and scope.
 pub fn signal_key(s: &BudgetSignal) -> String {
@@ -76,29 +73,25 @@ const READ_TO_END: Duration = Duration::from_secs(60);
 /// The rows of one ledger file that occurred at or after `since`.
 /// The files of `usable` that can hold rows at or after `since`: a period in a time zone can
 /// start up to a day before its UTC date directory, so one day earlier counts too.
-pub fn files_since<'a>(
-    usable: Vec<&'a files::FoundFile>,
-    since: DateTime<Utc>,
-) -> impl Iterator<Item = &'a files::FoundFile> {
-    let first_dir = files::date_dir((since - chrono::Duration::days(1)).date_naive());
-    usable.into_iter().filter(move |f| {
-        f.path
-            .parent()
-            .and_then(|d| d.file_name())
-            .is_some_and(|d| d.to_string_lossy().as_ref() >= first_dir.as_str())
-    })
+pub fn files_since(files: &[TableFile], since: DateTime<Utc>) -> impl Iterator<Item = &TableFile> {
+    let first = (since - chrono::Duration::days(1))
+        .date_naive()
+        .format("%Y-%m-%d")
+        .to_string();
+    files.iter().filter(move |f| f.date >= first)
 }
 
-pub fn read_spend_rows(path: &Path, since: DateTime<Utc>) -> Result<Vec<SpendRow>, Error> {
+pub fn read_spend_rows(
+    snapshot: &Snapshot,
+    file: &TableFile,
+    since: DateTime<Utc>,
+) -> Result<Vec<SpendRow>, Error> {
     let corrupt = |source: Reason| Error::Corrupt {
-        path: path.to_path_buf(),
+        path: file.path.clone(),
         source,
     };
-    let file = File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(e.into()))?;
+    let bytes = snapshot.read(file)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.into()))?;
     const COLUMNS: [&str; 16] = [
         "occurred_at",
         "input_tokens",
@@ -300,9 +293,9 @@ impl SpendTracker {
         let t0 = Instant::now();
         let now = Utc::now();
         self.book.clear_spend();
-        // 1. snapshot of the complete flushes: the files, and where each partition's end
-        let found = self.ledger.scan()?;
-        let (resume, usable) = files::complete_view(&found);
+        // 1. a snapshot of the table: its files, and where each partition's rows end
+        let snapshot = self.ledger.snapshot()?;
+        let resume = &snapshot.ends;
         // 2. the rows of the open periods in those files (a period in a time zone can start up
         //    to a day before its UTC date directory); at start also the anomaly detector's
         //    weeks of history
@@ -317,8 +310,8 @@ impl SpendTracker {
             (a, b) => a.or(b),
         };
         if let Some(since) = since {
-            for f in files_since(usable, since) {
-                for row in read_spend_rows(&f.path, since)? {
+            for f in files_since(&snapshot.files, since) {
+                for row in read_spend_rows(&snapshot, f, since)? {
                     rows += 1;
                     if history_since.is_some() {
                         self.watch.add(&row);

@@ -21,6 +21,7 @@ pub fn run(
     runtime: &tokio::runtime::Handle,
     kafka: &KafkaConfig,
     cfg: &WatchConfig,
+    ledger: &meterline_ledger::LedgerConfig,
     ready: &Readiness,
     term: CancellationToken,
 ) -> Result<(), Error> {
@@ -31,7 +32,7 @@ pub fn run(
             "watch-signals",
             cfg.lease.signals_transactional_id(),
         )?;
-        let ledger = Arc::new(meterline_ledger::Ledger::open(&cfg.data_dir)?);
+        let ledger = Arc::new(meterline_ledger::Ledger::open(ledger, &cfg.data_dir)?);
         Some(spend::SpendTracker::new(
             kafka,
             ledger,

@@ -130,7 +130,7 @@ pub async fn compute(
                 }),
                 (Category::Adjustment, None) => continue,
             };
-        let by_month = rollups.sum_by(&ledger.files, wanted, month_key).await?;
+        let by_month = rollups.sum_by(ledger, wanted, month_key).await?;
         for ((month, ids), s) in by_month {
             sums.entry((category, String::from_utf8_lossy(&month).into_owned(), ids))
                 .or_default()
@@ -395,7 +395,7 @@ pub async fn open_chargeback(
     if s.cfg.rollups {
         let state = s
             .ledger
-            .settled_state(&s.cfg.data_dir)
+            .settled_state()
             .await
             .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         compute(&s.rollups, &state, period, by, cut)

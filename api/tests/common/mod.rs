@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use meterline_api::{ApiConfig, App};
-use meterline_ledger::rows::Row;
-use meterline_ledger::table::Ledger;
+use meterline_ledger::Row;
+use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{
     Anomaly, Contributor, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
@@ -150,9 +150,9 @@ pub fn write_ledger(dir: &Path, foreign: bool) {
             offset += 1;
         }
     }
-    Ledger::open(dir)
+    Ledger::open(&LedgerConfig::default(), dir)
         .unwrap()
-        .write_flush(0, 0, offset - 1, &rows)
+        .append(0, 0, offset - 1, &rows)
         .unwrap();
     let mut anomalies = vec![anomaly(ScopeKind::Team, "search", "5", "key-search-7")];
     if foreign {
@@ -203,7 +203,9 @@ pub async fn start(dir: &Path, edit: impl FnOnce(&mut ApiConfig)) -> Server {
         ..Default::default()
     };
     edit(&mut cfg);
-    let app = App::build(None, cfg).await.unwrap();
+    let app = App::build(None, cfg, LedgerConfig::default())
+        .await
+        .unwrap();
     let server = Server {
         base: format!("http://{}", app.local_addr()),
         running: app.running_queries(),

@@ -22,8 +22,8 @@ use std::sync::OnceLock;
 use arbitrary::Unstructured;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use meterline_ledger::table::Ledger;
-use meterline_ledger::rows::Row;
+use meterline_ledger::{Ledger, LedgerConfig};
+use meterline_ledger::Row;
 use meterline_api::answer::{self, Format};
 use meterline_api::budgets::{BudgetCache, BudgetSnapshot};
 use meterline_api::catalog::Scope as QueryScope;
@@ -255,9 +255,9 @@ pub fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let rows = rows();
         let last = rows.iter().map(|r| r.offset).max().unwrap_or(0);
-        Ledger::open(dir.path())
+        Ledger::open(&LedgerConfig::default(), dir.path())
             .expect("ledger")
-            .write_flush(0, 0, last, &rows)
+            .append(0, 0, last, &rows)
             .expect("ledger flush");
         meterline_ledger::anomalies::write_hour_file(
             dir.path(),
