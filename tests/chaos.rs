@@ -1,5 +1,6 @@
 //! The whole pipeline under faults, every stage its own process on Apache Kafka: one ingest
-//! edge, two enrich instances (one consumer group), one aggregate. A client posts events and
+//! edge, two enrich instances (one consumer group), two aggregate instances (one consumer
+//! group, writing one Delta table: each flush fenced by its partition's txn version). A client posts events and
 //! retries every batch until it is acknowledged (same ids, same content), and re-sends some
 //! acknowledged batches (an edge retry after a lost answer). Meanwhile: ≥ 15 SIGKILLs of
 //! random stages (each restarted), one broker SIGKILL + immediate restart, and one broker
@@ -214,11 +215,11 @@ async fn every_acknowledged_event_is_billed_once_through_kills_and_outages() {
         let _ = name;
         vec![("METERLINE_CONFIG", config.display().to_string())]
     };
-    let logs: BTreeMap<&str, PathBuf> = ["ingest", "enrich-a", "enrich-b", "aggregate"]
+    let logs: BTreeMap<&str, PathBuf> = ["ingest", "enrich-a", "enrich-b", "aggregate-a", "aggregate-b"]
         .into_iter()
         .map(|n| (n, dir.join(format!("{n}.log"))))
         .collect();
-    let mut stages: Vec<Stage> = ["ingest", "enrich-a", "enrich-b", "aggregate"]
+    let mut stages: Vec<Stage> = ["ingest", "enrich-a", "enrich-b", "aggregate-a", "aggregate-b"]
         .into_iter()
         .map(|n| Stage::spawn(&h, n, cfg(n), &logs[n]))
         .collect();
@@ -353,10 +354,11 @@ async fn every_acknowledged_event_is_billed_once_through_kills_and_outages() {
         }
         assert!(
             t_drain.elapsed() < Duration::from_secs(240),
-            "the ledger did not catch up: {} of {} acknowledged ids; aggregate log:\n{}",
+            "the ledger did not catch up: {} of {} acknowledged ids; aggregate logs:\n{}\n---\n{}",
             wanted.iter().filter(|id| ids.contains_key(*id)).count(),
             wanted.len(),
-            tail(&logs["aggregate"])
+            tail(&logs["aggregate-a"]),
+            tail(&logs["aggregate-b"])
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

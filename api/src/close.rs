@@ -131,6 +131,7 @@ pub async fn close(
         closed_by: author.to_string(),
         previous: last.map(|l| l.period),
         watermark: state.watermark,
+        delta_version: Some(state.version),
         files: vec![],
     };
     // 5. written atomically (see Closes::write)

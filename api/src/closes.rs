@@ -36,6 +36,12 @@ pub struct CloseRecord {
     /// Per input partition, the ledger offset the snapshot's rows end before.
     #[schema(value_type = Object)]
     pub watermark: Watermark,
+    /// The version of the ledger's Delta table the close read. The table at this version is
+    /// exactly what the statement bills (its txn versions are `watermark`); rows committed
+    /// after it, at or past the watermark, are late usage billed by the next close. (`None`
+    /// in closes written before the ledger was a Delta table.)
+    #[serde(default)]
+    pub delta_version: Option<u64>,
     pub files: Vec<SnapshotFile>,
 }
 

@@ -551,6 +551,15 @@ async fn chargeback_reconciles_closes_are_stable_and_late_usage_is_an_adjustment
         v["error"].as_str().unwrap().contains("has not ended"),
         "{v}"
     );
+    // the close names the table version it read: that version's txn ends are its watermark
+    let version = rec["delta_version"].as_u64().expect("a Delta version");
+    let table = Ledger::open(&LedgerConfig::default(), dir.path()).unwrap();
+    let at_close = table.snapshot_at(version).unwrap();
+    assert_eq!(
+        serde_json::to_value(&at_close.ends).unwrap(),
+        rec["watermark"],
+        "the table at the close's version ends at its watermark"
+    );
     // the manifest's digests are those of the files
     let snap = dir.path().join("closes/2026-10");
     for f in rec["files"].as_array().unwrap() {
@@ -1146,6 +1155,7 @@ async fn a_month_closed_before_the_change_is_served_byte_for_byte() {
                 watermark: meterline_api::ledger_view::Watermark(
                     [(0, 300), (1, 400)].into_iter().collect(),
                 ),
+                delta_version: None,
                 files: vec![],
             },
             vec![(name.into(), old.clone())],
