@@ -96,6 +96,7 @@ impl App {
         // Counted from zero: on `/metrics` (and in `rate()`) before the first failure.
         metrics::counter!(meterline_schemas::metric_names::AGGREGATE_WRITE_ERRORS).increment(0);
         metrics::counter!(meterline_schemas::metric_names::AGGREGATE_POISON).increment(0);
+        metrics::counter!(meterline_schemas::metric_names::AGGREGATE_FENCED).increment(0);
         Ok(App {
             cfg,
             ledger,

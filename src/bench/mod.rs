@@ -8,6 +8,7 @@ mod api;
 mod budget;
 mod enrich;
 mod ingest;
+mod ledger;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -70,6 +71,19 @@ pub enum BenchWhat {
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
     },
+    /// The Delta ledger: flush and commit latency (p50/p99) against fsynced writes of the same
+    /// bytes, and the time to open a table of many commits (no broker involved).
+    Ledger {
+        /// Flushes of 2,000 rows timed.
+        #[arg(long, default_value_t = 400)]
+        flushes: usize,
+        /// Versions of the table before it is opened again (txn-only commits fill it up).
+        #[arg(long, default_value_t = 100_000)]
+        commits: u64,
+        /// The table's root (`s3://…`, a directory); default a temp directory.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// The enrich stage vs. a bare transactional consume→produce passthrough.
     Enrich {
         /// Events (all inside the dedup window, so it ends up holding every id).
@@ -119,6 +133,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Ok(())
         }
         BenchWhat::Api { events, data_dir } => api::run(events, data_dir).await,
+        BenchWhat::Ledger {
+            flushes,
+            commits,
+            url,
+        } => tokio::task::spawn_blocking(move || ledger::run(flushes, commits, url)).await?,
         BenchWhat::Enrich {
             events,
             brokers,
