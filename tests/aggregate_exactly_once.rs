@@ -91,14 +91,18 @@ struct Ledger {
 /// The table's rows as every reader sees them: its newest snapshot (files of flushes killed
 /// before their commit are on disk, outside the table).
 fn read_ledger(data: &Path) -> Ledger {
+    read_table(&meterline_ledger::LedgerConfig::default(), data)
+}
+
+/// [`read_ledger`] of the table `cfg` says (a bucket).
+fn read_table(cfg: &meterline_ledger::LedgerConfig, data: &Path) -> Ledger {
     let mut l = Ledger {
         rows: 0,
         sum: 0,
         positions: HashSet::new(),
         duplicates: 0,
     };
-    let table =
-        meterline_ledger::Ledger::open(&meterline_ledger::LedgerConfig::default(), data).unwrap();
+    let table = meterline_ledger::Ledger::open(cfg, data).unwrap();
     let snapshot = table.snapshot().unwrap();
     for f in &snapshot.files {
         let reader = ParquetRecordBatchReaderBuilder::try_new(snapshot.read(f).unwrap())
@@ -132,19 +136,25 @@ fn read_ledger(data: &Path) -> Ledger {
 }
 
 fn spawn_aggregate(h: &Harness, data: &Path, log: &Path) -> Child {
+    spawn_aggregate_with(h, data, log, &[])
+}
+
+fn spawn_aggregate_with(
+    h: &Harness,
+    data: &Path,
+    log: &Path,
+    more: &[(&'static str, String)],
+) -> Child {
     let s = |k, v: &str| (k, v.to_string());
-    spawn_stage(
-        h,
-        "aggregate",
-        &[
-            s("METERLINE_AGGREGATE__LISTEN", "127.0.0.1:0"),
-            s("METERLINE_AGGREGATE__DATA_DIR", &data.display().to_string()),
-            s("METERLINE_AGGREGATE__FLUSH_ROWS", "150"),
-            s("METERLINE_AGGREGATE__FLUSH_MS", "100"),
-            s("METERLINE_AGGREGATE__SESSION_TIMEOUT_MS", "2000"),
-        ],
-        log,
-    )
+    let mut settings = vec![
+        s("METERLINE_AGGREGATE__LISTEN", "127.0.0.1:0"),
+        s("METERLINE_AGGREGATE__DATA_DIR", &data.display().to_string()),
+        s("METERLINE_AGGREGATE__FLUSH_ROWS", "150"),
+        s("METERLINE_AGGREGATE__FLUSH_MS", "100"),
+        s("METERLINE_AGGREGATE__SESSION_TIMEOUT_MS", "2000"),
+    ];
+    settings.extend(more.iter().cloned());
+    spawn_stage(h, "aggregate", &settings, log)
 }
 
 fn file_count(data: &Path) -> usize {
@@ -339,6 +349,108 @@ async fn two_sinks_share_the_table_and_one_takes_over_when_the_other_is_killed()
             "the survivor took over {} ms after the kill",
             takeover.as_millis()
         );
+    })
+    .await
+    .unwrap();
+}
+
+/// The kill -9 loop on object storage: two sinks in one group write one table on an S3 server
+/// (moto, `tests/common/s3.rs`); eight times one of them, at random, is SIGKILLed at a random
+/// moment while records arrive, and restarted. The table then holds every priced record
+/// exactly once — row count, (partition, offset) set, Decimal sum — read by us and by
+/// delta-rs's Python package from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sinks_on_s3_killed_in_turns_leave_the_table_exact() {
+    let h = Harness::start().await;
+    tokio::task::spawn_blocking(move || {
+        let s3 = common::s3::S3Server::start().unwrap();
+        let url = format!("{}/ledger", s3.create_bucket("meterline-sinks").unwrap());
+        let cfg = meterline_ledger::LedgerConfig {
+            url: url.clone(),
+            storage: s3.storage_options(),
+            ..Default::default()
+        };
+        let env: Vec<(&'static str, String)> = vec![
+            ("METERLINE_LEDGER__URL", url.clone()),
+            ("AWS_ENDPOINT_URL", s3.endpoint()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "meterline".into()),
+            ("AWS_SECRET_ACCESS_KEY", "meterline".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ];
+        let data = h.dir.path().join("data");
+        let logs = [h.dir.path().join("a.log"), h.dir.path().join("b.log")];
+        let brokers = h.kafka.brokers.clone();
+        let mut expected_sum = produce_priced(&brokers, 0, 1500);
+        let mut produced = 1500;
+        struct Killed(Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let spawn = |i: usize| Killed(spawn_aggregate_with(&h, &data, &logs[i], &env));
+        let mut sinks = [spawn(0), spawn(1)];
+        let logs_text = || {
+            logs.iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        };
+        let mut rng = rand::rng();
+        for round in 0..8 {
+            // once the table has moved since this round began, kill one at a random moment
+            let before = read_table(&cfg, &data).rows;
+            let t0 = Instant::now();
+            while read_table(&cfg, &data).rows == before && before < produced {
+                assert!(t0.elapsed() < Duration::from_secs(90), "no progress in round {round}:\n{}", logs_text());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
+            let victim = rng.random_range(0..2);
+            sinks[victim].0.kill().unwrap(); // SIGKILL
+            sinks[victim].0.wait().unwrap();
+            if round % 2 == 0 {
+                expected_sum += produce_priced(&brokers, produced, 300);
+                produced += 300;
+            }
+            sinks[victim] = spawn(victim);
+        }
+        let t0 = Instant::now();
+        loop {
+            let l = read_table(&cfg, &data);
+            assert_eq!(l.duplicates, 0, "a row twice:\n{}", logs_text());
+            if l.positions.len() >= produced {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "table has {} of {produced} rows:\n{}",
+                l.rows,
+                logs_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for s in &sinks {
+            unsafe { libc::kill(s.0.id() as i32, libc::SIGTERM) };
+        }
+        for s in &mut sinks {
+            s.0.wait().unwrap();
+        }
+        let l = read_table(&cfg, &data);
+        assert_eq!((l.rows, l.duplicates), (produced, 0), "every record once");
+        assert_eq!(l.positions.len(), produced);
+        assert_eq!(l.sum, expected_sum, "the Decimal sum equals the topic's exactly");
+        let seen = common::delta_summary_of(&format!("{url}/usage"), &s3.env());
+        assert_eq!(seen["rows"], produced as u64, "rows in the Delta table on the bucket");
+        let cost: rust_decimal::Decimal = seen["cost"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            cost.normalize(),
+            rust_decimal::Decimal::from_i128_with_scale(expected_sum, 18).normalize()
+        );
+        let fenced: usize = logs_text().matches("flush fenced").count();
+        println!("8 kills over two sinks on S3: {produced} rows exact; {fenced} flushes fenced");
     })
     .await
     .unwrap();

@@ -68,7 +68,9 @@ pub(crate) fn check_options(url: &str, options: &BTreeMap<String, String>) -> Re
     Ok(())
 }
 
-/// `object_store`'s own store for a cloud URL, rooted at the bucket.
+/// `object_store`'s own store for a cloud URL, rooted at the bucket: configured from the
+/// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`: credentials, endpoint, region), then from
+/// `[ledger] storage`, which wins.
 struct CloudStores;
 
 impl ObjectStoreFactory for CloudStores {
@@ -77,8 +79,46 @@ impl ObjectStoreFactory for CloudStores {
         url: &Url,
         config: &StorageConfig,
     ) -> DeltaResult<(ObjectStoreRef, object_store::path::Path)> {
-        let (store, path) = object_store::parse_url_opts(url, config.raw.iter())?;
-        Ok((Arc::from(store), path))
+        use object_store::aws::AmazonS3Builder;
+        use object_store::azure::MicrosoftAzureBuilder;
+        use object_store::gcp::GoogleCloudStorageBuilder;
+        let opts = || config.raw.iter().map(|(k, v)| (k.to_ascii_lowercase(), v));
+        let store: ObjectStoreRef = match url.scheme() {
+            "s3" | "s3a" => Arc::new(
+                opts()
+                    .fold(AmazonS3Builder::from_env().with_url(url.as_str()), |b, (k, v)| {
+                        match k.parse() {
+                            Ok(k) => b.with_config(k, v),
+                            Err(_) => b,
+                        }
+                    })
+                    .build()?,
+            ),
+            "gs" => Arc::new(
+                opts()
+                    .fold(
+                        GoogleCloudStorageBuilder::from_env().with_url(url.as_str()),
+                        |b, (k, v)| match k.parse() {
+                            Ok(k) => b.with_config(k, v),
+                            Err(_) => b,
+                        },
+                    )
+                    .build()?,
+            ),
+            _ => Arc::new(
+                opts()
+                    .fold(
+                        MicrosoftAzureBuilder::from_env().with_url(url.as_str()),
+                        |b, (k, v)| match k.parse() {
+                            Ok(k) => b.with_config(k, v),
+                            Err(_) => b,
+                        },
+                    )
+                    .build()?,
+            ),
+        };
+        let path = object_store::path::Path::from_url_path(url.path())?;
+        Ok((store, path))
     }
 }
 
