@@ -215,6 +215,45 @@ pub fn to_batch(rows: &[&Row]) -> Result<RecordBatch, Error> {
     Ok(RecordBatch::try_new(usage_ledger_schema(), cols)?)
 }
 
+/// A priced row for tests: `total` in `currency`, on March `day` 2026, team `search`.
+#[cfg(test)]
+pub(crate) fn example_row(
+    partition: i32,
+    offset: i64,
+    day: u32,
+    total: &str,
+    currency: &str,
+) -> Row {
+    let mut event = meterline_schemas::UsageEvent::example();
+    event.event_id = format!("e-{partition}-{offset}");
+    event.occurred_at = format!("2026-03-{day:02}T12:00:00Z").parse().unwrap();
+    let total: meterline_schemas::Money = total.parse().unwrap();
+    Row {
+        priced: meterline_schemas::PricedUsage {
+            event,
+            tenant: meterline_schemas::TenantPath {
+                org: "acme".into(),
+                team: Some("search".into()),
+                ..Default::default()
+            },
+            tenant_rule_id: None,
+            price_id: "p".into(),
+            price_version: 1,
+            price_resolution: "exact".into(),
+            model: String::new(),
+            currency: currency.into(),
+            cost: meterline_schemas::CostLines {
+                output: total,
+                total,
+                ..Default::default()
+            },
+            priced_at: chrono::Utc::now(),
+        },
+        partition,
+        offset,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,41 +316,3 @@ mod tests {
     }
 }
 
-/// A priced row for tests: `total` in `currency`, on March `day` 2026, team `search`.
-#[cfg(test)]
-pub(crate) fn example_row(
-    partition: i32,
-    offset: i64,
-    day: u32,
-    total: &str,
-    currency: &str,
-) -> Row {
-    let mut event = meterline_schemas::UsageEvent::example();
-    event.event_id = format!("e-{partition}-{offset}");
-    event.occurred_at = format!("2026-03-{day:02}T12:00:00Z").parse().unwrap();
-    let total: meterline_schemas::Money = total.parse().unwrap();
-    Row {
-        priced: meterline_schemas::PricedUsage {
-            event,
-            tenant: meterline_schemas::TenantPath {
-                org: "acme".into(),
-                team: Some("search".into()),
-                ..Default::default()
-            },
-            tenant_rule_id: None,
-            price_id: "p".into(),
-            price_version: 1,
-            price_resolution: "exact".into(),
-            model: String::new(),
-            currency: currency.into(),
-            cost: meterline_schemas::CostLines {
-                output: total,
-                total,
-                ..Default::default()
-            },
-            priced_at: chrono::Utc::now(),
-        },
-        partition,
-        offset,
-    }
-}

@@ -178,10 +178,10 @@ impl Ledger {
             table = match created {
                 Ok(t) => t,
                 // another process created it meanwhile
-                Err(_) => {
+                Err(e) => {
                     let t = storage::open_table(&url, &cfg.storage)?;
                     if t.version().is_none() {
-                        return Err(created.err().expect("an error"));
+                        return Err(e);
                     }
                     t
                 }
