@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Decimal128Type;
-use meterline_api::budgets::{to_batch, BudgetSnapshot};
+use meterline_api::{budgets_batch, BudgetSnapshot};
 use meterline_ingest::enforcement::{CheckRequest, EnforcementState};
 use meterline_schemas::{
     AvroRecord, BudgetAction, BudgetChange, BudgetSignal, BudgetState, Money, PeriodKind, Scope,
@@ -189,7 +189,7 @@ fn report(records: &[Record], now: DateTime<Utc>) -> Verdicts {
             Record::Signal(s) => signals.push(s.to_avro().unwrap()),
         }
     }
-    let batch = to_batch(&BudgetSnapshot::new(latest, &signals), now).unwrap();
+    let batch = budgets_batch(&BudgetSnapshot::new(latest, &signals), now).unwrap();
     let col = |n: &str| batch.column_by_name(n).unwrap().clone();
     let (id, team, state) = (col("budget_id"), col("team"), col("state"));
     let (pct, spend) = (col("signal_threshold_percent"), col("signal_spend"));

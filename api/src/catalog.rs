@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::config::{TableOptions, TableParquetOptions};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -207,12 +207,4 @@ pub async fn session(
             .map_err(Error::query)?;
     }
     Ok(ctx)
-}
-
-/// Schema of `usage` as the API shows it (for docs and tests).
-pub fn usage_schema() -> Schema {
-    let s = meterline_schemas::arrow_schema::usage_ledger_schema();
-    let mut fields: Vec<Field> = s.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("date", DataType::Utf8, false));
-    Schema::new(fields)
 }

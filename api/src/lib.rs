@@ -12,25 +12,25 @@
 //! the OpenAPI spec states it (`x-roles`), so the two cannot drift apart.
 
 mod access;
-pub mod admin;
-pub mod answer;
-pub mod budgets;
-pub mod catalog;
-pub mod close;
-pub mod closes;
-pub mod config;
+mod admin;
+mod answer;
+mod budgets;
+mod catalog;
+mod close;
+mod closes;
+mod config;
 mod error;
-pub mod functions;
-pub mod ledger_view;
+mod functions;
+mod ledger_view;
 mod openapi;
-pub mod period;
-pub mod queries;
-pub mod reports;
-pub mod rollup;
-pub mod scope;
-pub mod sql;
-pub mod statement;
-pub mod web;
+mod period;
+mod queries;
+mod reports;
+mod rollup;
+mod scope;
+mod sql;
+mod statement;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,11 +46,37 @@ use meterline_runtime::kafka::KafkaConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use access::{roles_of, Caller, ROUTES};
-pub use config::ApiConfig;
+pub(crate) use access::{roles_of, Caller};
 pub(crate) use error::error;
+
+// The public API. The modules are private; these are the items the binary, the benches,
+// the integration tests and the fuzz targets use, and nothing else.
+// serving: configure, build and run the API (`meterline api`, `meterline dev`, benches)
+pub use config::ApiConfig;
 pub use error::Error;
-pub use openapi::ApiDoc;
+// authorization: every route and the roles it admits (tests hold the spec and server to it)
+pub use access::ROUTES;
+// the state handlers share (`Shared`'s fields), e.g. for a fuzz target that builds it directly
+pub use budgets::{BudgetCache, BudgetSnapshot};
+pub use ledger_view::{LedgerState, LedgerView, Watermark};
+pub use queries::QueryRuntime;
+pub use rollup::Rollups;
+// queries: a scoped session and a query answered as `POST /v1/sql` answers it (fuzzing)
+pub use answer::{run as run_sql, Format};
+pub use catalog::{session as query_session, Scope as QueryScope};
+// the `budgets` table as SQL sees it (tests hold it to the edge's enforcement)
+pub use budgets::{schema as budgets_schema, to_batch as budgets_batch};
+// chargeback: from rollups and by one SQL scan, which tests compare; the lines' SQL (benches)
+pub use period::Month;
+pub use reports::chargeback::{
+    compute as compute_chargeback, compute_sql as compute_chargeback_sql, usage_lines_sql, Cut,
+    GroupBy,
+};
+pub use rollup::{coverage, Coverage, OffsetRange};
+// period close: the stored snapshots (tests store a month closed by an older version)
+pub use closes::{CloseRecord, Closes};
+// dashboard: the static page's size (tests compare it with what is served)
+pub use web::page_weight;
 
 pub struct Shared {
     pub cfg: ApiConfig,

@@ -16,9 +16,6 @@
 //! - provenance columns (`kafka_partition`, `kafka_offset`) read as NULL: offsets are
 //!   consecutive over every team's rows, so the gaps between a lead's own offsets would
 //!   count the other teams' events.
-//!
-//! The same table, not private, keeps rows of a flush still being written out of every query
-//! (`ledger_view`); there the caller's filters may prune files, as before.
 
 use std::fmt;
 use std::sync::Arc;
@@ -109,20 +106,6 @@ pub fn team_predicate_for(column: &str, data_type: &DataType, allowed: &[String]
 }
 
 impl FilteredTable {
-    /// `inner` without the rows failing `predicate`, for any principal (the caller's filters
-    /// may prune files below it).
-    pub fn new(inner: Arc<dyn TableProvider>, predicate: Expr) -> Self {
-        let schema = inner.schema();
-        FilteredTable {
-            inner,
-            predicate,
-            label: "complete flushes".into(),
-            private: false,
-            hidden: vec![],
-            schema,
-        }
-    }
-
     /// `inner` as a principal restricted to `label` may see it: a barrier in the plan, with
     /// `hidden` columns answered as NULL.
     pub fn private(
@@ -173,11 +156,6 @@ impl FilteredTable {
             Err(_) => team_predicate(column, teams),
         };
         FilteredTable::private(inner, predicate, label, hidden)
-    }
-
-    /// The predicate every row must pass.
-    pub fn predicate(&self) -> &Expr {
-        &self.predicate
     }
 }
 
@@ -389,11 +367,6 @@ impl ScopeExec {
             private,
             properties: Arc::new(properties),
         }
-    }
-
-    /// Whether this scan is a scope between principals.
-    pub fn is_private(&self) -> bool {
-        self.private
     }
 
     fn apply(&self, batch: RecordBatch) -> Result<Option<RecordBatch>> {

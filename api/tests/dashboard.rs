@@ -269,7 +269,7 @@ async fn assets_are_public_small_and_locked_to_this_origin() {
         assert!(!text.contains("https://"), "{path} names another host");
         weight += body.len();
     }
-    assert_eq!(weight, meterline_api::web::page_weight());
+    assert_eq!(weight, meterline_api::page_weight());
     println!("page weight: {weight} bytes (html + js + css, uncompressed)");
     assert!(weight < 64 * 1024, "page weight {weight} bytes");
     let r = client

@@ -1141,7 +1141,7 @@ fn the_focus_rules_catch_the_export_from_before_issue_18() {
 /// it (its FOCUS file still has PricingUnit=Requests, Adjustment rows and its cents).
 #[tokio::test]
 async fn a_month_closed_before_the_change_is_served_byte_for_byte() {
-    use meterline_api::closes::{CloseRecord, Closes};
+    use meterline_api::{CloseRecord, Closes};
     let dir = tempfile::tempdir().unwrap();
     let old = include_bytes!("fixtures/focus_before_issue18.csv").to_vec();
     let name = "chargeback-cost_center.focus.csv";
@@ -1152,9 +1152,7 @@ async fn a_month_closed_before_the_change_is_served_byte_for_byte() {
                 closed_at: "2026-11-01T09:00:00Z".into(),
                 closed_by: "carol-finance".into(),
                 previous: Some("2026-09".parse().unwrap()),
-                watermark: meterline_api::ledger_view::Watermark(
-                    [(0, 300), (1, 400)].into_iter().collect(),
-                ),
+                watermark: meterline_api::Watermark([(0, 300), (1, 400)].into_iter().collect()),
                 delta_version: None,
                 files: vec![],
             },

@@ -6,12 +6,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use meterline_api::catalog::{session, Scope};
-use meterline_api::ledger_view::{LedgerState, LedgerView, Watermark};
-use meterline_api::period::Month;
-use meterline_api::reports::chargeback::{compute, compute_sql, Cut, GroupBy};
-use meterline_api::rollup::{coverage, Coverage, OffsetRange, Rollups};
-use meterline_api::ApiConfig;
+use meterline_api::{
+    budgets_schema, compute_chargeback, compute_chargeback_sql, coverage, query_session, ApiConfig,
+    Coverage, Cut, GroupBy, LedgerState, LedgerView, Month, OffsetRange, QueryScope, Rollups,
+    Watermark,
+};
 use meterline_ledger::Row;
 use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
@@ -132,11 +131,11 @@ fn cuts() -> Vec<Cut> {
 }
 
 async fn assert_same(dir: &Path, state: &LedgerState, rollups: &Arc<Rollups>) -> usize {
-    let ctx = session(
+    let ctx = query_session(
         &cfg(dir),
-        &Scope::All,
+        &QueryScope::All,
         state,
-        datafusion::arrow::array::RecordBatch::new_empty(meterline_api::budgets::schema()),
+        datafusion::arrow::array::RecordBatch::new_empty(budgets_schema()),
     )
     .await
     .unwrap();
@@ -145,8 +144,10 @@ async fn assert_same(dir: &Path, state: &LedgerState, rollups: &Arc<Rollups>) ->
         let m: Month = month.parse().unwrap();
         for by in GroupBy::ALL {
             for (i, cut) in cuts().iter().enumerate() {
-                let sql = compute_sql(&ctx, m, by, cut).await.unwrap();
-                let fast = compute(rollups, state, m, by, cut).await.unwrap();
+                let sql = compute_chargeback_sql(&ctx, m, by, cut).await.unwrap();
+                let fast = compute_chargeback(rollups, state, m, by, cut)
+                    .await
+                    .unwrap();
                 assert_eq!(fast, sql, "{month} by {by:?}, cut {i}");
                 lines += sql.lines.len();
             }
@@ -220,7 +221,7 @@ async fn rows_of_an_uncommitted_flush_are_not_counted() {
     let rollups = Arc::new(Rollups::default());
     let view = LedgerView::open(&LedgerConfig::default(), dir).unwrap();
     let committed = view.state().unwrap();
-    let before = compute(&rollups, &committed, m, GroupBy::Team, &Cut::default())
+    let before = compute_chargeback(&rollups, &committed, m, GroupBy::Team, &Cut::default())
         .await
         .unwrap();
 
@@ -258,7 +259,7 @@ async fn rows_of_an_uncommitted_flush_are_not_counted() {
 
     let state = view.state().unwrap();
     assert_eq!(state.version, committed.version);
-    let during = compute(&rollups, &state, m, GroupBy::Team, &Cut::default())
+    let during = compute_chargeback(&rollups, &state, m, GroupBy::Team, &Cut::default())
         .await
         .unwrap();
     assert_eq!(during, before, "the uncommitted files are not counted");

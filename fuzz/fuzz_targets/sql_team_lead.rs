@@ -1,7 +1,7 @@
 //! SQL as a team lead (`search`): a query generated from the bytes (a grammar over the real
 //! tables, views and columns — see `meterline_fuzz::sql`) runs in a session built by
-//! `meterline_api::catalog::session` under `Scope::Teams(["search"])` and is answered by
-//! `meterline_api::answer::run` (JSON, CSV or Arrow IPC). Property: no panic (in any thread),
+//! `meterline_api::query_session` under `QueryScope::Teams(["search"])` and is answered by
+//! `meterline_api::run_sql` (JSON, CSV or Arrow IPC). Property: no panic (in any thread),
 //! and no answer, status or error text carries a marker of another team's rows.
 #![no_main]
 

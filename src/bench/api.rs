@@ -432,11 +432,8 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
     );
 
     // a team lead: the chargeback's GROUP BY by team through SQL, under the scope barrier
-    let period: meterline_api::period::Month = PERIOD.parse().map_err(anyhow::Error::msg)?;
-    let lead_sql = meterline_api::reports::chargeback::usage_lines_sql(
-        period,
-        meterline_api::reports::chargeback::GroupBy::Team,
-    );
+    let period: meterline_api::Month = PERIOD.parse().map_err(anyhow::Error::msg)?;
+    let lead_sql = meterline_api::usage_lines_sql(period, meterline_api::GroupBy::Team);
     reset_peak_rss();
     let _ = lead_once(&client, &base, &lead_sql).await?;
     let cpu0 = cpu_micros(me)?;
@@ -482,7 +479,7 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
     }
 
     // what every open-month request pays before adding up: the ledger listing (footers cached)
-    let view = meterline_api::ledger_view::LedgerView::open(&LedgerConfig::default(), &data)?;
+    let view = meterline_api::LedgerView::open(&LedgerConfig::default(), &data)?;
     let files = view.state()?.files.len();
     let t = Instant::now();
     view.state()?;

@@ -191,7 +191,7 @@ pub struct Server {
     /// Queries running on its query runtime.
     pub running: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// What its `budgets` table shows.
-    pub budgets: std::sync::Arc<meterline_api::budgets::BudgetCache>,
+    pub budgets: std::sync::Arc<meterline_api::BudgetCache>,
 }
 
 /// An API over `dir` (already written), serving on port 0.
@@ -240,7 +240,7 @@ pub fn assert_no_secret(q: &str, body: &str) {
 
 /// Live budgets: the lead's team budget and, with `foreign`, others' (an org budget and
 /// another team's, whose names are secrets too).
-pub fn budget_snapshot(foreign: bool) -> meterline_api::budgets::BudgetSnapshot {
+pub fn budget_snapshot(foreign: bool) -> meterline_api::BudgetSnapshot {
     let budget = |id: &str, name: &str, scope: &str, limit: &str| {
         let d: meterline_reference::budgets::BudgetDraft = serde_json::from_value(json!({
             "budget_id": id, "name": name, "scope": scope, "limit": limit,
@@ -272,5 +272,5 @@ pub fn budget_snapshot(foreign: bool) -> meterline_api::budgets::BudgetSnapshot 
             "4242.00",
         ));
     }
-    meterline_api::budgets::BudgetSnapshot::new(all.into_iter().collect(), &[])
+    meterline_api::BudgetSnapshot::new(all.into_iter().collect(), &[])
 }

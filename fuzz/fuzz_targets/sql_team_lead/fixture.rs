@@ -7,10 +7,10 @@
 //! anomalies and budgets) carries a marker in each string (`zz-other`, `SECRETKEY`), the cost
 //! `98765.4321` and the time `2031-07-13T13:37:42Z`: none may appear in a lead's answer or error.
 //!
-//! Answer: `meterline_api::answer::run(&Shared, Scope::Teams(["search"]), sql, format)` — what
+//! Answer: `meterline_api::run_sql(&Shared, QueryScope::Teams(["search"]), sql, format)` — what
 //! `POST /v1/sql` calls for a team lead after authentication (session from
-//! `catalog::session`, the API's query runtime, row cap, time limit; JSON, CSV or Arrow IPC) —
-//! with `Shared` built as `App::build` builds it (no broker, budgets set directly).
+//! `meterline_api::query_session`, the API's query runtime, row cap, time limit; JSON, CSV or
+//! Arrow IPC) — with `Shared` built as `App::build` builds it (no broker, budgets set directly).
 //!
 //! Grammar: SQL built from fuzzer bytes over the real tables, views and columns (typed), with
 //! casts, CASE, division, string and date functions, aggregates with GROUP BY / HAVING, window
@@ -24,11 +24,10 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_ledger::Row;
-use meterline_api::answer::{self, Format};
-use meterline_api::budgets::{BudgetCache, BudgetSnapshot};
-use meterline_api::catalog::Scope as QueryScope;
-use meterline_api::queries::QueryRuntime;
-use meterline_api::{ApiConfig, Shared};
+use meterline_api::{
+    run_sql, ApiConfig, BudgetCache, BudgetSnapshot, Format, LedgerView, QueryRuntime, QueryScope,
+    Shared,
+};
 use meterline_runtime::auth::TokenTable;
 use meterline_schemas::{
     Anomaly, BudgetAction, BudgetChange, BudgetSignal, BudgetState, CostLines, Money, PeriodKind,
@@ -285,7 +284,7 @@ pub fn fixture() -> &'static Fixture {
         let shared = Arc::new(Shared {
             tokens: TokenTable::new(&cfg.tokens),
             kafka: None,
-            ledger: Default::default(),
+            ledger: LedgerView::open(&LedgerConfig::default(), &cfg.data_dir).expect("ledger view"),
             rollups: Default::default(),
             budgets: Arc::new(budgets),
             close_lock: Default::default(),
@@ -319,7 +318,7 @@ impl Fixture {
     /// Everything a client could read of the answer: status, body (or the transfer's error).
     pub fn answer(&self, scope: &QueryScope, sql: &str, format: Format) -> String {
         self.rt.block_on(async {
-            let r = answer::run(&self.shared, scope.clone(), sql.to_string(), format).await;
+            let r = run_sql(&self.shared, scope.clone(), sql.to_string(), format).await;
             let status = r.status();
             let headers = format!("{:?}", r.headers());
             let body = match axum::body::to_bytes(r.into_body(), 256 << 20).await {
