@@ -53,7 +53,15 @@ pub struct Ledger {
     /// The ends of the last snapshot taken, by version (asking the log for a partition's txn
     /// version replays its txn actions; a version's ends never change).
     ends: Mutex<Option<(u64, BTreeMap<i32, i64>)>>,
+    /// Per partition: its txn version as of a table version. Asking delta-rs replays the
+    /// txn actions of the log segment (the last checkpoint and up to 99 JSON commits) each
+    /// time; from a known version on, reading the few commits since is enough.
+    txns: Mutex<HashMap<i32, (u64, Option<i64>)>>,
 }
+
+/// How many commits a cached txn version is brought forward by reading them (beyond that,
+/// delta-rs's own replay from the last checkpoint is cheaper).
+const TXN_CATCH_UP: u64 = 200;
 
 /// What a committed flush wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +203,7 @@ impl Ledger {
             local_dir,
             table: Mutex::new(table),
             ends: Mutex::new(None),
+            txns: Mutex::new(HashMap::new()),
         })
     }
 
@@ -265,7 +274,7 @@ impl Ledger {
                     let partitions: std::collections::BTreeSet<i32> =
                         files.iter().map(|f| f.partition).collect();
                     for p in partitions {
-                        if let Some(last) = txn_version(t, p)? {
+                        if let Some(last) = self.txn_of(t, p)? {
                             ends.insert(p, last + 1);
                         }
                     }
@@ -296,7 +305,30 @@ impl Ledger {
     pub fn txn_version(&self, partition: i32) -> Result<Option<i64>, Error> {
         let mut t = self.table()?;
         run(t.update_state()).map_err(delta)?;
-        txn_version(&t, partition)
+        self.txn_of(&t, partition)
+    }
+
+    /// `partition`'s txn version in `t`'s loaded version: brought forward from the cache by
+    /// reading the commits since (a txn action is in the commit that set it), else asked of
+    /// delta-rs.
+    fn txn_of(&self, t: &DeltaTable, partition: i32) -> Result<Option<i64>, Error> {
+        let version = t.version().unwrap_or_default();
+        let cached = self.txns.lock().expect("txns").get(&partition).copied();
+        let found = match cached {
+            Some((v, txn)) if v == version => txn,
+            Some((v, txn)) if v < version && version - v <= TXN_CATCH_UP => {
+                match txn_since(t, partition, v, version, txn)? {
+                    Some(txn) => txn,
+                    None => txn_version(t, partition)?,
+                }
+            }
+            _ => txn_version(t, partition)?,
+        };
+        let mut cache = self.txns.lock().expect("txns");
+        if cache.get(&partition).is_none_or(|(v, _)| *v <= version) {
+            cache.insert(partition, (version, found));
+        }
+        Ok(found)
     }
 
     /// Writes one flush of `partition` (input offsets `first..=last`, of which `rows` are the
@@ -388,7 +420,7 @@ impl Ledger {
     ) -> Result<u64, Error> {
         let mut t = self.table()?;
         run(t.update_state()).map_err(delta)?;
-        let found = txn_version(&t, partition)?;
+        let found = self.txn_of(&t, partition)?;
         if found == Some(last) && committed(&t, new)? {
             return Ok(t.version().unwrap_or_default()); // an earlier attempt did commit
         }
@@ -455,7 +487,34 @@ impl Ledger {
     }
 }
 
-/// `partition`'s txn version in `t`'s loaded version.
+/// `partition`'s txn version at `to`, from its version `txn` at `from` and the commits in
+/// between; `None` if one of them cannot be read (removed behind a checkpoint).
+fn txn_since(
+    t: &DeltaTable,
+    partition: i32,
+    from: u64,
+    to: u64,
+    mut txn: Option<i64>,
+) -> Result<Option<Option<i64>>, Error> {
+    let app = txn_app_id(partition);
+    let log_store = t.log_store();
+    for version in from + 1..=to {
+        let Some(commit) = run(log_store.read_commit_entry(version)).map_err(delta)? else {
+            return Ok(None);
+        };
+        for line in commit.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let action: serde_json::Value = serde_json::from_slice(line)?;
+            if let Some(t) = action.get("txn") {
+                if t["appId"].as_str() == Some(app.as_str()) {
+                    txn = t["version"].as_i64();
+                }
+            }
+        }
+    }
+    Ok(Some(txn))
+}
+
+/// `partition`'s txn version in `t`'s loaded version, asked of delta-rs.
 fn txn_version(t: &DeltaTable, partition: i32) -> Result<Option<i64>, Error> {
     let state = t.snapshot().map_err(delta)?;
     let log_store = t.log_store();
