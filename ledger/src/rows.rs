@@ -315,4 +315,3 @@ mod tests {
         assert!(b.column_by_name("seconds").unwrap().is_null(0));
     }
 }
-

@@ -86,12 +86,13 @@ impl ObjectStoreFactory for CloudStores {
         let store: ObjectStoreRef = match url.scheme() {
             "s3" | "s3a" => Arc::new(
                 opts()
-                    .fold(AmazonS3Builder::from_env().with_url(url.as_str()), |b, (k, v)| {
-                        match k.parse() {
+                    .fold(
+                        AmazonS3Builder::from_env().with_url(url.as_str()),
+                        |b, (k, v)| match k.parse() {
                             Ok(k) => b.with_config(k, v),
                             Err(_) => b,
-                        }
-                    })
+                        },
+                    )
                     .build()?,
             ),
             "gs" => Arc::new(
