@@ -416,7 +416,11 @@ async fn two_sinks_on_s3_killed_in_turns_leave_the_table_exact() {
             let before = read_table(&cfg, &data).rows;
             let t0 = Instant::now();
             while read_table(&cfg, &data).rows == before && before < produced {
-                assert!(t0.elapsed() < Duration::from_secs(90), "no progress in round {round}:\n{}", logs_text());
+                assert!(
+                    t0.elapsed() < Duration::from_secs(90),
+                    "no progress in round {round}:\n{}",
+                    logs_text()
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
@@ -453,9 +457,15 @@ async fn two_sinks_on_s3_killed_in_turns_leave_the_table_exact() {
         let l = read_table(&cfg, &data);
         assert_eq!((l.rows, l.duplicates), (produced, 0), "every record once");
         assert_eq!(l.positions.len(), produced);
-        assert_eq!(l.sum, expected_sum, "the Decimal sum equals the topic's exactly");
+        assert_eq!(
+            l.sum, expected_sum,
+            "the Decimal sum equals the topic's exactly"
+        );
         let seen = common::delta_summary_of(&format!("{url}/usage"), &s3.env());
-        assert_eq!(seen["rows"], produced as u64, "rows in the Delta table on the bucket");
+        assert_eq!(
+            seen["rows"], produced as u64,
+            "rows in the Delta table on the bucket"
+        );
         let cost: rust_decimal::Decimal = seen["cost"].as_str().unwrap().parse().unwrap();
         assert_eq!(
             cost.normalize(),

@@ -215,14 +215,26 @@ async fn every_acknowledged_event_is_billed_once_through_kills_and_outages() {
         let _ = name;
         vec![("METERLINE_CONFIG", config.display().to_string())]
     };
-    let logs: BTreeMap<&str, PathBuf> = ["ingest", "enrich-a", "enrich-b", "aggregate-a", "aggregate-b"]
-        .into_iter()
-        .map(|n| (n, dir.join(format!("{n}.log"))))
-        .collect();
-    let mut stages: Vec<Stage> = ["ingest", "enrich-a", "enrich-b", "aggregate-a", "aggregate-b"]
-        .into_iter()
-        .map(|n| Stage::spawn(&h, n, cfg(n), &logs[n]))
-        .collect();
+    let logs: BTreeMap<&str, PathBuf> = [
+        "ingest",
+        "enrich-a",
+        "enrich-b",
+        "aggregate-a",
+        "aggregate-b",
+    ]
+    .into_iter()
+    .map(|n| (n, dir.join(format!("{n}.log"))))
+    .collect();
+    let mut stages: Vec<Stage> = [
+        "ingest",
+        "enrich-a",
+        "enrich-b",
+        "aggregate-a",
+        "aggregate-b",
+    ]
+    .into_iter()
+    .map(|n| Stage::spawn(&h, n, cfg(n), &logs[n]))
+    .collect();
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(60), "the edge answers", || async {
         client.get(format!("{edge}/healthz")).send().await.is_ok()

@@ -31,8 +31,8 @@ fn rows(partition: i32, first: i64) -> Vec<Row> {
             event.occurred_at = format!("2026-11-{:02}T12:00:00Z", 1 + o % 2)
                 .parse()
                 .expect("a time");
-            let total = meterline_schemas::Money::from_unscaled(1_000_000_000 + o as i128)
-                .expect("money");
+            let total =
+                meterline_schemas::Money::from_unscaled(1_000_000_000 + o as i128).expect("money");
             Row {
                 priced: PricedUsage {
                     event,
@@ -100,7 +100,12 @@ pub(super) fn run(flushes: usize, commits: u64, url: Option<String>) -> anyhow::
     let mut flush_times = vec![];
     let mut raw_times = vec![];
     let mut after: BTreeMap<i32, Option<i64>> = (0..PARTITIONS).map(|p| (p, None)).collect();
-    let mut progress = Progress::new("bench ledger: flushes", "flushes", Some(flushes as u64), false);
+    let mut progress = Progress::new(
+        "bench ledger: flushes",
+        "flushes",
+        Some(flushes as u64),
+        false,
+    );
     let mut written = 0u64;
     for i in 0..flushes {
         let p = (i % PARTITIONS as usize) as i32;
@@ -181,13 +186,21 @@ pub(super) fn run(flushes: usize, commits: u64, url: Option<String>) -> anyhow::
         reopened.url()
     );
     println!("  flush (2 files + commit)   p50 {f50:>8.2} ms   p99 {f99:>8.2} ms");
-    println!("  raw: same bytes fsynced    p50 {r50:>8.2} ms   p99 {r99:>8.2} ms   ratio p50 {:.2}", f50 / r50);
+    println!(
+        "  raw: same bytes fsynced    p50 {r50:>8.2} ms   p99 {r99:>8.2} ms   ratio p50 {:.2}",
+        f50 / r50
+    );
     println!("  CPU per row written        {cpu_per_row:>8.2} µs (whole process)");
     if !commit_times.is_empty() {
         let (c50, c99) = summary(commit_times);
         let (b50, b99) = summary(floor_times);
-        println!("  commit (txn only)          p50 {c50:>8.2} ms   p99 {c99:>8.2} ms   ({todo} commits)");
-        println!("  raw: one fsynced put       p50 {b50:>8.2} ms   p99 {b99:>8.2} ms   ratio p50 {:.2}", c50 / b50);
+        println!(
+            "  commit (txn only)          p50 {c50:>8.2} ms   p99 {c99:>8.2} ms   ({todo} commits)"
+        );
+        println!(
+            "  raw: one fsynced put       p50 {b50:>8.2} ms   p99 {b99:>8.2} ms   ratio p50 {:.2}",
+            c50 / b50
+        );
     }
     println!(
         "  open at version {:>7}    {open_ms:>8.1} ms   ({checkpoints} checkpoints; {} files; resume p0 at {resume:?})",
@@ -199,6 +212,9 @@ pub(super) fn run(flushes: usize, commits: u64, url: Option<String>) -> anyhow::
         log_bytes as f64 / (1024.0 * 1024.0),
         open_ms / raw_log_ms
     );
-    println!("  peak RSS                   {:>8.1} MiB", peak_rss_kib(me)? as f64 / 1024.0);
+    println!(
+        "  peak RSS                   {:>8.1} MiB",
+        peak_rss_kib(me)? as f64 / 1024.0
+    );
     Ok(())
 }
