@@ -147,15 +147,26 @@ async fn main() -> anyhow::Result<()> {
             let cfg = cfg()?;
             let retention =
                 std::time::Duration::from_secs(cfg.ledger.vacuum_retention_hours * 3600);
+            let (ledger, dir) = (cfg.ledger, cfg.aggregate.data_dir);
             let done = tokio::task::spawn_blocking(move || {
-                meterline_ledger::Ledger::open(&cfg.ledger, &cfg.aggregate.data_dir)?
-                    .vacuum(retention, dry_run)
+                let usage = meterline_ledger::Ledger::open(&ledger, &dir)?;
+                let anomalies = meterline_ledger::AnomalyTable::open(&ledger, &dir)?;
+                anyhow::Ok([
+                    ("usage", usage.vacuum(retention, dry_run)?),
+                    ("anomalies", anomalies.vacuum(retention, dry_run)?),
+                ])
             })
             .await??;
-            for f in &done.files {
-                println!("{}{f}", if dry_run { "would delete " } else { "deleted " });
+            for (table, vacuumed) in &done {
+                for f in &vacuumed.files {
+                    let verb = if dry_run { "would delete" } else { "deleted" };
+                    println!("{verb} {table}/{f}");
+                }
             }
-            println!("{} files", done.files.len());
+            println!(
+                "{} files",
+                done.iter().map(|d| d.1.files.len()).sum::<usize>()
+            );
             Ok(())
         }
         Cmd::Api => {

@@ -598,9 +598,13 @@ fn derive_watch(kafka: &KafkaConfig, ledger: &Ledger, into: &Path) -> anyhow::Re
         .iter()
         .filter_map(|b| BudgetSignal::from_avro(b).ok())
         .collect();
+    let anomalies = std::sync::Arc::new(meterline_ledger::AnomalyTable::open(
+        &meterline_ledger::LedgerConfig::default(),
+        into,
+    )?);
     Ok(meterline_watch::derive(
         ledger,
-        into,
+        anomalies,
         budgets.into_values(),
         &signals,
         Utc::now(),

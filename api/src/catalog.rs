@@ -2,7 +2,8 @@
 //! - `usage`: the ledger's Delta table at one version — a listing table (Hive partitions
 //!   `date=…`) over a store that lists exactly the snapshot's files — wrapped in the
 //!   principal's scope;
-//! - `anomalies`: `<data_dir>/anomalies`, scoped to the principal's teams' anomalies;
+//! - `anomalies`: the anomalies table at the version read with the ledger's, scoped to the
+//!   principal's teams' anomalies;
 //! - `budgets`: live budgets with their latest signal, scoped to team budgets of its teams;
 //! - the views in [`VIEWS`], defined over those tables — so they are scoped too.
 
@@ -105,16 +106,6 @@ fn listing(
     ))
 }
 
-/// A local directory's URL (created if missing).
-fn dir_url(dir: &std::path::Path) -> Result<String, Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
-    let dir = dir.canonicalize().map_err(|source| Error::LedgerDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    Ok(format!("{}/", dir.display()))
-}
-
 /// The ledger table at the version of `ledger`, read with `parquet`'s options. Its files are
 /// listed by the snapshot's store (registered in the session's runtime for the table's
 /// store, see [`session`]), so the table is exactly that version: no file of a flush not yet
@@ -145,11 +136,11 @@ pub async fn session(
         .with_memory_limit(cfg.query_memory_bytes, 1.0)
         .build_arc()
         .map_err(Error::query)?;
-    // the table's store as the snapshot sees it: listing gives exactly its files
-    runtime.register_object_store(
-        &ledger.snapshot.store_url(),
-        ledger.snapshot.listing_store(),
-    );
+    // the tables' store as the snapshots see it: listing gives exactly their files
+    let (store_url, store) =
+        meterline_ledger::listing_store(&[ledger.snapshot.listing(), ledger.anomalies.listing()])?
+            .expect("two listings");
+    runtime.register_object_store(&store_url, store);
     let scoped = matches!(scope, Scope::Teams(_));
     // information_schema lists every table of the catalog: not for scoped principals.
     // Parallel by file groups only: a one-partition source (VALUES, generate_series) is not
@@ -171,8 +162,8 @@ pub async fn session(
     crate::functions::install(&ctx, &limits);
     let usage = ledger_table(ledger, &parquet)?;
     let anomalies = listing(
-        &dir_url(&cfg.data_dir.join("anomalies"))?,
-        meterline_ledger::anomalies::anomalies_schema(),
+        ledger.anomalies.table_url().as_str(),
+        meterline_ledger::anomalies_schema(),
         &parquet,
     )?;
     let budgets: Arc<dyn TableProvider> =

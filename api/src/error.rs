@@ -11,7 +11,7 @@ use axum::Json;
 /// What a caller reads is [`Error::public_message`] (see [`Error::status`] for the code): the
 /// `Display` text without any path. Every caller, team leads included, can meet the errors of
 /// a query's session (reading the ledger's directories and files), so the paths variants
-/// carry (`Io`, `LedgerDir`, `LedgerFile`, `Manifest`, `Corrupt`, the ledger's own) are for
+/// carry (`Io`, `LedgerFile`, `Manifest`, `Corrupt`, the ledger's own) are for
 /// the log only.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,14 +33,6 @@ pub enum Error {
     /// A file system call on `path` failed (a close's snapshot, a ledger file for a rollup).
     #[error("{}: {source}", path.display())]
     Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Listing the ledger's directories failed (permissions, a failing disk). Any caller may
-    /// get this message, so it names no path; `path` is for the log.
-    #[error("reading the ledger's directory: {source}")]
-    LedgerDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -107,7 +99,6 @@ impl Error {
             | Error::Serve(_)
             | Error::QueryRuntime(_)
             | Error::Io { .. }
-            | Error::LedgerDir { .. }
             | Error::Ledger(_)
             | Error::LedgerFile { .. }
             | Error::Parquet(_)
@@ -266,10 +257,6 @@ mod tests {
         );
         let errors = [
             Error::Io {
-                path: secret.clone(),
-                source: io(),
-            },
-            Error::LedgerDir {
                 path: secret.clone(),
                 source: io(),
             },

@@ -1,12 +1,12 @@
 //! What of the ledger a query reads: a snapshot of its Delta table (the files its log lists
-//! at one version, and where each input partition's rows end). A snapshot is consistent by
-//! construction — a flush is one commit, a compaction swaps files in one commit — so a query
+//! at one version, and where each input partition's rows end), and one of the anomalies
+//! table. A snapshot is consistent by construction — a flush is one commit, a compaction swaps files in one commit — so a query
 //! never sees half a flush or a row twice, and needs no row filter for that.
 
 use std::collections::BTreeMap;
 
 use datafusion::logical_expr::{col, lit, when, Expr};
-use meterline_ledger::{Ledger, LedgerConfig, Snapshot};
+use meterline_ledger::{AnomalySnapshot, AnomalyTable, Ledger, LedgerConfig, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -76,11 +76,14 @@ pub struct LedgerState {
     pub files: Vec<LedgerFile>,
     /// The snapshot itself (its store, for a query engine).
     pub snapshot: Snapshot,
+    /// The anomalies table, read at the same moment.
+    pub anomalies: AnomalySnapshot,
 }
 
 /// The usage table, as the API reads it.
 pub struct LedgerView {
     ledger: std::sync::Arc<Ledger>,
+    anomalies: std::sync::Arc<AnomalyTable>,
 }
 
 impl LedgerView {
@@ -88,6 +91,7 @@ impl LedgerView {
     pub fn open(cfg: &LedgerConfig, data_dir: &std::path::Path) -> Result<LedgerView, Error> {
         Ok(LedgerView {
             ledger: std::sync::Arc::new(Ledger::open(cfg, data_dir)?),
+            anomalies: std::sync::Arc::new(AnomalyTable::open(cfg, data_dir)?),
         })
     }
 
@@ -98,22 +102,27 @@ impl LedgerView {
 
     /// The table now (its newest version).
     pub fn state(&self) -> Result<LedgerState, Error> {
-        Ok(state_of(self.ledger.snapshot()?))
+        Ok(state_of(
+            self.ledger.snapshot()?,
+            self.anomalies.snapshot()?,
+        ))
     }
 
     /// As [`Self::state`], off the async threads (reading the log is file or network I/O).
     pub async fn settled_state(&self) -> Result<LedgerState, Error> {
-        let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || ledger.snapshot())
-            .await
-            .map_err(Error::query)?
-            .map(state_of)
-            .map_err(Error::from)
+        let (ledger, anomalies) = (self.ledger.clone(), self.anomalies.clone());
+        let (usage, anomalies) = tokio::task::spawn_blocking(move || {
+            Ok::<_, meterline_ledger::Error>((ledger.snapshot()?, anomalies.snapshot()?))
+        })
+        .await
+        .map_err(Error::query)??;
+        Ok(state_of(usage, anomalies))
     }
 }
 
-fn state_of(snapshot: Snapshot) -> LedgerState {
+fn state_of(snapshot: Snapshot, anomalies: AnomalySnapshot) -> LedgerState {
     LedgerState {
+        anomalies,
         version: snapshot.version,
         watermark: Watermark(snapshot.ends.clone()),
         files: snapshot.files.clone(),

@@ -86,16 +86,17 @@ fn write_fixture(dir: &Path) {
         top_contributors: vec![],
         at: "2026-11-20T11:00:05Z".parse().unwrap(),
     };
-    meterline_ledger::anomalies::write_hour_file(
-        dir,
-        "2026-11-20T10:00:00Z".parse().unwrap(),
-        &[
-            anomaly(ScopeKind::Team, "search", "gpt-4o", "5"),
-            anomaly(ScopeKind::Team, "secret-team", "gpt-4o", "999"),
-            anomaly(ScopeKind::Org, "secret-org", "gpt-4o", "999"),
-        ],
-    )
-    .unwrap();
+    meterline_ledger::AnomalyTable::open(&meterline_ledger::LedgerConfig::default(), dir)
+        .unwrap()
+        .replace_hour(
+            "2026-11-20T10:00:00Z".parse().unwrap(),
+            &[
+                anomaly(ScopeKind::Team, "search", "gpt-4o", "5"),
+                anomaly(ScopeKind::Team, "secret-team", "gpt-4o", "999"),
+                anomaly(ScopeKind::Org, "secret-org", "gpt-4o", "999"),
+            ],
+        )
+        .unwrap();
 }
 
 async fn start(cfg_edit: impl FnOnce(&mut ApiConfig)) -> (String, tempfile::TempDir) {

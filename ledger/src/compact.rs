@@ -20,14 +20,12 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
-use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::DeltaOperation;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::snapshot::{Snapshot, TableFile};
-use crate::storage::run;
 use crate::table::{encode, remove, NewFile};
-use crate::{delta, files, Error, Ledger};
+use crate::{files, Error, Ledger};
 
 /// What one partition's compaction did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +116,7 @@ impl Ledger {
                 files::date_dir(date),
                 files::file_name(partition, first, last)
             );
-            let bytes = self.put(&rel, encode(&merged)?)?;
+            let bytes = self.handle.put(&rel, encode(&merged)?)?;
             let new = NewFile {
                 rel: rel.clone(),
                 date: day.clone(),
@@ -151,24 +149,7 @@ impl Ledger {
     /// replaced and files no commit lists, once older than `retention`. `dry_run`: only lists
     /// them.
     pub fn vacuum(&self, retention: Duration, dry_run: bool) -> Result<Vacuumed, Error> {
-        let retention = chrono::Duration::from_std(retention)
-            .map_err(|e| Error::Config(format!("vacuum retention: {e}")))?;
-        let table = self.with_table(|t| Ok(t.clone()))?;
-        let (_, metrics) = run(async {
-            table
-                .vacuum()
-                .with_retention_period(retention)
-                // our retention is checked by config (at least an hour), not against the
-                // table's 7-day default
-                .with_enforce_retention_duration(false)
-                .with_mode(VacuumMode::Full)
-                .with_dry_run(dry_run)
-                .await
-                .map_err(delta)
-        })?;
-        let mut files = metrics.files_deleted;
-        files.sort();
-        Ok(Vacuumed { dry_run, files })
+        self.handle.vacuum(retention, dry_run)
     }
 }
 

@@ -16,12 +16,14 @@
 //! - `files`: names of the ledger's data files;
 //! - `rows`: priced events → Arrow batches in the ledger schema;
 //! - `totals`: rows per partition and exact cost sums per currency, as readers see them;
-//! - `anomalies`: the anomalies table.
+//! - `handle`: one Delta table as its writer holds it (create, durable files, commit, vacuum);
+//! - `anomalies`: [`AnomalyTable`], the anomalies table (one file per hour with findings).
 
-pub mod anomalies;
+mod anomalies;
 mod compact;
 mod config;
 mod files;
+mod handle;
 mod rows;
 mod snapshot;
 mod storage;
@@ -30,10 +32,11 @@ pub mod totals;
 
 use std::path::{Path, PathBuf};
 
+pub use anomalies::{anomalies_schema, AnomalySnapshot, AnomalyTable};
 pub use compact::{Compacted, Vacuumed};
 pub use config::LedgerConfig;
 pub use rows::{sort as sort_rows, to_batch, Row};
-pub use snapshot::{Snapshot, TableFile};
+pub use snapshot::{listing_store, Listing, Snapshot, TableFile};
 pub use table::{Flushed, Ledger, PAGE_ROWS, ROW_GROUP_ROWS};
 
 /// `appId` prefix of a priced partition's `txn` action; its `version` is the partition's last

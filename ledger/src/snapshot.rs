@@ -15,6 +15,8 @@ use object_store::{
 };
 use url::Url;
 
+use crate::Error;
+
 /// One data file of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableFile {
@@ -64,38 +66,16 @@ impl Snapshot {
         &self.table_url
     }
 
-    /// The URL of the store the table is in (`file:///`, `s3://bucket/`): where a query
-    /// engine registers [`Self::listing_store`].
-    pub fn store_url(&self) -> Url {
-        let mut u = self.table_url.clone();
-        u.set_path("/");
-        u
-    }
-
-    /// The store seen through this snapshot: under the table, listing shows exactly the
-    /// snapshot's files (uncommitted and replaced files are not listed); reads, and
-    /// everything outside the table, go to the store itself. Registered in a query engine
-    /// for [`Self::store_url`], a listing table over [`Self::table_url`] reads this version
-    /// of the table and nothing else.
-    pub fn listing_store(&self) -> Arc<dyn ObjectStore> {
-        let mut files: Vec<ObjectMeta> = self
-            .files
-            .iter()
-            .map(|f| ObjectMeta {
-                location: self.location(f),
-                last_modified: chrono::DateTime::from_timestamp_millis(f.modified_ms)
-                    .unwrap_or_default(),
-                size: f.bytes,
-                e_tag: None,
-                version: None,
-            })
-            .collect();
-        files.sort_by(|a, b| a.location.cmp(&b.location));
-        Arc::new(SnapshotStore {
-            inner: self.root.clone(),
-            prefix: self.prefix.clone(),
-            files: Arc::new(files),
-        })
+    /// This snapshot's files as a store lists them (see [`listing_store`]).
+    pub fn listing(&self) -> Listing {
+        Listing::new(
+            &self.table_url,
+            self.prefix.clone(),
+            self.root.clone(),
+            self.files
+                .iter()
+                .map(|f| (f.path.as_str(), f.bytes, f.modified_ms)),
+        )
     }
 
     /// Reads a file of this snapshot whole (files are immutable: what it lists, it can read
@@ -118,32 +98,107 @@ impl Snapshot {
     }
 }
 
-/// See [`Snapshot::listing_store`].
+/// A table's files at one version, as a store lists them: see [`listing_store`].
+#[derive(Clone)]
+pub struct Listing {
+    store_url: Url,
+    root: Arc<dyn ObjectStore>,
+    /// The table's directory in the store.
+    prefix: Path,
+    /// Its files, sorted by location.
+    files: Arc<Vec<ObjectMeta>>,
+}
+
+impl Listing {
+    /// The table at `table_url` (at `prefix` in `root`) listing exactly `files` (path relative
+    /// to the table, size, modification time in ms since the epoch).
+    pub(crate) fn new<'a>(
+        table_url: &Url,
+        prefix: Path,
+        root: Arc<dyn ObjectStore>,
+        files: impl Iterator<Item = (&'a str, u64, i64)>,
+    ) -> Listing {
+        let mut metas: Vec<ObjectMeta> = files
+            .map(|(path, size, modified_ms)| ObjectMeta {
+                location: prefix.parts().chain(Path::from(path).parts()).collect(),
+                last_modified: chrono::DateTime::from_timestamp_millis(modified_ms)
+                    .unwrap_or_default(),
+                size,
+                e_tag: None,
+                version: None,
+            })
+            .collect();
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut store_url = table_url.clone();
+        store_url.set_path("/");
+        Listing {
+            store_url,
+            root,
+            prefix,
+            files: Arc::new(metas),
+        }
+    }
+}
+
+/// The store the tables of `listings` are in (`file:///`, `s3://bucket/`), seen through their
+/// snapshots: under each table, listing shows exactly its snapshot's files (uncommitted and
+/// replaced files are not listed); reads, and everything outside the tables, go to the store
+/// itself. Registered in a query engine for the returned URL, listing tables over the tables'
+/// URLs read those versions and nothing else. `None` without listings; an error if they are
+/// not all in one store.
+pub fn listing_store(listings: &[Listing]) -> Result<Option<(Url, Arc<dyn ObjectStore>)>, Error> {
+    let Some(first) = listings.first() else {
+        return Ok(None);
+    };
+    if let Some(other) = listings.iter().find(|l| l.store_url != first.store_url) {
+        return Err(Error::Config(format!(
+            "the ledger's tables are in different stores ({} and {})",
+            first.store_url, other.store_url
+        )));
+    }
+    let store = SnapshotStore {
+        inner: first.root.clone(),
+        tables: listings
+            .iter()
+            .map(|l| (l.prefix.clone(), l.files.clone()))
+            .collect(),
+    };
+    Ok(Some((first.store_url.clone(), Arc::new(store))))
+}
+
+/// See [`listing_store`].
 #[derive(Debug)]
 struct SnapshotStore {
     inner: Arc<dyn ObjectStore>,
-    prefix: Path,
-    /// The snapshot's files, sorted by location.
-    files: Arc<Vec<ObjectMeta>>,
+    /// Per table: its directory and its snapshot's files, sorted by location.
+    tables: Vec<(Path, Arc<Vec<ObjectMeta>>)>,
 }
 
 impl fmt::Display for SnapshotStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Snapshot({}, {} files)", self.inner, self.files.len())
+        write!(f, "Snapshot({}, {} tables)", self.inner, self.tables.len())
     }
 }
 
 impl SnapshotStore {
-    /// Whether a listing of `prefix` is within the table (then the snapshot answers it).
-    fn in_table(&self, prefix: Option<&Path>) -> bool {
-        prefix.is_some_and(|p| p.prefix_matches(&self.prefix))
-    }
-
-    fn under<'a>(&'a self, prefix: &'a Path) -> impl Iterator<Item = &'a ObjectMeta> + 'a {
-        self.files
+    /// The files of the table a listing of `prefix` is within (then its snapshot answers).
+    fn table_of(&self, prefix: Option<&Path>) -> Option<&[ObjectMeta]> {
+        let prefix = prefix?;
+        self.tables
             .iter()
-            .filter(move |m| m.location.prefix_matches(prefix) && m.location != *prefix)
+            .find(|(table, _)| prefix.prefix_matches(table))
+            .map(|(_, files)| files.as_slice())
     }
+}
+
+/// The files of `files` under `prefix` (not `prefix` itself).
+fn under<'a>(
+    files: &'a [ObjectMeta],
+    prefix: &'a Path,
+) -> impl Iterator<Item = &'a ObjectMeta> + 'a {
+    files
+        .iter()
+        .filter(move |m| m.location.prefix_matches(prefix) && m.location != *prefix)
 }
 
 #[async_trait::async_trait]
@@ -189,23 +244,21 @@ impl ObjectStore for SnapshotStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        if !self.in_table(prefix) {
+        let (Some(files), Some(prefix)) = (self.table_of(prefix), prefix) else {
             return self.inner.list(prefix);
-        }
-        let prefix = prefix.expect("in the table").clone();
-        let found: Vec<_> = self.under(&prefix).cloned().map(Ok).collect();
+        };
+        let found: Vec<_> = under(files, prefix).cloned().map(Ok).collect();
         stream::iter(found).boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        if !self.in_table(prefix) {
+        let (Some(files), Some(prefix)) = (self.table_of(prefix), prefix) else {
             return self.inner.list_with_delimiter(prefix).await;
-        }
-        let prefix = prefix.expect("in the table");
+        };
         let depth = prefix.parts().count();
         let mut common_prefixes: Vec<Path> = vec![];
         let mut objects = vec![];
-        for m in self.under(prefix) {
+        for m in under(files, prefix) {
             let parts: Vec<_> = m.location.parts().collect();
             if parts.len() == depth + 1 {
                 objects.push(m.clone());
@@ -251,9 +304,9 @@ mod tests {
         }
     }
 
-    /// Under the table only the snapshot's files are listed; outside it, the store itself.
+    /// Under each table only its snapshot's files are listed; outside them, the store itself.
     #[tokio::test]
-    async fn the_listing_store_lists_exactly_the_snapshot() {
+    async fn the_listing_store_lists_exactly_the_snapshots() {
         let dir = tempfile::tempdir().unwrap();
         let root: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
         let base = Path::from_filesystem_path(dir.path()).unwrap();
@@ -271,7 +324,9 @@ mod tests {
             "usage/date=2026-03-01/orphan.parquet",
             "usage/date=2026-03-02/b.parquet",
             "usage/date=2026-03-03/replaced.parquet",
-            "anomalies/x.parquet",
+            "anomalies/date=2026-03-01/x.parquet",
+            "anomalies/date=2026-03-01/replaced.parquet",
+            "other/y.parquet",
         ] {
             put(rel).await;
         }
@@ -287,7 +342,23 @@ mod tests {
             prefix: table.clone(),
             root: root.clone(),
         };
-        let store = snap.listing_store();
+        let anomalies: Path = base
+            .parts()
+            .chain(Path::from("anomalies").parts())
+            .collect();
+        let anomalies_url = Url::from_directory_path(dir.path().join("anomalies")).unwrap();
+        let (url, store) = listing_store(&[
+            snap.listing(),
+            Listing::new(
+                &anomalies_url,
+                anomalies.clone(),
+                root.clone(),
+                [("date=2026-03-01/x.parquet", 7, 0)].into_iter(),
+            ),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(url.as_str(), "file:///");
         let names = |v: Vec<ObjectMeta>| -> Vec<String> {
             v.into_iter()
                 .map(|m| m.location.filename().unwrap().to_string())
@@ -306,15 +377,14 @@ mod tests {
         let day1 = top.common_prefixes[0].clone();
         let in_day = store.list_with_delimiter(Some(&day1)).await.unwrap();
         assert_eq!(names(in_day.objects), ["a.parquet"]);
-        let other: Path = base
-            .parts()
-            .chain(Path::from("anomalies").parts())
-            .collect();
+        let found: Vec<ObjectMeta> = store.list(Some(&anomalies)).try_collect().await.unwrap();
+        assert_eq!(names(found), ["x.parquet"], "the second table's snapshot");
+        let other: Path = base.parts().chain(Path::from("other").parts()).collect();
         let outside: Vec<ObjectMeta> = store.list(Some(&other)).try_collect().await.unwrap();
         assert_eq!(
             names(outside),
-            ["x.parquet"],
-            "outside the table: the store itself"
+            ["y.parquet"],
+            "outside the tables: the store itself"
         );
         let read = store.get(&snap.location(&snap.files[1])).await.unwrap();
         assert_eq!(read.bytes().await.unwrap().as_ref(), b"parquet");

@@ -14,24 +14,22 @@
 //!    deleted by vacuum once older than its retention.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
-use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use url::Url;
 
+use crate::handle::{commit, TableDefinition, TableHandle};
 use crate::snapshot::{Snapshot, TableFile};
-use crate::storage::{self, run};
-use crate::{delta, files, io, rows, txn_app_id, Error, LedgerConfig, Row, DATE_COLUMN};
+use crate::storage::run;
+use crate::{delta, files, rows, txn_app_id, Error, LedgerConfig, Row, DATE_COLUMN};
 
 /// Rows per Parquet row group: a compacted day of a partition is one row group up to a
 /// million rows. A scan pays per row group (a reader, dictionaries, statistics, a short last
@@ -46,10 +44,7 @@ pub const PAGE_ROWS: usize = 16 * 1024;
 
 /// The usage table.
 pub struct Ledger {
-    url: Url,
-    /// The table's directory when it is on the local file system (writes are fsynced there).
-    local_dir: Option<PathBuf>,
-    table: Mutex<DeltaTable>,
+    pub(crate) handle: TableHandle,
     /// The ends of the last snapshot taken, by version (asking the log for a partition's txn
     /// version replays its txn actions; a version's ends never change).
     ends: Mutex<Option<(u64, BTreeMap<i32, i64>)>>,
@@ -168,40 +163,17 @@ impl Ledger {
     /// The usage table of `cfg` (under `data_dir` when `cfg.url` is empty), created if there
     /// is none yet.
     pub fn open(cfg: &LedgerConfig, data_dir: &Path) -> Result<Ledger, Error> {
-        cfg.validate()?;
-        let url = storage::table_url(cfg, data_dir, "usage")?;
-        let mut table = storage::open_table(&url, &cfg.storage)?;
-        if table.version().is_none() {
-            let created = run(async {
-                table
-                    .clone()
-                    .create()
-                    .with_table_name("usage")
-                    .with_comment("meterline usage ledger: one row per priced model call")
-                    .with_columns(table_schema()?.fields().cloned())
-                    .with_partition_columns([DATE_COLUMN])
-                    .await
-                    .map_err(delta)
-            });
-            table = match created {
-                Ok(t) => t,
-                // another process created it meanwhile
-                Err(e) => {
-                    let t = storage::open_table(&url, &cfg.storage)?;
-                    if t.version().is_none() {
-                        return Err(e);
-                    }
-                    t
-                }
-            };
-        }
-        let local_dir = (url.scheme() == "file")
-            .then(|| url.to_file_path().ok())
-            .flatten();
+        let handle = TableHandle::open(
+            cfg,
+            data_dir,
+            TableDefinition {
+                name: "usage",
+                comment: "meterline usage ledger: one row per priced model call",
+                schema: table_schema()?,
+            },
+        )?;
         Ok(Ledger {
-            url,
-            local_dir,
-            table: Mutex::new(table),
+            handle,
             ends: Mutex::new(None),
             txns: Mutex::new(HashMap::new()),
         })
@@ -209,13 +181,11 @@ impl Ledger {
 
     /// The table's URL.
     pub fn url(&self) -> &Url {
-        &self.url
+        self.handle.url()
     }
 
     fn table(&self) -> Result<std::sync::MutexGuard<'_, DeltaTable>, Error> {
-        self.table
-            .lock()
-            .map_err(|_| Error::Fatal("ledger table lock poisoned".into()))
+        self.handle.lock()
     }
 
     /// The table now (its newest version).
@@ -288,9 +258,9 @@ impl Ledger {
             version,
             files,
             ends,
-            table_url: self.url.clone(),
-            prefix: object_store::path::Path::from_url_path(self.url.path())
-                .map_err(|e| Error::Config(format!("{}: {e}", self.url)))?,
+            table_url: self.url().clone(),
+            prefix: object_store::path::Path::from_url_path(self.url().path())
+                .map_err(|e| Error::Config(format!("{}: {e}", self.url())))?,
             root: log_store.root_object_store(None),
         })
     }
@@ -364,7 +334,7 @@ impl Ledger {
                 files::date_dir(date),
                 files::file_name(partition, first, last)
             );
-            let bytes = self.put(&rel, encode(&batch)?)?;
+            let bytes = self.handle.put(&rel, encode(&batch)?)?;
             new.push(NewFile {
                 rel,
                 date: date.format("%Y-%m-%d").to_string(),
@@ -395,20 +365,6 @@ impl Ledger {
     ) -> Result<Flushed, Error> {
         let after = self.txn_version(partition)?;
         self.write_flush(partition, after, first, last, rows)
-    }
-
-    /// Stores a data file at `rel` (not yet part of the table); returns its size.
-    pub(crate) fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<u64, Error> {
-        let n = bytes.len() as u64;
-        match &self.local_dir {
-            Some(dir) => write_durably(&dir.join(rel), &bytes)?,
-            None => {
-                let store = self.table()?.log_store().object_store(None);
-                let path = object_store::path::Path::from(rel);
-                run(store.put(&path, bytes.into()))?;
-            }
-        }
-        Ok(n)
     }
 
     fn commit_fenced(
@@ -475,16 +431,6 @@ impl Ledger {
         let mut t = self.table()?;
         commit(&mut t, actions, op)
     }
-
-    /// Runs `f` with the table loaded (newest version).
-    pub(crate) fn with_table<T>(
-        &self,
-        f: impl FnOnce(&DeltaTable) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        let mut t = self.table()?;
-        run(t.update_state()).map_err(delta)?;
-        f(&t)
-    }
 }
 
 /// `partition`'s txn version at `to`, from its version `txn` at `from` and the commits in
@@ -533,48 +479,6 @@ fn committed(t: &DeltaTable, new: &[NewFile]) -> Result<bool, Error> {
         .map(|f| f.path().to_string())
         .collect();
     Ok(new.iter().all(|f| live.contains(&f.rel)))
-}
-
-/// One commit on `t`'s newest version; `t` then holds the committed version.
-fn commit(t: &mut DeltaTable, actions: Vec<Action>, op: DeltaOperation) -> Result<u64, Error> {
-    let log_store = t.log_store();
-    let finalized = run(async {
-        let snapshot = t.snapshot().map_err(delta)?;
-        // Checkpoints: every `delta.checkpointInterval` commits (100 by default) the
-        // post-commit hook writes the state as a Parquet checkpoint, so opening the table
-        // (a writer on start, any reader) reads one checkpoint plus at most 99 JSON commits,
-        // not every commit since the table began; txn versions are in it too. Expired JSON
-        // commits (older than `delta.logRetentionDuration`, 30 days) are removed behind a
-        // checkpoint, as Delta's own writers do.
-        CommitBuilder::from(CommitProperties::default().with_create_checkpoint(true))
-            .with_actions(actions)
-            .build(Some(snapshot), log_store, op)
-            .await
-            .map_err(delta)
-    })?;
-    let version = finalized.version();
-    t.state = Some(finalized.snapshot());
-    Ok(version)
-}
-
-/// Writes `bytes` to `path` so that a reader sees all of it or nothing, and it survives a
-/// power cut before the commit that lists it: a temp name in the same directory, fsync,
-/// rename, fsync of the directory.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    // `.`-prefixed: not a data file for any reader listing the directory, and vacuum skips it
-    let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io(path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(())
 }
 
 #[cfg(test)]

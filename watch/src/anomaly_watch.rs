@@ -1,8 +1,8 @@
 //! Spend anomalies from the priced stream: rows are summed into hourly buckets per series —
 //! each org (all models) and each team × model — and every closed hour goes through the
 //! detector in `anomaly/`. Findings become `Anomaly` records (published by the tracker to
-//! `meterline.anomalies`) and one Parquet file per hour with findings under
-//! `<data_dir>/anomalies/date=YYYY-MM-DD/hour-HH.parquet`.
+//! `meterline.anomalies`) and the hour's findings in the anomalies table (a Delta table beside
+//! the usage table, [`meterline_ledger::AnomalyTable`]), replacing what an earlier run found.
 //!
 //! Like the budgets, the state is derived: at start the detector's history is rebuilt from
 //! the ledger (`history_weeks` back), then the stream continues from where the files end.
@@ -10,7 +10,7 @@
 //! restart is recognised and not published twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use meterline_schemas::{Anomaly, Contributor, Money, Scope, ScopeKind};
@@ -26,6 +26,20 @@ pub const CLOSE_DELAY: Duration = Duration::minutes(5);
 /// One hour's series: bucket and spend per contributor.
 type OpenHour = BTreeMap<SeriesKey, (HourBucket, HashMap<String, Decimal>)>;
 
+/// Where an evaluated hour's findings are kept: the anomalies table (in memory in unit tests).
+pub(crate) trait HourFindings: Send + Sync {
+    /// Replaces the findings of `hour` with `records`.
+    fn replace_hour(&self, hour: DateTime<Utc>, records: &[Anomaly]) -> Result<(), Error>;
+}
+
+impl HourFindings for meterline_ledger::AnomalyTable {
+    fn replace_hour(&self, hour: DateTime<Utc>, records: &[Anomaly]) -> Result<(), Error> {
+        Ok(meterline_ledger::AnomalyTable::replace_hour(
+            self, hour, records,
+        )?)
+    }
+}
+
 /// Buckets of the hours not yet evaluated, and the detector.
 pub struct AnomalyWatch {
     detector: AnomalyDetector,
@@ -37,7 +51,7 @@ pub struct AnomalyWatch {
     published: HashSet<String>,
     /// Findings about hours that ended before this are history being replayed: not published.
     publish_from: DateTime<Utc>,
-    data_dir: PathBuf,
+    findings: Arc<dyn HourFindings>,
 }
 
 fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -47,7 +61,7 @@ fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
 impl AnomalyWatch {
     pub fn new(
         cfg: DetectorConfig,
-        data_dir: PathBuf,
+        findings: Arc<dyn HourFindings>,
         published: HashSet<String>,
         publish_from: DateTime<Utc>,
     ) -> Result<AnomalyWatch, Error> {
@@ -59,7 +73,7 @@ impl AnomalyWatch {
             closed_before: None,
             published,
             publish_from,
-            data_dir,
+            findings,
         })
     }
 
@@ -163,7 +177,7 @@ impl AnomalyWatch {
                 .iter()
                 .map(|f| record(f, now))
                 .collect::<Result<_, _>>()?;
-            self.write_hour(hour, &records)?;
+            self.findings.replace_hour(hour, &records)?;
             for r in records {
                 let fresh = r.window_end >= self.publish_from;
                 if fresh && self.published.insert(r.anomaly_id.clone()) {
@@ -172,14 +186,6 @@ impl AnomalyWatch {
             }
         }
         Ok(out)
-    }
-
-    fn write_hour(&self, hour: DateTime<Utc>, records: &[Anomaly]) -> Result<(), Error> {
-        Ok(meterline_ledger::anomalies::write_hour_file(
-            &self.data_dir,
-            hour,
-            records,
-        )?)
     }
 }
 
@@ -239,8 +245,19 @@ fn record(f: &Finding, now: DateTime<Utc>) -> Result<Anomaly, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Timelike;
     use meterline_schemas::scope::Attribution;
+    use std::sync::Mutex;
+
+    /// The anomalies table in memory: hour → its findings.
+    #[derive(Default)]
+    struct MemoryFindings(Mutex<BTreeMap<DateTime<Utc>, Vec<Anomaly>>>);
+
+    impl HourFindings for MemoryFindings {
+        fn replace_hour(&self, hour: DateTime<Utc>, records: &[Anomaly]) -> Result<(), Error> {
+            self.0.lock().unwrap().insert(hour, records.to_vec());
+            Ok(())
+        }
+    }
 
     fn row(at: DateTime<Utc>, key: &str, cost: &str) -> SpendRow {
         SpendRow {
@@ -263,12 +280,12 @@ mod tests {
     }
 
     #[test]
-    fn a_spike_after_two_quiet_weeks_is_published_once_with_its_file() {
-        let dir = tempfile::tempdir().unwrap();
+    fn a_spike_after_two_quiet_weeks_is_published_once_with_its_findings_kept() {
+        let table = Arc::new(MemoryFindings::default());
         let start: DateTime<Utc> = "2026-11-02T00:00:00Z".parse().unwrap(); // a Monday
         let mut w = AnomalyWatch::new(
             DetectorConfig::default(),
-            dir.path().to_path_buf(),
+            table.clone(),
             HashSet::new(),
             start + Duration::days(14),
         )
@@ -299,21 +316,15 @@ mod tests {
             assert_eq!(a.expected, "3".parse().unwrap());
             assert_eq!(a.top_contributors[0].value, "k-rogue");
             assert_eq!(a.top_contributors[0].spend, "27".parse().unwrap());
-            let file = dir.path().join(format!(
-                "anomalies/date={}/hour-{:02}.parquet",
-                t.format("%Y-%m-%d"),
-                t.hour()
-            ));
-            let rows: usize =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                    std::fs::File::open(&file).unwrap(),
-                )
-                .unwrap()
-                .build()
-                .unwrap()
-                .map(|b| b.unwrap().num_rows())
-                .sum();
-            assert_eq!(rows, 2);
+            let kept = table.0.lock().unwrap().clone();
+            assert_eq!(
+                kept.keys().collect::<Vec<_>>(),
+                [&t],
+                "only the spike's hour"
+            );
+            let mut kept = kept[&t].clone();
+            kept.sort_by(|a, b| a.anomaly_id.cmp(&b.anomaly_id));
+            assert_eq!(kept, found);
         }
         // a late row of a closed hour is ignored; nothing is published twice
         w.add(&row(start, "k-1", "1000"));
@@ -322,12 +333,16 @@ mod tests {
 
     #[test]
     fn a_series_that_stops_reporting_is_forgotten_once_out_of_the_window() {
-        let dir = tempfile::tempdir().unwrap();
         let start: DateTime<Utc> = "2026-11-02T00:00:00Z".parse().unwrap();
         let config = DetectorConfig::default();
         let window = i64::from(config.history_hours());
-        let mut w =
-            AnomalyWatch::new(config, dir.path().to_path_buf(), HashSet::new(), start).unwrap();
+        let mut w = AnomalyWatch::new(
+            config,
+            Arc::new(MemoryFindings::default()),
+            HashSet::new(),
+            start,
+        )
+        .unwrap();
         let team = |at, team: &str| {
             let mut r = row(at, "k-1", "0.1");
             r.who.team = Some(team.into());
@@ -347,13 +362,12 @@ mod tests {
 
     #[test]
     fn replayed_history_and_known_ids_are_not_published() {
-        let dir = tempfile::tempdir().unwrap();
         let start: DateTime<Utc> = "2026-11-02T00:00:00Z".parse().unwrap();
         let spike_hour = start + Duration::hours(24 * 15 - 1);
         let build = |published: HashSet<String>, from| {
             let mut w = AnomalyWatch::new(
                 DetectorConfig::default(),
-                dir.path().to_path_buf(),
+                Arc::new(MemoryFindings::default()),
                 published,
                 from,
             )

@@ -13,9 +13,9 @@ use crate::Error;
 pub struct WatchConfig {
     /// Address of the `/metrics` and `/healthz` HTTP server (`127.0.0.1:0` picks a free port).
     pub listen: String,
-    /// Root of the data tree the ledger is in (`<data_dir>/usage/…`, written by `meterline
-    /// aggregate`): the tracker rebuilds running spend from it on start, and writes the
-    /// anomalies table (`<data_dir>/anomalies/…`).
+    /// Root of the data tree the ledger's tables are in when `[ledger] url` is empty
+    /// (`<data_dir>/usage`, written by `meterline aggregate`): the tracker rebuilds running
+    /// spend from the usage table on start, and writes the anomalies table beside it.
     pub data_dir: PathBuf,
     /// Track budgets and detect anomalies: running spend rebuilt from the ledger and the
     /// priced stream, crossings published to `meterline.budget.signals`, anomalies to

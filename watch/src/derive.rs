@@ -2,15 +2,15 @@
 //! without publishing anything: the running spend of every budget's current period, the
 //! threshold crossings that spend reaches beyond the signals already published (what watch
 //! would publish on its first rebuild over this ledger), and the anomalies table of the
-//! detector's history window (`<data_dir>/anomalies/…`, written as watch writes it).
+//! detector's history window (the anomalies table, written as watch writes it).
 //! `meterline rebuild` runs it over the ledger it rebuilt. The same pieces as the tracker's
 //! rebuild (`spend.rs`): `BudgetBook`, `AnomalyWatch`, `read_spend_rows`, a snapshot of the table.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::Path;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use meterline_ledger::Ledger;
+use meterline_ledger::{AnomalyTable, Ledger};
 use meterline_reference::budgets::period_at;
 use meterline_schemas::{BudgetChange, BudgetSignal, Money};
 
@@ -47,10 +47,10 @@ pub struct Derived {
 }
 
 /// Derives watch's state at `now` from `ledger` (a snapshot of it), given the budgets and the
-/// signals already published; writes the anomalies table under `data_dir`.
+/// signals already published; writes the findings of every hour evaluated to `anomalies`.
 pub fn derive(
     ledger: &Ledger,
-    data_dir: &Path,
+    anomalies: Arc<AnomalyTable>,
     budgets: impl IntoIterator<Item = BudgetChange>,
     signals: &[BudgetSignal],
     now: DateTime<Utc>,
@@ -65,7 +65,7 @@ pub fn derive(
     // every finding is returned (none is "already published", none "history"), nothing is sent
     let mut watch = AnomalyWatch::new(
         DetectorConfig::default(),
-        data_dir.to_path_buf(),
+        anomalies,
         HashSet::new(),
         DateTime::<Utc>::MIN_UTC,
     )?;

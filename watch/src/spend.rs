@@ -220,7 +220,7 @@ impl SpendTracker {
     pub fn new(
         kafka: &KafkaConfig,
         ledger: Arc<Ledger>,
-        data_dir: std::path::PathBuf,
+        anomaly_table: Arc<meterline_ledger::AnomalyTable>,
         producer: FencedProducer,
         stop: CancellationToken,
     ) -> Result<SpendTracker, Error> {
@@ -265,7 +265,7 @@ impl SpendTracker {
             .collect();
         let watch = AnomalyWatch::new(
             DetectorConfig::default(),
-            data_dir,
+            anomaly_table,
             published,
             Utc::now() - chrono::Duration::hours(2),
         )?;

@@ -32,11 +32,12 @@ pub fn run(
             "watch-signals",
             cfg.lease.signals_transactional_id(),
         )?;
+        let anomalies = Arc::new(meterline_ledger::AnomalyTable::open(ledger, &cfg.data_dir)?);
         let ledger = Arc::new(meterline_ledger::Ledger::open(ledger, &cfg.data_dir)?);
         Some(spend::SpendTracker::new(
             kafka,
             ledger,
-            cfg.data_dir.clone(),
+            anomalies,
             producer,
             term.clone(),
         )?)

@@ -164,12 +164,10 @@ pub fn write_ledger(dir: &Path, foreign: bool) {
         ));
         anomalies.push(anomaly(ScopeKind::Org, "acme", "4242", "key-nobody-31337"));
     }
-    meterline_ledger::anomalies::write_hour_file(
-        dir,
-        "2026-11-20T10:00:00Z".parse().unwrap(),
-        &anomalies,
-    )
-    .unwrap();
+    meterline_ledger::AnomalyTable::open(&meterline_ledger::LedgerConfig::default(), dir)
+        .unwrap()
+        .replace_hour("2026-11-20T10:00:00Z".parse().unwrap(), &anomalies)
+        .unwrap();
 }
 
 pub fn tokens() -> Vec<TokenConfig> {

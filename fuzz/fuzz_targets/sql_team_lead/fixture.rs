@@ -21,21 +21,27 @@ use std::sync::OnceLock;
 
 use arbitrary::Unstructured;
 use chrono::{DateTime, Utc};
-use std::sync::Arc;
-use meterline_ledger::{Ledger, LedgerConfig};
-use meterline_ledger::Row;
 use meterline_api::{
     run_sql, ApiConfig, BudgetCache, BudgetSnapshot, Format, LedgerView, QueryRuntime, QueryScope,
     Shared,
 };
+use meterline_ledger::Row;
+use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_runtime::auth::TokenTable;
 use meterline_schemas::{
     Anomaly, BudgetAction, BudgetChange, BudgetSignal, BudgetState, CostLines, Money, PeriodKind,
     PricedUsage, Scope, ScopeKind, TenantPath, Threshold, UsageEvent,
 };
+use std::sync::Arc;
 
 /// What no answer or error of the lead may contain (compared lower-case).
-pub const MARKERS: [&str; 5] = ["zz-other", "secretkey", "98765.4321", "2031-07-13", "13:37:42"];
+pub const MARKERS: [&str; 5] = [
+    "zz-other",
+    "secretkey",
+    "98765.4321",
+    "2031-07-13",
+    "13:37:42",
+];
 
 pub struct Fixture {
     _dir: tempfile::TempDir,
@@ -81,7 +87,9 @@ fn row(r: &R) -> Row {
         event.session_id = Some("SECRETKEY-session".into());
         event.region = Some("zz-other-region".into());
         event.request_id = Some("SECRETKEY-req".into());
-        event.tags.insert("project".into(), "zz-other-project".into());
+        event
+            .tags
+            .insert("project".into(), "zz-other-project".into());
         event.source = "zz-other-edge".into();
     } else {
         event.end_user = Some("alice".into());
@@ -93,15 +101,30 @@ fn row(r: &R) -> Row {
         priced: PricedUsage {
             event,
             tenant: TenantPath {
-                org: if other { "zz-other-org".into() } else { "acme".into() },
+                org: if other {
+                    "zz-other-org".into()
+                } else {
+                    "acme".into()
+                },
                 business_unit: Some(if other { "zz-other-bu" } else { "products" }.into()),
                 cost_center: r.team.map(|t| format!("cc-{t}")),
                 team: r.team.map(str::to_string),
                 project: Some(if other { "zz-other-project" } else { "ranking" }.into()),
                 environment: Some(if other { "zz-other-env" } else { "prod" }.into()),
             },
-            tenant_rule_id: Some(if other { "SECRETKEY-rule" } else { "rule-search" }.into()),
-            price_id: if other { "zz-other-price".into() } else { "openai/gpt-4o".into() },
+            tenant_rule_id: Some(
+                if other {
+                    "SECRETKEY-rule"
+                } else {
+                    "rule-search"
+                }
+                .into(),
+            ),
+            price_id: if other {
+                "zz-other-price".into()
+            } else {
+                "openai/gpt-4o".into()
+            },
             price_version: 1,
             price_resolution: "exact".into(),
             model: r.model.into(),
@@ -141,14 +164,42 @@ fn rows() -> Vec<Row> {
         tokens: 31_337,
     };
     [
-        s(0, "gpt-4o", "1.25", "2026-11-20T10:00:00Z", 100, "key-search-1"),
-        s(1, "gpt-4o-mini", "2.5", "2026-11-21T10:00:00Z", 1000, "key-search-2"),
+        s(
+            0,
+            "gpt-4o",
+            "1.25",
+            "2026-11-20T10:00:00Z",
+            100,
+            "key-search-1",
+        ),
+        s(
+            1,
+            "gpt-4o-mini",
+            "2.5",
+            "2026-11-21T10:00:00Z",
+            1000,
+            "key-search-2",
+        ),
         o(2, Some("zz-other"), "zz-other-model"),
         o(3, None, "SECRETKEY-unattributed-model"),
         o(4, Some("search-zz-other"), "gpt-4o"),
-        s(5, "gpt-4o", "0.000000000000000001", "2026-11-22T10:00:00Z", 7, "key-search-1"),
+        s(
+            5,
+            "gpt-4o",
+            "0.000000000000000001",
+            "2026-11-22T10:00:00Z",
+            7,
+            "key-search-1",
+        ),
         o(6, Some("Search"), "zz-other-Search"),
-        s(7, "claude-sonnet-4", "0", "2026-11-22T11:00:00Z", 0, "key-search-2"),
+        s(
+            7,
+            "claude-sonnet-4",
+            "0",
+            "2026-11-22T11:00:00Z",
+            0,
+            "key-search-2",
+        ),
     ]
     .iter()
     .map(row)
@@ -210,11 +261,23 @@ fn budget_snapshot() -> BudgetSnapshot {
     };
     let list = [
         b("search-monthly", ScopeKind::Team, "search", "100"),
-        b("SECRETKEY-zz-other-monthly", ScopeKind::Team, "zz-other", "98765.4321"),
-        b("SECRETKEY-org-monthly", ScopeKind::Org, "SECRETKEY-org", "98765.4321"),
+        b(
+            "SECRETKEY-zz-other-monthly",
+            ScopeKind::Team,
+            "zz-other",
+            "98765.4321",
+        ),
+        b(
+            "SECRETKEY-org-monthly",
+            ScopeKind::Org,
+            "SECRETKEY-org",
+            "98765.4321",
+        ),
     ];
     let mut snap = BudgetSnapshot::new(
-        list.iter().map(|b| (b.budget_id.clone(), b.clone())).collect(),
+        list.iter()
+            .map(|b| (b.budget_id.clone(), b.clone()))
+            .collect(),
         &[],
     );
     let now = meterline_fuzz::now();
@@ -222,27 +285,34 @@ fn budget_snapshot() -> BudgetSnapshot {
         ("search-monthly", "search", ScopeKind::Team),
         ("SECRETKEY-zz-other-monthly", "zz-other", ScopeKind::Team),
     ] {
-        snap.view.apply_signal(
-            BudgetSignal {
-                budget_id: id.into(),
-                scope: Scope {
-                    kind,
-                    value: value.into(),
-                },
-                // in force whatever the clock says (the table compares with the real now)
-                period_start: t("2000-01-01T00:00:00Z"),
-                period_end: t("2099-01-01T00:00:00Z"),
-                state: BudgetState::Warning,
-                spend: if value == "search" { "81".parse() } else { "98765.4321".parse() }
-                    .expect("spend"),
-                // the budget's own limit: a signal on other terms is not in force
-                limit: if value == "search" { "100".parse() } else { "98765.4321".parse() }
-                    .expect("limit"),
-                currency: "USD".into(),
-                threshold_percent: Some(80),
-                action: BudgetAction::Notify,
-                at: now,
-            });
+        snap.view.apply_signal(BudgetSignal {
+            budget_id: id.into(),
+            scope: Scope {
+                kind,
+                value: value.into(),
+            },
+            // in force whatever the clock says (the table compares with the real now)
+            period_start: t("2000-01-01T00:00:00Z"),
+            period_end: t("2099-01-01T00:00:00Z"),
+            state: BudgetState::Warning,
+            spend: if value == "search" {
+                "81".parse()
+            } else {
+                "98765.4321".parse()
+            }
+            .expect("spend"),
+            // the budget's own limit: a signal on other terms is not in force
+            limit: if value == "search" {
+                "100".parse()
+            } else {
+                "98765.4321".parse()
+            }
+            .expect("limit"),
+            currency: "USD".into(),
+            threshold_percent: Some(80),
+            action: BudgetAction::Notify,
+            at: now,
+        });
     }
     snap
 }
@@ -258,12 +328,10 @@ pub fn fixture() -> &'static Fixture {
             .expect("ledger")
             .append(0, 0, last, &rows)
             .expect("ledger flush");
-        meterline_ledger::anomalies::write_hour_file(
-            dir.path(),
-            t("2026-11-20T10:00:00Z"),
-            &anomalies(),
-        )
-        .expect("anomalies");
+        meterline_ledger::AnomalyTable::open(&LedgerConfig::default(), dir.path())
+            .expect("anomalies table")
+            .replace_hour(t("2026-11-20T10:00:00Z"), &anomalies())
+            .expect("anomalies");
         let cfg = ApiConfig {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.path().to_path_buf(),
@@ -304,7 +372,10 @@ pub fn fixture() -> &'static Fixture {
             "fixture: finance does not see the other teams' rows: {all}"
         );
         let lead = f.answer(&lead(), "SELECT * FROM usage", Format::Json);
-        assert!(lead.contains("key-search-1"), "fixture: the lead sees no row: {lead}");
+        assert!(
+            lead.contains("key-search-1"),
+            "fixture: the lead sees no row: {lead}"
+        );
         assert_no_marker("SELECT * FROM usage", &lead);
         f
     })
@@ -515,17 +586,45 @@ impl G<'_, '_> {
         match ty {
             Str => pick(
                 self,
-                &["'search'", "'gpt-4o'", "''", "'%'", "'key-search-1'", "'x'", "NULL", "'1'", "'2026-11-20'", "'(('"],
+                &[
+                    "'search'",
+                    "'gpt-4o'",
+                    "''",
+                    "'%'",
+                    "'key-search-1'",
+                    "'x'",
+                    "NULL",
+                    "'1'",
+                    "'2026-11-20'",
+                    "'(('",
+                ],
             ),
-            Int => pick(self, &["0", "1", "2", "3", "7", "10", "100", "-1", "1000000", "NULL"]),
+            Int => pick(
+                self,
+                &[
+                    "0", "1", "2", "3", "7", "10", "100", "-1", "1000000", "NULL",
+                ],
+            ),
             Dec => pick(
                 self,
-                &["1.25", "0.5", "0", "CAST(2 AS DECIMAL(38, 18))", "0.000000000000000001", "NULL"],
+                &[
+                    "1.25",
+                    "0.5",
+                    "0",
+                    "CAST(2 AS DECIMAL(38, 18))",
+                    "0.000000000000000001",
+                    "NULL",
+                ],
             ),
             Float => pick(self, &["1.5", "0.0", "-2.0", "'NaN'::DOUBLE", "NULL"]),
             Ts => pick(
                 self,
-                &["TIMESTAMP '2026-11-20T10:00:00Z'", "now()", "CAST('2026-11-21' AS TIMESTAMP)", "NULL"],
+                &[
+                    "TIMESTAMP '2026-11-20T10:00:00Z'",
+                    "now()",
+                    "CAST('2026-11-21' AS TIMESTAMP)",
+                    "NULL",
+                ],
             ),
             Bool => pick(self, &["true", "false", "NULL"]),
         }
@@ -788,7 +887,10 @@ impl G<'_, '_> {
                 let a = self.expr(t, cols, d, agg);
                 let l1 = self.lit(t);
                 let l2 = self.lit(t);
-                format!("{a} {}IN ({l1}, {l2})", if self.flip() { "NOT " } else { "" })
+                format!(
+                    "{a} {}IN ({l1}, {l2})",
+                    if self.flip() { "NOT " } else { "" }
+                )
             }
             6 => {
                 let a = self.pred(cols, d, agg);
@@ -822,8 +924,11 @@ impl G<'_, '_> {
             }
             12 => {
                 let s = self.expr(Str, cols, d, agg);
-                let t = [("BIGINT", "0"), ("TIMESTAMP", "TIMESTAMP '2000-01-01T00:00:00Z'"), ("DECIMAL(10, 2)", "0")]
-                    [self.pick(3)];
+                let t = [
+                    ("BIGINT", "0"),
+                    ("TIMESTAMP", "TIMESTAMP '2000-01-01T00:00:00Z'"),
+                    ("DECIMAL(10, 2)", "0"),
+                ][self.pick(3)];
                 format!("CAST({s} AS {}) > {}", t.0, t.1)
             }
             _ => {
@@ -854,8 +959,13 @@ impl G<'_, '_> {
                 // usage joined with itself or another table
                 let (l, mut lc) = table(self);
                 let (r, rc) = table(self);
-                let kind = ["JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL OUTER JOIN", "CROSS JOIN"]
-                    [self.pick(5)];
+                let kind = [
+                    "JOIN",
+                    "LEFT JOIN",
+                    "RIGHT JOIN",
+                    "FULL OUTER JOIN",
+                    "CROSS JOIN",
+                ][self.pick(5)];
                 let on = if kind == "CROSS JOIN" {
                     String::new()
                 } else {
@@ -943,7 +1053,10 @@ impl G<'_, '_> {
         }
         if self.flip() {
             let k = 1 + self.pick(cols.len().max(1));
-            q.push_str(&format!(" ORDER BY {k}{}", if self.flip() { " DESC" } else { "" }));
+            q.push_str(&format!(
+                " ORDER BY {k}{}",
+                if self.flip() { " DESC" } else { "" }
+            ));
         }
         if self.pick(3) == 0 {
             q.push_str(&format!(" LIMIT {}", [0, 1, 2, 5, 100][self.pick(5)]));

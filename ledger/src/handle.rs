@@ -1,0 +1,191 @@
+//! [`TableHandle`]: one Delta table of the ledger as its writer holds it — created on first
+//! open, data files stored durably before a commit names them, commits on the newest
+//! version. The usage table ([`crate::Ledger`]) and the anomalies table
+//! ([`crate::AnomalyTable`]) are both written through one.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, StructType};
+use deltalake::protocol::DeltaOperation;
+use deltalake::DeltaTable;
+use object_store::ObjectStoreExt;
+use url::Url;
+
+use crate::storage::{self, run};
+use crate::{delta, io, Error, LedgerConfig, DATE_COLUMN};
+
+/// A Delta table opened for writing.
+pub(crate) struct TableHandle {
+    url: Url,
+    /// The table's directory when it is on the local file system (writes are fsynced there).
+    local_dir: Option<PathBuf>,
+    table: Mutex<DeltaTable>,
+}
+
+/// What a table is made of when it is created.
+pub(crate) struct TableDefinition<'a> {
+    /// Its directory under the ledger URL (`usage`, `anomalies`).
+    pub name: &'a str,
+    pub comment: &'a str,
+    /// Its columns, the `date` partition column included.
+    pub schema: StructType,
+}
+
+impl TableHandle {
+    /// The table `def.name` of `cfg` (under `data_dir` when `cfg.url` is empty), created if
+    /// there is none yet.
+    pub(crate) fn open(
+        cfg: &LedgerConfig,
+        data_dir: &Path,
+        def: TableDefinition<'_>,
+    ) -> Result<TableHandle, Error> {
+        cfg.validate()?;
+        let url = storage::table_url(cfg, data_dir, def.name)?;
+        let mut table = storage::open_table(&url, &cfg.storage)?;
+        if table.version().is_none() {
+            let created = run(async {
+                table
+                    .clone()
+                    .create()
+                    .with_table_name(def.name)
+                    .with_comment(def.comment)
+                    .with_columns(def.schema.fields().cloned())
+                    .with_partition_columns([DATE_COLUMN])
+                    .await
+                    .map_err(delta)
+            });
+            table = match created {
+                Ok(t) => t,
+                // another process created it meanwhile
+                Err(e) => {
+                    let t = storage::open_table(&url, &cfg.storage)?;
+                    if t.version().is_none() {
+                        return Err(e);
+                    }
+                    t
+                }
+            };
+        }
+        let local_dir = (url.scheme() == "file")
+            .then(|| url.to_file_path().ok())
+            .flatten();
+        Ok(TableHandle {
+            url,
+            local_dir,
+            table: Mutex::new(table),
+        })
+    }
+
+    /// The table's URL.
+    pub(crate) fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The loaded table (the version last read or committed; `update_state` for the newest).
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, DeltaTable>, Error> {
+        self.table
+            .lock()
+            .map_err(|_| Error::Fatal(format!("{}: table lock poisoned", self.url)))
+    }
+
+    /// The table at its newest version.
+    pub(crate) fn newest(&self) -> Result<MutexGuard<'_, DeltaTable>, Error> {
+        let mut t = self.lock()?;
+        run(t.update_state()).map_err(delta)?;
+        Ok(t)
+    }
+
+    /// Stores a data file at `rel` (not yet part of the table); returns its size.
+    pub(crate) fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<u64, Error> {
+        let n = bytes.len() as u64;
+        match &self.local_dir {
+            Some(dir) => write_durably(&dir.join(rel), &bytes)?,
+            None => {
+                let store = self.lock()?.log_store().object_store(None);
+                let path = object_store::path::Path::from(rel);
+                run(store.put(&path, bytes.into()))?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl TableHandle {
+    /// Deletes the files no version of the last `retention` needs (delta-rs's full vacuum:
+    /// files a later commit removed, and files no commit lists, once older than `retention`).
+    /// `dry_run`: only lists them.
+    pub(crate) fn vacuum(
+        &self,
+        retention: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<crate::Vacuumed, Error> {
+        let retention = chrono::Duration::from_std(retention)
+            .map_err(|e| Error::Config(format!("vacuum retention: {e}")))?;
+        let table = self.newest()?.clone();
+        let (_, metrics) = run(async {
+            table
+                .vacuum()
+                .with_retention_period(retention)
+                // our retention is checked by config (at least an hour), not against the
+                // table's 7-day default
+                .with_enforce_retention_duration(false)
+                .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+                .with_dry_run(dry_run)
+                .await
+                .map_err(delta)
+        })?;
+        let mut files = metrics.files_deleted;
+        files.sort();
+        Ok(crate::Vacuumed { dry_run, files })
+    }
+}
+
+/// One commit on `t`'s loaded version (delta-rs retries a lost race when the winner's actions
+/// do not conflict, e.g. another writer's appends); `t` then holds the committed version.
+pub(crate) fn commit(
+    t: &mut DeltaTable,
+    actions: Vec<Action>,
+    op: DeltaOperation,
+) -> Result<u64, Error> {
+    let log_store = t.log_store();
+    let finalized = run(async {
+        let snapshot = t.snapshot().map_err(delta)?;
+        // Checkpoints: every `delta.checkpointInterval` commits (100 by default) the
+        // post-commit hook writes the state as a Parquet checkpoint, so opening the table
+        // (a writer on start, any reader) reads one checkpoint plus at most 99 JSON commits,
+        // not every commit since the table began; txn versions are in it too. Expired JSON
+        // commits (older than `delta.logRetentionDuration`, 30 days) are removed behind a
+        // checkpoint, as Delta's own writers do.
+        CommitBuilder::from(CommitProperties::default().with_create_checkpoint(true))
+            .with_actions(actions)
+            .build(Some(snapshot), log_store, op)
+            .await
+            .map_err(delta)
+    })?;
+    let version = finalized.version();
+    t.state = Some(finalized.snapshot());
+    Ok(version)
+}
+
+/// Writes `bytes` to `path` so that a reader sees all of it or nothing, and it survives a
+/// power cut before the commit that lists it: a temp name in the same directory, fsync,
+/// rename, fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    // `.`-prefixed: not a data file for any reader listing the directory, and vacuum skips it
+    let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+    let mut file = File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io(path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}
