@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use meterline_api::App;
 use meterline_ledger::{Error, Ledger, LedgerConfig, Row};
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
-use meterline_schemas::{CostLines, Money, PricedUsage, TenantPath, UsageEvent};
+use meterline_schemas::{
+    Anomaly, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
+};
 
 fn row(partition: i32, offset: i64, day: u32, total: &str) -> Row {
     let mut event = UsageEvent::example();
@@ -138,6 +140,45 @@ async fn the_ledger_on_s3_is_exact_for_every_reader() {
         assert_eq!(seen["txn"][p.to_string()], 199, "txn of partition {p}");
     }
 
+    // the anomalies table beside it: an hour written, then recomputed (replaced in one commit)
+    let anomalies = meterline_ledger::AnomalyTable::open(&cfg, scratch.path()).unwrap();
+    let hour: chrono::DateTime<chrono::Utc> = "2026-03-02T10:00:00Z".parse().unwrap();
+    let finding = |kind: ScopeKind, value: &str| Anomaly {
+        anomaly_id: format!("spend_spike/{value}/{hour}"),
+        scope: Scope {
+            kind,
+            value: value.into(),
+        },
+        model: None,
+        kind: "spend_spike".into(),
+        window_start: hour,
+        window_end: hour + chrono::Duration::hours(1),
+        observed: "12.5".parse().unwrap(),
+        expected: "1".parse().unwrap(),
+        score: 8.0,
+        method: "robust_z".into(),
+        top_contributors: vec![],
+        at: hour + chrono::Duration::hours(1),
+    };
+    anomalies
+        .replace_hour(hour, &[finding(ScopeKind::Team, "team-1")])
+        .unwrap();
+    anomalies
+        .replace_hour(
+            hour,
+            &[
+                finding(ScopeKind::Team, "team-1"),
+                finding(ScopeKind::Team, "team-2"),
+                finding(ScopeKind::Org, "acme"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        anomalies.snapshot().unwrap().files.len(),
+        1,
+        "the hour replaced"
+    );
+
     // the query API over s3://, as finance and as a team lead
     let api_cfg = meterline_api::ApiConfig {
         listen: "127.0.0.1:0".into(),
@@ -163,19 +204,25 @@ async fn the_ledger_on_s3_is_exact_for_every_reader() {
     let stop = app.stop_token();
     let served = tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();
-    let sql = |token: &'static str| {
+    let query = |token: &'static str, sql: &'static str| {
         let (client, base) = (client.clone(), base.clone());
         async move {
             let r = client
                 .post(format!("{base}/v1/sql"))
                 .bearer_auth(token)
-                .json(&serde_json::json!({"sql": "SELECT count(*) AS n, CAST(sum(cost_total) AS VARCHAR) AS cost FROM usage"}))
+                .json(&serde_json::json!({ "sql": sql }))
                 .send()
                 .await
                 .unwrap();
             assert!(r.status().is_success(), "{}", r.text().await.unwrap());
             r.json::<serde_json::Value>().await.unwrap()
         }
+    };
+    let sql = |token| {
+        query(
+            token,
+            "SELECT count(*) AS n, CAST(sum(cost_total) AS VARCHAR) AS cost FROM usage",
+        )
     };
     let all = sql("fin").await;
     assert_eq!(all["rows"][0]["n"], 800, "{all}");
@@ -184,6 +231,14 @@ async fn the_ledger_on_s3_is_exact_for_every_reader() {
     let lead = sql("lead").await;
     let team_1 = (0..200).filter(|o| o % 3 == 1).count() * 4;
     assert_eq!(lead["rows"][0]["n"], team_1, "only its team: {lead}");
+    let found = "SELECT scope_value FROM anomalies ORDER BY scope_value";
+    let all = query("fin", found).await;
+    assert_eq!(
+        all["rows"],
+        serde_json::json!([{"scope_value": "acme"}, {"scope_value": "team-1"}, {"scope_value": "team-2"}])
+    );
+    let lead = query("lead", found).await;
+    assert_eq!(lead["rows"], serde_json::json!([{"scope_value": "team-1"}]));
     stop.cancel();
     served.await.unwrap().unwrap();
 }
