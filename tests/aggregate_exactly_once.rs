@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use arrow::array::AsArray;
 use arrow::datatypes::{Decimal128Type, Int32Type, Int64Type};
 use common::{spawn_stage, Harness};
-use meterline_schemas::{
-    topics, AvroRecord, CostLines, Money, PricedUsage, TenantPath, UsageEvent,
-};
+use meterline_schemas::{topics, AvroRecord, Money, PricedUsage, UsageEvent};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::Rng;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -46,26 +44,7 @@ fn produce_priced(brokers: &str, from: usize, n: usize) -> i128 {
         .parse()
         .unwrap();
         sum += total.to_unscaled();
-        let priced = PricedUsage {
-            event,
-            tenant: TenantPath {
-                org: "acme".into(),
-                team: Some(format!("team-{}", i % 4)),
-                ..Default::default()
-            },
-            tenant_rule_id: None,
-            price_id: "openai/gpt-4o".into(),
-            price_version: 1,
-            price_resolution: "exact".into(),
-            model: String::new(),
-            currency: "USD".into(),
-            cost: CostLines {
-                output: total,
-                total,
-                ..Default::default()
-            },
-            priced_at: chrono::Utc::now(),
-        };
+        let priced = PricedUsage::example(event, &format!("team-{}", i % 4), total);
         let v = priced.to_avro().unwrap();
         let key = priced.event.partition_key().to_string();
         loop {

@@ -15,36 +15,15 @@ use std::collections::BTreeMap;
 use meterline_api::App;
 use meterline_ledger::{Error, Ledger, LedgerConfig, Row};
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
-use meterline_schemas::{
-    Anomaly, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
-};
+use meterline_schemas::{Anomaly, PricedUsage, Scope, ScopeKind, UsageEvent};
 
 fn row(partition: i32, offset: i64, day: u32, total: &str) -> Row {
     let mut event = UsageEvent::example();
     event.event_id = format!("e-{partition}-{offset}");
     event.occurred_at = format!("2026-03-{day:02}T12:00:00Z").parse().unwrap();
-    let total: Money = total.parse().unwrap();
+    let team = format!("team-{}", offset % 3);
     Row {
-        priced: PricedUsage {
-            event,
-            tenant: TenantPath {
-                org: "acme".into(),
-                team: Some(format!("team-{}", offset % 3)),
-                ..Default::default()
-            },
-            tenant_rule_id: None,
-            price_id: "p".into(),
-            price_version: 1,
-            price_resolution: "exact".into(),
-            model: "gpt-4o".into(),
-            currency: "USD".into(),
-            cost: CostLines {
-                output: total,
-                total,
-                ..Default::default()
-            },
-            priced_at: chrono::Utc::now(),
-        },
+        priced: PricedUsage::example(event, &team, total.parse().unwrap()),
         partition,
         offset,
     }

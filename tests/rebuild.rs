@@ -26,9 +26,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type};
 use common::{spawn_stage, Harness};
 use meterline_runtime::kafka::ensure_topics;
-use meterline_schemas::{
-    topics, AvroRecord, CostLines, Money, PricedUsage, TenantPath, UsageEvent,
-};
+use meterline_schemas::{topics, AvroRecord, Money, PricedUsage, UsageEvent};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -50,24 +48,8 @@ fn priced(i: usize) -> PricedUsage {
     .parse()
     .unwrap();
     PricedUsage {
-        event,
-        tenant: TenantPath {
-            org: "acme".into(),
-            team: Some(format!("team-{}", i % 4)),
-            ..Default::default()
-        },
-        tenant_rule_id: None,
-        price_id: "openai/gpt-4o".into(),
-        price_version: 1,
-        price_resolution: "exact".into(),
-        model: String::new(),
         currency: if i % 10 == 9 { "EUR" } else { "USD" }.into(),
-        cost: CostLines {
-            output: total,
-            total,
-            ..Default::default()
-        },
-        priced_at: chrono::Utc::now(),
+        ..PricedUsage::example(event, &format!("team-{}", i % 4), total)
     }
 }
 

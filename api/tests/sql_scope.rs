@@ -9,9 +9,7 @@ use meterline_api::{ApiConfig, App};
 use meterline_ledger::Row;
 use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
-use meterline_schemas::{
-    Anomaly, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
-};
+use meterline_schemas::{Anomaly, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent};
 use serde_json::{json, Value};
 
 const LEAD: &str = "lead-token";
@@ -23,28 +21,15 @@ fn row(offset: i64, team: Option<&str>, model: &str, cost: &str, day: u32) -> Ro
     event.event_id = format!("e-{offset}");
     event.model = model.into();
     event.occurred_at = format!("2026-11-{day:02}T10:00:00Z").parse().unwrap();
-    let c: Money = cost.parse().unwrap();
     Row {
         priced: PricedUsage {
-            event,
             tenant: TenantPath {
                 org: "acme".into(),
                 cost_center: team.map(|t| format!("cc-{t}")),
                 team: team.map(str::to_string),
                 ..Default::default()
             },
-            tenant_rule_id: None,
-            price_id: "p".into(),
-            price_version: 1,
-            price_resolution: "exact".into(),
-            model: String::new(),
-            currency: "USD".into(),
-            cost: CostLines {
-                output: c,
-                total: c,
-                ..Default::default()
-            },
-            priced_at: chrono::Utc::now(),
+            ..PricedUsage::example(event, "", cost.parse().unwrap())
         },
         partition: 0,
         offset,

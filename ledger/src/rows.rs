@@ -227,27 +227,10 @@ pub(crate) fn example_row(
     let mut event = meterline_schemas::UsageEvent::example();
     event.event_id = format!("e-{partition}-{offset}");
     event.occurred_at = format!("2026-03-{day:02}T12:00:00Z").parse().unwrap();
-    let total: meterline_schemas::Money = total.parse().unwrap();
     Row {
         priced: meterline_schemas::PricedUsage {
-            event,
-            tenant: meterline_schemas::TenantPath {
-                org: "acme".into(),
-                team: Some("search".into()),
-                ..Default::default()
-            },
-            tenant_rule_id: None,
-            price_id: "p".into(),
-            price_version: 1,
-            price_resolution: "exact".into(),
-            model: String::new(),
             currency: currency.into(),
-            cost: meterline_schemas::CostLines {
-                output: total,
-                total,
-                ..Default::default()
-            },
-            priced_at: chrono::Utc::now(),
+            ..meterline_schemas::PricedUsage::example(event, "search", total.parse().unwrap())
         },
         partition,
         offset,

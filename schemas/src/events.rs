@@ -310,6 +310,32 @@ impl PricedUsage {
             &self.model
         }
     }
+
+    /// `event` priced by an exact price `p` (version 1): `total` in USD, all of it output
+    /// cost, attributed to team `team` of org `acme`. For tests, benchmarks and docs to start
+    /// from (like [`UsageEvent::example`]).
+    pub fn example(event: UsageEvent, team: &str, total: Money) -> PricedUsage {
+        PricedUsage {
+            event,
+            tenant: TenantPath {
+                org: "acme".into(),
+                team: Some(team.into()),
+                ..Default::default()
+            },
+            tenant_rule_id: None,
+            price_id: "p".into(),
+            price_version: 1,
+            price_resolution: "exact".into(),
+            model: String::new(),
+            currency: "USD".into(),
+            cost: CostLines {
+                output: total,
+                total,
+                ..Default::default()
+            },
+            priced_at: Utc::now(),
+        }
+    }
 }
 
 /// One unit price of a price book entry.

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use meterline_ledger::{Ledger, LedgerConfig, Row};
-use meterline_schemas::{CostLines, PricedUsage, TenantPath, UsageEvent};
+use meterline_schemas::{PricedUsage, UsageEvent};
 
 use super::{cpu_micros, peak_rss_kib};
 use crate::progress::Progress;
@@ -34,26 +34,7 @@ fn rows(partition: i32, first: i64) -> Vec<Row> {
             let total =
                 meterline_schemas::Money::from_unscaled(1_000_000_000 + o as i128).expect("money");
             Row {
-                priced: PricedUsage {
-                    event,
-                    tenant: TenantPath {
-                        org: "acme".into(),
-                        team: Some(format!("team-{}", o % 24)),
-                        ..Default::default()
-                    },
-                    tenant_rule_id: None,
-                    price_id: "p".into(),
-                    price_version: 1,
-                    price_resolution: "exact".into(),
-                    model: "gpt-4o".into(),
-                    currency: "USD".into(),
-                    cost: CostLines {
-                        output: total,
-                        total,
-                        ..Default::default()
-                    },
-                    priced_at: chrono::Utc::now(),
-                },
+                priced: PricedUsage::example(event, &format!("team-{}", o % 24), total),
                 partition,
                 offset: o,
             }

@@ -10,7 +10,7 @@ use meterline_ledger::Row;
 use meterline_ledger::{Ledger, LedgerConfig};
 use meterline_runtime::auth::{hash_token, Role, TokenConfig};
 use meterline_schemas::{
-    Anomaly, Contributor, CostLines, Money, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
+    Anomaly, Contributor, PricedUsage, Scope, ScopeKind, TenantPath, UsageEvent,
 };
 use serde_json::json;
 
@@ -78,28 +78,16 @@ pub fn row(
     event.api_key_id = Some(api_key.into());
     event.occurred_at = format!("2026-11-{day:02}T10:00:00Z").parse().unwrap();
     event.received_at = event.occurred_at;
-    let c: Money = cost.parse().unwrap();
     Row {
         priced: PricedUsage {
-            event,
             tenant: TenantPath {
                 org: "acme".into(),
                 cost_center: team.map(|t| format!("cc-{t}")),
                 team: team.map(str::to_string),
                 ..Default::default()
             },
-            tenant_rule_id: None,
-            price_id: "p".into(),
-            price_version: 1,
-            price_resolution: "exact".into(),
-            model: String::new(),
-            currency: "USD".into(),
-            cost: CostLines {
-                output: c,
-                total: c,
-                ..Default::default()
-            },
             priced_at: "2026-11-20T10:00:01Z".parse().unwrap(),
+            ..PricedUsage::example(event, "", cost.parse().unwrap())
         },
         partition: 0,
         offset,
