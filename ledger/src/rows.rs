@@ -242,7 +242,7 @@ mod tests {
     use super::*;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Decimal128Type;
-    use meterline_schemas::{CostLines, TenantPath, UsageEvent};
+    use meterline_schemas::{CostLines, UsageEvent};
 
     pub(crate) fn row(team: &str, model: &str, total: &str, offset: i64) -> Row {
         let mut event = UsageEvent::example();
@@ -251,24 +251,12 @@ mod tests {
         let total: Money = total.parse().unwrap();
         Row {
             priced: PricedUsage {
-                event,
-                tenant: TenantPath {
-                    org: "acme".into(),
-                    team: Some(team.into()),
-                    ..Default::default()
-                },
-                tenant_rule_id: None,
-                price_id: "openai/gpt-4o".into(),
-                price_version: 1,
-                price_resolution: "exact".into(),
-                model: String::new(),
-                currency: "USD".into(),
                 cost: CostLines {
                     input: total,
                     total,
                     ..Default::default()
                 },
-                priced_at: chrono::Utc::now(),
+                ..PricedUsage::example(event, team, total)
             },
             partition: 0,
             offset,

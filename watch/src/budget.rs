@@ -261,9 +261,7 @@ fn crossings(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meterline_schemas::{
-        CostLines, PeriodKind, Scope, ScopeKind, TenantPath, Threshold, UsageEvent,
-    };
+    use meterline_schemas::{PeriodKind, Scope, ScopeKind, Threshold, UsageEvent};
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -315,26 +313,9 @@ mod tests {
     fn priced(team: &str, at: &str, cost: &str) -> PricedUsage {
         let mut event = UsageEvent::example();
         event.occurred_at = t(at);
-        let c: Money = cost.parse().unwrap();
         PricedUsage {
-            event,
-            tenant: TenantPath {
-                org: "acme".into(),
-                team: Some(team.into()),
-                ..Default::default()
-            },
-            tenant_rule_id: None,
-            price_id: "p".into(),
-            price_version: 1,
-            price_resolution: "exact".into(),
-            model: String::new(),
-            currency: "USD".into(),
-            cost: CostLines {
-                total: c,
-                output: c,
-                ..Default::default()
-            },
             priced_at: t(at),
+            ..PricedUsage::example(event, team, cost.parse().unwrap())
         }
     }
 
