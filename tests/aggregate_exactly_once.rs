@@ -13,11 +13,8 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
-use arrow::datatypes::{Decimal128Type, Int32Type, Int64Type};
 use common::{spawn_stage, Harness};
-use meterline_schemas::{topics, AvroRecord, Money, PricedUsage, UsageEvent};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use meterline_schemas::{topics, AvroRecord};
 use rand::Rng;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -30,21 +27,8 @@ fn produce_priced(brokers: &str, from: usize, n: usize) -> i128 {
         .unwrap();
     let mut sum = 0i128;
     for i in from..from + n {
-        let mut event = UsageEvent::example();
-        event.event_id = format!("ev-{i}");
-        event.api_key_id = Some(format!("key-{}", i % 5));
-        // three dates
-        event.occurred_at = format!("2026-04-0{}T10:00:00Z", 1 + i % 3).parse().unwrap();
-        // amounts with all 18 decimals in play
-        let total: Money = format!(
-            "{}.{:018}",
-            i % 97,
-            (i as u64 * 7919) % 1_000_000_000_000_000_000
-        )
-        .parse()
-        .unwrap();
-        sum += total.to_unscaled();
-        let priced = PricedUsage::example(event, &format!("team-{}", i % 4), total);
+        let priced = common::ledger::priced_series(i);
+        sum += priced.cost.total.to_unscaled();
         let v = priced.to_avro().unwrap();
         let key = priced.event.partition_key().to_string();
         loop {
@@ -81,34 +65,11 @@ fn read_table(cfg: &meterline_ledger::LedgerConfig, data: &Path) -> Ledger {
         positions: HashSet::new(),
         duplicates: 0,
     };
-    let table = meterline_ledger::Ledger::open(cfg, data).unwrap();
-    let snapshot = table.snapshot().unwrap();
-    for f in &snapshot.files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(snapshot.read(f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let total = b
-                .column_by_name("cost_total")
-                .unwrap()
-                .as_primitive::<Decimal128Type>();
-            let part = b
-                .column_by_name("kafka_partition")
-                .unwrap()
-                .as_primitive::<Int32Type>();
-            let off = b
-                .column_by_name("kafka_offset")
-                .unwrap()
-                .as_primitive::<Int64Type>();
-            for i in 0..b.num_rows() {
-                l.rows += 1;
-                l.sum += total.value(i);
-                if !l.positions.insert((part.value(i), off.value(i))) {
-                    l.duplicates += 1;
-                }
-            }
+    for r in common::ledger::ledger_rows_of(cfg, data) {
+        l.rows += 1;
+        l.sum += r.cost;
+        if !l.positions.insert((r.partition, r.offset)) {
+            l.duplicates += 1;
         }
     }
     l

@@ -16,11 +16,8 @@ use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::Decimal128Type;
 use common::{eventually, spawn_stage, Harness, EDGE_TOKEN};
 use meterline_reference::{native, publish};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::Rng;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -115,35 +112,11 @@ struct Sent {
 
 /// The ledger's rows as the API reads them (complete flushes only): event id → count, sum.
 fn read_ledger(data: &Path) -> (HashMap<String, usize>, i128) {
-    let ledger =
-        meterline_ledger::Ledger::open(&meterline_ledger::LedgerConfig::default(), data).unwrap();
-    let snapshot = ledger.snapshot().unwrap();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut sum = 0i128;
-    for f in &snapshot.files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(snapshot.read(f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let id = b
-                .column_by_name("event_id")
-                .unwrap()
-                .as_string::<i32>()
-                .clone();
-            let total = b
-                .column_by_name("cost_total")
-                .unwrap()
-                .as_primitive::<Decimal128Type>()
-                .clone();
-            for i in 0..b.num_rows() {
-                *ids.entry(id.value(i).to_string()).or_default() += 1;
-                if !total.is_null(i) {
-                    sum += total.value(i);
-                }
-            }
-        }
+    for r in common::ledger::ledger_rows(data) {
+        *ids.entry(r.event_id).or_default() += 1;
+        sum += r.cost;
     }
     (ids, sum)
 }

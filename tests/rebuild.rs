@@ -22,34 +22,18 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type};
 use common::{spawn_stage, Harness};
 use meterline_runtime::kafka::ensure_topics;
-use meterline_schemas::{topics, AvroRecord, Money, PricedUsage, UsageEvent};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use meterline_schemas::{topics, AvroRecord, Money, PricedUsage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// A ledger row as this test reads it: (partition, offset) → (event id, currency, cost).
 type Rows = BTreeMap<(i32, i64), (String, String, i128)>;
 
 fn priced(i: usize) -> PricedUsage {
-    let mut event = UsageEvent::example();
-    event.event_id = format!("ev-{i}");
-    event.api_key_id = Some(format!("key-{}", i % 5));
-    // three dates
-    event.occurred_at = format!("2026-04-0{}T10:00:00Z", 1 + i % 3).parse().unwrap();
-    // every 18 decimals in play
-    let total: Money = format!(
-        "{}.{:018}",
-        i % 97,
-        (i as u64 * 7919) % 1_000_000_000_000_000_000
-    )
-    .parse()
-    .unwrap();
     PricedUsage {
         currency: if i % 10 == 9 { "EUR" } else { "USD" }.into(),
-        ..PricedUsage::example(event, &format!("team-{}", i % 4), total)
+        ..common::ledger::priced_series(i)
     }
 }
 
@@ -110,54 +94,14 @@ fn produce_in_transaction(
     out
 }
 
-/// Every row of the ledger under `data` (complete view, as readers see it), with our own
-/// Parquet reader; panics on a (partition, offset) seen twice.
+/// Every row of the ledger under `data` (its newest snapshot, as readers see it), with our
+/// own Parquet reader; panics on a (partition, offset) seen twice.
 fn read_rows(data: &Path) -> Rows {
-    let ledger =
-        meterline_ledger::Ledger::open(&meterline_ledger::LedgerConfig::default(), data).unwrap();
-    let snapshot = ledger.snapshot().unwrap();
     let mut rows = Rows::new();
-    for f in &snapshot.files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(snapshot.read(f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let text = |c: &str| {
-                arrow::compute::cast(b.column_by_name(c).unwrap(), &DataType::Utf8).unwrap()
-            };
-            let (ids, currencies) = (text("event_id"), text("currency"));
-            let (ids, currencies) = (ids.as_string::<i32>(), currencies.as_string::<i32>());
-            let cost = b
-                .column_by_name("cost_total")
-                .unwrap()
-                .as_primitive::<Decimal128Type>();
-            let part = b
-                .column_by_name("kafka_partition")
-                .unwrap()
-                .as_primitive::<Int32Type>();
-            let off = b
-                .column_by_name("kafka_offset")
-                .unwrap()
-                .as_primitive::<Int64Type>();
-            for i in 0..b.num_rows() {
-                assert!(!ids.is_null(i));
-                let old = rows.insert(
-                    (part.value(i), off.value(i)),
-                    (
-                        ids.value(i).to_string(),
-                        currencies.value(i).to_string(),
-                        cost.value(i),
-                    ),
-                );
-                assert!(
-                    old.is_none(),
-                    "a row twice at {:?}",
-                    (part.value(i), off.value(i))
-                );
-            }
-        }
+    for r in common::ledger::ledger_rows(data) {
+        let at = (r.partition, r.offset);
+        let old = rows.insert(at, (r.event_id, r.currency, r.cost));
+        assert!(old.is_none(), "a row twice at {at:?}");
     }
     rows
 }

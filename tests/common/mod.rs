@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod ledger;
 pub mod s3;
 use std::collections::HashMap;
 use std::path::PathBuf;
