@@ -62,9 +62,7 @@ pub struct FilteredTable {
     predicate: Expr,
     /// What the filter keeps, as plans show it.
     label: String,
-    /// A scope between principals (see the module doc), not just complete rows.
-    private: bool,
-    /// Answered as NULL (private tables only).
+    /// Answered as NULL.
     hidden: Vec<String>,
     schema: SchemaRef,
 }
@@ -136,7 +134,6 @@ impl FilteredTable {
             inner,
             predicate,
             label,
-            private: true,
             hidden,
             schema: Arc::new(Schema::new_with_metadata(fields, full.metadata().clone())),
         }
@@ -212,29 +209,16 @@ impl TableProvider for FilteredTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        if self.private {
-            // The caller's filters stay above the scope (never `Exact`: the filter above is
-            // kept); only date literals may prune days below it.
-            return Ok(filters
-                .iter()
-                .map(|f| {
-                    if is_safe_date_filter(f) {
-                        TableProviderFilterPushDown::Inexact
-                    } else {
-                        TableProviderFilterPushDown::Unsupported
-                    }
-                })
-                .collect());
-        }
-        // Complete rows only: the caller's filters may prune files and row groups below ours;
-        // ours is applied regardless.
-        Ok(self
-            .inner
-            .supports_filters_pushdown(filters)?
-            .into_iter()
-            .map(|p| match p {
-                TableProviderFilterPushDown::Exact => TableProviderFilterPushDown::Inexact,
-                other => other,
+        // The caller's filters stay above the scope (never `Exact`: the filter above is
+        // kept); only date literals may prune days below it.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if is_safe_date_filter(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
             })
             .collect())
     }
@@ -292,18 +276,13 @@ impl TableProvider for FilteredTable {
         // a private scan has as many partitions as the session's target, however many files
         // the ledger holds: the plan's shape (and what DataFusion does with it) must not tell
         // whether other teams' rows fill other files
-        let partitions = if self.private {
-            state.config().target_partitions()
-        } else {
-            inner.output_partitioning().partition_count()
-        };
+        let partitions = state.config().target_partitions();
         Ok(Arc::new(ScopeExec::new(
             inner,
             predicate,
             outputs,
             schema,
             self.label.clone(),
-            self.private,
             partitions,
         )))
     }
@@ -337,7 +316,6 @@ pub struct ScopeExec {
     outputs: Vec<Output>,
     schema: SchemaRef,
     label: String,
-    private: bool,
     properties: Arc<PlanProperties>,
 }
 
@@ -348,7 +326,6 @@ impl ScopeExec {
         outputs: Vec<Output>,
         schema: SchemaRef,
         label: String,
-        private: bool,
         partitions: usize,
     ) -> Self {
         let properties = PlanProperties::new(
@@ -364,7 +341,6 @@ impl ScopeExec {
             outputs,
             schema,
             label,
-            private,
             properties: Arc::new(properties),
         }
     }
@@ -382,8 +358,7 @@ impl ScopeExec {
             .outputs
             .iter()
             .map(|o| match o {
-                Output::Column(i) if self.private => compact(kept.column(*i)),
-                Output::Column(i) => Ok(kept.column(*i).clone()),
+                Output::Column(i) => compact(kept.column(*i)),
                 Output::Null(t) => Ok(new_null_array(t, kept.num_rows())),
             })
             .collect::<Result<_>>()?;
@@ -456,10 +431,8 @@ impl ExecutionPlan for ScopeExec {
             outputs: self.outputs.clone(),
             schema: self.schema.clone(),
             label: self.label.clone(),
-            private: self.private,
             properties: self.properties.clone(),
         };
-        let private = self.private;
         // output partition `p` reads the inner partitions `p`, `p + n`, `p + 2n`, … in turn
         let n = self.properties.partitioning.partition_count();
         let inner = self.inner.output_partitioning().partition_count();
@@ -474,11 +447,10 @@ impl ExecutionPlan for ScopeExec {
                 Err(DataFusionError::ResourcesExhausted(m)) => {
                     Some(Err(DataFusionError::ResourcesExhausted(m)))
                 }
-                Err(e) if private => {
+                Err(e) => {
                     tracing::error!(error = %e, "scoped scan failed");
                     Some(Err(DataFusionError::Execution(SCAN_FAILED.into())))
                 }
-                Err(e) => Some(Err(e)),
             };
             futures::future::ready(out)
         });
