@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, StructType};
 use deltalake::protocol::DeltaOperation;
+use deltalake::table::config::TablePropertiesExt;
 use deltalake::DeltaTable;
 use object_store::ObjectStoreExt;
 use url::Url;
@@ -153,13 +154,20 @@ pub(crate) fn commit(
     let log_store = t.log_store();
     let finalized = run(async {
         let snapshot = t.snapshot().map_err(delta)?;
-        // Checkpoints: every `delta.checkpointInterval` commits (100 by default) the
-        // post-commit hook writes the state as a Parquet checkpoint, so opening the table
-        // (a writer on start, any reader) reads one checkpoint plus at most 99 JSON commits,
-        // not every commit since the table began; txn versions are in it too. Expired JSON
-        // commits (older than `delta.logRetentionDuration`, 30 days) are removed behind a
-        // checkpoint, as Delta's own writers do.
-        CommitBuilder::from(CommitProperties::default().with_create_checkpoint(true))
+        let interval = snapshot.table_config().checkpoint_interval().get();
+        // 1. Checkpoints: every `delta.checkpointInterval` commits (100 by default) the
+        //    post-commit hook writes the state as a Parquet checkpoint, so opening the table
+        //    (a writer on start, any reader) reads one checkpoint plus at most 99 JSON
+        //    commits, not every commit since the table began; txn versions are in it too.
+        // 2. Expired JSON commits (older than `delta.logRetentionDuration`, 30 days) are
+        //    removed behind a checkpoint — only when one is written, as Delta's own writers
+        //    do. delta-rs's default cleans up after every commit, and its cleanup lists the
+        //    whole `_delta_log`: a commit then costs as much as the table has versions (100k
+        //    entries listed per flush after 100k commits; hundreds of LIST requests on S3).
+        let properties = CommitProperties::default()
+            .with_create_checkpoint(true)
+            .with_cleanup_expired_logs(Some(writes_checkpoint(snapshot.version() + 1, interval)));
+        CommitBuilder::from(properties)
             .with_actions(actions)
             .build(Some(snapshot), log_store, op)
             .await
@@ -168,6 +176,12 @@ pub(crate) fn commit(
     let version = finalized.version();
     t.state = Some(finalized.snapshot());
     Ok(version)
+}
+
+/// Whether the commit of `version` is one after which a checkpoint is written (delta-rs
+/// writes one after every version `v` with `(v + 1) % interval == 0`).
+fn writes_checkpoint(version: u64, interval: u64) -> bool {
+    (version + 1).is_multiple_of(interval)
 }
 
 /// Writes `bytes` to `path` so that a reader sees all of it or nothing, and it survives a
@@ -188,4 +202,18 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log is cleaned up only with a checkpoint (versions 99, 199, … at the default
+    /// interval), never after every commit: a cleanup lists the whole log.
+    #[test]
+    fn log_cleanup_goes_with_checkpoints_only() {
+        let cleaned: Vec<u64> = (0..1_000).filter(|v| writes_checkpoint(*v, 100)).collect();
+        assert_eq!(cleaned, [99, 199, 299, 399, 499, 599, 699, 799, 899, 999]);
+        assert!(writes_checkpoint(9, 10) && !writes_checkpoint(10, 10));
+    }
 }
