@@ -173,10 +173,18 @@ pub(super) fn run(flushes: usize, commits: u64, url: Option<String>) -> anyhow::
     );
     println!("  CPU per row written        {cpu_per_row:>8.2} µs (whole process)");
     if !commit_times.is_empty() {
+        // does a commit cost more as the table ages? the first and the last tenth compared
+        let tenth = (commit_times.len() / 10).max(1);
+        let (early, _) = summary(commit_times[..tenth].to_vec());
+        let (late, _) = summary(commit_times[commit_times.len() - tenth..].to_vec());
         let (c50, c99) = summary(commit_times);
         let (b50, b99) = summary(floor_times);
         println!(
             "  commit (txn only)          p50 {c50:>8.2} ms   p99 {c99:>8.2} ms   ({todo} commits)"
+        );
+        println!(
+            "  commit p50, last tenth ÷ first tenth of the versions: {late:.2} ÷ {early:.2} ms = {:.2}",
+            late / early
         );
         println!(
             "  raw: one fsynced put       p50 {b50:>8.2} ms   p99 {b99:>8.2} ms   ratio p50 {:.2}",
