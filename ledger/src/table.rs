@@ -504,6 +504,40 @@ mod tests {
             .sum()
     }
 
+    /// Every 100th version is checkpointed, so a process opening the table reads one
+    /// checkpoint and at most 99 JSON commits; a new handle resumes from it exactly.
+    #[test]
+    fn checkpoints_every_100_versions_and_a_new_handle_resumes_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path());
+        l.write_flush(0, None, 0, 0, &[row(0, 0, 1, "0.5", "USD")])
+            .unwrap();
+        for o in 1..=205 {
+            l.write_flush(1 + o as i32 % 2, (o > 2).then_some(o - 2), o, o, &[])
+                .unwrap();
+        }
+        let log = dir.path().join("usage/_delta_log");
+        let mut checkpoints: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".checkpoint."))
+            .collect();
+        checkpoints.sort();
+        assert_eq!(
+            checkpoints,
+            [
+                "00000000000000000099.checkpoint.parquet",
+                "00000000000000000199.checkpoint.parquet"
+            ]
+        );
+        let again = ledger(dir.path());
+        assert_eq!(again.snapshot().unwrap().version, 206);
+        assert_eq!(again.resume_at(0).unwrap(), Some(1));
+        assert_eq!(again.resume_at(1).unwrap(), Some(205));
+        assert_eq!(again.resume_at(2).unwrap(), Some(206));
+        assert_eq!(rows_in(&again.snapshot().unwrap()), 1);
+    }
+
     #[test]
     fn a_flush_is_one_commit_with_its_files_and_the_partition_resumes_after_it() {
         let dir = tempfile::tempdir().unwrap();
