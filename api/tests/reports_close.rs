@@ -38,7 +38,6 @@ fn row(partition: i32, r: &R) -> Row {
     let c: Money = r.cost.parse().unwrap();
     Row {
         priced: PricedUsage {
-            event,
             tenant: TenantPath {
                 org: "acme".into(),
                 cost_center: r.team.map(|t| format!("cc-{t}")),
@@ -46,18 +45,13 @@ fn row(partition: i32, r: &R) -> Row {
                 project: Some("proj-x".into()),
                 ..Default::default()
             },
-            tenant_rule_id: None,
-            price_id: "p".into(),
-            price_version: 1,
-            price_resolution: "exact".into(),
-            model: String::new(),
             currency: r.currency.into(),
             cost: CostLines {
                 input: c,
                 total: c,
                 ..Default::default()
             },
-            priced_at: chrono::Utc::now(),
+            ..PricedUsage::example(event, "", c)
         },
         partition,
         offset: r.offset,

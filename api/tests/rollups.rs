@@ -53,7 +53,6 @@ fn row(rng: &mut Rng, partition: i32, offset: i64) -> Row {
         .unwrap();
     Row {
         priced: PricedUsage {
-            event,
             tenant: TenantPath {
                 org: if rng.next(5) == 0 {
                     "acme-labs"
@@ -66,18 +65,13 @@ fn row(rng: &mut Rng, partition: i32, offset: i64) -> Row {
                 project: team.map(|t| format!("{t}-{}", rng.next(2))),
                 ..Default::default()
             },
-            tenant_rule_id: None,
-            price_id: "p".into(),
-            price_version: 1,
-            price_resolution: "exact".into(),
-            model: String::new(),
             currency: if rng.next(4) == 0 { "EUR" } else { "USD" }.into(),
             cost: CostLines {
                 input: cost,
                 total: cost,
                 ..Default::default()
             },
-            priced_at: chrono::Utc::now(),
+            ..PricedUsage::example(event, "", cost)
         },
         partition,
         offset,
