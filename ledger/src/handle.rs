@@ -180,7 +180,7 @@ pub(crate) fn commit(
 
 /// Whether the commit of `version` is one after which a checkpoint is written (delta-rs
 /// writes one after every version `v` with `(v + 1) % interval == 0`).
-fn writes_checkpoint(version: u64, interval: u64) -> bool {
+pub(crate) fn writes_checkpoint(version: u64, interval: u64) -> bool {
     (version + 1).is_multiple_of(interval)
 }
 

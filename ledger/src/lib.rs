@@ -16,10 +16,12 @@
 //! - `files`: names of the ledger's data files;
 //! - `rows`: priced events → Arrow batches in the ledger schema;
 //! - `totals`: rows per partition and exact cost sums per currency, as readers see them;
+//! - `append`: the sink's commits, without the table's file list (the writer's tip of the log);
 //! - `handle`: one Delta table as its writer holds it (create, durable files, commit, vacuum);
 //! - `anomalies`: [`AnomalyTable`], the anomalies table (one file per hour with findings).
 
 mod anomalies;
+mod append;
 mod compact;
 mod config;
 mod files;
@@ -88,6 +90,9 @@ pub enum Error {
         expected: Option<i64>,
         found: Option<i64>,
     },
+    /// Other writers took the next version of the log `attempts` times in a row.
+    #[error("lost the race for the next table version {attempts} times in a row")]
+    Contended { attempts: usize },
     /// `[ledger]` is not usable (a bad URL, an option the store does not know).
     #[error("ledger config: {0}")]
     Config(String),
@@ -103,7 +108,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Io { .. } | Error::Store(_) | Error::Parquet(_) | Error::Delta(_)
+            Error::Io { .. }
+                | Error::Store(_)
+                | Error::Parquet(_)
+                | Error::Delta(_)
+                | Error::Contended { .. }
         )
     }
 }

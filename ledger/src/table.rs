@@ -13,20 +13,23 @@
 //!    attempt looks at the table first (was it committed after all?); files no commit lists are
 //!    deleted by vacuum once older than its retention.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::PROTOCOL;
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::DeltaTable;
+use deltalake::table::config::TablePropertiesExt;
+use deltalake::{checkpoints, DeltaTable};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use url::Url;
 
-use crate::handle::{commit, TableDefinition, TableHandle};
+use crate::append::{self, Attempt, CommitEntry, Tip};
+use crate::handle::{commit, writes_checkpoint, TableDefinition, TableHandle};
 use crate::snapshot::{Snapshot, TableFile};
 use crate::storage::run;
 use crate::{delta, files, rows, txn_app_id, Error, LedgerConfig, Row, DATE_COLUMN};
@@ -52,11 +55,17 @@ pub struct Ledger {
     /// txn actions of the log segment (the last checkpoint and up to 99 JSON commits) each
     /// time; from a known version on, reading the few commits since is enough.
     txns: Mutex<HashMap<i32, (u64, Option<i64>)>>,
+    /// The writer's view of the log's newest version (see [`crate::append`]).
+    tip: Mutex<Option<Tip>>,
 }
 
 /// How many commits a cached txn version is brought forward by reading them (beyond that,
 /// delta-rs's own replay from the last checkpoint is cheaper).
 const TXN_CATCH_UP: u64 = 200;
+
+/// How many versions in a row a flush may lose to other writers before it gives up (each
+/// loss is another writer's commit: the table moves on).
+const MAX_RACES: usize = 100;
 
 /// What a committed flush wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +185,7 @@ impl Ledger {
             handle,
             ends: Mutex::new(None),
             txns: Mutex::new(HashMap::new()),
+            tip: Mutex::new(None),
         })
     }
 
@@ -274,8 +284,9 @@ impl Ledger {
     /// `partition`'s txn version (its last offset) in the newest table.
     pub fn txn_version(&self, partition: i32) -> Result<Option<i64>, Error> {
         let mut t = self.table()?;
-        run(t.update_state()).map_err(delta)?;
-        self.txn_of(&t, partition)
+        let mut tip = self.tip()?;
+        self.catch_up(&mut t, &mut tip)?;
+        Ok(self.txn_at_tip(&mut t, &mut tip, partition)?.0)
     }
 
     /// `partition`'s txn version in `t`'s loaded version: brought forward from the cache by
@@ -375,17 +386,9 @@ impl Ledger {
         new: &[NewFile],
     ) -> Result<u64, Error> {
         let mut t = self.table()?;
-        run(t.update_state()).map_err(delta)?;
-        let found = self.txn_of(&t, partition)?;
-        if found == Some(last) && committed(&t, new)? {
-            return Ok(t.version().unwrap_or_default()); // an earlier attempt did commit
-        }
-        if found != after {
-            return Err(Error::Fenced {
-                partition,
-                expected: after,
-                found,
-            });
+        let mut tip = self.tip()?;
+        if tip.as_ref().is_none_or(|tip| !tip.is_trusted()) {
+            self.catch_up(&mut t, &mut tip)?;
         }
         let mut actions: Vec<Action> = new.iter().map(|f| f.add(true)).collect();
         actions.push(Action::Txn(Transaction::new_with_last_update(
@@ -398,26 +401,170 @@ impl Ledger {
             partition_by: Some(vec![DATE_COLUMN.to_string()]),
             predicate: None,
         };
-        match commit(&mut t, actions, op) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                // Who won? A conflict on the txn (another writer committed the partition) is a
-                // fence; a commit that landed although its call failed is a success.
-                drop(t);
-                let found = self.txn_version(partition)?;
-                let t = self.table()?;
-                if found == Some(last) && committed(&t, new)? {
-                    Ok(t.version().unwrap_or_default())
-                } else if found != after {
-                    Err(Error::Fenced {
-                        partition,
-                        expected: after,
-                        found,
-                    })
-                } else {
-                    Err(e)
+        // the table's protocol allows this writer and an append (its state is at the tip's
+        // base or later, and a commit that changes the protocol starts the tip over)
+        PROTOCOL
+            .can_commit(t.snapshot().map_err(delta)?, &actions, &op)
+            .map_err(|e| delta(e.into()))?;
+        let ours = CommitEntry {
+            txns: vec![(partition, last)],
+            adds: new.iter().map(|f| f.rel.clone()).collect(),
+            changes_table: false,
+        };
+        let bytes = append::commit_bytes(actions, op)?;
+        for _ in 0..MAX_RACES {
+            // 1. The fence, against every commit this writer has seen. A commit it has not
+            //    seen holds the version it tries next: that try fails, the commit is read
+            //    (its txn actions included), and the fence is checked again.
+            let (found, set_at) = self.txn_at_tip(&mut t, &mut tip, partition)?;
+            if found == Some(last) && self.landed(&mut t, set_at, new)? {
+                return Ok(set_at.unwrap_or_default()); // an earlier attempt did commit
+            }
+            if found != after {
+                return Err(Error::Fenced {
+                    partition,
+                    expected: after,
+                    found,
+                });
+            }
+            // 2. One put-if-absent of the next version.
+            let version = tip.as_ref().map_or(0, |tip| tip.version) + 1;
+            match append::try_commit(t.log_store().as_ref(), version, &bytes) {
+                Ok(Attempt::Committed) => {
+                    let tip = tip.as_mut().expect("a tip after catching up");
+                    tip.advance(&ours);
+                    self.checkpoint_if_due(&mut t, tip);
+                    return Ok(version);
+                }
+                Ok(Attempt::Taken) => self.catch_up(&mut t, &mut tip)?,
+                Err(e) => {
+                    // 3. The outcome of a failed put can be unknown: look whether it landed
+                    //    (or whether another writer has the partition now).
+                    self.catch_up(&mut t, &mut tip)?;
+                    let (found, set_at) = self.txn_at_tip(&mut t, &mut tip, partition)?;
+                    return if found == Some(last) && self.landed(&mut t, set_at, new)? {
+                        Ok(set_at.unwrap_or(version))
+                    } else if found != after {
+                        Err(Error::Fenced {
+                            partition,
+                            expected: after,
+                            found,
+                        })
+                    } else {
+                        Err(e)
+                    };
                 }
             }
+        }
+        Err(Error::Contended {
+            attempts: MAX_RACES,
+        })
+    }
+
+    fn tip(&self) -> Result<MutexGuard<'_, Option<Tip>>, Error> {
+        self.tip
+            .lock()
+            .map_err(|_| Error::Fatal(format!("{}: tip lock poisoned", self.url())))
+    }
+
+    /// Brings the writer's tip to the newest version by reading the commits after it. It
+    /// starts over at the table's newest version (delta-rs lists the log and brings the file
+    /// list forward) when there is none yet, when it is not trusted any more, when it is
+    /// more than [`TXN_CATCH_UP`] commits behind, and after a commit that changed the table.
+    fn catch_up(&self, t: &mut DeltaTable, tip: &mut Option<Tip>) -> Result<(), Error> {
+        if let Some(tip) = tip.as_mut().filter(|tip| tip.is_trusted()) {
+            let log_store = t.log_store();
+            for _ in 0..TXN_CATCH_UP {
+                match append::read_commit(log_store.as_ref(), tip.version + 1)? {
+                    None => {
+                        tip.confirmed = std::time::Instant::now();
+                        return Ok(());
+                    }
+                    Some(c) if c.changes_table => break,
+                    Some(c) => tip.advance(&c),
+                }
+            }
+        }
+        run(t.update_state()).map_err(delta)?;
+        let state = t.snapshot().map_err(delta)?;
+        *tip = Some(Tip::at(
+            state.version(),
+            state.table_config().checkpoint_interval().get(),
+        ));
+        Ok(())
+    }
+
+    /// `partition`'s txn version at the tip, and the version of the commit that set it when
+    /// the tip saw that commit.
+    fn txn_at_tip(
+        &self,
+        t: &mut DeltaTable,
+        tip: &mut Option<Tip>,
+        partition: i32,
+    ) -> Result<(Option<i64>, Option<u64>), Error> {
+        // A partition the tip has not seen set has the txn version it had at the tip's base,
+        // which is its version at any table version up to the tip: `t`'s must not be newer.
+        if tip
+            .as_ref()
+            .is_none_or(|tip| t.version().unwrap_or_default() > tip.version)
+        {
+            self.catch_up(t, tip)?;
+        }
+        let tip = tip.as_ref().expect("a tip after catching up");
+        match tip.txns.get(&partition) {
+            Some((txn, set_at)) => Ok((Some(*txn), Some(*set_at))),
+            None => Ok((self.txn_of(t, partition)?, None)),
+        }
+    }
+
+    /// Whether every one of `new` is in the table: in the commit that set the partition's txn
+    /// (`set_at`), or, when the tip did not see that commit, among the newest table's files.
+    fn landed(
+        &self,
+        t: &mut DeltaTable,
+        set_at: Option<u64>,
+        new: &[NewFile],
+    ) -> Result<bool, Error> {
+        if new.is_empty() {
+            return Ok(true);
+        }
+        let live: HashSet<String> = match set_at {
+            Some(version) => append::read_commit(t.log_store().as_ref(), version)?
+                .map(|c| c.adds.into_iter().collect())
+                .unwrap_or_default(),
+            None => {
+                run(t.update_state()).map_err(delta)?;
+                let state = t.snapshot().map_err(delta)?;
+                state
+                    .log_data()
+                    .iter()
+                    .map(|f| f.path().to_string())
+                    .collect()
+            }
+        };
+        Ok(new.iter().all(|f| live.contains(&f.rel)))
+    }
+
+    /// After the commit of every `delta.checkpointInterval`-th version: a checkpoint, and the
+    /// expired commits behind it removed (the why is at [`crate::handle::commit`]). It needs
+    /// the file list at that version, so `t` is brought forward to it here, once per interval.
+    /// A failure is logged, not returned: the flush is committed, and a missing checkpoint
+    /// only makes opening the table slower until the next one.
+    fn checkpoint_if_due(&self, t: &mut DeltaTable, tip: &Tip) {
+        if !writes_checkpoint(tip.version, tip.checkpoint_interval) {
+            return;
+        }
+        let version = tip.version;
+        let written = run(async {
+            t.load_version(version).await?;
+            checkpoints::create_checkpoint(t, None).await?;
+            if t.snapshot()?.table_config().enable_expired_log_cleanup() {
+                checkpoints::cleanup_metadata(t, None).await?;
+            }
+            Ok::<_, deltalake::DeltaTableError>(())
+        });
+        if let Err(e) = written {
+            tracing::warn!(table = %self.url(), version, error = %e, "checkpoint not written");
         }
     }
 
@@ -442,19 +589,13 @@ fn txn_since(
     to: u64,
     mut txn: Option<i64>,
 ) -> Result<Option<Option<i64>>, Error> {
-    let app = txn_app_id(partition);
     let log_store = t.log_store();
     for version in from + 1..=to {
-        let Some(commit) = run(log_store.read_commit_entry(version)).map_err(delta)? else {
+        let Some(commit) = append::read_commit(log_store.as_ref(), version)? else {
             return Ok(None);
         };
-        for line in commit.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let action: serde_json::Value = serde_json::from_slice(line)?;
-            if let Some(t) = action.get("txn") {
-                if t["appId"].as_str() == Some(app.as_str()) {
-                    txn = t["version"].as_i64();
-                }
-            }
+        if let Some((_, v)) = commit.txns.iter().rev().find(|(p, _)| *p == partition) {
+            txn = Some(*v);
         }
     }
     Ok(Some(txn))
@@ -465,20 +606,6 @@ fn txn_version(t: &DeltaTable, partition: i32) -> Result<Option<i64>, Error> {
     let state = t.snapshot().map_err(delta)?;
     let log_store = t.log_store();
     run(state.transaction_version(log_store.as_ref(), txn_app_id(partition))).map_err(delta)
-}
-
-/// Whether every one of `new` is in `t`'s loaded version (an empty flush: trivially).
-fn committed(t: &DeltaTable, new: &[NewFile]) -> Result<bool, Error> {
-    if new.is_empty() {
-        return Ok(true);
-    }
-    let state = t.snapshot().map_err(delta)?;
-    let live: std::collections::HashSet<String> = state
-        .log_data()
-        .iter()
-        .map(|f| f.path().to_string())
-        .collect();
-    Ok(new.iter().all(|f| live.contains(&f.rel)))
 }
 
 #[cfg(test)]
@@ -613,8 +740,75 @@ mod tests {
         assert_eq!(rows_in(&a.snapshot().unwrap()), 4);
     }
 
-    /// Writers race on different partitions: delta-rs retries the lost race (appends do not
-    /// conflict), every flush lands.
+    /// A flush whose commit landed although the put reported a failure is found in the
+    /// table (`landed`: by the commit that set the txn, or by a new process that did not see
+    /// it, in the file list); a flush retried later is fenced, never committed twice.
+    #[test]
+    fn a_committed_flush_is_recognised_and_never_committed_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path());
+        let rows = [row(5, 0, 1, "0.5", "USD"), row(5, 1, 1, "0.25", "USD")];
+        let first = l.write_flush(5, None, 0, 1, &rows).unwrap();
+        let version = first.version.unwrap();
+        let new: Vec<NewFile> = first
+            .files
+            .iter()
+            .map(|rel| NewFile {
+                rel: rel.clone(),
+                date: "2026-03-01".into(),
+                bytes: 0,
+                rows: 0,
+                offsets: (5, 0, 1),
+            })
+            .collect();
+        let other = ledger(dir.path());
+        let mut t = other.table().unwrap();
+        assert!(l
+            .landed(&mut l.table().unwrap(), Some(version), &new)
+            .unwrap());
+        assert!(other.landed(&mut t, None, &new).unwrap());
+        assert!(!other.landed(&mut t, Some(version - 1), &new).unwrap());
+        let mut elsewhere = new;
+        elsewhere[0].rel = elsewhere[0].rel.replace("part-5", "part-6");
+        assert!(!other.landed(&mut t, None, &elsewhere).unwrap());
+        drop(t);
+        for writer in [&l, &other] {
+            let again = writer.write_flush(5, None, 0, 1, &rows);
+            assert!(
+                matches!(again, Err(Error::Fenced { found: Some(1), .. })),
+                "{again:?}"
+            );
+        }
+        let s = l.snapshot().unwrap();
+        assert_eq!((s.version, rows_in(&s)), (version, 2));
+    }
+
+    /// A writer whose view of the log is far behind (another writer committed 250 versions
+    /// since) reads forward, starts over at the newest version, and commits after it.
+    #[test]
+    fn a_writer_far_behind_catches_up_and_commits_after_the_newest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (ledger(dir.path()), ledger(dir.path()));
+        a.write_flush(0, None, 0, 0, &[row(0, 0, 1, "1", "USD")])
+            .unwrap();
+        for o in 0..250i64 {
+            b.write_flush(1, (o > 0).then(|| o - 1), o, o, &[]).unwrap();
+        }
+        let f = a
+            .write_flush(0, Some(0), 1, 1, &[row(0, 1, 1, "1", "USD")])
+            .unwrap();
+        assert_eq!(f.version, Some(252));
+        let s = b.snapshot().unwrap();
+        assert_eq!((s.version, rows_in(&s)), (252, 2));
+        assert_eq!(s.ends, BTreeMap::from([(0, 2)]));
+        assert_eq!(
+            (a.resume_at(1).unwrap(), b.resume_at(0).unwrap()),
+            (Some(250), Some(2))
+        );
+    }
+
+    /// Writers race on different partitions: a writer that loses a version reads the
+    /// winner's commit and takes the next one (appends do not conflict), every flush lands.
     #[test]
     fn concurrent_writers_of_different_partitions_all_commit() {
         let dir = tempfile::tempdir().unwrap();

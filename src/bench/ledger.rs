@@ -108,6 +108,10 @@ pub(super) fn run(flushes: usize, commits: u64, url: Option<String>) -> anyhow::
     }
     progress.finish("");
     let cpu_per_row = (cpu_micros(me)? - cpu0) as f64 / written as f64;
+    // does a flush cost more as the table gets more files? the first and the last tenth
+    let tenth = (flush_times.len() / 10).max(1);
+    let (flush_early, _) = summary(flush_times[..tenth].to_vec());
+    let (flush_late, _) = summary(flush_times[flush_times.len() - tenth..].to_vec());
     let (f50, f99) = summary(flush_times);
     let (r50, r99) = summary(raw_times);
 
@@ -170,6 +174,11 @@ pub(super) fn run(flushes: usize, commits: u64, url: Option<String>) -> anyhow::
     println!(
         "  raw: same bytes fsynced    p50 {r50:>8.2} ms   p99 {r99:>8.2} ms   ratio p50 {:.2}",
         f50 / r50
+    );
+    println!(
+        "  flush p50, last tenth ÷ first tenth (files 0 → {}): {flush_early:.2} → {flush_late:.2} ms = {:.2}",
+        flushes * 2,
+        flush_late / flush_early
     );
     println!("  CPU per row written        {cpu_per_row:>8.2} µs (whole process)");
     if !commit_times.is_empty() {
