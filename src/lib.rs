@@ -4,6 +4,7 @@
 pub mod admin_cli;
 pub mod bench;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod loadgen;

@@ -116,7 +116,8 @@ impl AnomalyTable {
                 hour.hour()
             )),
         };
-        commit(&mut t, actions, op)?;
+        let version = commit(&mut t, actions, op)?;
+        self.handle.sync_commit(version)?;
         Ok(())
     }
 

@@ -29,7 +29,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use url::Url;
 
 use crate::append::{self, Attempt, CommitEntry, Tip};
-use crate::handle::{commit, writes_checkpoint, TableDefinition, TableHandle};
+use crate::handle::{cleans_up_log, commit, writes_checkpoint, TableDefinition, TableHandle};
 use crate::snapshot::{Snapshot, TableFile};
 use crate::storage::run;
 use crate::{delta, files, rows, txn_app_id, Error, LedgerConfig, Row, DATE_COLUMN};
@@ -401,18 +401,19 @@ impl Ledger {
             partition_by: Some(vec![DATE_COLUMN.to_string()]),
             predicate: None,
         };
-        // the table's protocol allows this writer and an append (its state is at the tip's
-        // base or later, and a commit that changes the protocol starts the tip over)
-        PROTOCOL
-            .can_commit(t.snapshot().map_err(delta)?, &actions, &op)
-            .map_err(|e| delta(e.into()))?;
         let ours = CommitEntry {
             txns: vec![(partition, last)],
             adds: new.iter().map(|f| f.rel.clone()).collect(),
             changes_table: false,
         };
-        let bytes = append::commit_bytes(actions, op)?;
+        let bytes = append::commit_bytes(actions.clone(), op.clone())?;
         for _ in 0..MAX_RACES {
+            // 0. The table's protocol allows this writer and an append: `t` is at the version
+            //    the tip started at or later, and a commit that changes the protocol (or the
+            //    metadata) starts the tip over from the newest version.
+            PROTOCOL
+                .can_commit(t.snapshot().map_err(delta)?, &actions, &op)
+                .map_err(|e| delta(e.into()))?;
             // 1. The fence, against every commit this writer has seen. A commit it has not
             //    seen holds the version it tries next: that try fails, the commit is read
             //    (its txn actions included), and the fence is checked again.
@@ -431,6 +432,7 @@ impl Ledger {
             let version = tip.as_ref().map_or(0, |tip| tip.version) + 1;
             match append::try_commit(t.log_store().as_ref(), version, &bytes) {
                 Ok(Attempt::Committed) => {
+                    self.handle.sync_commit(version)?;
                     let tip = tip.as_mut().expect("a tip after catching up");
                     tip.advance(&ours);
                     self.checkpoint_if_due(&mut t, tip);
@@ -545,8 +547,9 @@ impl Ledger {
         Ok(new.iter().all(|f| live.contains(&f.rel)))
     }
 
-    /// After the commit of every `delta.checkpointInterval`-th version: a checkpoint, and the
-    /// expired commits behind it removed (the why is at [`crate::handle::commit`]). It needs
+    /// After the commit of every `delta.checkpointInterval`-th version: a checkpoint, and at
+    /// every tenth one the expired commits behind it removed (the why is at
+    /// [`crate::handle::commit`]). It needs
     /// the file list at that version, so `t` is brought forward to it here, once per interval.
     /// A failure is logged, not returned: the flush is committed, and a missing checkpoint
     /// only makes opening the table slower until the next one.
@@ -558,7 +561,9 @@ impl Ledger {
         let written = run(async {
             t.load_version(version).await?;
             checkpoints::create_checkpoint(t, None).await?;
-            if t.snapshot()?.table_config().enable_expired_log_cleanup() {
+            if cleans_up_log(version, tip.checkpoint_interval)
+                && t.snapshot()?.table_config().enable_expired_log_cleanup()
+            {
                 checkpoints::cleanup_metadata(t, None).await?;
             }
             Ok::<_, deltalake::DeltaTableError>(())
@@ -576,7 +581,9 @@ impl Ledger {
         op: DeltaOperation,
     ) -> Result<u64, Error> {
         let mut t = self.table()?;
-        commit(&mut t, actions, op)
+        let version = commit(&mut t, actions, op)?;
+        self.handle.sync_commit(version)?;
+        Ok(version)
     }
 }
 

@@ -119,6 +119,8 @@ pub(super) fn run(flushes: usize, commits: u64, url: Option<String>) -> anyhow::
     let version = ledger.snapshot()?.version;
     let todo = commits.saturating_sub(version);
     let mut commit_times = vec![];
+    // the commits after which a checkpoint is written (every 100th, the table's default)
+    let mut checkpoint_times = vec![];
     let mut floor_times = vec![];
     let sample_commit = std::fs::read(
         dir.path()
@@ -130,8 +132,11 @@ pub(super) fn run(flushes: usize, commits: u64, url: Option<String>) -> anyhow::
         let p = (i % PARTITIONS as u64) as i32;
         let first = after[&p].map_or(0, |a| a + 1);
         let t = Instant::now();
-        ledger.write_flush(p, after[&p], first, first, &[])?;
+        let committed = ledger.write_flush(p, after[&p], first, first, &[])?;
         commit_times.push(t.elapsed());
+        if committed.version.is_some_and(|v| (v + 1) % 100 == 0) {
+            checkpoint_times.push(t.elapsed());
+        }
         after.insert(p, Some(first));
         if i % 10 == 0 {
             let t = Instant::now();
@@ -186,15 +191,27 @@ pub(super) fn run(flushes: usize, commits: u64, url: Option<String>) -> anyhow::
         let tenth = (commit_times.len() / 10).max(1);
         let (early, _) = summary(commit_times[..tenth].to_vec());
         let (late, _) = summary(commit_times[commit_times.len() - tenth..].to_vec());
+        let mean =
+            commit_times.iter().sum::<Duration>().as_secs_f64() * 1e3 / commit_times.len() as f64;
         let (c50, c99) = summary(commit_times);
         let (b50, b99) = summary(floor_times);
         println!(
             "  commit (txn only)          p50 {c50:>8.2} ms   p99 {c99:>8.2} ms   ({todo} commits)"
         );
+        println!("  commit mean {mean:.2} ms (checkpoints included)");
         println!(
             "  commit p50, last tenth ÷ first tenth of the versions: {late:.2} ÷ {early:.2} ms = {:.2}",
             late / early
         );
+        if !checkpoint_times.is_empty() {
+            let tenth = (checkpoint_times.len() / 10).max(1);
+            let (early, _) = summary(checkpoint_times[..tenth].to_vec());
+            let (late, _) = summary(checkpoint_times[checkpoint_times.len() - tenth..].to_vec());
+            println!(
+                "  checkpoint commits ({}): p50 first tenth {early:.1} ms, last tenth {late:.1} ms",
+                checkpoint_times.len()
+            );
+        }
         println!(
             "  raw: one fsynced put       p50 {b50:>8.2} ms   p99 {b99:>8.2} ms   ratio p50 {:.2}",
             c50 / b50
