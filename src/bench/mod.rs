@@ -246,9 +246,23 @@ pub(crate) async fn watch(
         let tenth = events / 10;
         let mut at_tenth: Option<(Instant, u64)> = None;
         let mut progress = Progress::new(group.clone(), "records", Some(events as u64), false);
+        let mut last_error = None;
         loop {
-            let committed: i64 = c
-                .committed_offsets(tpl.clone(), Duration::from_secs(10))?
+            // a fresh broker answers "coordinator load in progress" / "not coordinator" for a
+            // while: asked again until the deadline below
+            let offsets = match c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(offsets) => offsets,
+                Err(e) => {
+                    anyhow::ensure!(
+                        started.elapsed() < Duration::from_secs(600),
+                        "{group}: committed offsets unreadable for 10 min: {e}"
+                    );
+                    last_error = Some(e);
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            };
+            let committed: i64 = offsets
                 .elements()
                 .iter()
                 .filter_map(|e| match e.offset() {
@@ -272,7 +286,7 @@ pub(crate) async fn watch(
             }
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(600),
-                "{group}: only {done} of {events} committed after 10 min"
+                "{group}: only {done} of {events} committed after 10 min (last error: {last_error:?})"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
