@@ -6,12 +6,13 @@
 //! 2. commits them in one Delta transaction with `txn(p) = last`, after checking that the
 //!    table's `txn(p)` is still what this writer continued from (`after`): another writer that
 //!    took the partition over (a rebalance, a zombie waking up) has moved it, and this flush
-//!    is refused ([`Error::Fenced`]). delta-rs's conflict check refuses the same race inside
-//!    the commit (two commits setting one `appId`);
+//!    is refused ([`Error::Fenced`]). The commit is one put-if-absent of the next version,
+//!    without the table's file list ([`crate::append`]): a version another writer took is
+//!    read (its txn actions may fence this flush) and the next one tried;
 //! 3. a commit that fails leaves its files where they are: the outcome of a failed PUT of the
-//!    commit file can be unknown, and a file the log may list is never deleted. The next
-//!    attempt looks at the table first (was it committed after all?); files no commit lists are
-//!    deleted by vacuum once older than its retention.
+//!    commit file can be unknown, and a file the log may list is never deleted. The writer
+//!    reads the log to see whether it landed; a later retry of the same offsets is fenced.
+//!    Files no commit lists are deleted by vacuum once older than its retention.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -419,7 +420,8 @@ impl Ledger {
             //    (its txn actions included), and the fence is checked again.
             let (found, set_at) = self.txn_at_tip(&mut t, &mut tip, partition)?;
             if found == Some(last) && self.landed(&mut t, set_at, new)? {
-                return Ok(set_at.unwrap_or_default()); // an earlier attempt did commit
+                // an earlier attempt did commit (found in the file list: at `t`'s version or before)
+                return Ok(set_at.or(t.version()).unwrap_or_default());
             }
             if found != after {
                 return Err(Error::Fenced {
@@ -445,7 +447,7 @@ impl Ledger {
                     self.catch_up(&mut t, &mut tip)?;
                     let (found, set_at) = self.txn_at_tip(&mut t, &mut tip, partition)?;
                     return if found == Some(last) && self.landed(&mut t, set_at, new)? {
-                        Ok(set_at.unwrap_or(version))
+                        Ok(set_at.or(t.version()).unwrap_or(version))
                     } else if found != after {
                         Err(Error::Fenced {
                             partition,

@@ -1,7 +1,7 @@
 //! `meterline bench aggregate`: the same priced records, on the same broker, through
 //! 1. a bare `read_committed` consumer that touches each payload and commits its position every
 //!    5,000 records (the floor any sink pays), in a thread of this process, and
-//! 2. `meterline aggregate` as its own process, writing the Parquet ledger with its defaults
+//! 2. `meterline aggregate` as its own process, writing the Delta ledger with its defaults
 //!    except a 2 s age limit (so the last partial flush does not wait 10 s and skew the rate),
 //!    and without the budget tracker and alert delivery (consumers of their own, measured by
 //!    the latency half of the bench, `budget.rs`).
@@ -75,7 +75,7 @@ pub(super) async fn run(events: usize, brokers: Option<String>) -> anyhow::Resul
         bare.rate, bare.cpu_us_per_event
     );
     println!(
-        "  Parquet sink             {:>10.0} rows/s   CPU {:>6.2} µs/row (aggregate process)",
+        "  Delta sink               {:>10.0} rows/s   CPU {:>6.2} µs/row (aggregate process)",
         sink.rate, sink.cpu_us_per_event
     );
     println!(
