@@ -792,6 +792,33 @@ mod tests {
         assert_eq!((s.version, rows_in(&s)), (version, 2));
     }
 
+    /// The sink's flushes do not bring its loaded table (the file list) forward: that made a
+    /// commit cost what the table had files. Only a checkpoint does, once per interval.
+    #[test]
+    fn flushes_leave_the_file_list_alone_until_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path());
+        let loaded = || l.table().unwrap().version();
+        assert_eq!(loaded(), Some(0));
+        for o in 0..120i64 {
+            l.write_flush(
+                0,
+                (o > 0).then(|| o - 1),
+                o,
+                o,
+                &[row(0, o, 1, "0.1", "USD")],
+            )
+            .unwrap();
+            let expected = if o < 98 { 0 } else { 99 };
+            assert_eq!(
+                loaded(),
+                Some(expected),
+                "after flush {o} (version {})",
+                o + 1
+            );
+        }
+    }
+
     /// A writer whose view of the log is far behind (another writer committed 250 versions
     /// since) reads forward, starts over at the newest version, and commits after it.
     #[test]

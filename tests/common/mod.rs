@@ -428,6 +428,17 @@ where
 /// `meterline <stage>` as a child process on the harness's broker, with `settings`
 /// (`METERLINE_<SECTION>__<KEY>` pairs) and its output appended to `log` — for tests that kill
 /// it with SIGKILL. Its log filter is `$STAGE_RUST_LOG`, else `info,rdkafka=warn`.
+/// A stage's process, SIGKILLed when dropped: a failing assertion does not leave it running
+/// in the test binary's shared broker (its group would then never empty for the next test).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn spawn_stage(
     h: &Harness,
     stage: &str,
