@@ -20,7 +20,7 @@ use deltalake::logstore::{CommitOrBytes, LogStore};
 use deltalake::protocol::DeltaOperation;
 
 use crate::storage::run;
-use crate::{delta, Error, TXN_APP_PREFIX};
+use crate::{delta, txn_app_id, Error, TXN_APP_PREFIX};
 
 /// What a writer needs of one commit of the log.
 #[derive(Debug, Default, PartialEq)]
@@ -37,13 +37,18 @@ impl CommitEntry {
     /// Parses a commit file (one action per line).
     pub(crate) fn parse(bytes: &[u8]) -> Result<CommitEntry, Error> {
         let mut entry = CommitEntry::default();
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        // (lines of only whitespace, a `\r\n` line end of another engine, are no actions)
+        for line in bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.trim_ascii().is_empty())
+        {
             let action: serde_json::Value = serde_json::from_slice(line)?;
             if let Some(txn) = action.get("txn") {
-                let partition = txn["appId"]
-                    .as_str()
-                    .and_then(|a| a.strip_prefix(TXN_APP_PREFIX))
-                    .and_then(|p| p.parse().ok());
+                // exactly our app id (`…-p01` is not partition 1's, as delta-rs sees it)
+                let partition = txn["appId"].as_str().and_then(|app| {
+                    let p: i32 = app.strip_prefix(TXN_APP_PREFIX)?.parse().ok()?;
+                    (txn_app_id(p) == app).then_some(p)
+                });
                 if let (Some(p), Some(v)) = (partition, txn["version"].as_i64()) {
                     entry.txns.push((p, v));
                 }
@@ -70,10 +75,11 @@ pub(crate) fn read_commit(
     }
 }
 
-/// How long a tip is trusted without reading the log. Reading forward from it stops at the
-/// first missing version; a version is only ever missing behind the newest one when log
-/// cleanup removed it, which needs it to be older than `delta.logRetentionDuration` (30 days
-/// by default). A tip confirmed within the hour cannot have such a gap after it.
+/// How long a tip is trusted without reading the log, at most. Reading forward from it stops
+/// at the first missing version; a version is only ever missing behind the newest one when
+/// log cleanup removed it, which needs it to be older than `delta.logRetentionDuration` (30
+/// days by default). A tip confirmed within the hour, and within half the table's retention
+/// ([`Tip::at`]), cannot have such a gap after it.
 pub(crate) const TIP_TRUST: Duration = Duration::from_secs(3600);
 
 /// The log as a writer of blind appends knows it: the newest version it has seen and the txn
@@ -89,15 +95,20 @@ pub(crate) struct Tip {
     pub checkpoint_interval: u64,
     /// When the log last confirmed `version` (read or committed).
     pub confirmed: Instant,
+    /// How long `version` is trusted after that: [`TIP_TRUST`], or half the table's log
+    /// retention if that is shorter.
+    pub trust: Duration,
 }
 
 impl Tip {
-    pub(crate) fn at(version: u64, checkpoint_interval: u64) -> Tip {
+    /// A tip at `version` of a table whose checkpoint interval and log retention are these.
+    pub(crate) fn at(version: u64, checkpoint_interval: u64, log_retention: Duration) -> Tip {
         Tip {
             version,
             txns: HashMap::new(),
             checkpoint_interval,
             confirmed: Instant::now(),
+            trust: TIP_TRUST.min(log_retention / 2),
         }
     }
 
@@ -111,7 +122,7 @@ impl Tip {
     }
 
     pub(crate) fn is_trusted(&self) -> bool {
-        self.confirmed.elapsed() < TIP_TRUST
+        self.confirmed.elapsed() < self.trust
     }
 }
 
@@ -167,11 +178,16 @@ mod tests {
         assert!(!e.changes_table);
         let alter = br#"{"metaData":{"id":"x"}}"#;
         assert!(CommitEntry::parse(alter).unwrap().changes_table);
+        let other_engine = b"{\"txn\":{\"appId\":\"meterline-usage-p01\",\"version\":4}}\r\n  \r\n";
+        assert_eq!(
+            CommitEntry::parse(other_engine).unwrap(),
+            CommitEntry::default()
+        );
     }
 
     #[test]
     fn a_tip_records_which_commit_set_each_txn() {
-        let mut tip = Tip::at(7, 100);
+        let mut tip = Tip::at(7, 100, Duration::from_secs(30 * 86_400));
         tip.advance(&CommitEntry {
             txns: vec![(0, 41), (2, 5)],
             ..Default::default()
@@ -184,5 +200,9 @@ mod tests {
         assert_eq!(tip.version, 10);
         assert_eq!(tip.txns, HashMap::from([(0, (50, 10)), (2, (5, 8))]));
         assert!(tip.is_trusted());
+        assert_eq!(tip.trust, TIP_TRUST);
+        // a table keeping its log for 30 minutes: trusted for 15
+        let short = Tip::at(7, 100, Duration::from_secs(1800));
+        assert_eq!(short.trust, Duration::from_secs(900));
     }
 }

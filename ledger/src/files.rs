@@ -27,6 +27,17 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(i32, i64, i64)> {
     (first <= last && !id.is_empty()).then_some((p, first, last))
 }
 
+/// Whether two data files (paths relative to the table) hold the same flush: the same date
+/// directory and the same partition and offset range (the same input records, so the same
+/// rows), whatever their random ids.
+pub(crate) fn same_flush(a: &str, b: &str) -> bool {
+    let split = |rel: &str| -> Option<(String, (i32, i64, i64))> {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        Some((dir.to_string(), parse_file_name(name)?))
+    };
+    matches!((split(a), split(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// `date=YYYY-MM-DD`
 pub(crate) fn date_dir(date: chrono::NaiveDate) -> String {
     format!("{DATE_COLUMN}={}", date.format("%Y-%m-%d"))
@@ -44,6 +55,20 @@ mod tests {
         assert_eq!(parse_file_name("part-3-10-99.parquet"), None);
         assert_eq!(parse_file_name("part-3-99-10-ab.parquet"), None);
         assert_eq!(parse_file_name(".tmp-abc.parquet"), None);
+        let (b, c) = (
+            format!("date=2026-03-01/{}", file_name(3, 10, 99)),
+            format!("date=2026-03-01/{}", file_name(3, 10, 99)),
+        );
+        assert!(same_flush(&b, &c), "a rewrite of the same records");
+        assert!(!same_flush(&b, &c.replace("2026-03-01", "2026-03-02")));
+        assert!(!same_flush(
+            &b,
+            &format!("date=2026-03-01/{}", file_name(3, 11, 99))
+        ));
+        assert!(!same_flush(
+            "date=2026-03-01/x.parquet",
+            "date=2026-03-01/x.parquet"
+        ));
         assert_eq!(
             date_dir(chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap()),
             "date=2026-03-01"

@@ -11,10 +11,11 @@
 //!    read (its txn actions may fence this flush) and the next one tried;
 //! 3. a commit that fails leaves its files where they are: the outcome of a failed PUT of the
 //!    commit file can be unknown, and a file the log may list is never deleted. The writer
-//!    reads the log to see whether it landed; a later retry of the same offsets is fenced.
+//!    reads the log to see whether it landed; a later retry of the same offsets (new file
+//!    names, same records) is recognised as committed, never committed twice.
 //!    Files no commit lists are deleted by vacuum once older than its retention.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -71,10 +72,12 @@ const MAX_RACES: usize = 100;
 /// What a committed flush wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flushed {
-    /// The files, relative to the table root.
+    /// The files, relative to the table root. (For a flush an earlier attempt had committed:
+    /// this attempt's files, which stay outside the table until vacuum removes them.)
     pub files: Vec<String>,
     pub bytes: u64,
-    /// The Delta version of its commit (`None`: nothing to commit).
+    /// The Delta version of its commit (`None`: nothing to commit). For a flush an earlier
+    /// attempt had committed, found only in the file list: a version that contains it.
     pub version: Option<u64>,
 }
 
@@ -434,9 +437,10 @@ impl Ledger {
             let version = tip.as_ref().map_or(0, |tip| tip.version) + 1;
             match append::try_commit(t.log_store().as_ref(), version, &bytes) {
                 Ok(Attempt::Committed) => {
-                    self.handle.sync_commit(version)?;
+                    // the tip first: the commit is in the log whatever the fsync says
                     let tip = tip.as_mut().expect("a tip after catching up");
                     tip.advance(&ours);
+                    self.handle.sync_commit(version)?;
                     self.checkpoint_if_due(&mut t, tip);
                     return Ok(version);
                 }
@@ -491,9 +495,11 @@ impl Ledger {
         }
         run(t.update_state()).map_err(delta)?;
         let state = t.snapshot().map_err(delta)?;
+        let config = state.table_config();
         *tip = Some(Tip::at(
             state.version(),
-            state.table_config().checkpoint_interval().get(),
+            config.checkpoint_interval().get(),
+            config.log_retention_duration(),
         ));
         Ok(())
     }
@@ -521,8 +527,10 @@ impl Ledger {
         }
     }
 
-    /// Whether every one of `new` is in the table: in the commit that set the partition's txn
-    /// (`set_at`), or, when the tip did not see that commit, among the newest table's files.
+    /// Whether `new`'s flush is in the table: its files (or those of an earlier attempt at the
+    /// same records: same date, partition and offsets, another random id) are in the commit
+    /// that set the partition's txn (`set_at`), or, when the tip did not see that commit, among
+    /// the newest table's files.
     fn landed(
         &self,
         t: &mut DeltaTable,
@@ -532,7 +540,7 @@ impl Ledger {
         if new.is_empty() {
             return Ok(true);
         }
-        let live: HashSet<String> = match set_at {
+        let live: Vec<String> = match set_at {
             Some(version) => append::read_commit(t.log_store().as_ref(), version)?
                 .map(|c| c.adds.into_iter().collect())
                 .unwrap_or_default(),
@@ -546,7 +554,9 @@ impl Ledger {
                     .collect()
             }
         };
-        Ok(new.iter().all(|f| live.contains(&f.rel)))
+        Ok(new
+            .iter()
+            .all(|f| live.iter().any(|l| files::same_flush(l, &f.rel))))
     }
 
     /// After the commit of every `delta.checkpointInterval`-th version: a checkpoint, and at
@@ -749,9 +759,10 @@ mod tests {
         assert_eq!(rows_in(&a.snapshot().unwrap()), 4);
     }
 
-    /// A flush whose commit landed although the put reported a failure is found in the
-    /// table (`landed`: by the commit that set the txn, or by a new process that did not see
-    /// it, in the file list); a flush retried later is fenced, never committed twice.
+    /// A flush whose commit landed although the put (or the fsync after it) reported a
+    /// failure is found in the table (`landed`: in the commit that set the txn, or, by a new
+    /// process that did not see it, in the file list), also when retried with new file names;
+    /// it is never committed twice, and a different flush ending at the same offset is fenced.
     #[test]
     fn a_committed_flush_is_recognised_and_never_committed_twice() {
         let dir = tempfile::tempdir().unwrap();
@@ -781,15 +792,18 @@ mod tests {
         elsewhere[0].rel = elsewhere[0].rel.replace("part-5", "part-6");
         assert!(!other.landed(&mut t, None, &elsewhere).unwrap());
         drop(t);
+        // retried (new random names): by the writer that made it and by a new process
         for writer in [&l, &other] {
-            let again = writer.write_flush(5, None, 0, 1, &rows);
-            assert!(
-                matches!(again, Err(Error::Fenced { found: Some(1), .. })),
-                "{again:?}"
-            );
+            let again = writer.write_flush(5, None, 0, 1, &rows).unwrap();
+            assert_eq!(again.version, Some(version));
         }
         let s = l.snapshot().unwrap();
         assert_eq!((s.version, rows_in(&s)), (version, 2));
+        let different = ledger(dir.path()).write_flush(5, Some(0), 1, 1, &rows[1..]);
+        assert!(
+            matches!(different, Err(Error::Fenced { found: Some(1), .. })),
+            "{different:?}"
+        );
     }
 
     /// The sink's flushes do not bring its loaded table (the file list) forward: that made a
