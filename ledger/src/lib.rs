@@ -17,11 +17,13 @@
 //! - `rows`: priced events → Arrow batches in the ledger schema;
 //! - `totals`: rows per partition and exact cost sums per currency, as readers see them;
 //! - `append`: the sink's commits, without the table's file list (the writer's tip of the log);
+//! - `checkpointer`: the sink's checkpoints, on a thread of their own;
 //! - `handle`: one Delta table as its writer holds it (create, durable files, commit, vacuum);
 //! - `anomalies`: [`AnomalyTable`], the anomalies table (one file per hour with findings).
 
 mod anomalies;
 mod append;
+mod checkpointer;
 mod compact;
 mod config;
 mod files;

@@ -24,13 +24,14 @@ use deltalake::kernel::transaction::PROTOCOL;
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt;
-use deltalake::{checkpoints, DeltaTable};
+use deltalake::DeltaTable;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use url::Url;
 
 use crate::append::{self, Attempt, CommitEntry, Tip};
+use crate::checkpointer::Checkpointer;
 use crate::handle::{cleans_up_log, commit, writes_checkpoint, TableDefinition, TableHandle};
 use crate::snapshot::{Snapshot, TableFile};
 use crate::storage::run;
@@ -59,6 +60,7 @@ pub struct Ledger {
     txns: Mutex<HashMap<i32, (u64, Option<i64>)>>,
     /// The writer's view of the log's newest version (see [`crate::append`]).
     tip: Mutex<Option<Tip>>,
+    checkpointer: Checkpointer,
 }
 
 /// How many commits a cached txn version is brought forward by reading them (beyond that,
@@ -190,6 +192,7 @@ impl Ledger {
             ends: Mutex::new(None),
             txns: Mutex::new(HashMap::new()),
             tip: Mutex::new(None),
+            checkpointer: Checkpointer::default(),
         })
     }
 
@@ -441,7 +444,7 @@ impl Ledger {
                     let tip = tip.as_mut().expect("a tip after catching up");
                     tip.advance(&ours);
                     self.handle.sync_commit(version)?;
-                    self.checkpoint_if_due(&mut t, tip);
+                    self.checkpoint_if_due(&t, tip);
                     return Ok(version);
                 }
                 Ok(Attempt::Taken) => self.catch_up(&mut t, &mut tip)?,
@@ -561,27 +564,11 @@ impl Ledger {
 
     /// After the commit of every `delta.checkpointInterval`-th version: a checkpoint, and at
     /// every tenth one the expired commits behind it removed (the why is at
-    /// [`crate::handle::commit`]). It needs
-    /// the file list at that version, so `t` is brought forward to it here, once per interval.
-    /// A failure is logged, not returned: the flush is committed, and a missing checkpoint
-    /// only makes opening the table slower until the next one.
-    fn checkpoint_if_due(&self, t: &mut DeltaTable, tip: &Tip) {
-        if !writes_checkpoint(tip.version, tip.checkpoint_interval) {
-            return;
-        }
-        let version = tip.version;
-        let written = run(async {
-            t.load_version(version).await?;
-            checkpoints::create_checkpoint(t, None).await?;
-            if cleans_up_log(version, tip.checkpoint_interval)
-                && t.snapshot()?.table_config().enable_expired_log_cleanup()
-            {
-                checkpoints::cleanup_metadata(t, None).await?;
-            }
-            Ok::<_, deltalake::DeltaTableError>(())
-        });
-        if let Err(e) = written {
-            tracing::warn!(table = %self.url(), version, error = %e, "checkpoint not written");
+    /// [`crate::handle::commit`]), written in the background ([`Checkpointer`]).
+    fn checkpoint_if_due(&self, t: &DeltaTable, tip: &Tip) {
+        if writes_checkpoint(tip.version, tip.checkpoint_interval) {
+            let clean_up = cleans_up_log(tip.version, tip.checkpoint_interval);
+            self.checkpointer.start(tip.version, clean_up, t);
         }
     }
 
@@ -662,6 +649,7 @@ mod tests {
             l.write_flush(1 + o as i32 % 2, (o > 2).then_some(o - 2), o, o, &[])
                 .unwrap();
         }
+        l.checkpointer.wait();
         let log = dir.path().join("usage/_delta_log");
         let mut checkpoints: Vec<String> = std::fs::read_dir(&log)
             .unwrap()
@@ -807,13 +795,13 @@ mod tests {
     }
 
     /// The sink's flushes do not bring its loaded table (the file list) forward: that made a
-    /// commit cost what the table had files. Only a checkpoint does, once per interval.
+    /// commit cost what the table had files. Checkpoints bring a copy of their own forward,
+    /// off the flush's path.
     #[test]
-    fn flushes_leave_the_file_list_alone_until_a_checkpoint() {
+    fn flushes_leave_the_file_list_alone_and_checkpoints_use_a_copy() {
         let dir = tempfile::tempdir().unwrap();
         let l = ledger(dir.path());
         let loaded = || l.table().unwrap().version();
-        assert_eq!(loaded(), Some(0));
         for o in 0..120i64 {
             l.write_flush(
                 0,
@@ -823,14 +811,14 @@ mod tests {
                 &[row(0, o, 1, "0.1", "USD")],
             )
             .unwrap();
-            let expected = if o < 98 { 0 } else { 99 };
-            assert_eq!(
-                loaded(),
-                Some(expected),
-                "after flush {o} (version {})",
-                o + 1
-            );
+            assert_eq!(loaded(), Some(0), "after flush {o} (version {})", o + 1);
         }
+        l.checkpointer.wait();
+        let checkpoint = dir
+            .path()
+            .join("usage/_delta_log/00000000000000000099.checkpoint.parquet");
+        assert!(checkpoint.exists());
+        assert_eq!(loaded(), Some(0));
     }
 
     /// A writer whose view of the log is far behind (another writer committed 250 versions
