@@ -107,13 +107,8 @@ impl TableHandle {
             return Ok(());
         };
         let log = dir.join("_delta_log");
-        let path = log.join(format!("{version:020}.json"));
-        File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&path))?;
-        File::open(&log)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&log))
+        fsync(&log.join(format!("{version:020}.json")))?;
+        fsync(&log)
     }
 
     /// Stores a data file at `rel` (not yet part of the table); returns its size.
@@ -223,10 +218,14 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     file.sync_all().map_err(io(&tmp))?;
     drop(file);
     fs::rename(&tmp, path).map_err(io(path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(())
+    fsync(dir)
+}
+
+/// fsync of an existing file or directory (a directory's: the names in it).
+fn fsync(path: &Path) -> Result<(), Error> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
 }
 
 #[cfg(test)]

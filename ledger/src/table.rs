@@ -408,12 +408,8 @@ impl Ledger {
             partition_by: Some(vec![DATE_COLUMN.to_string()]),
             predicate: None,
         };
-        let ours = CommitEntry {
-            txns: vec![(partition, last)],
-            adds: new.iter().map(|f| f.rel.clone()).collect(),
-            changes_table: false,
-        };
         let bytes = append::commit_bytes(actions.clone(), op.clone())?;
+        let ours = CommitEntry::parse(&bytes)?;
         for _ in 0..MAX_RACES {
             // 0. The table's protocol allows this writer and an append: `t` is at the version
             //    the tip started at or later, and a commit that changes the protocol (or the
@@ -424,17 +420,8 @@ impl Ledger {
             // 1. The fence, against every commit this writer has seen. A commit it has not
             //    seen holds the version it tries next: that try fails, the commit is read
             //    (its txn actions included), and the fence is checked again.
-            let (found, set_at) = self.txn_at_tip(&mut t, &mut tip, partition)?;
-            if found == Some(last) && self.landed(&mut t, set_at, new)? {
-                // an earlier attempt did commit (found in the file list: at `t`'s version or before)
-                return Ok(set_at.or(t.version()).unwrap_or_default());
-            }
-            if found != after {
-                return Err(Error::Fenced {
-                    partition,
-                    expected: after,
-                    found,
-                });
+            if let Some(version) = self.fence(&mut t, &mut tip, partition, after, last, new)? {
+                return Ok(version); // an earlier attempt did commit
             }
             // 2. One put-if-absent of the next version.
             let version = tip.as_ref().map_or(0, |tip| tip.version) + 1;
@@ -452,17 +439,9 @@ impl Ledger {
                     // 3. The outcome of a failed put can be unknown: look whether it landed
                     //    (or whether another writer has the partition now).
                     self.catch_up(&mut t, &mut tip)?;
-                    let (found, set_at) = self.txn_at_tip(&mut t, &mut tip, partition)?;
-                    return if found == Some(last) && self.landed(&mut t, set_at, new)? {
-                        Ok(set_at.or(t.version()).unwrap_or(version))
-                    } else if found != after {
-                        Err(Error::Fenced {
-                            partition,
-                            expected: after,
-                            found,
-                        })
-                    } else {
-                        Err(e)
+                    return match self.fence(&mut t, &mut tip, partition, after, last, new)? {
+                        Some(version) => Ok(version),
+                        None => Err(e),
                     };
                 }
             }
@@ -470,6 +449,33 @@ impl Ledger {
         Err(Error::Contended {
             attempts: MAX_RACES,
         })
+    }
+
+    /// The fence of a flush of `partition` continuing `after` up to `last`, at the tip:
+    /// `Err(Fenced)` if another writer moved the partition, `Some(version)` if this flush (an
+    /// earlier attempt at it) is already committed, `None` if it may be committed next.
+    fn fence(
+        &self,
+        t: &mut DeltaTable,
+        tip: &mut Option<Tip>,
+        partition: i32,
+        after: Option<i64>,
+        last: i64,
+        new: &[NewFile],
+    ) -> Result<Option<u64>, Error> {
+        let (found, set_at) = self.txn_at_tip(t, tip, partition)?;
+        if found == Some(last) && self.landed(t, set_at, new)? {
+            // (found in the file list: at `t`'s version or before)
+            return Ok(Some(set_at.or(t.version()).unwrap_or_default()));
+        }
+        if found != after {
+            return Err(Error::Fenced {
+                partition,
+                expected: after,
+                found,
+            });
+        }
+        Ok(None)
     }
 
     fn tip(&self) -> Result<MutexGuard<'_, Option<Tip>>, Error> {
@@ -545,7 +551,7 @@ impl Ledger {
         }
         let live: Vec<String> = match set_at {
             Some(version) => append::read_commit(t.log_store().as_ref(), version)?
-                .map(|c| c.adds.into_iter().collect())
+                .map(|c| c.adds)
                 .unwrap_or_default(),
             None => {
                 run(t.update_state()).map_err(delta)?;
