@@ -27,6 +27,7 @@ use meterline_runtime::auth::{Principal, Role};
 use crate::config::ApiConfig;
 use crate::ledger_view::LedgerState;
 use crate::scope::{team_predicate, FilteredTable, PROVENANCE};
+use crate::string_views::{with_string_views, StringViewsTable};
 use crate::Error;
 
 /// Whose rows a session shows.
@@ -109,16 +110,19 @@ fn listing(
 /// The ledger table at the version of `ledger`, read with `parquet`'s options. Its files are
 /// listed by the snapshot's store (registered in the session's runtime for the table's
 /// store, see [`session`]), so the table is exactly that version: no file of a flush not yet
-/// committed, none a compaction replaced.
+/// committed, none a compaction replaced. Its text columns are string views, decoded as such
+/// (see [`StringViewsTable`]).
 pub fn ledger_table(
     ledger: &LedgerState,
     parquet: &TableParquetOptions,
 ) -> Result<Arc<dyn TableProvider>, Error> {
-    listing(
+    let schema = with_string_views(&meterline_schemas::arrow_schema::usage_ledger_schema());
+    let files = listing(
         ledger.snapshot.table_url().as_str(),
-        meterline_schemas::arrow_schema::usage_ledger_schema(),
+        schema.clone(),
         parquet,
-    )
+    )?;
+    Ok(Arc::new(StringViewsTable::new(files, schema)))
 }
 
 /// A fresh session for one query under `scope`, with its memory limit.

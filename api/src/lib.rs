@@ -30,6 +30,7 @@ mod rollup;
 mod scope;
 mod sql;
 mod statement;
+mod string_views;
 mod web;
 
 use std::net::SocketAddr;
