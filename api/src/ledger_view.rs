@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use datafusion::execution::cache::cache_manager::{
+    CacheManager, CacheManagerConfig, FileMetadataCache, FileStatisticsCache,
+};
 use datafusion::logical_expr::{col, lit, when, Expr};
 use meterline_ledger::{AnomalySnapshot, AnomalyTable, Ledger, LedgerConfig, Snapshot};
 use serde::{Deserialize, Serialize};
@@ -78,12 +81,52 @@ pub struct LedgerState {
     pub snapshot: Snapshot,
     /// The anomalies table, read at the same moment.
     pub anomalies: AnomalySnapshot,
+    /// What queries have read of the tables' files, shared by every query of the view.
+    pub file_caches: FileCaches,
+}
+
+/// Parquet footers (with their page indexes) and per-file statistics, kept across queries.
+/// Both tables' files are immutable — every write, compaction included, has a new name — so
+/// what was read of one stays true, and a query reads only the footers no query read before
+/// (without them, every query read every footer twice: once to plan, once to scan). Entries
+/// are checked against the file's size and modification time, and are the same whoever read
+/// them first: sharing them across principals shares no rows. Not the file listing: each
+/// query lists its own snapshot.
+#[derive(Clone)]
+pub struct FileCaches {
+    pub(crate) footers: std::sync::Arc<FileMetadataCache>,
+    pub(crate) statistics: std::sync::Arc<FileStatisticsCache>,
+}
+
+impl FileCaches {
+    /// Empty caches of DataFusion's default sizes (50 MiB of footers, 20 MiB of statistics;
+    /// least recently used first out).
+    pub fn new() -> Result<FileCaches, Error> {
+        let defaults =
+            CacheManager::try_new(&CacheManagerConfig::default()).map_err(Error::query)?;
+        Ok(FileCaches {
+            footers: defaults.get_file_metadata_cache(),
+            statistics: defaults
+                .get_file_statistic_cache()
+                .expect("statistics are cached by default"),
+        })
+    }
+}
+
+impl std::fmt::Debug for FileCaches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileCaches")
+            .field("footers", &self.footers.len())
+            .field("statistics", &self.statistics.len())
+            .finish()
+    }
 }
 
 /// The usage table, as the API reads it.
 pub struct LedgerView {
     ledger: std::sync::Arc<Ledger>,
     anomalies: std::sync::Arc<AnomalyTable>,
+    file_caches: FileCaches,
 }
 
 impl LedgerView {
@@ -92,6 +135,7 @@ impl LedgerView {
         Ok(LedgerView {
             ledger: std::sync::Arc::new(Ledger::open(cfg, data_dir)?),
             anomalies: std::sync::Arc::new(AnomalyTable::open(cfg, data_dir)?),
+            file_caches: FileCaches::new()?,
         })
     }
 
@@ -102,10 +146,7 @@ impl LedgerView {
 
     /// The table now (its newest version).
     pub fn state(&self) -> Result<LedgerState, Error> {
-        Ok(state_of(
-            self.ledger.snapshot()?,
-            self.anomalies.snapshot()?,
-        ))
+        Ok(self.state_of(self.ledger.snapshot()?, self.anomalies.snapshot()?))
     }
 
     /// As [`Self::state`], off the async threads (reading the log is file or network I/O).
@@ -116,17 +157,18 @@ impl LedgerView {
         })
         .await
         .map_err(Error::query)??;
-        Ok(state_of(usage, anomalies))
+        Ok(self.state_of(usage, anomalies))
     }
-}
 
-fn state_of(snapshot: Snapshot, anomalies: AnomalySnapshot) -> LedgerState {
-    LedgerState {
-        anomalies,
-        version: snapshot.version,
-        watermark: Watermark(snapshot.ends.clone()),
-        files: snapshot.files.clone(),
-        snapshot,
+    fn state_of(&self, snapshot: Snapshot, anomalies: AnomalySnapshot) -> LedgerState {
+        LedgerState {
+            anomalies,
+            version: snapshot.version,
+            watermark: Watermark(snapshot.ends.clone()),
+            files: snapshot.files.clone(),
+            snapshot,
+            file_caches: self.file_caches.clone(),
+        }
     }
 }
 
