@@ -117,3 +117,105 @@ impl TableProvider for StringViewsTable {
         self.read_as_views(plan)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, DictionaryArray, Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::Int32Type;
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{
+        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    };
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::physical_plan::collect;
+    use datafusion::prelude::SessionContext;
+
+    fn dict() -> DataType {
+        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+    }
+
+    #[test]
+    fn text_columns_become_views_and_the_rest_stays() {
+        let s = Schema::new(vec![
+            Field::new("team", dict(), true),
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]);
+        let v = with_string_views(&s);
+        let types: Vec<_> = v.fields().iter().map(|f| f.data_type().clone()).collect();
+        assert_eq!(types, [DataType::Utf8View, DataType::Utf8View, DataType::Int64]);
+        assert!(v.field(0).is_nullable() && !v.field(1).is_nullable());
+    }
+
+    /// A file whose embedded Arrow schema says `Dictionary(Int32, Utf8)` is scanned with the
+    /// view schema as its physical schema, so its text arrives as views (no cast), filters
+    /// and all.
+    #[tokio::test]
+    async fn a_dictionary_file_is_read_as_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let file_schema = Arc::new(Schema::new(vec![
+            Field::new("team", dict(), true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let teams: DictionaryArray<Int32Type> =
+            vec![Some("search"), None, Some("ads"), Some("search-long-team-name")]
+                .into_iter()
+                .collect();
+        let batch = RecordBatch::try_new(
+            file_schema.clone(),
+            vec![Arc::new(teams), Arc::new(Int64Array::from(vec![1, 2, 3, 4]))],
+        )
+        .unwrap();
+        let mut w = ArrowWriter::try_new(
+            std::fs::File::create(dir.path().join("f.parquet")).unwrap(),
+            file_schema.clone(),
+            None,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+
+        let views = with_string_views(&file_schema);
+        let url = ListingTableUrl::parse(format!("{}/", dir.path().display())).unwrap();
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet");
+        let files = ListingTable::try_new(
+            ListingTableConfig::new(url)
+                .with_listing_options(options)
+                .with_schema(views.clone()),
+        )
+        .unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_table("t", Arc::new(StringViewsTable::new(Arc::new(files), views.clone())))
+            .unwrap();
+        let df = ctx
+            .sql("SELECT team, n FROM t WHERE team <> 'ads' ORDER BY n")
+            .await
+            .unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        // every file of the scan carries the view schema
+        let mut scanned = 0;
+        plan.apply(|node| {
+            if let Some(config) = node
+                .downcast_ref::<DataSourceExec>()
+                .and_then(|e| e.data_source().downcast_ref::<FileScanConfig>())
+            {
+                for f in config.file_groups.iter().flat_map(|g| g.iter()) {
+                    assert_eq!(f.arrow_schema.as_ref(), Some(&views));
+                    scanned += 1;
+                }
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        assert_eq!(scanned, 1);
+        let out = collect(plan, ctx.task_ctx()).await.unwrap();
+        let out = datafusion::arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
+        assert_eq!(out.column(0).data_type(), &DataType::Utf8View);
+        let text = datafusion::arrow::compute::cast(out.column(0), &DataType::Utf8).unwrap();
+        let text = text.as_any().downcast_ref::<StringArray>().unwrap();
+        let got: Vec<_> = (0..text.len()).map(|i| text.value(i)).collect();
+        assert_eq!(got, ["search", "search-long-team-name"]);
+    }
+}
