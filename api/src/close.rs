@@ -9,7 +9,6 @@ use axum::Extension;
 use axum::Json;
 use chrono::Utc;
 
-use crate::catalog::Scope;
 use crate::closes::{CloseRecord, Closes};
 use crate::period::Month;
 use crate::reports::chargeback::{self, Cut, GroupBy, ReportFormat};
@@ -111,7 +110,7 @@ pub async fn close(
         let mut c = if s.cfg.rollups {
             chargeback::compute(&s.rollups, &state, period, by, &cut).await
         } else {
-            let ctx = crate::catalog::session(&s.cfg, &Scope::All, &state, s.budget_batch())
+            let ctx = crate::catalog::report_session(&s.cfg, &state)
                 .await
                 .map_err(internal)?;
             chargeback::compute_sql(&ctx, period, by, &cut).await

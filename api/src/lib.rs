@@ -105,6 +105,13 @@ impl Shared {
         let state = self.ledger.settled_state().await?;
         catalog::session(&self.cfg, scope, &state, self.budget_batch()).await
     }
+
+    /// A session for the reports' own SQL over the ledger as it is now (see
+    /// [`catalog::report_session`]).
+    pub async fn report_session(&self) -> Result<SessionContext, Error> {
+        let state = self.ledger.settled_state().await?;
+        catalog::report_session(&self.cfg, &state).await
+    }
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {

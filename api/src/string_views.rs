@@ -144,7 +144,10 @@ mod tests {
         ]);
         let v = with_string_views(&s);
         let types: Vec<_> = v.fields().iter().map(|f| f.data_type().clone()).collect();
-        assert_eq!(types, [DataType::Utf8View, DataType::Utf8View, DataType::Int64]);
+        assert_eq!(
+            types,
+            [DataType::Utf8View, DataType::Utf8View, DataType::Int64]
+        );
         assert!(v.field(0).is_nullable() && !v.field(1).is_nullable());
     }
 
@@ -158,13 +161,20 @@ mod tests {
             Field::new("team", dict(), true),
             Field::new("n", DataType::Int64, false),
         ]));
-        let teams: DictionaryArray<Int32Type> =
-            vec![Some("search"), None, Some("ads"), Some("search-long-team-name")]
-                .into_iter()
-                .collect();
+        let teams: DictionaryArray<Int32Type> = vec![
+            Some("search"),
+            None,
+            Some("ads"),
+            Some("search-long-team-name"),
+        ]
+        .into_iter()
+        .collect();
         let batch = RecordBatch::try_new(
             file_schema.clone(),
-            vec![Arc::new(teams), Arc::new(Int64Array::from(vec![1, 2, 3, 4]))],
+            vec![
+                Arc::new(teams),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+            ],
         )
         .unwrap();
         let mut w = ArrowWriter::try_new(
@@ -178,8 +188,8 @@ mod tests {
 
         let views = with_string_views(&file_schema);
         let url = ListingTableUrl::parse(format!("{}/", dir.path().display())).unwrap();
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet");
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let files = ListingTable::try_new(
             ListingTableConfig::new(url)
                 .with_listing_options(options)
@@ -187,8 +197,11 @@ mod tests {
         )
         .unwrap();
         let ctx = SessionContext::new();
-        ctx.register_table("t", Arc::new(StringViewsTable::new(Arc::new(files), views.clone())))
-            .unwrap();
+        ctx.register_table(
+            "t",
+            Arc::new(StringViewsTable::new(Arc::new(files), views.clone())),
+        )
+        .unwrap();
         let df = ctx
             .sql("SELECT team, n FROM t WHERE team <> 'ads' ORDER BY n")
             .await

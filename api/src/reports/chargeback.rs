@@ -19,7 +19,6 @@ use serde::Deserialize;
 pub use super::render::{render, ReportFormat};
 pub use super::statement::{assemble, Category, Chargeback, GroupBy, Line, Total};
 use super::{collect, ints, strings, unscaled_money, Shared};
-use crate::catalog::Scope;
 use crate::closes::{CloseRecord, Closes};
 use crate::ledger_view::{LedgerFile, LedgerState, Watermark};
 use crate::period::Month;
@@ -403,7 +402,7 @@ pub async fn open_chargeback(
             .map_err(failed)
     } else {
         let ctx = s
-            .session(&Scope::All)
+            .report_session()
             .await
             .map_err(IntoResponse::into_response)?;
         compute_sql(&ctx, period, by, cut).await.map_err(failed)
