@@ -2,10 +2,6 @@
 
 use clap::Parser;
 
-/// mimalloc: glibc's malloc spent ~12 % of a query's CPU in arena locks and consolidation.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Everything meterline writes (ledger, spool, closes, the built-in broker's data, which
