@@ -26,7 +26,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use meterline_runtime::auth::{Principal, Role};
 
 use crate::config::ApiConfig;
-use crate::ledger_view::LedgerState;
+use crate::ledger_view::{FileCaches, LedgerState};
 use crate::scope::{team_predicate, FilteredTable, PROVENANCE};
 use crate::string_views::{with_string_views, StringViewsTable};
 use crate::Error;
@@ -89,10 +89,13 @@ fn set_parquet_options(config: &mut SessionConfig) {
     parquet.pruning = true;
 }
 
+/// A listing table of `url`'s files; their statistics are read once per file and kept in
+/// `caches` (a listing table keeps them only where it is told to).
 fn listing(
     url: &str,
     schema: SchemaRef,
     parquet: &TableParquetOptions,
+    caches: &FileCaches,
 ) -> Result<Arc<dyn TableProvider>, Error> {
     let url = ListingTableUrl::parse(url).map_err(Error::query)?;
     let options = ListingOptions::new(Arc::new(
@@ -104,7 +107,9 @@ fn listing(
         .with_listing_options(options)
         .with_schema(schema);
     Ok(Arc::new(
-        ListingTable::try_new(config).map_err(Error::query)?,
+        ListingTable::try_new(config)
+            .map_err(Error::query)?
+            .with_cache(Some(caches.statistics.clone())),
     ))
 }
 
@@ -134,10 +139,10 @@ pub fn ledger_table(
     let url = ledger.snapshot.table_url().as_str();
     let schema = meterline_schemas::arrow_schema::usage_ledger_schema();
     Ok(match text {
-        TextColumns::Dictionaries => listing(url, schema, parquet)?,
+        TextColumns::Dictionaries => listing(url, schema, parquet, &ledger.file_caches)?,
         TextColumns::Views => {
             let schema = with_string_views(&schema);
-            let files = listing(url, schema.clone(), parquet)?;
+            let files = listing(url, schema.clone(), parquet, &ledger.file_caches)?;
             Arc::new(StringViewsTable::new(files, schema))
         }
     })
@@ -211,6 +216,7 @@ async fn session_with(
         ledger.anomalies.table_url().as_str(),
         meterline_ledger::anomalies_schema(),
         &parquet,
+        &ledger.file_caches,
     )?;
     let budgets: Arc<dyn TableProvider> =
         Arc::new(MemTable::try_new(budgets.schema(), vec![vec![budgets]]).map_err(Error::query)?);

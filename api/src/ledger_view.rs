@@ -113,6 +113,13 @@ impl FileCaches {
     }
 }
 
+impl FileCaches {
+    /// How many files' footers and statistics are held.
+    pub fn entries(&self) -> (usize, usize) {
+        (self.footers.len(), self.statistics.len())
+    }
+}
+
 impl std::fmt::Debug for FileCaches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileCaches")

@@ -64,7 +64,7 @@ pub use queries::QueryRuntime;
 pub use rollup::Rollups;
 // queries: a scoped session and a query answered as `POST /v1/sql` answers it (fuzzing)
 pub use answer::{run as run_sql, Format};
-pub use catalog::{session as query_session, Scope as QueryScope};
+pub use catalog::{report_session, session as query_session, Scope as QueryScope};
 // the `budgets` table as SQL sees it (tests hold it to the edge's enforcement)
 pub use budgets::{schema as budgets_schema, to_batch as budgets_batch};
 // chargeback: from rollups and by one SQL scan, which tests compare; the lines' SQL (benches)

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use meterline_api::{
-    budgets_schema, compute_chargeback, compute_chargeback_sql, coverage, query_session, ApiConfig,
-    Coverage, Cut, GroupBy, LedgerState, LedgerView, Month, OffsetRange, QueryScope, Rollups,
-    Watermark,
+    budgets_schema, compute_chargeback, compute_chargeback_sql, coverage, query_session,
+    report_session, ApiConfig, Coverage, Cut, GroupBy, LedgerState, LedgerView, Month, OffsetRange,
+    QueryScope, Rollups, Watermark,
 };
 use meterline_ledger::Row;
 use meterline_ledger::{Ledger, LedgerConfig};
@@ -133,6 +133,8 @@ async fn assert_same(dir: &Path, state: &LedgerState, rollups: &Arc<Rollups>) ->
     )
     .await
     .unwrap();
+    // the reports' own session: the same files, text decoded as string views
+    let views = report_session(&cfg(dir), state).await.unwrap();
     let mut lines = 0;
     for month in ["2026-09", "2026-10", "2026-11"] {
         let m: Month = month.parse().unwrap();
@@ -143,6 +145,8 @@ async fn assert_same(dir: &Path, state: &LedgerState, rollups: &Arc<Rollups>) ->
                     .await
                     .unwrap();
                 assert_eq!(fast, sql, "{month} by {by:?}, cut {i}");
+                let by_views = compute_chargeback_sql(&views, m, by, cut).await.unwrap();
+                assert_eq!(by_views, sql, "views: {month} by {by:?}, cut {i}");
                 lines += sql.lines.len();
             }
         }
@@ -258,4 +262,60 @@ async fn rows_of_an_uncommitted_flush_are_not_counted() {
         .unwrap();
     assert_eq!(during, before, "the uncommitted files are not counted");
     assert_same(dir, &state, &rollups).await;
+}
+
+/// Footers and statistics are read once per file and kept for the next query (files are
+/// immutable); a new version's new files are added, and a query still reads its own version.
+#[tokio::test]
+async fn footers_and_statistics_are_read_once_per_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_ledger(dir);
+    let view = LedgerView::open(&LedgerConfig::default(), dir).unwrap();
+    let state = view.state().unwrap();
+    assert_eq!(state.file_caches.entries(), (0, 0));
+    let count = |state: LedgerState| async move {
+        let ctx = query_session(
+            &cfg(dir),
+            &QueryScope::All,
+            &state,
+            datafusion::arrow::array::RecordBatch::new_empty(budgets_schema()),
+        )
+        .await
+        .unwrap();
+        let b = ctx
+            .sql("SELECT count(*) AS n FROM usage WHERE input_tokens >= 0")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let n = b[0].column(0).as_any();
+        n.downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    let files = state.files.len();
+    assert!(files > 1);
+    let rows = (PARTITIONS as i64) * FLUSH * FLUSHES;
+    assert_eq!(count(state.clone()).await, rows);
+    assert_eq!(view.state().unwrap().file_caches.entries(), (files, files));
+    // a second query reads no footer again
+    assert_eq!(count(view.state().unwrap()).await, rows);
+    assert_eq!(view.state().unwrap().file_caches.entries(), (files, files));
+    // a new flush: one more file in each cache; the new version counts it
+    let ledger = Ledger::open(&LedgerConfig::default(), dir).unwrap();
+    let mut rng = Rng(7);
+    let first = FLUSH * FLUSHES;
+    let extra: Vec<Row> = (first..first + 3).map(|o| row(&mut rng, 0, o)).collect();
+    ledger.append(0, first, first + 2, &extra).unwrap();
+    let newer = view.state().unwrap();
+    assert_eq!(newer.files.len(), files + 1);
+    assert_eq!(count(newer).await, rows + 3);
+    assert_eq!(
+        view.state().unwrap().file_caches.entries(),
+        (files + 1, files + 1)
+    );
+    // the old version still counts its own rows
+    assert_eq!(count(state).await, rows);
 }
