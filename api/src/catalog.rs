@@ -18,7 +18,7 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::MemTable;
-use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileStatisticsCache};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{col, lit};
@@ -26,7 +26,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use meterline_runtime::auth::{Principal, Role};
 
 use crate::config::ApiConfig;
-use crate::ledger_view::{FileCaches, LedgerState};
+use crate::ledger_view::LedgerState;
 use crate::scope::{team_predicate, FilteredTable, PROVENANCE};
 use crate::string_views::{with_string_views, StringViewsTable};
 use crate::Error;
@@ -90,12 +90,12 @@ fn set_parquet_options(config: &mut SessionConfig) {
 }
 
 /// A listing table of `url`'s files; their statistics are read once per file and kept in
-/// `caches` (a listing table keeps them only where it is told to).
+/// `statistics` (a listing table keeps them only where it is told to).
 fn listing(
     url: &str,
     schema: SchemaRef,
     parquet: &TableParquetOptions,
-    caches: &FileCaches,
+    statistics: &Arc<FileStatisticsCache>,
 ) -> Result<Arc<dyn TableProvider>, Error> {
     let url = ListingTableUrl::parse(url).map_err(Error::query)?;
     let options = ListingOptions::new(Arc::new(
@@ -109,7 +109,7 @@ fn listing(
     Ok(Arc::new(
         ListingTable::try_new(config)
             .map_err(Error::query)?
-            .with_cache(Some(caches.statistics.clone())),
+            .with_cache(Some(statistics.clone())),
     ))
 }
 
@@ -139,12 +139,15 @@ pub fn ledger_table(
     let url = ledger.snapshot.table_url().as_str();
     let schema = meterline_schemas::arrow_schema::usage_ledger_schema();
     Ok(match text {
-        TextColumns::Dictionaries => listing(url, schema, parquet, &ledger.file_caches)?,
-        TextColumns::Views => {
-            let schema = with_string_views(&schema);
-            let files = listing(url, schema.clone(), parquet, &ledger.file_caches)?;
-            Arc::new(StringViewsTable::new(files, schema))
-        }
+        TextColumns::Dictionaries => listing(url, schema, parquet, &ledger.file_caches.statistics)?,
+        // statistics of their own: computed for another table schema, they would replace
+        // the dictionary table's entries and be replaced by them
+        TextColumns::Views => Arc::new(StringViewsTable::new(listing(
+            url,
+            with_string_views(&schema),
+            parquet,
+            &ledger.file_caches.view_statistics,
+        )?)),
     })
 }
 
@@ -216,7 +219,7 @@ async fn session_with(
         ledger.anomalies.table_url().as_str(),
         meterline_ledger::anomalies_schema(),
         &parquet,
-        &ledger.file_caches,
+        &ledger.file_caches.statistics,
     )?;
     let budgets: Arc<dyn TableProvider> =
         Arc::new(MemTable::try_new(budgets.schema(), vec![vec![budgets]]).map_err(Error::query)?);

@@ -96,6 +96,8 @@ pub struct LedgerState {
 pub struct FileCaches {
     pub(crate) footers: std::sync::Arc<FileMetadataCache>,
     pub(crate) statistics: std::sync::Arc<FileStatisticsCache>,
+    /// Statistics of the reports' table (text as string views; see `catalog::TextColumns`).
+    pub(crate) view_statistics: std::sync::Arc<FileStatisticsCache>,
 }
 
 impl FileCaches {
@@ -103,12 +105,16 @@ impl FileCaches {
     /// least recently used first out).
     pub fn new() -> Result<FileCaches, Error> {
         let defaults =
-            CacheManager::try_new(&CacheManagerConfig::default()).map_err(Error::query)?;
-        Ok(FileCaches {
-            footers: defaults.get_file_metadata_cache(),
-            statistics: defaults
+            || CacheManager::try_new(&CacheManagerConfig::default()).map_err(Error::query);
+        let statistics = || {
+            defaults()?
                 .get_file_statistic_cache()
-                .expect("statistics are cached by default"),
+                .ok_or_else(|| Error::Config("DataFusion keeps no file statistics".into()))
+        };
+        Ok(FileCaches {
+            footers: defaults()?.get_file_metadata_cache(),
+            statistics: statistics()?,
+            view_statistics: statistics()?,
         })
     }
 }
@@ -125,6 +131,7 @@ impl std::fmt::Debug for FileCaches {
         f.debug_struct("FileCaches")
             .field("footers", &self.footers.len())
             .field("statistics", &self.statistics.len())
+            .field("view_statistics", &self.view_statistics.len())
             .finish()
     }
 }
