@@ -179,10 +179,11 @@ async fn session_with(
 ) -> Result<SessionContext, Error> {
     // No spilling: a query past its memory limit fails (422) instead of filling the disk.
     let runtime = RuntimeEnvBuilder::new()
+        // footers through the runtime (the Parquet reader looks there); statistics are handed
+        // to each listing table (`listing`), which is the only place it looks
         .with_cache_manager(
             CacheManagerConfig::default()
-                .with_file_metadata_cache(Some(ledger.file_caches.footers.clone()))
-                .with_file_statistics_cache(Some(ledger.file_caches.statistics.clone())),
+                .with_file_metadata_cache(Some(ledger.file_caches.footers.clone())),
         )
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),

@@ -117,10 +117,8 @@ impl FileCaches {
             view_statistics: statistics()?,
         })
     }
-}
 
-impl FileCaches {
-    /// How many files' footers and statistics are held.
+    /// How many files' footers and statistics (of `/v1/sql`'s table) are held.
     pub fn entries(&self) -> (usize, usize) {
         (self.footers.len(), self.statistics.len())
     }

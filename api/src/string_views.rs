@@ -32,14 +32,18 @@ pub fn with_string_views(schema: &Schema) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 => {
-                f.as_ref().clone().with_data_type(DataType::Utf8View)
+        .map(|f| {
+            let text = match f.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 => true,
+                DataType::Dictionary(_, v) => **v == DataType::Utf8,
+                _ => false,
+            };
+            let f = f.as_ref().clone();
+            if text {
+                f.with_data_type(DataType::Utf8View)
+            } else {
+                f
             }
-            DataType::Dictionary(_, v) if **v == DataType::Utf8 => {
-                f.as_ref().clone().with_data_type(DataType::Utf8View)
-            }
-            _ => f.as_ref().clone(),
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
