@@ -49,9 +49,9 @@ pub struct Vacuumed {
 
 /// The ledger's sort order (see `rows::sort`), applied to a merged batch.
 const SORT: [&str; 6] = [
+    "team",
     "org",
     "cost_center",
-    "team",
     "project",
     "model",
     "occurred_at",
@@ -173,6 +173,87 @@ mod tests {
         }
         offsets.sort();
         offsets
+    }
+
+    /// Each page's (min, max) of `team` in a file, from its page index.
+    fn team_pages(s: &Snapshot, f: &TableFile) -> Vec<(String, String)> {
+        use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+        use parquet::file::page_index::column_index::ColumnIndexMetaData;
+        let meta = ParquetMetaDataReader::new()
+            .with_page_index_policy(PageIndexPolicy::Required)
+            .parse_and_finish(&s.read(f).unwrap())
+            .unwrap();
+        let team = meta
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.name() == "team")
+            .unwrap();
+        let ColumnIndexMetaData::BYTE_ARRAY(ix) = &meta.column_index().unwrap()[0][team] else {
+            panic!("team has a byte array index")
+        };
+        let text = |b: Option<&[u8]>| String::from_utf8(b.unwrap().to_vec()).unwrap();
+        (0..ix.num_pages() as usize)
+            .map(|i| (text(ix.min_value(i)), text(ix.max_value(i))))
+            .collect()
+    }
+
+    /// A lead's scan keeps the pages whose (min, max) of `team` admit its team. Rows in team
+    /// order make those exactly the pages holding it, in flushes and in compacted files, even
+    /// where the org or cost center order disagrees with the team order.
+    #[test]
+    fn files_are_in_team_order_so_a_team_is_a_run_of_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&LedgerConfig::default(), dir.path()).unwrap();
+        // org and cost center in the reverse of the team order
+        let teams = ["t-a", "t-b", "t-c", "t-d", "t-e", "t-f"];
+        let per_team = crate::PAGE_ROWS + crate::PAGE_ROWS / 2;
+        let mut offset = 0;
+        for flush in 0..2 {
+            let mut rows = vec![];
+            for (i, team) in teams.iter().enumerate() {
+                for _ in 0..per_team / 2 {
+                    let mut r = row(0, offset, 1, "0.01", "USD");
+                    let t = &mut r.priced.tenant;
+                    t.team = Some(team.to_string());
+                    t.org = format!("org-{}", teams.len() - i);
+                    t.cost_center = Some(format!("cc-{}", teams.len() - i));
+                    rows.push(r);
+                    offset += 1;
+                }
+            }
+            let first = rows[0].offset;
+            let after = (flush > 0).then_some(first - 1);
+            l.write_flush(0, after, first, offset - 1, &rows).unwrap();
+        }
+        // a page holds at most PAGE_ROWS rows: a team's `rows` are on at most this many
+        let holding = |rows: usize| rows.div_ceil(crate::PAGE_ROWS) + 1;
+        let check = |s: &Snapshot, rows_per_team: usize| {
+            for f in &s.files {
+                let pages = team_pages(s, f);
+                assert!(pages.len() >= 4, "{} pages", pages.len());
+                for w in pages.windows(2) {
+                    assert!(w[0].1 <= w[1].0, "pages out of team order: {pages:?}");
+                }
+                for team in teams {
+                    let kept = pages
+                        .iter()
+                        .filter(|(lo, hi)| lo.as_str() <= team && team <= hi.as_str())
+                        .count();
+                    assert!(
+                        kept <= holding(rows_per_team),
+                        "{team}: {kept} pages of {pages:?}"
+                    );
+                }
+            }
+        };
+        check(&l.snapshot().unwrap(), per_team / 2);
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        assert_eq!(l.compact_date(date, |_, _| {}).unwrap().len(), 1);
+        let compacted = l.snapshot().unwrap();
+        assert_eq!(compacted.files.len(), 1);
+        check(&compacted, per_team);
     }
 
     #[test]

@@ -44,9 +44,11 @@ use crate::{delta, files, rows, txn_app_id, Error, LedgerConfig, Row, DATE_COLUM
 pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
 
 /// Rows per data page (at most): the unit the page index lets a reader skip. The ledger is
-/// sorted by org, cost center, team, …, so a team's rows of a file are a few consecutive
-/// pages and a lead's scan (its `team IN (…)` pushed into the reader) decodes only those.
-pub const PAGE_ROWS: usize = 16 * 1024;
+/// sorted by team first (`rows::sort`), so a team's rows of a file are a few consecutive
+/// pages and a lead's scan (its `team IN (…)` pushed into the reader) decompresses and
+/// decodes only those. 4k rather than 16k rows: a lead's chargeback took 0.32 instead of
+/// 0.36–0.41 CPU s (20M rows, 124 files), finance's scan ~5 % more, files 4 % larger.
+pub const PAGE_ROWS: usize = 4 * 1024;
 
 /// The usage table.
 pub struct Ledger {

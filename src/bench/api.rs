@@ -22,9 +22,10 @@
 //!    download at first use, which a machine without internet access cannot do; the glob
 //!    reads the same files (the bench leaves no superseded or temp files).
 //!
-//! Every side runs 3 times after one warm-up; medians are compared (API ÷ DuckDB, API ÷ raw
-//! DataFusion), with the totals checked equal. Peak RSS is read per side (VmHWM, reset between
-//! sides through /proc/self/clear_refs; DuckDB's is its process's).
+//! Every side runs 3 times after one warm-up (a lead's query, ~0.2 s, [`LEAD_RUNS`] times: its
+//! median of 3 moved by ±30 % from run to run on 2 shared cores); medians are compared (API ÷
+//! DuckDB, API ÷ raw DataFusion), with the totals checked equal. Peak RSS is read per side
+//! (VmHWM, reset between sides through /proc/self/clear_refs; DuckDB's is its process's).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +51,8 @@ const PARTITIONS: i32 = 4;
 const FLUSH_ROWS: usize = 200_000;
 const TOKEN: &str = "bench-finance";
 const LEAD_TOKEN: &str = "bench-lead";
+/// Timed runs of a lead's query on each side.
+const LEAD_RUNS: usize = 9;
 /// The lead's one team.
 const LEAD_TEAM: &str = "team-3";
 
@@ -192,7 +195,8 @@ fn duck_lead_sql() -> String {
     )
 }
 
-/// Runs each query in DuckDB: a warm-up, then 3 timed runs (medians), CPU of the timed runs.
+/// Runs each query in DuckDB: a warm-up, then its number of timed runs (medians), CPU of the
+/// timed runs.
 const DUCKDB_PY: &str = r#"
 import json, resource, sys, time
 from decimal import Decimal
@@ -208,11 +212,11 @@ def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 out = []
-for q in req["queries"]:
+for q, runs in zip(req["queries"], req["runs"]):
     con.execute(q).fetchall()
     times = []
     c0 = cpu()
-    for _ in range(3):
+    for _ in range(runs):
         t = time.perf_counter()
         cur = con.execute(q)
         rows = cur.fetchall()
@@ -220,7 +224,7 @@ for q in req["queries"]:
     c1 = cpu()
     i = [d[0] for d in cur.description].index("list_cost")
     total = sum((r[i] for r in rows), Decimal(0))
-    out.append({"median_s": sorted(times)[1], "rows": len(rows), "list_cost": str(total), "cpu_us": (c1 - c0) * 1e6})
+    out.append({"median_s": sorted(times)[runs // 2], "rows": len(rows), "list_cost": str(total), "cpu_us": (c1 - c0) * 1e6})
 print(json.dumps({"version": duckdb.__version__, "results": out,
                   "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 "#;
@@ -236,7 +240,7 @@ struct Duck {
 /// DuckDB over the ledger's files, or why not (no venv, no `duckdb` in it).
 fn duckdb(
     data: &std::path::Path,
-    queries: &[String],
+    queries: &[(String, usize)],
 ) -> anyhow::Result<Result<(String, Vec<Duck>, u64), String>> {
     let home = std::env::var("METERLINE_DELTA_PY_HOME")
         .map(std::path::PathBuf::from)
@@ -255,7 +259,8 @@ fn duckdb(
         "{}/date=*/*.parquet",
         data.join("usage").canonicalize()?.display()
     );
-    let req = serde_json::json!({ "glob": glob, "queries": queries });
+    let (queries, runs): (Vec<&String>, Vec<usize>) = queries.iter().map(|(q, n)| (q, *n)).unzip();
+    let req = serde_json::json!({ "glob": glob, "queries": queries, "runs": runs });
     let mut child = std::process::Command::new(&python)
         .arg("-c")
         .arg(DUCKDB_PY)
@@ -445,7 +450,7 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
     let cpu0 = cpu_micros(me)?;
     let mut lead = vec![];
     let (mut lead_lines, mut lead_total) = (0, Decimal::ZERO);
-    for _ in 0..3 {
+    for _ in 0..LEAD_RUNS {
         let (d, n, total) = lead_once(&client, &base, &lead_sql).await?;
         lead.push(d);
         (lead_lines, lead_total) = (n, total);
@@ -456,7 +461,10 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
     server.await??;
 
     // DuckDB on the same files, same GROUP BYs, 2 threads
-    let duck = duckdb(&data, &[RAW_SQL.to_string(), duck_lead_sql()])?;
+    let duck = duckdb(
+        &data,
+        &[(RAW_SQL.to_string(), 3), (duck_lead_sql(), LEAD_RUNS)],
+    )?;
     if let Ok((_, d, _)) = &duck {
         anyhow::ensure!(
             d[0].rows == api_lines && d[0].list_cost.normalize() == api_total.normalize(),
@@ -542,10 +550,10 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
         closed_m.as_secs_f64() * 1000.0
     );
     println!(
-        "  API, team lead (SQL)      {:>9.3} s  (median of 3)   peak RSS {:>5} MiB   {:.3} CPU µs/row   {lead_lines} lines of {LEAD_TEAM}",
+        "  API, team lead (SQL)      {:>9.3} s  (median of {LEAD_RUNS})   peak RSS {:>5} MiB   {:.3} CPU µs/row   {lead_lines} lines of {LEAD_TEAM}",
         lead_m.as_secs_f64(),
         lead_rss / 1024,
-        lead_cpu as f64 / (3.0 * events as f64),
+        lead_cpu as f64 / (LEAD_RUNS as f64 * events as f64),
     );
     match duck {
         Ok((version, d, rss)) => {
@@ -557,9 +565,9 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
                 f.cpu_us / (3.0 * events as f64)
             );
             println!(
-                "  DuckDB {version}, team lead  {:>9.3} s  (median of 3)                     {:.3} CPU µs/row",
+                "  DuckDB {version}, team lead  {:>9.3} s  (median of {LEAD_RUNS})                     {:.3} CPU µs/row",
                 l.median.as_secs_f64(),
-                l.cpu_us / (3.0 * events as f64)
+                l.cpu_us / (LEAD_RUNS as f64 * events as f64)
             );
             println!(
                 "  API ÷ DuckDB: finance {:.2}, team lead {:.2} (target ≤ 1.3 each; totals equal)",
