@@ -146,11 +146,12 @@ async fn compact(cfg: Config, date: chrono::NaiveDate) -> anyhow::Result<()> {
     .await??;
     for c in &done {
         println!(
-            "partition {}: {} files → {} ({} rows, version {})",
-            c.partition, c.merged_files, c.into, c.rows, c.version
+            "{} files of partitions {:?} → {} ({} rows, version {})",
+            c.merged_files, c.partitions, c.into, c.rows, c.version
         );
     }
-    println!("{date}: {} partitions compacted", done.len());
+    let merged: usize = done.iter().map(|c| c.merged_files).sum();
+    println!("{date}: {merged} files merged into {}", done.len());
     Ok(())
 }
 

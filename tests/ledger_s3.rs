@@ -91,10 +91,23 @@ async fn the_ledger_on_s3_is_exact_for_every_reader() {
                 |_, _| {},
             )
             .unwrap();
-        assert_eq!(done.len(), 4, "one merged file per partition");
+        assert_eq!(done.len(), 1, "one merged file for the day");
+        assert_eq!(done[0].partitions, [0, 1, 2, 3]);
         let t = meterline_ledger::totals::totals(&l, |_, _| {}).unwrap();
         assert_eq!(t.rows(), 800);
-        assert_eq!(t.files, 4 + 4 * 8);
+        assert_eq!(t.files, 1 + 4 * 8);
+        // its spans, in its add action's tag, read back from the bucket by a new process
+        let merged = open()
+            .snapshot()
+            .unwrap()
+            .files
+            .into_iter()
+            .find(|f| f.path == done[0].into)
+            .unwrap();
+        assert_eq!(
+            merged.spans.iter().map(|s| s.partition).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
         assert_eq!(t.cost["USD"], sums.iter().sum::<i128>());
         // vacuum: the 32 compacted originals and the fenced flush's file, nothing else
         let v = l.vacuum(std::time::Duration::ZERO, false).unwrap();

@@ -244,9 +244,12 @@ mod tests {
             .read(&meterline_ledger::TableFile {
                 path: "date=2026-11-30/part-3-1200-1450-ab.parquet".into(),
                 date: "2026-11-30".into(),
-                partition: 3,
-                first: 1200,
-                last: 1450,
+                spans: vec![meterline_ledger::OffsetSpan {
+                    partition: 3,
+                    first: 1200,
+                    last: 1450,
+                }],
+                rows: 1,
                 bytes: 11,
                 modified_ms: 0,
             })

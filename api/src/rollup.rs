@@ -6,10 +6,10 @@
 //! has not seen yet are read (all of them once after a start).
 //!
 //! A report may want only part of a file's rows — a close counts rows below its watermark,
-//! adjustments the rows at or past the last close's. A file whose offsets lie wholly inside
-//! the wanted range is taken from its rollup, one wholly outside is skipped, and one that
-//! straddles the bound (a compacted file spanning a close) is read again with the offset
-//! filter, without caching.
+//! adjustments the rows at or past the last close's, each per input partition. A file whose
+//! offset spans lie wholly inside the wanted ranges is taken from its rollup, one wholly
+//! outside is skipped, and one that straddles a bound (a compacted file spanning a close) is
+//! read again with the per-partition offset filter, without caching.
 //!
 //! Sums are exact: integers, and money as the unscaled `Decimal128(38, 18)` in an `i128`
 //! (checked: an overflow is an error, never a wrapped total).
@@ -26,7 +26,7 @@ use futures::StreamExt;
 
 use crate::ledger_view::{LedgerFile, LedgerState};
 use crate::Error;
-use meterline_ledger::Snapshot;
+use meterline_ledger::{OffsetSpan, Snapshot};
 
 /// The dimensions a rollup keeps, in key order.
 pub const DIMENSIONS: [&str; 7] = [
@@ -46,7 +46,7 @@ pub fn dimension(name: &str) -> usize {
         .expect("a rollup dimension")
 }
 
-const MEASURES: [&str; 8] = [
+const MEASURES: [&str; 9] = [
     "input_tokens",
     "cache_read_tokens",
     "cache_write_5m_tokens",
@@ -54,6 +54,7 @@ const MEASURES: [&str; 8] = [
     "output_tokens",
     "reasoning_tokens",
     "cost_total",
+    "kafka_partition",
     "kafka_offset",
 ];
 
@@ -112,18 +113,36 @@ pub enum Coverage {
     Part,
 }
 
-/// Which of the offsets `first..=last` lie in `r`. Pure.
-pub fn coverage(first: i64, last: i64, r: OffsetRange) -> Coverage {
-    let below = r.hi.is_some_and(|hi| first >= hi);
-    let above = r.lo.is_some_and(|lo| last < lo);
+/// Which of a span's offsets lie in `r`. Pure.
+fn span_coverage(s: &OffsetSpan, r: OffsetRange) -> Coverage {
+    let below = r.hi.is_some_and(|hi| s.first >= hi);
+    let above = r.lo.is_some_and(|lo| s.last < lo);
     if below || above {
         Coverage::Nothing
-    } else if r.contains(first) && r.contains(last) {
+    } else if r.contains(s.first) && r.contains(s.last) {
         Coverage::Whole
     } else {
         Coverage::Part
     }
 }
+
+/// How much of a file with offset `spans` the ranges `range(partition)` take: whole when
+/// every span is inside its partition's range, nothing when every span is outside. Pure.
+pub fn coverage(spans: &[OffsetSpan], range: impl Fn(i32) -> OffsetRange) -> Coverage {
+    let mut seen = None;
+    for s in spans {
+        match (seen, span_coverage(s, range(s.partition))) {
+            (_, Coverage::Part) => return Coverage::Part,
+            (None, c) => seen = Some(c),
+            (Some(a), c) if a != c => return Coverage::Part,
+            _ => {}
+        }
+    }
+    seen.unwrap_or(Coverage::Nothing)
+}
+
+/// Per partition of a file, the offsets a report wants of it (`None`: all of them).
+type Ranges = Option<Arc<Vec<(i32, OffsetRange)>>>;
 
 /// Dimension values as small integers; 0 is NULL.
 struct Interner {
@@ -187,14 +206,15 @@ impl Rollups {
         self.interner.lock().expect("interner").names[id as usize].clone()
     }
 
-    /// The rows `wanted` picks (per file: `None` skips it, else the offsets to count), summed
+    /// The rows of the files `wanted` picks whose offsets lie in `range(partition)`, summed
     /// per `group(file, key)` — a key holds interned ids of [`DIMENSIONS`] (see
     /// [`Self::name`]). `files` is the ledger as a reader may use it now; rollups of files no
     /// longer in it are dropped.
     pub async fn sum_by<'a, G: std::hash::Hash + Eq>(
         self: &Arc<Self>,
         ledger: &'a LedgerState,
-        wanted: impl Fn(&LedgerFile) -> Option<OffsetRange>,
+        wanted: impl Fn(&LedgerFile) -> bool,
+        range: impl Fn(i32) -> OffsetRange,
         group: impl Fn(&'a LedgerFile, &[u32; 7]) -> G,
     ) -> Result<HashMap<G, Sums, FastHash>, Error> {
         let _one = self.building.lock().await;
@@ -202,11 +222,14 @@ impl Rollups {
         let snapshot = &ledger.snapshot;
         let mut whole = vec![];
         let mut part = vec![];
-        for f in files {
-            match wanted(f).map(|r| (coverage(f.first, f.last, r), r)) {
-                None | Some((Coverage::Nothing, _)) => {}
-                Some((Coverage::Whole, _)) => whole.push(f),
-                Some((Coverage::Part, r)) => part.push((f, r)),
+        for f in files.iter().filter(|f| wanted(f)) {
+            match coverage(&f.spans, &range) {
+                Coverage::Nothing => {}
+                Coverage::Whole => whole.push(f),
+                Coverage::Part => {
+                    let ranges = f.spans.iter().map(|s| (s.partition, range(s.partition)));
+                    part.push((f, Some(Arc::new(ranges.collect()))));
+                }
             }
         }
         // 1. forget files that are gone (a compaction replaced them)
@@ -222,7 +245,7 @@ impl Rollups {
                 .collect()
         };
         // 2. read the files not seen yet, as many at once as there are cores
-        let built = self.build_all(snapshot, missing, OffsetRange::ALL).await?;
+        let built = self.build_all(snapshot, missing).await?;
         {
             let mut cache = self.files.lock().expect("rollups");
             for (f, r) in built {
@@ -231,8 +254,8 @@ impl Rollups {
         }
         // 3. straddling files: read with their offset filter, not kept
         let mut partial = vec![];
-        for (f, r) in &part {
-            partial.push((*f, self.build_one(snapshot, (*f).clone(), *r).await?));
+        for (f, r) in part {
+            partial.push((f, self.build_one(snapshot, f.clone(), r).await?));
         }
         // 4. add up
         let mut sums: HashMap<G, Sums, FastHash> = HashMap::default();
@@ -257,11 +280,11 @@ impl Rollups {
         self: &Arc<Self>,
         snapshot: &Snapshot,
         f: LedgerFile,
-        range: OffsetRange,
+        ranges: Ranges,
     ) -> Result<Arc<FileRollup>, Error> {
         let me = self.clone();
         let snapshot = snapshot.clone();
-        tokio::task::spawn_blocking(move || me.rollup_file(&snapshot, &f, range).map(Arc::new))
+        tokio::task::spawn_blocking(move || me.rollup_file(&snapshot, &f, ranges).map(Arc::new))
             .await
             .map_err(Error::query)?
     }
@@ -270,12 +293,11 @@ impl Rollups {
         self: &Arc<Self>,
         snapshot: &Snapshot,
         files: Vec<LedgerFile>,
-        range: OffsetRange,
     ) -> Result<Vec<(LedgerFile, Arc<FileRollup>)>, Error> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         futures::stream::iter(files)
             .map(|f| async move {
-                let r = self.build_one(snapshot, f.clone(), range).await?;
+                let r = self.build_one(snapshot, f.clone(), None).await?;
                 Ok::<_, Error>((f, r))
             })
             .buffer_unordered(cores)
@@ -285,12 +307,12 @@ impl Rollups {
             .collect()
     }
 
-    /// Reads one ledger file's rows in `range` and sums them per key.
+    /// Reads one ledger file's rows in `ranges` and sums them per key.
     fn rollup_file(
         &self,
         snapshot: &Snapshot,
         f: &LedgerFile,
-        range: OffsetRange,
+        ranges: Ranges,
     ) -> Result<FileRollup, Error> {
         let at = |e: Error| Error::LedgerFile {
             path: f.path.clone(),
@@ -313,19 +335,20 @@ impl Rollups {
         let mut groups: HashMap<Key, Sums, FastHash> = HashMap::default();
         for batch in reader {
             let b = batch.map_err(|e| at(Error::Arrow(e)))?;
-            self.add_batch(&b, range, &mut groups).map_err(at)?;
+            self.add_batch(&b, ranges.as_deref().map(Vec::as_slice), &mut groups)
+                .map_err(at)?;
         }
         Ok(FileRollup {
             groups: groups.into_iter().collect(),
         })
     }
 
-    // one index walks ten parallel columns
+    // one index walks parallel columns
     #[allow(clippy::needless_range_loop)]
     fn add_batch(
         &self,
         b: &RecordBatch,
-        range: OffsetRange,
+        ranges: Option<&[(i32, OffsetRange)]>,
         groups: &mut HashMap<Key, Sums, FastHash>,
     ) -> Result<(), Error> {
         let ids: Vec<Vec<u32>> = DIMENSIONS
@@ -335,13 +358,14 @@ impl Rollups {
         let int = |name: &str| -> Result<ArrayRef, Error> {
             cast(&column(b, name)?, &DataType::Int64).map_err(Error::query)
         };
-        let (inp, cr, cw5, cw1, out, rs, off) = (
+        let (inp, cr, cw5, cw1, out, rs, part, off) = (
             int("input_tokens")?,
             int("cache_read_tokens")?,
             int("cache_write_5m_tokens")?,
             int("cache_write_1h_tokens")?,
             int("output_tokens")?,
             int("reasoning_tokens")?,
+            int("kafka_partition")?,
             int("kafka_offset")?,
         );
         let v = |a: &ArrayRef, i: usize| {
@@ -357,8 +381,18 @@ impl Rollups {
             .as_primitive_opt::<Decimal128Type>()
             .ok_or_else(|| Error::Query("cost_total is not a decimal".into()))?;
         for i in 0..b.num_rows() {
-            if range != OffsetRange::ALL && !range.contains(v(&off, i)) {
-                continue;
+            if let Some(ranges) = ranges {
+                let p = v(&part, i);
+                let range = ranges
+                    .iter()
+                    .find(|(q, _)| i64::from(*q) == p)
+                    .map(|(_, r)| r)
+                    .ok_or_else(|| {
+                        Error::Query(format!("a row of partition {p} outside the file's spans"))
+                    })?;
+                if !range.contains(v(&off, i)) {
+                    continue;
+                }
             }
             let key: Key = std::array::from_fn(|d| ids[d][i]);
             let cw = v(&cw5, i)
@@ -431,8 +465,49 @@ mod tests {
         OffsetRange { lo, hi }
     }
 
+    fn span(partition: i32, first: i64, last: i64) -> OffsetSpan {
+        OffsetSpan {
+            partition,
+            first,
+            last,
+        }
+    }
+
+    /// One span against one range.
+    fn one(first: i64, last: i64, r: OffsetRange) -> Coverage {
+        coverage(&[span(0, first, last)], |_| r)
+    }
+
+    #[test]
+    fn a_compacted_file_is_whole_only_when_every_partition_is() {
+        let spans = [span(0, 0, 9), span(1, 500, 900), span(4, 10, 19)];
+        // a close's watermarks, per partition
+        let upto = |ends: [i64; 3]| {
+            move |p: i32| {
+                r(
+                    None,
+                    Some(ends[[0, 1, 4].iter().position(|q| *q == p).unwrap()]),
+                )
+            }
+        };
+        assert_eq!(coverage(&spans, upto([10, 901, 20])), Coverage::Whole);
+        assert_eq!(coverage(&spans, upto([0, 500, 10])), Coverage::Nothing);
+        assert_eq!(
+            coverage(&spans, upto([10, 500, 20])),
+            Coverage::Part,
+            "one outside"
+        );
+        assert_eq!(
+            coverage(&spans, upto([10, 901, 15])),
+            Coverage::Part,
+            "one straddles"
+        );
+        assert_eq!(coverage(&spans, |_| OffsetRange::ALL), Coverage::Whole);
+    }
+
     #[test]
     fn a_file_is_whole_outside_or_straddling_a_range() {
+        let coverage = one;
         assert_eq!(coverage(10, 19, OffsetRange::ALL), Coverage::Whole);
         // a close's watermark: offsets below 20
         assert_eq!(coverage(10, 19, r(None, Some(20))), Coverage::Whole);

@@ -160,11 +160,11 @@ fn straddling(state: &LedgerState) -> usize {
         .files
         .iter()
         .filter(|f| {
-            let r = OffsetRange {
+            let r = |p| OffsetRange {
                 lo: None,
-                hi: Some(upto.end(f.partition)),
+                hi: Some(upto.end(p)),
             };
-            coverage(f.first, f.last, r) == Coverage::Part
+            coverage(&f.spans, r) == Coverage::Part
         })
         .count()
 }
@@ -185,7 +185,7 @@ async fn rollup_chargeback_equals_the_sql_scan_before_and_after_compaction() {
     // a mid-flush watermark straddles the files of that flush (one per date it covers)
     assert!(straddling(&before) >= 1);
 
-    // compaction: each date's files per partition merged into one spanning several flushes
+    // compaction: each date's files, of every partition, merged into one spanning several flushes
     let dates: std::collections::BTreeSet<String> =
         before.files.iter().map(|f| f.date.clone()).collect();
     for d in &dates {
@@ -195,6 +195,13 @@ async fn rollup_chargeback_equals_the_sql_scan_before_and_after_compaction() {
     }
     let after = view.state().unwrap();
     assert!(after.files.len() < before.files.len(), "compaction merged");
+    assert!(
+        after
+            .files
+            .iter()
+            .any(|f| f.spans.len() == PARTITIONS as usize),
+        "a day's files of every partition in one"
+    );
     assert!(
         straddling(&after) > straddling(&before),
         "merged files straddle the close's watermark"

@@ -1,11 +1,12 @@
 //! `meterline compact` and `meterline vacuum`.
 //!
-//! Compaction (Delta's optimize): each partition's files of one date are merged into one file,
-//! sorted in the ledger's order and written as one large row group (up to
-//! [`crate::ROW_GROUP_ROWS`], pages of [`crate::PAGE_ROWS`] with their index): a scan then
-//! pays one reader, one set of dictionaries and one footer per partition and day instead of
-//! one per flush, and a lead's `team IN (…)` reads only its teams' pages. Safe beside
-//! writers:
+//! Compaction (Delta's optimize): a date's files, of every input partition, are merged into
+//! one file (up to [`COMPACT_ROWS`] rows each), sorted in the ledger's order and written as
+//! large row groups (up to [`crate::ROW_GROUP_ROWS`], pages of [`crate::PAGE_ROWS`]
+//! with their index): a scan then pays one reader, one set of dictionaries and one footer per
+//! day instead of one per flush and partition, and a lead's `team IN (…)` reads only its
+//! teams' pages. The merged file's offset spans, one per partition, go in its `add` action's
+//! tag (see `files`). Safe beside writers:
 //! 1. the merged file is written first, outside the table;
 //! 2. one commit removes the originals and adds it, `dataChange = false` (the same rows): a
 //!    reader of any version sees each row exactly once. Sinks' appends do not conflict with
@@ -18,19 +19,30 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{concat, interleave, lexsort_to_indices, SortColumn};
+use arrow::datatypes::{Int32Type, Int64Type};
 use deltalake::protocol::DeltaOperation;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
 
-use crate::snapshot::{Snapshot, TableFile};
-use crate::table::{encode, remove, NewFile};
-use crate::{files, Error, Ledger};
+use crate::snapshot::{OffsetSpan, Snapshot, TableFile};
+use crate::table::{remove, writer_properties, NewFile};
+use crate::{files, Error, Ledger, ROW_GROUP_ROWS};
 
-/// What one partition's compaction did.
+/// At most this many rows of a date's files are merged into one: the merge holds them
+/// decoded in memory (a few hundred bytes a row) while it writes the sorted file one row group
+/// at a time. A month of 100M events is ~3.2M rows a day, one file; a larger day becomes
+/// several files.
+pub const COMPACT_ROWS: u64 = 4 * ROW_GROUP_ROWS as u64;
+
+/// What one merge did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compacted {
-    pub partition: i32,
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// The input partitions of its rows.
+    pub partitions: Vec<i32>,
     pub merged_files: usize,
     pub rows: usize,
     /// The merged file, relative to the table root.
@@ -57,6 +69,115 @@ const SORT: [&str; 6] = [
     "occurred_at",
 ];
 
+/// `files` (one date's) in groups of at most `limit` rows (a larger file alone), in path
+/// order; only groups of two or more files are worth merging. Pure.
+fn merge_groups(files: &[TableFile], limit: u64) -> Vec<Vec<&TableFile>> {
+    let mut groups: Vec<Vec<&TableFile>> = vec![];
+    let mut rows = 0;
+    for f in files {
+        match groups.last_mut() {
+            Some(g) if rows + f.rows <= limit => {
+                g.push(f);
+                rows += f.rows;
+            }
+            _ => {
+                groups.push(vec![f]);
+                rows = f.rows;
+            }
+        }
+    }
+    groups.retain(|g| g.len() >= 2);
+    groups
+}
+
+/// Widens `spans` (by partition) to the offsets of `batch`'s rows: a merged file's spans are
+/// those of its rows, not of the flushes they came in (tighter: fewer files straddle a close).
+fn add_row_spans(spans: &mut BTreeMap<i32, OffsetSpan>, batch: &RecordBatch) -> Option<()> {
+    let partitions = batch.column_by_name("kafka_partition")?;
+    let offsets = batch.column_by_name("kafka_offset")?;
+    let (partitions, offsets) = (
+        partitions.as_primitive_opt::<Int32Type>()?,
+        offsets.as_primitive_opt::<Int64Type>()?,
+    );
+    if partitions.null_count() + offsets.null_count() > 0 {
+        return None;
+    }
+    for (&partition, &o) in partitions.values().iter().zip(offsets.values()) {
+        spans
+            .entry(partition)
+            .and_modify(|s| {
+                s.first = s.first.min(o);
+                s.last = s.last.max(o);
+            })
+            .or_insert(OffsetSpan {
+                partition,
+                first: o,
+                last: o,
+            });
+    }
+    Some(())
+}
+
+/// `batches` as one Parquet file's bytes, rows in the ledger's order ([`SORT`]), in row
+/// groups of up to [`ROW_GROUP_ROWS`]. Only the sort keys are concatenated and sorted; each
+/// row group is then gathered from the batches, so the rows are held once (plus the row group
+/// being written), not three times (batches, their concatenation, its sorted copy).
+fn merge_sorted(batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
+    let schema = meterline_schemas::arrow_schema::usage_ledger_schema();
+    let column = |b: &RecordBatch, name: &str| -> Result<arrow::array::ArrayRef, Error> {
+        b.column_by_name(name).cloned().ok_or_else(|| {
+            Error::Arrow(arrow::error::ArrowError::SchemaError(format!(
+                "a ledger file without {name}"
+            )))
+        })
+    };
+    let columns: Vec<Vec<arrow::array::ArrayRef>> = schema
+        .fields()
+        .iter()
+        .map(|f| batches.iter().map(|b| column(b, f.name())).collect())
+        .collect::<Result<_, _>>()?;
+    let keys: Vec<SortColumn> = SORT
+        .iter()
+        .map(|name| {
+            let i = schema.index_of(name)?;
+            let parts: Vec<&dyn Array> = columns[i].iter().map(|a| a.as_ref()).collect();
+            Ok(SortColumn {
+                values: concat(&parts)?,
+                options: None,
+            })
+        })
+        .collect::<Result<_, Error>>()?;
+    let order = lexsort_to_indices(&keys, None)?;
+    drop(keys);
+    // row i of the whole is row i - starts[b] of batch b
+    let starts: Vec<usize> = batches
+        .iter()
+        .scan(0, |next, b| {
+            let start = *next;
+            *next += b.num_rows();
+            Some(start)
+        })
+        .collect();
+    let at = |i: u32| {
+        let i = i as usize;
+        let b = starts.partition_point(|s| *s <= i) - 1;
+        (b, i - starts[b])
+    };
+    let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties()))?;
+    for chunk in order.values().chunks(ROW_GROUP_ROWS) {
+        let rows: Vec<(usize, usize)> = chunk.iter().map(|i| at(*i)).collect();
+        let gathered = columns
+            .iter()
+            .map(|parts| {
+                let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                interleave(&parts, &rows)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        w.write(&RecordBatch::try_new(schema.clone(), gathered)?)?;
+    }
+    Ok(w.into_inner()?)
+}
+
 impl Ledger {
     fn read_batches(snapshot: &Snapshot, f: &TableFile) -> Result<Vec<RecordBatch>, Error> {
         let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt {
@@ -71,7 +192,8 @@ impl Ledger {
             .collect()
     }
 
-    /// Compacts `date`; partitions with fewer than two files that day are left alone.
+    /// Compacts `date`: its files, of every partition, merged into one (or, past
+    /// [`COMPACT_ROWS`], a few); a date of one file is left alone.
     /// `progress(files_read, files_to_merge)`: once before anything is read, then after each
     /// file read.
     pub fn compact_date(
@@ -81,48 +203,45 @@ impl Ledger {
     ) -> Result<Vec<Compacted>, Error> {
         let snapshot = self.snapshot()?;
         let day = date.format("%Y-%m-%d").to_string();
-        let mut by_partition: BTreeMap<i32, Vec<&TableFile>> = BTreeMap::new();
-        for f in snapshot.files.iter().filter(|f| f.date == day) {
-            by_partition.entry(f.partition).or_default().push(f);
-        }
-        by_partition.retain(|_, group| group.len() >= 2);
-        let to_merge: usize = by_partition.values().map(Vec::len).sum();
+        let of_day: Vec<TableFile> = snapshot
+            .files
+            .iter()
+            .filter(|f| f.date == day)
+            .cloned()
+            .collect();
+        let groups = merge_groups(&of_day, COMPACT_ROWS);
+        let to_merge: usize = groups.iter().map(Vec::len).sum();
         let mut read = 0;
         progress(0, to_merge);
         let mut out = vec![];
-        for (partition, group) in by_partition {
-            let mut batches = vec![];
+        for group in groups {
+            let (mut batches, mut spans) = (vec![], BTreeMap::new());
             for f in &group {
-                batches.extend(Self::read_batches(&snapshot, f)?);
+                for b in Self::read_batches(&snapshot, f)? {
+                    add_row_spans(&mut spans, &b).ok_or_else(|| Error::Corrupt {
+                        path: f.path.clone(),
+                        reason: "kafka_partition or kafka_offset missing, mistyped or null".into(),
+                    })?;
+                    batches.push(b);
+                }
                 read += 1;
                 progress(read, to_merge);
             }
-            let schema = meterline_schemas::arrow_schema::usage_ledger_schema();
-            let merged = concat_batches(&schema, &batches)?;
-            let columns: Vec<SortColumn> = SORT
-                .iter()
-                .map(|c| SortColumn {
-                    values: merged.column_by_name(c).expect("ledger column").clone(),
-                    options: None,
-                })
-                .collect();
-            let order = lexsort_to_indices(&columns, None)?;
-            let merged = take_record_batch(&merged, &order)?;
-            let first = group.iter().map(|f| f.first).min().unwrap_or_default();
-            let last = group.iter().map(|f| f.last).max().unwrap_or_default();
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let spans: Vec<OffsetSpan> = spans.into_values().collect();
+            if rows == 0 {
+                continue; // no ledger file is empty; nothing to merge if one were
+            }
             // 1. the merged file, outside the table
-            let rel = format!(
-                "{}/{}",
-                files::date_dir(date),
-                files::file_name(partition, first, last)
-            );
-            let bytes = self.handle.put(&rel, encode(&merged)?)?;
+            let rel = format!("{}/{}", files::date_dir(date), files::merged_file_name());
+            let bytes = self.handle.put(&rel, merge_sorted(&batches)?)?;
+            drop(batches);
             let new = NewFile {
                 rel: rel.clone(),
                 date: day.clone(),
                 bytes,
-                rows: merged.num_rows(),
-                offsets: (partition, first, last),
+                rows,
+                spans: spans.clone(),
             };
             // 2. swapped in for the originals in one commit, no data changed
             let mut actions = vec![new.add(false)];
@@ -131,13 +250,14 @@ impl Ledger {
                 actions,
                 DeltaOperation::Optimize {
                     predicate: None,
-                    target_size: crate::ROW_GROUP_ROWS as i64,
+                    target_size: COMPACT_ROWS as i64,
                 },
             )?;
             out.push(Compacted {
-                partition,
+                date: day.clone(),
+                partitions: spans.iter().map(|s| s.partition).collect(),
                 merged_files: group.len(),
-                rows: merged.num_rows(),
+                rows,
                 into: rel,
                 version,
             });
@@ -299,7 +419,14 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(day1.len(), 1);
-        assert_eq!((day1[0].first, day1[0].last), (0, 5));
+        assert_eq!(
+            day1[0].spans,
+            [OffsetSpan {
+                partition: 0,
+                first: 0,
+                last: 5
+            }]
+        );
         let mut only_day1 = after.clone();
         only_day1.files = day1.clone();
         assert_eq!(rows_of(&only_day1), [0, 1, 2, 4, 5]);
@@ -330,5 +457,134 @@ mod tests {
         let v = l.vacuum(Duration::ZERO, false).unwrap();
         assert_eq!(v.files.len(), 3, "{v:?}");
         assert_eq!(rows_of(&l.snapshot().unwrap()), [0, 1, 2, 3, 4, 5]);
+    }
+
+    fn file(path: &str, rows: u64) -> TableFile {
+        TableFile {
+            path: path.into(),
+            date: "2026-03-01".into(),
+            spans: vec![],
+            rows,
+            bytes: 1,
+            modified_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_day_is_merged_in_groups_of_at_most_the_row_limit() {
+        let files: Vec<TableFile> = [40, 50, 20, 150, 10, 5, 90]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| file(&format!("f{i}"), *b))
+            .collect();
+        let names = |groups: Vec<Vec<&TableFile>>| -> Vec<Vec<String>> {
+            groups
+                .into_iter()
+                .map(|g| g.iter().map(|f| f.path.clone()).collect())
+                .collect()
+        };
+        // 40+50 (+20 > 100), 20 alone before the 150 (alone, over the limit), 10+5+90 > 100
+        assert_eq!(
+            names(merge_groups(&files, 100)),
+            [vec!["f0", "f1"], vec!["f4", "f5"]]
+        );
+        assert_eq!(
+            names(merge_groups(&files, u64::MAX)),
+            [vec!["f0", "f1", "f2", "f3", "f4", "f5", "f6"]]
+        );
+        assert!(merge_groups(&files[..1], 100).is_empty(), "one file stays");
+    }
+
+    /// One file per day whatever the partition count: its spans (one per partition) are in its
+    /// `add` action's tag, read back by a new process, also from a checkpoint.
+    #[test]
+    fn compaction_merges_every_partition_of_a_day_and_its_spans_survive_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&LedgerConfig::default(), dir.path()).unwrap();
+        for p in 0..3 {
+            let base = 100 * p as i64;
+            let day1 = |o: i64| row(p, base + o, 1, "0.25", "USD");
+            let day2 = row(p, base, 2, "1", "USD");
+            l.write_flush(p, None, base, base + 2, &[day2, day1(1), day1(2)])
+                .unwrap();
+            // offsets 3..=12 in the flush, 5 and 9 on day 1
+            l.write_flush(p, Some(base + 2), base + 3, base + 12, &[day1(5), day1(9)])
+                .unwrap();
+        }
+        let before = l.snapshot().unwrap();
+        assert_eq!(before.files.len(), 9);
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let done = l.compact_date(date, |_, _| {}).unwrap();
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(
+            (
+                done[0].partitions.clone(),
+                done[0].merged_files,
+                done[0].rows
+            ),
+            (vec![0, 1, 2], 6, 12)
+        );
+        assert!(
+            done[0].into.starts_with("date=2026-03-01/merged-"),
+            "{}",
+            done[0].into
+        );
+        let spans: Vec<OffsetSpan> = (0..3)
+            .map(|p| OffsetSpan {
+                partition: p,
+                first: 100 * p as i64 + 1,
+                last: 100 * p as i64 + 9,
+            })
+            .collect();
+        let after = l.snapshot().unwrap();
+        let day1: Vec<&TableFile> = after
+            .files
+            .iter()
+            .filter(|f| f.date == "2026-03-01")
+            .collect();
+        assert_eq!(day1.len(), 1);
+        assert_eq!(day1[0].spans, spans);
+        assert_eq!(after.ends, before.ends, "a compaction moves no partition");
+        let want = rows_of(&before);
+        assert_eq!(want.len(), 15);
+        assert_eq!(rows_of(&after), want, "each row once");
+        // in the add action's tag: the spans of the day's rows (1..=9), not of the flushes they
+        // came in (0..=12)
+        let log = std::fs::read_to_string(
+            dir.path()
+                .join(format!("usage/_delta_log/{:020}.json", done[0].version)),
+        )
+        .unwrap();
+        assert!(
+            log.contains(r#""meterline.offsets":"0:1-9,1:101-109,2:201-209""#),
+            "{log}"
+        );
+        // a hundred versions on: a checkpoint; a new process reads the spans from it
+        for o in 0..100 {
+            l.write_flush(7, (o > 0).then_some(o - 1), o, o, &[])
+                .unwrap();
+        }
+        drop(l); // waits for the checkpoint it started
+        assert!(dir
+            .path()
+            .join("usage/_delta_log/00000000000000000099.checkpoint.parquet")
+            .exists());
+        let log_dir = dir.path().join("usage/_delta_log");
+        for e in std::fs::read_dir(&log_dir).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let v: Option<u64> = name.strip_suffix(".json").and_then(|v| v.parse().ok());
+            if v.is_some_and(|v| v <= 99) {
+                std::fs::remove_file(log_dir.join(name)).unwrap();
+            }
+        }
+        let again = Ledger::open(&LedgerConfig::default(), dir.path()).unwrap();
+        let reopened = again.snapshot().unwrap();
+        let merged: Vec<&TableFile> = reopened
+            .files
+            .iter()
+            .filter(|f| f.date == "2026-03-01")
+            .collect();
+        assert_eq!(merged[0].spans, spans, "from the checkpoint");
+        assert_eq!(rows_of(&reopened), want);
     }
 }

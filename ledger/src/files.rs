@@ -1,12 +1,24 @@
-//! Names of the ledger's data files: `date=YYYY-MM-DD/part-<p>-<first>-<last>-<id>.parquet`.
+//! Names of the ledger's data files, and the input offsets each holds.
 //!
-//! A file holds rows of one input partition `p`, offsets within `first..=last`, of one event
-//! date. The name says so for readers that want to skip a file (a close's cut, a rollup); it
-//! is not the record of progress — the Delta log is: a file the log does not list is not
-//! part of the table, whatever its name. `<id>` is random, so a flush written again after a
-//! crash (or by another writer) never overwrites a file someone may have committed.
+//! - A flush's file, `date=YYYY-MM-DD/part-<p>-<first>-<last>-<id>.parquet`, holds rows of one
+//!   input partition `p`, offsets within `first..=last`, of one event date.
+//! - A compacted file, `date=YYYY-MM-DD/merged-<id>.parquet`, holds a date's rows of one or
+//!   more partitions (one sorted file per day up to `COMPACT_ROWS`, whatever the topic's
+//!   partition count). Its offset spans, one per partition, are in its `add` action's tag
+//!   [`OFFSETS_TAG`] (`<p>:<first>-<last>,…`, the offsets of its rows): a name cannot carry a
+//!   list as long as a topic's partitions. Every file's `add` carries the tag; a flush's file
+//!   is read by its name.
+//!
+//! Readers use the spans to skip a file (a close's cut, a rollup). They are not the record of
+//! progress — the Delta log's txn actions are: a file the log does not list is not part of
+//! the table, whatever its name. `<id>` is random, so a flush written again after a crash (or
+//! by another writer) never overwrites a file someone may have committed.
 
+use crate::snapshot::OffsetSpan;
 use crate::DATE_COLUMN;
+
+/// The `add` action tag holding a file's offset spans (read for compacted files).
+pub(crate) const OFFSETS_TAG: &str = "meterline.offsets";
 
 /// `part-<p>-<first>-<last>-<16 hex>.parquet`
 pub(crate) fn file_name(partition: i32, first: i64, last: i64) -> String {
@@ -25,6 +37,41 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(i32, i64, i64)> {
     let last = it.next()?.parse().ok()?;
     let id = it.next()?;
     (first <= last && !id.is_empty()).then_some((p, first, last))
+}
+
+/// A compacted file's name: `merged-<16 hex>.parquet`.
+pub(crate) fn merged_file_name() -> String {
+    format!("merged-{:016x}.parquet", rand::random::<u64>())
+}
+
+/// `spans` as [`OFFSETS_TAG`]'s value: `<p>:<first>-<last>` joined by commas.
+pub(crate) fn spans_tag(spans: &[OffsetSpan]) -> String {
+    spans
+        .iter()
+        .map(|s| format!("{}:{}-{}", s.partition, s.first, s.last))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The spans an [`OFFSETS_TAG`] value says, in partition order; `None` unless every item is
+/// `<p>:<first>-<last>` with `first <= last`, partitions distinct and at least one.
+pub(crate) fn parse_spans_tag(tag: &str) -> Option<Vec<OffsetSpan>> {
+    let mut spans = tag
+        .split(',')
+        .map(|item| {
+            let (p, range) = item.split_once(':')?;
+            let (first, last) = range.split_once('-')?;
+            let span = OffsetSpan {
+                partition: p.parse().ok()?,
+                first: first.parse().ok()?,
+                last: last.parse().ok()?,
+            };
+            (span.partition >= 0 && 0 <= span.first && span.first <= span.last).then_some(span)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    spans.sort();
+    let distinct = spans.windows(2).all(|w| w[0].partition != w[1].partition);
+    distinct.then_some(spans)
 }
 
 /// Whether two data files (paths relative to the table) hold the same flush: the same date
@@ -73,5 +120,42 @@ mod tests {
             date_dir(chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap()),
             "date=2026-03-01"
         );
+        let merged = merged_file_name();
+        assert_eq!(
+            parse_file_name(&merged),
+            None,
+            "spans of a merged file are in its tag"
+        );
+        assert_ne!(merged, merged_file_name());
+    }
+
+    #[test]
+    fn offset_spans_round_trip_through_the_tag_and_bad_tags_are_refused() {
+        let span = |partition, first, last| OffsetSpan {
+            partition,
+            first,
+            last,
+        };
+        let spans = vec![span(0, 0, 99), span(1, 5, 80), span(12, 7, 7)];
+        assert_eq!(spans_tag(&spans), "0:0-99,1:5-80,12:7-7");
+        assert_eq!(parse_spans_tag(&spans_tag(&spans)), Some(spans));
+        assert_eq!(
+            parse_spans_tag("1:5-80,0:0-99"),
+            Some(vec![span(0, 0, 99), span(1, 5, 80)]),
+            "read in partition order"
+        );
+        for bad in [
+            "",
+            "0:0-99,",
+            "0:99-0",
+            "0:0-99,0:100-200",
+            "x:0-1",
+            "0:0",
+            "0-1",
+            "-1:0-1",
+            "0:-2-1",
+        ] {
+            assert_eq!(parse_spans_tag(bad), None, "{bad:?}");
+        }
     }
 }

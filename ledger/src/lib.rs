@@ -12,8 +12,9 @@
 //! - `table`: [`Ledger`], the usage table: open, snapshots, resume points, fenced flushes;
 //! - `snapshot`: [`Snapshot`] and [`TableFile`], the table at one version as readers use it,
 //!   and the object store view that lists exactly its files (for DataFusion);
-//! - `compact`: optimize (a date's files of a partition merged into one sorted file) and vacuum;
-//! - `files`: names of the ledger's data files;
+//! - `compact`: optimize (a date's files, of every partition, merged into one sorted file) and
+//!   vacuum;
+//! - `files`: names of the ledger's data files and the offset spans they hold;
 //! - `rows`: priced events → Arrow batches in the ledger schema;
 //! - `totals`: rows per partition and exact cost sums per currency, as readers see them;
 //! - `append`: the sink's commits, without the table's file list (the writer's tip of the log);
@@ -40,7 +41,7 @@ pub use anomalies::{anomalies_schema, AnomalySnapshot, AnomalyTable};
 pub use compact::{Compacted, Vacuumed};
 pub use config::LedgerConfig;
 pub use rows::{sort as sort_rows, to_batch, Row};
-pub use snapshot::{listing_store, Listing, Snapshot, TableFile};
+pub use snapshot::{listing_store, Listing, OffsetSpan, Snapshot, TableFile};
 pub use table::{Flushed, Ledger, PAGE_ROWS, ROW_GROUP_ROWS};
 
 /// `appId` prefix of a priced partition's `txn` action; its `version` is the partition's last

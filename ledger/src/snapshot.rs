@@ -21,18 +21,28 @@ use crate::Error;
 /// One data file of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableFile {
-    /// Relative to the table root, as in the Delta log (`date=…/part-….parquet`).
+    /// Relative to the table root, as in the Delta log (`date=…/part-….parquet` for a
+    /// flush's file, `date=…/merged-….parquet` for a compacted one).
     pub path: String,
     /// `YYYY-MM-DD`, the file's `date` partition value.
     pub date: String,
-    /// The input partition of its rows, and their offset range (inclusive), from its name.
-    pub partition: i32,
-    pub first: i64,
-    pub last: i64,
+    /// Per input partition of its rows, their offset range, in partition order: one span for
+    /// a flush's file, one per partition for a compacted day (see `files`).
+    pub spans: Vec<OffsetSpan>,
+    /// Its rows (`numRecords` of its statistics).
+    pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
     /// When it was written (milliseconds since the epoch).
     pub modified_ms: i64,
+}
+
+/// Offsets `first..=last` (inclusive) of input partition `partition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OffsetSpan {
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
 }
 
 /// The table at one version.
@@ -364,9 +374,8 @@ mod tests {
         TableFile {
             path: path.into(),
             date: path[5..15].into(),
-            partition: 0,
-            first: 0,
-            last: 0,
+            spans: vec![],
+            rows: 1,
             bytes: 7,
             modified_ms: 0,
         }

@@ -32,13 +32,13 @@ use url::Url;
 
 use crate::append::{self, Attempt, CommitEntry, Tip};
 use crate::checkpointer::Checkpointer;
+use crate::files::{spans_tag, OFFSETS_TAG};
 use crate::handle::{cleans_up_log, commit, writes_checkpoint, TableDefinition, TableHandle};
-use crate::snapshot::{Snapshot, TableFile};
+use crate::snapshot::{OffsetSpan, Snapshot, TableFile};
 use crate::storage::run;
 use crate::{delta, files, rows, txn_app_id, Error, LedgerConfig, Row, DATE_COLUMN};
 
-/// Rows per Parquet row group: a compacted day of a partition is one row group up to a
-/// million rows. A scan pays per row group (a reader, dictionaries, statistics, a short last
+/// Rows per Parquet row group: a compacted day is one row group up to a million rows. A scan pays per row group (a reader, dictionaries, statistics, a short last
 /// batch), so few large ones scan fastest; pruning inside them is by pages ([`PAGE_ROWS`],
 /// page statistics and index), not by row groups.
 pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
@@ -135,20 +135,25 @@ pub(crate) struct NewFile {
     pub date: String,
     pub bytes: u64,
     pub rows: usize,
-    pub offsets: (i32, i64, i64),
+    /// The offsets of its rows, per partition (one span for a flush's file).
+    pub spans: Vec<OffsetSpan>,
 }
 
 impl NewFile {
     pub(crate) fn add(&self, data_change: bool) -> Action {
-        let (p, lo, hi) = self.offsets;
+        let min = |f: fn(&OffsetSpan) -> i64| self.spans.iter().map(f).min();
+        let max = |f: fn(&OffsetSpan) -> i64| self.spans.iter().map(f).max();
+        let partition = |s: &OffsetSpan| s.partition as i64;
         // per-file statistics, so an engine reading the log can skip files by partition and
         // offset (a close's cut) without opening them
         let stats = serde_json::json!({
             "numRecords": self.rows,
-            "minValues": {"kafka_partition": p, "kafka_offset": lo},
-            "maxValues": {"kafka_partition": p, "kafka_offset": hi},
+            "minValues": {"kafka_partition": min(partition), "kafka_offset": min(|s| s.first)},
+            "maxValues": {"kafka_partition": max(partition), "kafka_offset": max(|s| s.last)},
             "nullCount": {"kafka_partition": 0, "kafka_offset": 0},
         });
+        // the spans exactly (a compacted file's name cannot say them; a flush's says its one)
+        let tags = HashMap::from([(OFFSETS_TAG.to_string(), Some(spans_tag(&self.spans)))]);
         Action::Add(Add {
             partition_values: HashMap::from([(DATE_COLUMN.to_string(), Some(self.date.clone()))]),
             path: self.rel.clone(),
@@ -156,9 +161,43 @@ impl NewFile {
             modification_time: chrono::Utc::now().timestamp_millis(),
             data_change,
             stats: Some(stats.to_string()),
+            tags: Some(tags),
             ..Default::default()
         })
     }
+}
+
+/// The offset spans of a file the log lists: from its name (a flush's file), else from its
+/// [`files::OFFSETS_TAG`] (a compacted file).
+fn file_spans(
+    f: &deltalake::kernel::LogicalFileView,
+    path: &str,
+) -> Result<Vec<OffsetSpan>, Error> {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    if let Some((partition, first, last)) = files::parse_file_name(name) {
+        return Ok(vec![OffsetSpan {
+            partition,
+            first,
+            last,
+        }]);
+    }
+    // the tags are only on the add action (delta-rs deprecates building one from the log for
+    // writing it back, which this does not do)
+    #[allow(deprecated)]
+    let tags = f.add_action().tags.unwrap_or_default();
+    let tag = tags.get(OFFSETS_TAG).cloned().flatten();
+    tag.as_deref()
+        .and_then(files::parse_spans_tag)
+        .ok_or_else(|| Error::Corrupt {
+            path: path.to_string(),
+            reason: match tag {
+                None => {
+                    "not a ledger data file name and no offsets tag (written by another engine?)"
+                        .into()
+                }
+                Some(t) => format!("offsets tag {t:?} is not `<partition>:<first>-<last>,…`"),
+            },
+        })
 }
 
 pub(crate) fn remove(file: &TableFile, data_change: bool) -> Action {
@@ -228,12 +267,7 @@ impl Ledger {
         let mut files = vec![];
         for f in state.log_data().iter() {
             let path = f.path().to_string();
-            let name = path.rsplit('/').next().unwrap_or_default();
-            let (partition, first, last) =
-                files::parse_file_name(name).ok_or_else(|| Error::Corrupt {
-                    path: path.clone(),
-                    reason: "not a ledger data file name (written by another engine?)".into(),
-                })?;
+            let spans = file_spans(&f, &path)?;
             let date = f
                 .partition_values_map()
                 .get(DATE_COLUMN)
@@ -243,12 +277,15 @@ impl Ledger {
                     path: path.clone(),
                     reason: "no date partition value".into(),
                 })?;
+            let rows = f.num_records().ok_or_else(|| Error::Corrupt {
+                path: path.clone(),
+                reason: "no numRecords in its statistics".into(),
+            })? as u64;
             files.push(TableFile {
                 path,
                 date,
-                partition,
-                first,
-                last,
+                spans,
+                rows,
                 bytes: f.size().max(0) as u64,
                 modified_ms: f.modification_time(),
             });
@@ -260,8 +297,10 @@ impl Ledger {
                 Some((v, ends)) if v == version => ends,
                 _ => {
                     let mut ends = BTreeMap::new();
-                    let partitions: std::collections::BTreeSet<i32> =
-                        files.iter().map(|f| f.partition).collect();
+                    let partitions: std::collections::BTreeSet<i32> = files
+                        .iter()
+                        .flat_map(|f| f.spans.iter().map(|s| s.partition))
+                        .collect();
                     for p in partitions {
                         if let Some(last) = self.txn_of(t, p)? {
                             ends.insert(p, last + 1);
@@ -360,7 +399,11 @@ impl Ledger {
                 date: date.format("%Y-%m-%d").to_string(),
                 bytes,
                 rows: batch.num_rows(),
-                offsets: (partition, lo, hi),
+                spans: vec![OffsetSpan {
+                    partition,
+                    first: lo,
+                    last: hi,
+                }],
             });
         }
         // 2. one commit: the files and txn(partition) = last, if the partition is still where
@@ -645,6 +688,45 @@ mod tests {
             .sum()
     }
 
+    /// A merged file's spans come only from its tag: one without it, or with one that is not
+    /// `<p>:<first>-<last>,…`, makes the snapshot an error naming the file, never a file
+    /// of no offsets (which a close's cut would skip).
+    #[test]
+    fn a_merged_file_without_a_readable_offsets_tag_is_an_error() {
+        for tag in [None, Some("0:9-1"), Some("")] {
+            let dir = tempfile::tempdir().unwrap();
+            let l = ledger(dir.path());
+            let f = NewFile {
+                rel: format!("date=2026-03-01/{}", files::merged_file_name()),
+                date: "2026-03-01".into(),
+                bytes: 1,
+                rows: 1,
+                spans: vec![OffsetSpan {
+                    partition: 0,
+                    first: 0,
+                    last: 0,
+                }],
+            };
+            let Action::Add(mut add) = f.add(true) else {
+                unreachable!()
+            };
+            add.tags = tag.map(|t| HashMap::from([(OFFSETS_TAG.to_string(), Some(t.into()))]));
+            let op = DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: Some(vec![DATE_COLUMN.to_string()]),
+                predicate: None,
+            };
+            l.commit_actions(vec![Action::Add(add)], op).unwrap();
+            match l.snapshot() {
+                Err(Error::Corrupt { path, reason }) => {
+                    assert_eq!(path, f.rel);
+                    assert!(reason.contains("offsets tag"), "{tag:?}: {reason}");
+                }
+                other => panic!("{tag:?}: {other:?}"),
+            }
+        }
+    }
+
     /// Every 100th version is checkpointed, so a process opening the table reads one
     /// checkpoint and at most 99 JSON commits; a new handle resumes from it exactly.
     #[test]
@@ -774,7 +856,11 @@ mod tests {
                 date: "2026-03-01".into(),
                 bytes: 0,
                 rows: 0,
-                offsets: (5, 0, 1),
+                spans: vec![OffsetSpan {
+                    partition: 5,
+                    first: 0,
+                    last: 1,
+                }],
             })
             .collect();
         let other = ledger(dir.path());

@@ -149,8 +149,8 @@ fn write_ledger(data: &std::path::Path, events: usize) -> anyhow::Result<f64> {
     }
     progress.finish("");
     let rate = events as f64 / t.elapsed().as_secs_f64();
-    // what the aggregate stage leaves after `meterline compact`: one sorted file per partition
-    // and day, one large row group
+    // what the aggregate stage leaves after `meterline compact`: one sorted file per day, of
+    // every partition, in large row groups
     let t = Instant::now();
     let (mut merged, mut into) = (0, 0);
     let first = start.date_naive();
@@ -401,11 +401,12 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
         _ => {}
     }
     let bytes: u64 = walk_bytes(&data.join("usage"))?;
-    let (files, row_groups) = layout(&data.join("usage"))?;
+    let (files, row_groups, footers) = layout(&data.join("usage"))?;
     println!(
-        "ledger: {:.1} MiB ({:.1} B/row), {files} files, {row_groups} row groups",
+        "ledger: {:.1} MiB ({:.1} B/row), {files} files, {row_groups} row groups, footers with page indexes {:.1} MiB in memory (the API caches 50 MiB)",
         bytes as f64 / 1048576.0,
-        bytes as f64 / events as f64
+        bytes as f64 / events as f64,
+        footers as f64 / 1048576.0
     );
 
     // raw DataFusion
@@ -616,9 +617,11 @@ async fn serve(
 }
 
 /// Parquet files under `usage` (the ledger's, not its Delta log) and their row groups.
-fn layout(usage: &std::path::Path) -> anyhow::Result<(usize, usize)> {
-    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
-    let (mut files, mut groups) = (0, 0);
+/// Files, row groups, and the memory their footers take with page indexes (what the API's
+/// footer cache holds of them: `ParquetMetaData::memory_size`).
+fn layout(usage: &std::path::Path) -> anyhow::Result<(usize, usize, usize)> {
+    use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+    let (mut files, mut groups, mut footers) = (0, 0, 0);
     for d in std::fs::read_dir(usage)? {
         let d = d?;
         if !d.file_name().to_string_lossy().starts_with("date=") {
@@ -628,13 +631,15 @@ fn layout(usage: &std::path::Path) -> anyhow::Result<(usize, usize)> {
             let p = f?.path();
             if p.extension().is_some_and(|e| e == "parquet") {
                 files += 1;
-                groups += SerializedFileReader::new(std::fs::File::open(&p)?)?
-                    .metadata()
-                    .num_row_groups();
+                let meta = ParquetMetaDataReader::new()
+                    .with_page_index_policy(PageIndexPolicy::Optional)
+                    .parse_and_finish(&std::fs::File::open(&p)?)?;
+                groups += meta.num_row_groups();
+                footers += meta.memory_size();
             }
         }
     }
-    Ok((files, groups))
+    Ok((files, groups, footers))
 }
 
 fn walk_bytes(p: &std::path::Path) -> anyhow::Result<u64> {

@@ -309,9 +309,12 @@ mod tests {
         let file = |name: &str| TableFile {
             path: format!("date=2026-03-01/{name}"),
             date: "2026-03-01".into(),
-            partition: 0,
-            first: 0,
-            last: 9,
+            spans: vec![meterline_ledger::OffsetSpan {
+                partition: 0,
+                first: 0,
+                last: 9,
+            }],
+            rows: 1,
             bytes: 11,
             modified_ms: 0,
         };

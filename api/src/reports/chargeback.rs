@@ -113,23 +113,28 @@ pub async fn compute(
     };
     let mut sums: BTreeMap<(Category, String, [u32; 5]), Sums> = BTreeMap::new();
     for category in [Category::Usage, Category::Adjustment] {
-        let wanted: Box<dyn Fn(&LedgerFile) -> Option<OffsetRange> + Send + Sync> =
+        // which files by date, and which offsets of each partition
+        type Range<'r> = Box<dyn Fn(i32) -> OffsetRange + Send + Sync + 'r>;
+        let (in_period, range): (fn(&str, &str, &str) -> bool, Range) =
             match (category, &cut.adjustments_after) {
-                (Category::Usage, _) => Box::new(|f: &LedgerFile| {
-                    (f.date.as_str() >= from && f.date.as_str() < to).then_some(OffsetRange {
+                (Category::Usage, _) => (
+                    |d, from, to| d >= from && d < to,
+                    Box::new(|p| OffsetRange {
                         lo: None,
-                        hi: upto(f.partition),
-                    })
-                }),
-                (Category::Adjustment, Some(after)) => Box::new(move |f: &LedgerFile| {
-                    (f.date.as_str() < from).then_some(OffsetRange {
-                        lo: after.0.get(&f.partition).copied(),
-                        hi: upto(f.partition),
-                    })
-                }),
+                        hi: upto(p),
+                    }),
+                ),
+                (Category::Adjustment, Some(after)) => (
+                    |d, from, _| d < from,
+                    Box::new(move |p| OffsetRange {
+                        lo: after.0.get(&p).copied(),
+                        hi: upto(p),
+                    }),
+                ),
                 (Category::Adjustment, None) => continue,
             };
-        let by_month = rollups.sum_by(ledger, wanted, month_key).await?;
+        let wanted = |f: &LedgerFile| in_period(&f.date, from, to);
+        let by_month = rollups.sum_by(ledger, wanted, range, month_key).await?;
         for ((month, ids), s) in by_month {
             sums.entry((category, String::from_utf8_lossy(&month).into_owned(), ids))
                 .or_default()
