@@ -59,7 +59,7 @@ pub use error::Error;
 pub use access::ROUTES;
 // the state handlers share (`Shared`'s fields), e.g. for a fuzz target that builds it directly
 pub use budgets::{BudgetCache, BudgetSnapshot};
-pub use ledger_view::{FileCaches, LedgerState, LedgerView, Watermark};
+pub use ledger_view::{FileCaches, LedgerState, LedgerView, Watermark, FOOTER_CACHE_BYTES};
 pub use queries::QueryRuntime;
 pub use rollup::Rollups;
 // queries: a scoped session and a query answered as `POST /v1/sql` answers it (fuzzing)

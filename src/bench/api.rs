@@ -403,10 +403,11 @@ pub(super) async fn run(events: usize, keep: Option<std::path::PathBuf>) -> anyh
     let bytes: u64 = walk_bytes(&data.join("usage"))?;
     let (files, row_groups, footers) = layout(&data.join("usage"))?;
     println!(
-        "ledger: {:.1} MiB ({:.1} B/row), {files} files, {row_groups} row groups, footers with page indexes {:.1} MiB in memory (the API caches 50 MiB)",
+        "ledger: {:.1} MiB ({:.1} B/row), {files} files, {row_groups} row groups, footers with page indexes {:.1} MiB in memory (the API caches {} MiB)",
         bytes as f64 / 1048576.0,
         bytes as f64 / events as f64,
-        footers as f64 / 1048576.0
+        footers as f64 / 1048576.0,
+        meterline_api::FOOTER_CACHE_BYTES >> 20
     );
 
     // raw DataFusion
