@@ -46,7 +46,7 @@ pub fn dimension(name: &str) -> usize {
         .expect("a rollup dimension")
 }
 
-const MEASURES: [&str; 9] = [
+const MEASURES: [&str; 7] = [
     "input_tokens",
     "cache_read_tokens",
     "cache_write_5m_tokens",
@@ -54,9 +54,10 @@ const MEASURES: [&str; 9] = [
     "output_tokens",
     "reasoning_tokens",
     "cost_total",
-    "kafka_partition",
-    "kafka_offset",
 ];
+
+/// Where a row came from: read only for a file a report wants part of.
+const POSITION: [&str; 2] = ["kafka_partition", "kafka_offset"];
 
 /// What a group of rows adds up to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -323,7 +324,8 @@ impl Rollups {
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| at(Error::Parquet(e)))?;
         let schema = builder.schema().clone();
         let mut roots = vec![];
-        for name in DIMENSIONS.iter().chain(MEASURES.iter()) {
+        let position = ranges.as_ref().map_or(&[][..], |_| &POSITION[..]);
+        for name in DIMENSIONS.iter().chain(&MEASURES).chain(position) {
             roots.push(schema.index_of(name).map_err(|e| at(Error::Arrow(e)))?);
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
@@ -358,16 +360,18 @@ impl Rollups {
         let int = |name: &str| -> Result<ArrayRef, Error> {
             cast(&column(b, name)?, &DataType::Int64).map_err(Error::query)
         };
-        let (inp, cr, cw5, cw1, out, rs, part, off) = (
+        let (inp, cr, cw5, cw1, out, rs) = (
             int("input_tokens")?,
             int("cache_read_tokens")?,
             int("cache_write_5m_tokens")?,
             int("cache_write_1h_tokens")?,
             int("output_tokens")?,
             int("reasoning_tokens")?,
-            int("kafka_partition")?,
-            int("kafka_offset")?,
         );
+        let position = match ranges {
+            Some(ranges) => Some((ranges, int(POSITION[0])?, int(POSITION[1])?)),
+            None => None,
+        };
         let v = |a: &ArrayRef, i: usize| {
             let a = a.as_primitive::<Int64Type>();
             if a.is_null(i) {
@@ -381,8 +385,8 @@ impl Rollups {
             .as_primitive_opt::<Decimal128Type>()
             .ok_or_else(|| Error::Query("cost_total is not a decimal".into()))?;
         for i in 0..b.num_rows() {
-            if let Some(ranges) = ranges {
-                let p = v(&part, i);
+            if let Some((ranges, part, off)) = &position {
+                let p = v(part, i);
                 let range = ranges
                     .iter()
                     .find(|(q, _)| i64::from(*q) == p)
@@ -390,7 +394,7 @@ impl Rollups {
                     .ok_or_else(|| {
                         Error::Query(format!("a row of partition {p} outside the file's spans"))
                     })?;
-                if !range.contains(v(&off, i)) {
+                if !range.contains(v(off, i)) {
                     continue;
                 }
             }
