@@ -319,3 +319,32 @@ fn no_crate_has_a_module_cycle() {
     cycles.dedup();
     assert!(cycles.is_empty(), "module cycles:\n{}", cycles.join("\n"));
 }
+
+/// Every HTTP server accepts through `telemetry::IdleTimeoutListener`: it closes silent
+/// clients and sets `TCP_NODELAY` (without it a kept-alive client waited up to 40 ms for the
+/// end of every streamed answer). Checked on each `axum::serve(x, …)` of the sources outside
+/// their test modules: `x` is bound from `IdleTimeoutListener::new(`.
+#[test]
+fn every_server_accepts_through_the_one_listener() {
+    let mut raw = vec![];
+    let mut servers = 0;
+    for dir in source_dirs() {
+        for (path, text) in rust_files(&dir) {
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (at, _) in code.match_indices("axum::serve(") {
+                servers += 1;
+                let arg: String = code[at + "axum::serve(".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let bound = format!("let {arg} = meterline_runtime::telemetry::IdleTimeoutListener::new(");
+                let bound_here = format!("let {arg} = IdleTimeoutListener::new(");
+                if arg.is_empty() || !(code.contains(&bound) || code.contains(&bound_here)) {
+                    raw.push(format!("{}: axum::serve({arg}…)", path.display()));
+                }
+            }
+        }
+    }
+    assert!(servers >= 3, "API, ingest and /metrics serve HTTP: found {servers}");
+    assert!(raw.is_empty(), "served without IdleTimeoutListener:\n{}", raw.join("\n"));
+}

@@ -8,6 +8,20 @@ mod common;
 
 use common::*;
 
+/// The physical plan of an `EXPLAIN` answer.
+fn physical_plan(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["plan_type"] == "physical_plan")
+        .unwrap_or_else(|| panic!("no physical plan: {body}"))["plan"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test]
 async fn plans_show_no_statistics_paths_or_file_names() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,16 +77,7 @@ async fn the_callers_predicates_sit_above_the_scope_in_the_physical_plan() {
              AND date = '2026-11-20'";
     let (status, body) = sql(&base, LEAD, q).await;
     assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let physical = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["plan_type"] == "physical_plan")
-        .expect("a physical plan")["plan"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let physical = physical_plan(&body);
     let lines: Vec<&str> = physical.lines().collect();
     let scope = lines
         .iter()
@@ -91,6 +96,41 @@ async fn the_callers_predicates_sit_above_the_scope_in_the_physical_plan() {
         "nothing of the caller's filter at or below the scope: {physical}"
     );
     assert_eq!(scope, lines.len() - 1, "the scope is a leaf: {physical}");
+}
+
+/// A lead's comparisons of `date` with text only pick whole days below the scope (the listing
+/// table applies them exactly): no filter re-compares every row's date above it, and the
+/// days chosen are the right ones.
+#[tokio::test]
+async fn date_literals_select_days_below_the_scope_and_are_not_compared_again() {
+    let dir = tempfile::tempdir().unwrap();
+    write_ledger(dir.path(), true);
+    let base = serve(dir.path(), |_| {}).await;
+    let (status, body) = sql(
+        &base,
+        LEAD,
+        "EXPLAIN SELECT model FROM usage WHERE date >= '2026-11-20' AND date < '2026-11-21'",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let physical = physical_plan(&body);
+    assert!(physical.contains("ScopeExec"), "{physical}");
+    assert!(!physical.contains("FilterExec"), "date compared per row: {physical}");
+    // the days chosen: the lead's three rows are all on the 20th; other teams' on 20, 21, 23
+    for (filter, rows) in [
+        ("date >= '2026-11-20' AND date < '2026-11-21'", 3),
+        ("date = '2026-11-20'", 3),
+        ("date BETWEEN '2026-11-01' AND '2026-11-30'", 3),
+        ("date > '2026-11-20'", 0),
+        ("date IN ('2026-11-21', '2026-11-23')", 0),
+        ("date < '2026-11-20' OR date >= '2026-11-21'", 0),
+    ] {
+        let q = format!("SELECT count(*) AS n FROM usage WHERE {filter}");
+        let (status, body) = sql(&base, LEAD, &q).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["rows"][0]["n"], rows, "{q}: {body}");
+    }
 }
 
 #[tokio::test]
