@@ -23,7 +23,7 @@ use std::sync::Arc;
 use arrow_select::dictionary::garbage_collect_any_dictionary;
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions,
+    new_null_array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions,
 };
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -360,14 +360,7 @@ impl ScopeExec {
             .predicate
             .evaluate(&batch)?
             .into_array(batch.num_rows())?;
-        let keep = keep.as_boolean();
-        // the predicate was pushed into the scan below, so most batches pass whole: not
-        // copied again
-        let kept = if keep.null_count() == 0 && keep.true_count() == batch.num_rows() {
-            batch
-        } else {
-            filter_record_batch(&batch, keep)?
-        };
+        let kept = filter_record_batch(&batch, keep.as_boolean())?;
         if kept.num_rows() == 0 {
             return Ok(None);
         }
@@ -480,7 +473,7 @@ impl ExecutionPlan for ScopeExec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{DictionaryArray, Int32Array, StringArray};
+    use datafusion::arrow::array::{Array, DictionaryArray, Int32Array, StringArray};
     use datafusion::prelude::SessionContext;
 
     /// The predicate for `allowed` on a `team` column of type `t` (as shown), and which rows

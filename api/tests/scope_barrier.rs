@@ -115,7 +115,10 @@ async fn date_literals_select_days_below_the_scope_and_are_not_compared_again() 
     assert_eq!(status, 200, "{body}");
     let physical = physical_plan(&body);
     assert!(physical.contains("ScopeExec"), "{physical}");
-    assert!(!physical.contains("FilterExec"), "date compared per row: {physical}");
+    assert!(
+        !physical.contains("FilterExec"),
+        "date compared per row: {physical}"
+    );
     // the days chosen: the lead's three rows are all on the 20th; other teams' on 20, 21, 23
     for (filter, rows) in [
         ("date >= '2026-11-20' AND date < '2026-11-21'", 3),

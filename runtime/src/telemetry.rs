@@ -457,7 +457,10 @@ mod tests {
             "a streamed answer's last write would wait for a delayed ACK"
         );
         let plain = client.await.unwrap().unwrap();
-        assert!(!plain.nodelay().unwrap(), "the check can fail: off by default");
+        assert!(
+            !plain.nodelay().unwrap(),
+            "the check can fail: off by default"
+        );
     }
 
     #[tokio::test]
