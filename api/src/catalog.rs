@@ -120,10 +120,9 @@ pub enum TextColumns {
     Dictionaries,
     /// Decoded straight into string views ([`StringViewsTable`]): for the reports' own SQL,
     /// which groups by text and would otherwise cast every row's dictionary value to a view.
-    /// Not (yet) for `/v1/sql`: with views, a team lead's answers that SQL leaves to the
-    /// engine — which of tied rows a `LIMIT` keeps, which failing row an error names — varied
-    /// with thread timing in the scope property test (`api/tests/scope_property.rs`), where
-    /// with dictionaries they do not.
+    /// Not for finance's `/v1/sql`, which shows the files' own types; a team lead's private
+    /// table shows its text as views whichever is chosen here (its `ScopeExec` turns each
+    /// dictionary value into a view once, see `scope::dictionary_as_views`).
     Views,
 }
 

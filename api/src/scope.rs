@@ -13,6 +13,8 @@
 //! - statistics are unknown (row counts, min/max of other teams' values never reach a plan);
 //! - plans show `ScopeExec` and what it keeps, never the files or paths below it;
 //! - errors of the scan below are replaced by a generic message (the log has the original);
+//! - text the table holds as dictionaries reads as string views, of the values its rows
+//!   reference only;
 //! - provenance columns (`kafka_partition`, `kafka_offset`) read as NULL: offsets are
 //!   consecutive over every team's rows, so the gaps between a lead's own offsets would
 //!   count the other teams' events.
@@ -25,7 +27,8 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{
     new_null_array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions,
 };
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::array::{Array, StringViewBuilder};
+use datafusion::arrow::compute::{filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
@@ -122,7 +125,10 @@ impl FilteredTable {
             .fields()
             .iter()
             .map(|f| {
-                let f = f.as_ref().clone();
+                let mut f = f.as_ref().clone();
+                if is_text_dictionary(f.data_type()) {
+                    f = f.with_data_type(DataType::Utf8View);
+                }
                 if hidden.contains(f.name()) {
                     f.with_nullable(true)
                 } else {
@@ -154,6 +160,12 @@ impl FilteredTable {
         };
         FilteredTable::private(inner, predicate, label, hidden)
     }
+}
+
+/// A dictionary of text (`Dictionary(_, Utf8)`): shown to a private table's caller as string
+/// views (see [`dictionary_as_views`]).
+fn is_text_dictionary(t: &DataType) -> bool {
+    matches!(t, DataType::Dictionary(k, v) if k.is_dictionary_key_type() && **v == DataType::Utf8)
 }
 
 /// A text literal that is never NULL.
@@ -278,7 +290,12 @@ impl TableProvider for FilteredTable {
             outputs.push(if hidden(i) {
                 Output::Null(field.data_type().clone())
             } else {
-                Output::Column(scanned.index_of(field.name())?)
+                let at = scanned.index_of(field.name())?;
+                if is_text_dictionary(scanned.field(at).data_type()) {
+                    Output::DictionaryAsViews(at)
+                } else {
+                    Output::Column(at)
+                }
             });
             fields.push(field);
         }
@@ -314,6 +331,8 @@ fn push_into_scan(
 #[derive(Debug, Clone)]
 enum Output {
     Column(usize),
+    /// A dictionary of text, as string views.
+    DictionaryAsViews(usize),
     Null(DataType),
 }
 
@@ -369,6 +388,7 @@ impl ScopeExec {
             .iter()
             .map(|o| match o {
                 Output::Column(i) => compact(kept.column(*i)),
+                Output::DictionaryAsViews(i) => dictionary_as_views(kept.column(*i)),
                 Output::Null(t) => Ok(new_null_array(t, kept.num_rows())),
             })
             .collect::<Result<_>>()?;
@@ -391,6 +411,41 @@ fn compact(a: &ArrayRef) -> Result<ArrayRef> {
         DataType::BinaryView => Arc::new(a.as_binary_view().gc()),
         _ => a.clone(),
     })
+}
+
+/// A dictionary of text as string views holding only the values its rows reference (see
+/// [`compact`]). Why views: a caller's query groups and compares text (`CAST(team AS VARCHAR)`
+/// in every chargeback), and a view of each row is what DataFusion's vectorized GROUP BY
+/// works on; cast from the dictionary above the scope, each row's view is built from its
+/// value's bytes again (a tenth of a lead's chargeback by `perf`). Here each *value* becomes
+/// a view once, and each row copies its value's 16-byte view by its key.
+fn dictionary_as_views(a: &ArrayRef) -> Result<ArrayRef> {
+    let d = a.as_any_dictionary();
+    // 1. which values the rows reference; the others become "" (keys keep their meaning,
+    //    and no other team's value is in the views' buffers)
+    let keys = d.normalized_keys();
+    let mut used = vec![false; d.values().len()];
+    match d.keys().logical_nulls() {
+        Some(nulls) => keys
+            .iter()
+            .zip(nulls.iter())
+            .filter(|(_, valid)| *valid)
+            .for_each(|(k, _)| used[*k] = true),
+        None => keys.iter().for_each(|k| used[*k] = true),
+    }
+    let values = d.values().as_string::<i32>();
+    let mut views = StringViewBuilder::with_capacity(values.len());
+    for (i, used) in used.into_iter().enumerate() {
+        if !used {
+            views.append_value("");
+        } else if values.is_valid(i) {
+            views.append_value(values.value(i));
+        } else {
+            views.append_null();
+        }
+    }
+    // 2. each row's view by its key (NULL keys give NULL)
+    Ok(take(&views.finish(), d.keys(), None)?)
 }
 
 impl DisplayAs for ScopeExec {
@@ -512,5 +567,43 @@ mod tests {
         assert_eq!(kept(&DataType::Utf8, text, &["a", "c"]).1, rows);
         // no teams: no rows
         assert_eq!(kept(&dict, column, &[]).1, [false; 5]);
+    }
+
+    #[test]
+    fn a_dictionary_becomes_views_of_only_the_values_its_rows_reference() {
+        let keys = Int32Array::from(vec![Some(2), None, Some(0), Some(2), Some(3)]);
+        let values = StringArray::from(vec![
+            Some("team-search-with-a-long-name"),
+            Some("other-teams-long-secret-name"),
+            Some("gpt-4o"),
+            None,
+        ]);
+        let dict: ArrayRef = Arc::new(DictionaryArray::try_new(keys, Arc::new(values)).unwrap());
+        let views = dictionary_as_views(&dict).unwrap();
+        let views = views.as_string_view();
+        let got: Vec<Option<&str>> = views.iter().collect();
+        assert_eq!(
+            got,
+            [
+                Some("gpt-4o"),
+                None,
+                Some("team-search-with-a-long-name"),
+                Some("gpt-4o"),
+                None
+            ]
+        );
+        // the unreferenced value is in no buffer (a long value is stored out of line)
+        let bytes: Vec<u8> = views
+            .data_buffers()
+            .iter()
+            .flat_map(|b| b.to_vec())
+            .collect();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("team-search-with-a-long-name"), "{text}");
+        assert!(!text.contains("other-teams"), "{text}");
+        // the rows of the dictionary decoded as text (a key of a NULL value is NULL; arrow's
+        // cast to views straight from a dictionary answers "" there)
+        let text = datafusion::arrow::compute::cast(&dict, &DataType::Utf8).unwrap();
+        assert_eq!(text.as_string::<i32>().iter().collect::<Vec<_>>(), got);
     }
 }
