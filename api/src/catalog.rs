@@ -113,24 +113,35 @@ fn listing(
     ))
 }
 
-/// How a session's `usage` table hands out the ledger's text columns.
+/// How the ledger's text columns reach a session's `usage` table. Every principal's query
+/// sees text as string views (`Utf8View`), which is what DataFusion's vectorized GROUP BY
+/// and comparisons work on; from dictionaries, `CAST(… AS VARCHAR)` would build a view for
+/// every row again (a quarter of a chargeback's CPU, by `perf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TextColumns {
-    /// As the files declare them, `Dictionary(Int32, Utf8)`: what `POST /v1/sql` shows.
+enum TextColumns {
+    /// As the files declare them, `Dictionary(Int32, Utf8)`: below a team lead's scope, which
+    /// compares `team` in the dictionary (the few values, not every row) and then turns each
+    /// dictionary value it keeps into a view once (`scope::dictionary_as_views`).
     Dictionaries,
-    /// Decoded straight into string views ([`StringViewsTable`]): for the reports' own SQL,
-    /// which groups by text and would otherwise cast every row's dictionary value to a view.
-    /// Not for finance's `/v1/sql`, which shows the files' own types; a team lead's private
-    /// table shows its text as views whichever is chosen here (its `ScopeExec` turns each
-    /// dictionary value into a view once, see `scope::dictionary_as_views`).
+    /// Decoded straight into string views ([`StringViewsTable`]): for every row (finance,
+    /// admin, viewer, the reports' own SQL).
     Views,
+}
+
+impl TextColumns {
+    fn for_scope(scope: &Scope) -> TextColumns {
+        match scope {
+            Scope::All => TextColumns::Views,
+            Scope::Teams(_) => TextColumns::Dictionaries,
+        }
+    }
 }
 
 /// The ledger table at the version of `ledger`, read with `parquet`'s options. Its files are
 /// listed by the snapshot's store (registered in the session's runtime for the table's
 /// store, see [`session`]), so the table is exactly that version: no file of a flush not yet
 /// committed, none a compaction replaced.
-pub fn ledger_table(
+fn ledger_table(
     ledger: &LedgerState,
     parquet: &TableParquetOptions,
     text: TextColumns,
@@ -150,13 +161,13 @@ pub fn ledger_table(
     })
 }
 
-/// A session for the reports' own SQL (chargeback lines): every row, text as string views.
+/// A session for the reports' own SQL (chargeback lines): every row.
 pub async fn report_session(
     cfg: &ApiConfig,
     ledger: &LedgerState,
 ) -> Result<SessionContext, Error> {
     let budgets = RecordBatch::new_empty(crate::budgets::schema());
-    session_with(cfg, &Scope::All, ledger, budgets, TextColumns::Views).await
+    session(cfg, &Scope::All, ledger, budgets).await
 }
 
 /// A fresh session for one query under `scope`, with its memory limit.
@@ -165,16 +176,6 @@ pub async fn session(
     scope: &Scope,
     ledger: &LedgerState,
     budgets: RecordBatch,
-) -> Result<SessionContext, Error> {
-    session_with(cfg, scope, ledger, budgets, TextColumns::Dictionaries).await
-}
-
-async fn session_with(
-    cfg: &ApiConfig,
-    scope: &Scope,
-    ledger: &LedgerState,
-    budgets: RecordBatch,
-    text: TextColumns,
 ) -> Result<SessionContext, Error> {
     // No spilling: a query past its memory limit fails (422) instead of filling the disk.
     let runtime = RuntimeEnvBuilder::new()
@@ -214,7 +215,7 @@ async fn session_with(
     );
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     crate::functions::install(&ctx, &limits);
-    let usage = ledger_table(ledger, &parquet, text)?;
+    let usage = ledger_table(ledger, &parquet, TextColumns::for_scope(scope))?;
     let anomalies = listing(
         ledger.anomalies.table_url().as_str(),
         meterline_ledger::anomalies_schema(),

@@ -96,7 +96,7 @@ pub struct LedgerState {
 pub struct FileCaches {
     pub(crate) footers: std::sync::Arc<FileMetadataCache>,
     pub(crate) statistics: std::sync::Arc<FileStatisticsCache>,
-    /// Statistics of the reports' table (text as string views; see `catalog::TextColumns`).
+    /// Statistics of the table with text as string views (see `catalog::TextColumns`).
     pub(crate) view_statistics: std::sync::Arc<FileStatisticsCache>,
 }
 
@@ -124,9 +124,13 @@ impl FileCaches {
         })
     }
 
-    /// How many files' footers and statistics (of `/v1/sql`'s table) are held.
+    /// How many footers, and statistics entries (of both tables: text as views, text as
+    /// dictionaries), are held.
     pub fn entries(&self) -> (usize, usize) {
-        (self.footers.len(), self.statistics.len())
+        (
+            self.footers.len(),
+            self.statistics.len() + self.view_statistics.len(),
+        )
     }
 }
 
