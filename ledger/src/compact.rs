@@ -1,7 +1,7 @@
 //! `meterline compact` and `meterline vacuum`.
 //!
 //! Compaction (Delta's optimize): a date's files, of every input partition, are merged into
-//! one file (up to [`COMPACT_ROWS`] rows each), sorted in the ledger's order and written as
+//! one file (up to `ledger.compact_max_rows` rows each), sorted in the ledger's order and written as
 //! large row groups (up to [`crate::ROW_GROUP_ROWS`], pages of [`crate::PAGE_ROWS`]
 //! with their index): a scan then pays one reader, one set of dictionaries and one footer per
 //! day instead of one per flush and partition, and a lead's `team IN (…)` reads only its
@@ -30,10 +30,10 @@ use crate::snapshot::{OffsetSpan, Snapshot, TableFile};
 use crate::table::{remove, writer_properties, NewFile};
 use crate::{files, Error, Ledger, ROW_GROUP_ROWS};
 
-/// At most this many rows of a date's files are merged into one: the merge holds them
-/// decoded in memory (a few hundred bytes a row) while it writes the sorted file one row group
-/// at a time. A month of 100M events is ~3.2M rows a day, one file; a larger day becomes
-/// several files.
+/// The default of `ledger.compact_max_rows`: at most this many rows of a date's files are
+/// merged into one; the merge holds them decoded in memory (a few hundred bytes a row) while
+/// it writes the sorted file one row group at a time. A month of 100M events is ~3.2M rows a
+/// day, one file; a larger day becomes several files.
 pub const COMPACT_ROWS: u64 = 4 * ROW_GROUP_ROWS as u64;
 
 /// What one merge did.
@@ -193,7 +193,7 @@ impl Ledger {
     }
 
     /// Compacts `date`: its files, of every partition, merged into one (or, past
-    /// [`COMPACT_ROWS`], a few); a date of one file is left alone.
+    /// `ledger.compact_max_rows`, a few); a date of one file is left alone.
     /// `progress(files_read, files_to_merge)`: once before anything is read, then after each
     /// file read.
     pub fn compact_date(
@@ -209,7 +209,7 @@ impl Ledger {
             .filter(|f| f.date == day)
             .cloned()
             .collect();
-        let groups = merge_groups(&of_day, COMPACT_ROWS);
+        let groups = merge_groups(&of_day, self.compact_max_rows);
         let to_merge: usize = groups.iter().map(Vec::len).sum();
         let mut read = 0;
         progress(0, to_merge);
@@ -250,7 +250,7 @@ impl Ledger {
                 actions,
                 DeltaOperation::Optimize {
                     predicate: None,
-                    target_size: COMPACT_ROWS as i64,
+                    target_size: self.compact_max_rows as i64,
                 },
             )?;
             out.push(Compacted {
@@ -374,6 +374,47 @@ mod tests {
         let compacted = l.snapshot().unwrap();
         assert_eq!(compacted.files.len(), 1);
         check(&compacted, per_team);
+    }
+
+    /// `ledger.compact_max_rows` bounds what one merge holds: a day past it becomes several
+    /// sorted files, each within it, every row once; the default merges the day into one.
+    #[test]
+    fn a_day_past_compact_max_rows_becomes_several_files_within_it() {
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let (flushes, per_flush) = (5i64, 4_000i64);
+        let compact = |cfg: LedgerConfig| {
+            let dir = tempfile::tempdir().unwrap();
+            let l = Ledger::open(&cfg, dir.path()).unwrap();
+            for f in 0..flushes {
+                let first = f * per_flush;
+                let rows: Vec<_> = (first..first + per_flush)
+                    .map(|o| row(0, o, 1, "0.01", "USD"))
+                    .collect();
+                let after = (f > 0).then_some(first - 1);
+                l.write_flush(0, after, first, first + per_flush - 1, &rows)
+                    .unwrap();
+            }
+            l.compact_date(date, |_, _| {}).unwrap();
+            let s = l.snapshot().unwrap();
+            assert_eq!(rows_of(&s), (0..flushes * per_flush).collect::<Vec<_>>());
+            let mut sizes: Vec<u64> = s.files.iter().map(|f| f.rows).collect();
+            sizes.sort();
+            sizes
+        };
+        let small = LedgerConfig {
+            compact_max_rows: 10_000,
+            ..Default::default()
+        };
+        small.validate().unwrap();
+        // 4k + 4k, 4k + 4k, and the last flush alone
+        assert_eq!(compact(small), [4_000, 8_000, 8_000]);
+        assert_eq!(compact(LedgerConfig::default()), [20_000]);
+        let tiny = LedgerConfig {
+            compact_max_rows: 10,
+            ..Default::default()
+        };
+        let refused = tiny.validate().unwrap_err().to_string();
+        assert!(refused.contains("ledger.compact_max_rows"), "{refused}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! - A flush's file, `date=YYYY-MM-DD/part-<p>-<first>-<last>-<id>.parquet`, holds rows of one
 //!   input partition `p`, offsets within `first..=last`, of one event date.
 //! - A compacted file, `date=YYYY-MM-DD/merged-<id>.parquet`, holds a date's rows of one or
-//!   more partitions (one sorted file per day up to `COMPACT_ROWS`, whatever the topic's
+//!   more partitions (one sorted file per day up to `ledger.compact_max_rows`, whatever the topic's
 //!   partition count). Its offset spans, one per partition, are in its `add` action's tag
 //!   [`OFFSETS_TAG`] (`<p>:<first>-<last>,…`, the offsets of its rows): a name cannot carry a
 //!   list as long as a topic's partitions. Every file's `add` carries the tag; a flush's file

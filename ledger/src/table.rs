@@ -63,6 +63,8 @@ pub struct Ledger {
     /// The writer's view of the log's newest version (see [`crate::append`]).
     tip: Mutex<Option<Tip>>,
     checkpointer: Checkpointer,
+    /// `ledger.compact_max_rows`.
+    pub(crate) compact_max_rows: u64,
 }
 
 /// How many commits a cached txn version is brought forward by reading them (beyond that,
@@ -234,6 +236,7 @@ impl Ledger {
             txns: Mutex::new(HashMap::new()),
             tip: Mutex::new(None),
             checkpointer: Checkpointer::default(),
+            compact_max_rows: cfg.compact_max_rows,
         })
     }
 
