@@ -202,7 +202,7 @@ pub async fn session(
     // dealt round robin over threads, so an unordered answer keeps its source's order.
     let mut config = SessionConfig::new()
         .with_information_schema(!scoped)
-        .with_target_partitions(2)
+        .with_target_partitions(cfg.query_partitions)
         .with_round_robin_repartition(false);
     // A recursive CTE can double a value per step without bound; not offered.
     config.options_mut().execution.enable_recursive_ctes = false;

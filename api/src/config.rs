@@ -36,6 +36,11 @@ pub struct ApiConfig {
     /// trickling client holds no connection. At least `query_timeout_ms` + 5 s, since a query
     /// and its whole answer take at most `query_timeout_ms`.
     pub client_idle_timeout_ms: u64,
+    /// How many partitions one query's scans are split into (DataFusion's
+    /// `target_partitions`): that many threads' worth of work. Queries of several callers share
+    /// the query threads; 1 also makes whatever SQL leaves to the engine (which of tied rows a
+    /// `LIMIT` keeps, which failing row an error names) the same from run to run.
+    pub query_partitions: usize,
 }
 
 impl Default for ApiConfig {
@@ -51,6 +56,7 @@ impl Default for ApiConfig {
             budget_refresh_ms: 5_000,
             rollups: true,
             client_idle_timeout_ms: 60_000,
+            query_partitions: 2,
         }
     }
 }
@@ -71,6 +77,9 @@ impl ApiConfig {
         }
         if self.client_idle_timeout_ms < self.query_timeout_ms.saturating_add(5_000) {
             return bad("api.client_idle_timeout_ms must be at least query_timeout_ms + 5000");
+        }
+        if !(1..=256).contains(&self.query_partitions) {
+            return bad("api.query_partitions must be 1 to 256");
         }
         for t in &self.tokens {
             if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {

@@ -404,6 +404,8 @@ impl ScopeExec {
 /// `a` holding only what its rows reference. A filtered dictionary array keeps the whole
 /// dictionary, and a filtered view array the whole buffers, other teams' values included: a
 /// kernel working on the dictionary (a cast of `model` to INT) would read and quote them.
+/// (The ledger's text dictionaries go through [`dictionary_as_views`]; these cases are for any
+/// other dictionary or view column a private table's source gives.)
 fn compact(a: &ArrayRef) -> Result<ArrayRef> {
     Ok(match a.data_type() {
         DataType::Dictionary(..) => garbage_collect_any_dictionary(a.as_any_dictionary())?,
@@ -421,6 +423,11 @@ fn compact(a: &ArrayRef) -> Result<ArrayRef> {
 /// a view once, and each row copies its value's 16-byte view by its key.
 fn dictionary_as_views(a: &ArrayRef) -> Result<ArrayRef> {
     let d = a.as_any_dictionary();
+    if d.values().is_empty() {
+        // no value to point at: every key is NULL (Parquet's reader gives a column NULL in
+        // every row of a batch an empty dictionary)
+        return Ok(new_null_array(&DataType::Utf8View, d.len()));
+    }
     // 1. which values the rows reference; the others become "" (keys keep their meaning,
     //    and no other team's value is in the views' buffers)
     let keys = d.normalized_keys();
@@ -605,5 +612,38 @@ mod tests {
         // cast to views straight from a dictionary answers "" there)
         let text = datafusion::arrow::compute::cast(&dict, &DataType::Utf8).unwrap();
         assert_eq!(text.as_string::<i32>().iter().collect::<Vec<_>>(), got);
+    }
+
+    #[test]
+    fn an_empty_dictionary_other_key_types_and_slices_become_views() {
+        use datafusion::arrow::array::{Int64Array, UInt8Array};
+        // a column NULL in every row: no values at all
+        let keys = Int32Array::from(vec![None, None, None]);
+        let empty = StringArray::from(Vec::<Option<&str>>::new());
+        let dict: ArrayRef = Arc::new(DictionaryArray::try_new(keys, Arc::new(empty)).unwrap());
+        let views = dictionary_as_views(&dict).unwrap();
+        assert_eq!((views.len(), views.null_count()), (3, 3));
+        assert_eq!(views.data_type(), &DataType::Utf8View);
+        // other key types, and a slice of a longer dictionary array
+        let values = Arc::new(StringArray::from(vec!["a-long-value-here", "b", "c"]));
+        let small: ArrayRef = Arc::new(
+            DictionaryArray::try_new(UInt8Array::from(vec![2, 0, 1, 0]), values.clone()).unwrap(),
+        );
+        let wide: ArrayRef =
+            Arc::new(DictionaryArray::try_new(Int64Array::from(vec![1, 2, 2, 0]), values).unwrap());
+        let texts = |a: &ArrayRef| -> Vec<Option<String>> {
+            let v = dictionary_as_views(a).unwrap();
+            v.as_string_view()
+                .iter()
+                .map(|s| s.map(String::from))
+                .collect()
+        };
+        let some = |xs: &[&str]| xs.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert_eq!(
+            texts(&small),
+            some(&["c", "a-long-value-here", "b", "a-long-value-here"])
+        );
+        assert_eq!(texts(&small.slice(1, 2)), some(&["a-long-value-here", "b"]));
+        assert_eq!(texts(&wide.slice(1, 2)), some(&["c", "c"]));
     }
 }

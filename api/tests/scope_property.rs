@@ -4,10 +4,15 @@
 //! them (same files, other files, other anomalies and budgets). If any expression ran on a
 //! row outside the scope, or anything derived from such rows reached the answer, some
 //! generated query would tell the two apart.
+//!
+//! Both APIs run each query in one partition (`api.query_partitions = 1`): in several,
+//! which of tied rows a `LIMIT` keeps or which of the lead's own failing rows an error
+//! quotes is a race between threads, and the two answers could differ with no row of another
+//! team involved. A third API, over the mixed ledger in the default partitions, answers every
+//! query too: nothing of the foreign rows may be in its answers.
 
 mod common;
 
-use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use common::*;
@@ -146,8 +151,8 @@ struct Ledgers {
     runtime: tokio::runtime::Runtime,
     own: String,
     mixed: String,
-    /// What the lead sees of `own` (see [`normal`]).
-    own_view: Own,
+    /// Over the mixed ledger, in the default partitions.
+    parallel: String,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
@@ -163,65 +168,29 @@ fn ledgers() -> &'static Ledgers {
         let (own_dir, mixed_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         write_ledger(own_dir.path(), false);
         write_ledger(mixed_dir.path(), true);
-        let (own, mixed) = runtime.block_on(async {
-            let own = start(own_dir.path(), |_| {}).await;
+        let one = |c: &mut meterline_api::ApiConfig| c.query_partitions = 1;
+        let (own, mixed, parallel) = runtime.block_on(async {
+            let own = start(own_dir.path(), one).await;
             own.budgets.set(budget_snapshot(false));
-            let mixed = start(mixed_dir.path(), |_| {}).await;
+            let mixed = start(mixed_dir.path(), one).await;
             mixed.budgets.set(budget_snapshot(true));
-            (own.base, mixed.base)
+            let parallel = start(mixed_dir.path(), |_| {}).await;
+            parallel.budgets.set(budget_snapshot(true));
+            (own.base, mixed.base, parallel.base)
         });
-        let own_view = runtime.block_on(own_of(&own));
         Ledgers {
             runtime,
             own,
             mixed,
-            own_view,
+            parallel,
             _dirs: (own_dir, mixed_dir),
         }
     })
 }
 
-/// What the lead sees over its own rows only: every row of every table (as the API answers
-/// it) and every value in them, as text.
-#[derive(Default)]
-struct Own {
-    rows: HashSet<String>,
-    values: HashSet<String>,
-}
-
-async fn own_of(base: &str) -> Own {
-    fn leaves(v: &Value, out: &mut HashSet<String>) {
-        match v {
-            Value::Array(xs) => xs.iter().for_each(|x| leaves(x, out)),
-            Value::Object(m) => m.values().for_each(|x| leaves(x, out)),
-            Value::String(s) => drop(out.insert(s.clone())),
-            Value::Null => {}
-            other => drop(out.insert(other.to_string())),
-        }
-    }
-    let mut own = Own::default();
-    for (t, _, _) in TABLES {
-        let (status, body) = sql(base, LEAD, &format!("SELECT * FROM {t}")).await;
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        leaves(&v["rows"], &mut own.values);
-        own.rows
-            .extend(v["rows"].as_array().unwrap().iter().map(|r| r.to_string()));
-    }
-    assert!(own.values.contains("gpt-4o-mini"), "{:?}", own.values);
-    own
-}
-
-/// An answer to `q` in a form that depends only on what SQL defines, so that both ledgers
-/// must give the same: not on row order, nor on which of two equally close function names
-/// DataFusion suggests for an unknown one, nor on what a race between threads decides —
-/// - which of tied rows a `LIMIT` keeps: rows all of the lead's own are compared by number;
-/// - which of the lead's own values an error quotes (rows fail on several threads at once
-///   and the first error answers): the error up to that value, and every other value it
-///   quotes that is not one of the lead's.
-/// A value of another team's, quoted or in a row, is never masked: it differs between the
-/// ledgers (and the caller checks the raw answers for the foreign rows' secrets).
-fn normal(q: &str, status: u16, body: &str, own: &Own) -> (u16, String) {
+/// An answer in a form that does not depend on row order (nor on which of two equally close
+/// function names DataFusion suggests for an unknown one).
+fn normal(status: u16, body: &str) -> (u16, String) {
     let body = match body.find("\\nDid you mean") {
         Some(i) => &body[..i],
         None => body,
@@ -235,41 +204,11 @@ fn normal(q: &str, status: u16, body: &str, own: &Own) -> (u16, String) {
                 .map(|r| r.to_string())
                 .collect();
             rows.sort();
-            v["rows"] = if q.contains(" LIMIT ") && rows.iter().all(|r| own.rows.contains(r)) {
-                Value::from(format!("{} of the lead's own rows", rows.len()))
-            } else {
-                Value::from(rows)
-            };
+            v["rows"] = Value::from(rows);
             (status, v.to_string())
         }
-        _ => (status, quoted_own_values_masked(body, &own.values)),
+        _ => (status, body.to_string()),
     }
-}
-
-/// `body` up to its first quoted value that is one of `own` (as `'<own value>'`), then the
-/// other quoted values that are not.
-fn quoted_own_values_masked(body: &str, own: &HashSet<String>) -> String {
-    let parts: Vec<&str> = body.split('\'').collect();
-    let mut out = String::new();
-    let mut masked = false;
-    for (i, part) in parts.iter().enumerate() {
-        // odd parts are between quotes
-        let quoted = i % 2 == 1 && i + 1 < parts.len();
-        if !masked {
-            if i > 0 {
-                out.push('\'');
-            }
-            if quoted && own.contains(*part) {
-                out.push_str("<own value>'");
-                masked = true;
-            } else {
-                out.push_str(part);
-            }
-        } else if quoted && !own.contains(*part) {
-            out.push_str(&format!(" '{part}'"));
-        }
-    }
-    out
 }
 
 proptest! {
@@ -278,14 +217,19 @@ proptest! {
     #[test]
     fn other_teams_rows_change_nothing_a_lead_can_see(q in query()) {
         let l = ledgers();
-        let (a, b) = l.runtime.block_on(async {
-            tokio::join!(sql(&l.own, LEAD, &q), sql(&l.mixed, LEAD, &q))
+        let (own, mixed, parallel) = l.runtime.block_on(async {
+            let (a, b, c) = tokio::join!(
+                sql(&l.own, LEAD, &q),
+                sql(&l.mixed, LEAD, &q),
+                sql(&l.parallel, LEAD, &q)
+            );
+            (normal(a.0, &a.1), normal(b.0, &b.1), c.1)
         });
-        for s in SECRETS {
-            prop_assert!(!b.1.contains(s), "{} leaked {}: {}", q, s, b.1);
-        }
-        let (own, mixed) = (normal(&q, a.0, &a.1, &l.own_view), normal(&q, b.0, &b.1, &l.own_view));
         prop_assert_eq!(&own, &mixed, "{}", q);
+        for s in SECRETS {
+            prop_assert!(!mixed.1.contains(s), "{} leaked {}: {}", q, s, mixed.1);
+            prop_assert!(!parallel.contains(s), "{} leaked {} in parallel: {}", q, s, parallel);
+        }
     }
 }
 
@@ -305,43 +249,16 @@ fn the_examples_the_attacker_used_are_among_them() {
         "EXPLAIN VERBOSE SELECT * FROM usage",
         "SELECT input_file_name() AS f FROM usage",
     ] {
-        let (a, b) = l.runtime.block_on(async {
-            tokio::join!(sql(&l.own, LEAD, q), sql(&l.mixed, LEAD, q))
+        let (own, mixed, parallel) = l.runtime.block_on(async {
+            let (a, b, c) = tokio::join!(
+                sql(&l.own, LEAD, q),
+                sql(&l.mixed, LEAD, q),
+                sql(&l.parallel, LEAD, q)
+            );
+            (normal(a.0, &a.1), normal(b.0, &b.1), c.1)
         });
-        assert_no_secret(q, &b.1);
-        let (own, mixed) = (normal(&q, a.0, &a.1, &l.own_view), normal(&q, b.0, &b.1, &l.own_view));
         assert_eq!(own, mixed, "{q}");
+        assert_no_secret(q, &mixed.1);
+        assert_no_secret(q, &parallel);
     }
-}
-
-#[test]
-fn only_the_leads_own_values_are_masked() {
-    let own = Own {
-        rows: [r#"{"model":"gpt-4o"}"#.to_string()].into(),
-        values: ["gpt-4o".to_string()].into(),
-    };
-    let e = "from 'gpt-4o': bad date; nor 'ds-secret-model' nor 'gpt-4o'";
-    assert_eq!(
-        quoted_own_values_masked(e, &own.values),
-        "from '<own value>' 'ds-secret-model'"
-    );
-    // an unpaired quote masks nothing after it
-    assert_eq!(
-        quoted_own_values_masked("it's gpt-4o", &own.values),
-        "it's gpt-4o"
-    );
-    // a LIMIT's rows by number where all are the lead's own, as they are otherwise
-    let rows = |r: &str| format!(r#"{{"row_count":1,"rows":[{r}]}}"#);
-    let (mine, theirs) = (
-        rows(r#"{"model":"gpt-4o"}"#),
-        rows(r#"{"model":"ds-secret-model"}"#),
-    );
-    let q = "SELECT * FROM usage ORDER BY 1 LIMIT 1";
-    assert!(normal(q, 200, &mine, &own)
-        .1
-        .contains("1 of the lead's own rows"));
-    assert!(normal(q, 200, &theirs, &own).1.contains("ds-secret-model"));
-    assert!(normal("SELECT * FROM usage", 200, &mine, &own)
-        .1
-        .contains("gpt-4o"));
 }

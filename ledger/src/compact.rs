@@ -31,7 +31,7 @@ use crate::table::{remove, writer_properties, NewFile};
 use crate::{files, Error, Ledger, ROW_GROUP_ROWS};
 
 /// The default of `ledger.compact_max_rows`: at most this many rows of a date's files are
-/// merged into one; the merge holds them decoded in memory (a few hundred bytes a row) while
+/// merged into one; the merge holds them decoded in memory (~850 bytes a row at its peak) while
 /// it writes the sorted file one row group at a time. A month of 100M events is ~3.2M rows a
 /// day, one file; a larger day becomes several files.
 pub const COMPACT_ROWS: u64 = 4 * ROW_GROUP_ROWS as u64;

@@ -26,7 +26,7 @@ pub struct LedgerConfig {
     /// than any reader keeps an old snapshot.
     pub vacuum_retention_hours: u64,
     /// At most this many rows of a date's files are merged into one file by compaction
-    /// (`meterline compact`, the sink's own). The merge holds them decoded in memory, about
+    /// (`meterline compact`). The merge holds them decoded in memory, about
     /// 850 bytes a row at its peak (100M rows a month, ~3.2M a day: 2.6 GiB sampled peak RSS
     /// at the default); a day with more rows becomes several files, each sorted. Lower it
     /// to bound a compaction's memory, at the price of more files for a query to open.

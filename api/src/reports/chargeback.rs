@@ -34,11 +34,11 @@ pub struct Cut {
     pub adjustments_after: Option<Watermark>,
 }
 
-/// The SQL of one category's lines. Its keys are text as DataFusion groups text fastest: the
-/// ledger's dictionary columns cast to `VARCHAR` (`Utf8View`, built from each batch's few
-/// dictionary values and gathered by key), so the GROUP BY runs on DataFusion's column-wise
-/// group values; dictionary keys send it to the row-format fallback, which encodes every
-/// key of every row. The month is no key: usage lines all have the report's month (the
+/// The SQL of one category's lines. Its keys are text as DataFusion groups text fastest:
+/// `VARCHAR` (`Utf8View`; the ledger's text already reads as views, so the casts cost
+/// nothing and keep the SQL right over any table), so the GROUP BY runs on DataFusion's
+/// column-wise group values; dictionary keys send it to the row-format fallback, which
+/// encodes every key of every row. The month is no key: usage lines all have the report's month (the
 /// WHERE says so), and adjustments are grouped by `date` — the partition value, one per
 /// file — and folded into months by [`compute_sql`], instead of `substr(date, 1, 7)` on
 /// every row.
