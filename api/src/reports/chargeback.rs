@@ -38,8 +38,8 @@ pub struct Cut {
 /// `VARCHAR` (`Utf8View`; the ledger's text already reads as views, so the casts cost
 /// nothing and keep the SQL right over any table), so the GROUP BY runs on DataFusion's
 /// column-wise group values; dictionary keys send it to the row-format fallback, which
-/// encodes every key of every row. The month is no key: usage lines all have the report's month (the
-/// WHERE says so), and adjustments are grouped by `date` — the partition value, one per
+/// encodes every key of every row. The month is no key: usage lines all have the report's
+/// month (the WHERE says so), and adjustments are grouped by `date` — the partition value, one per
 /// file — and folded into months by [`compute_sql`], instead of `substr(date, 1, 7)` on
 /// every row.
 fn lines_sql(period: Month, by: GroupBy, cut: &Cut, category: Category) -> Option<String> {
