@@ -82,6 +82,12 @@ pub(crate) fn read_commit(
 /// ([`Tip::at`]), cannot have such a gap after it.
 pub(crate) const TIP_TRUST: Duration = Duration::from_secs(3600);
 
+/// How long a version known to be the newest is trusted without listing the log, in a table
+/// keeping its log for `log_retention`: [`TIP_TRUST`], or half that retention if shorter.
+pub(crate) fn trust(log_retention: Duration) -> Duration {
+    TIP_TRUST.min(log_retention / 2)
+}
+
 /// The log as a writer of blind appends knows it: the newest version it has seen and the txn
 /// versions committed since it started (at a version the table was loaded at). A partition
 /// absent from `txns` has the txn version it had where the tip started: no commit since set it.
@@ -108,7 +114,7 @@ impl Tip {
             txns: HashMap::new(),
             checkpoint_interval,
             confirmed: Instant::now(),
-            trust: TIP_TRUST.min(log_retention / 2),
+            trust: trust(log_retention),
         }
     }
 
