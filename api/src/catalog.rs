@@ -21,6 +21,7 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileStatisticsCache};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{col, lit};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use meterline_runtime::auth::{Principal, Role};
@@ -213,7 +214,14 @@ pub async fn session(
         cfg.query_memory_bytes,
         config.batch_size(),
     );
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    // partial aggregations by runs of equal keys where they are exact (the ledger is sorted)
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(crate::run_aggregate::RunAggregate))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     crate::functions::install(&ctx, &limits);
     let usage = ledger_table(ledger, &parquet, TextColumns::for_scope(scope))?;
     let anomalies = listing(

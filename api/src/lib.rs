@@ -27,6 +27,7 @@ mod period;
 mod queries;
 mod reports;
 mod rollup;
+mod run_aggregate;
 mod scope;
 mod sql;
 mod statement;
