@@ -248,9 +248,11 @@ impl Ledger {
             actions.extend(group.iter().map(|f| remove(f, false)));
             let version = self.commit_actions(
                 actions,
+                // Delta's `targetSize` is in bytes; ours is a row limit
+                // (`ledger.compact_max_rows`): the size of the file written is recorded
                 DeltaOperation::Optimize {
                     predicate: None,
-                    target_size: self.compact_max_rows as i64,
+                    target_size: bytes as i64,
                 },
             )?;
             out.push(Compacted {
@@ -394,9 +396,28 @@ mod tests {
                 l.write_flush(0, after, first, first + per_flush - 1, &rows)
                     .unwrap();
             }
-            l.compact_date(date, |_, _| {}).unwrap();
+            let done = l.compact_date(date, |_, _| {}).unwrap();
             let s = l.snapshot().unwrap();
             assert_eq!(rows_of(&s), (0..flushes * per_flush).collect::<Vec<_>>());
+            // each commit's `targetSize` is its merged file's bytes (Delta's unit), not rows
+            for c in &done {
+                let log = dir
+                    .path()
+                    .join(format!("usage/_delta_log/{:020}.json", c.version));
+                let text = std::fs::read_to_string(log).unwrap();
+                let info: serde_json::Value = text
+                    .lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                    .find_map(|a| a.get("commitInfo").cloned())
+                    .unwrap();
+                let target = &info["operationParameters"]["targetSize"];
+                let added = s.files.iter().find(|f| text.contains(&f.path)).unwrap();
+                assert_eq!(
+                    target.as_str(),
+                    Some(added.bytes.to_string().as_str()),
+                    "{info}"
+                );
+            }
             let mut sizes: Vec<u64> = s.files.iter().map(|f| f.rows).collect();
             sizes.sort();
             sizes
