@@ -242,6 +242,14 @@ async fn every_format_arrives_decoded_on_the_raw_topic() {
         .await;
     assert_eq!(st, 200, "{body}");
 
+    // an edge acknowledges an event once the broker acked it or its spool holds it (then it
+    // reaches the topic a little later: seen under load, 3 of 15 read at once)
+    common::eventually(
+        std::time::Duration::from_secs(60),
+        "15 events on the raw topic",
+        || async { h.raw_events().await.len() >= 15 },
+    )
+    .await;
     let events: HashMap<String, UsageEvent> = h
         .raw_events()
         .await

@@ -219,7 +219,7 @@ pub async fn session(
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_physical_optimizer_rule(Arc::new(crate::run_aggregate::RunAggregate))
+        .with_physical_optimizer_rule(Arc::new(crate::run_aggregate::RunAggregate::default()))
         .build();
     let ctx = SessionContext::new_with_state(state);
     crate::functions::install(&ctx, &limits);
