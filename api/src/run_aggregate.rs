@@ -41,7 +41,6 @@ use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, Tr
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{
@@ -49,9 +48,9 @@ use datafusion::physical_plan::execution_plan::{
 };
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, Partitioning, PhysicalExpr,
-    PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PhysicalExpr, PlanProperties,
 };
 use futures::StreamExt;
 
@@ -237,6 +236,24 @@ impl RunAggregateExec {
         }))
     }
 
+    /// The same aggregation over `input`, counting into `metrics`.
+    fn over(
+        &self,
+        input: Arc<dyn ExecutionPlan>,
+        metrics: ExecutionPlanMetricsSet,
+    ) -> RunAggregateExec {
+        RunAggregateExec {
+            input,
+            original: self.original.clone(),
+            fallback: self.fallback,
+            keys: self.keys.clone(),
+            states: self.states.clone(),
+            schema: self.schema.clone(),
+            properties: self.properties.clone(),
+            metrics,
+        }
+    }
+
     /// One row per run of equal keys in `batch`: the keys and the run's states.
     fn runs_of(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let n = batch.num_rows();
@@ -309,7 +326,18 @@ impl RunAggregateExec {
         input: SendableRecordBatchStream,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let rest: Arc<dyn ExecutionPlan> = Arc::new(RestExec::new(input));
+        let rest = Rest {
+            schema: input.schema(),
+            input: std::sync::Mutex::new(Some(input)),
+        };
+        let rest: Arc<dyn ExecutionPlan> = Arc::new(StreamingTableExec::try_new(
+            rest.schema.clone(),
+            vec![Arc::new(rest)],
+            None,
+            vec![],
+            false,
+            None,
+        )?);
         let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
         self.original
             .clone()
@@ -318,76 +346,32 @@ impl RunAggregateExec {
     }
 }
 
-/// The rest of one partition's input, as a plan of one partition that runs once.
-struct RestExec {
+/// The rest of one partition's input, as a stream a plan of one partition reads once.
+struct Rest {
+    schema: SchemaRef,
     input: std::sync::Mutex<Option<SendableRecordBatchStream>>,
-    properties: Arc<PlanProperties>,
 }
 
-impl RestExec {
-    fn new(input: SendableRecordBatchStream) -> RestExec {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(input.schema()),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        RestExec {
-            input: std::sync::Mutex::new(Some(input)),
-            properties: Arc::new(properties),
-        }
-    }
-}
-
-impl fmt::Debug for RestExec {
+impl fmt::Debug for Rest {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("RestExec")
+        f.write_str("Rest")
     }
 }
 
-impl DisplayAs for RestExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("RestExec")
-    }
-}
-
-impl ExecutionPlan for RestExec {
-    fn name(&self) -> &str {
-        "RestExec"
+impl PartitionStream for Rest {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(
-        &self,
-        _partition: usize,
-        _context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        self.input
-            .lock()
-            .map_err(|_| DataFusionError::Internal("RestExec: lock poisoned".into()))?
-            .take()
-            .ok_or_else(|| DataFusionError::Internal("RestExec: its input runs once".into()))
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.input.lock().ok().and_then(|mut i| i.take());
+        taken.unwrap_or_else(|| {
+            let again = DataFusionError::Internal("RunAggregateExec: the rest is read once".into());
+            Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::once(async { Err(again) }),
+            ))
+        })
     }
 }
 
@@ -480,16 +464,7 @@ impl ExecutionPlan for RunAggregateExec {
         let input = children.pop().ok_or_else(|| {
             DataFusionError::Internal("RunAggregateExec: one child expected".into())
         })?;
-        Ok(Arc::new(RunAggregateExec {
-            input,
-            original: self.original.clone(),
-            fallback: self.fallback,
-            keys: self.keys.clone(),
-            states: self.states.clone(),
-            schema: self.schema.clone(),
-            properties: self.properties.clone(),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }))
+        Ok(Arc::new(self.over(input, ExecutionPlanMetricsSet::new())))
     }
 
     fn execute(
@@ -497,16 +472,7 @@ impl ExecutionPlan for RunAggregateExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let me = Arc::new(RunAggregateExec {
-            input: self.input.clone(),
-            original: self.original.clone(),
-            fallback: self.fallback,
-            keys: self.keys.clone(),
-            states: self.states.clone(),
-            schema: self.schema.clone(),
-            properties: self.properties.clone(),
-            metrics: self.metrics.clone(),
-        });
+        let me = Arc::new(self.over(self.input.clone(), self.metrics.clone()));
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let input = self.input.execute(partition, context.clone())?;
         let start = Phase::Runs {
