@@ -138,7 +138,6 @@ impl TableHandle {
             at: now,
             trust: append::trust(state.table_config().log_retention_duration()),
         });
-        drop(seen);
         Ok(t)
     }
 
